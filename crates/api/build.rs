@@ -1,0 +1,28 @@
+//! Generates the gRPC code for proto/weft/v1 with a vendored protoc, so building weft needs no
+//! system protobuf packages. `PROTOC` in the environment overrides the vendored binary.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files: Vec<PathBuf> = ["types", "network", "endpoint", "node", "cluster", "watch"]
+        .iter()
+        .map(|name| proto_root.join(format!("weft/v1/{name}.proto")))
+        .collect();
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+
+    let mut config = tonic_prost_build::Config::new();
+    if std::env::var_os("PROTOC").is_none() {
+        config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    }
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        // Maps as BTreeMap: deterministic iteration, so encoded messages are stable.
+        .btree_map(".")
+        // Served by gRPC server reflection so `grpcurl` works without .proto files.
+        .file_descriptor_set_path(out_dir.join("weft_v1_descriptor.bin"))
+        .compile_with_config(config, &files, &[proto_root])?;
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! weft's public gRPC contract.
+//!
+//! # Layout
+//! - [`pb`]: the code generated from `proto/weft/v1` (messages, clients, servers);
+//! - [`convert`]: conversions between `pb` messages and `weft-core` types. Protobuf stays at this
+//!   edge: the controller feeds core commands built here and answers with messages built here.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
+
+#![forbid(unsafe_code)]
+
+pub mod convert;
+
+/// Generated protobuf messages and gRPC services of the `weft.v1` package.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("weft.v1");
+}
+
+/// Every `weft.v1` descriptor, encoded: hand it to a reflection service so `grpcurl` can list
+/// and call weft's services without the .proto files.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("weft_v1_descriptor");

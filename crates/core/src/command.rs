@@ -1,0 +1,208 @@
+//! What the state machine is asked to do ([`Command`]) and what it answers ([`Response`]).
+//!
+//! Commands carry parsed values (CIDRs, addresses, MACs) but are validated again by
+//! [`crate::State::apply`]: the log is the authority, so nothing reaches the registry unchecked.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::ipam::SubnetRequest;
+use crate::model::{ClusterConfig, Endpoint, MacAddr, Network, Node, NodeStatus};
+
+/// One log entry's payload: a command and the time the leader proposed it. Time enters the
+/// state machine only here, so every replica records the same timestamps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Milliseconds since the Unix epoch, from the proposing leader's clock.
+    pub at_ms: u64,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the cluster configuration (bootstrap, or a later change within limits).
+    Configure(ClusterConfig),
+    CreateNetwork(NetworkRequest),
+    /// Removes a network by name, id or unique id prefix.
+    RemoveNetwork { network: String, force: bool },
+    PruneNetworks(PruneFilter),
+    CreateEndpoint(EndpointRequest),
+    RemoveEndpoint(EndpointRef),
+    RegisterNode(NodeRequest),
+    /// Proposed by the leader's liveness tracker on transitions only.
+    SetNodeStatus { name: String, status: NodeStatus },
+    /// Removes a host and releases every endpoint on it.
+    RemoveNode { name: String },
+}
+
+/// `docker network create`, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRequest {
+    pub name: String,
+    /// Only "overlay"; `None` means the default.
+    pub driver: Option<String>,
+    pub ipv4: SubnetRequest,
+    /// `Some` enables IPv6 (with a pool subnet when the request names none).
+    pub ipv6: Option<SubnetRequest>,
+    pub internal: bool,
+    pub attachable: bool,
+    pub options: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An attach, as the host's agent asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRequest {
+    /// Name, id or unique id prefix.
+    pub network: String,
+    pub node: String,
+    pub container_id: String,
+    pub container_name: String,
+    pub aliases: Vec<String>,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub mac: Option<MacAddr>,
+}
+
+/// Which endpoint to remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointRef {
+    /// Full id or unique prefix.
+    Id(String),
+    Container { network: String, container_id: String },
+}
+
+/// A host's registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRequest {
+    pub name: String,
+    pub underlay: IpAddr,
+    pub underlay_mtu: u32,
+    pub wireguard_public_key: Option<String>,
+    pub wireguard_port: u16,
+    pub labels: BTreeMap<String, String>,
+    pub agent_version: String,
+}
+
+/// `docker network prune --filter ...`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneFilter {
+    /// All must match.
+    pub labels: Vec<LabelFilter>,
+    /// Only networks created strictly before this time.
+    pub created_before_ms: Option<u64>,
+}
+
+impl PruneFilter {
+    pub fn matches(&self, network: &Network) -> bool {
+        self.created_before_ms.is_none_or(|t| network.created_ms < t)
+            && self.labels.iter().all(|f| f.matches(&network.labels))
+    }
+}
+
+/// One label condition, in Docker's filter syntax.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LabelFilter {
+    /// `key`: the label is present.
+    Has(String),
+    /// `key=value`.
+    Equals(String, String),
+    /// `!key`: the label is absent.
+    Lacks(String),
+    /// `key!=value`: absent or different.
+    NotEquals(String, String),
+}
+
+impl LabelFilter {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            LabelFilter::Has(k) => labels.contains_key(k),
+            LabelFilter::Equals(k, v) => labels.get(k) == Some(v),
+            LabelFilter::Lacks(k) => !labels.contains_key(k),
+            LabelFilter::NotEquals(k, v) => labels.get(k) != Some(v),
+        }
+    }
+}
+
+impl FromStr for LabelFilter {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<LabelFilter> {
+        let filter = if let Some(key) = s.strip_prefix('!') {
+            LabelFilter::Lacks(key.to_string())
+        } else if let Some((k, v)) = s.split_once("!=") {
+            LabelFilter::NotEquals(k.to_string(), v.to_string())
+        } else if let Some((k, v)) = s.split_once('=') {
+            LabelFilter::Equals(k.to_string(), v.to_string())
+        } else {
+            LabelFilter::Has(s.to_string())
+        };
+        let key = match &filter {
+            LabelFilter::Has(k) | LabelFilter::Lacks(k) | LabelFilter::Equals(k, _) | LabelFilter::NotEquals(k, _) => k,
+        };
+        if key.is_empty() || key.contains('=') {
+            return Err(Error::invalid(
+                "label filter",
+                s,
+                "expected key, key=value, key!=value or !key",
+            ));
+        }
+        Ok(filter)
+    }
+}
+
+/// What a successful command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Configured(ClusterConfig),
+    Network(Network),
+    NetworkRemoved { network: Network, endpoints: Vec<Endpoint> },
+    Pruned(Vec<Network>),
+    Endpoint(Endpoint),
+    EndpointRemoved(Endpoint),
+    Node(Node),
+    NodeRemoved { node: Node, endpoints: Vec<Endpoint> },
+}
+
+/// The outcome of applying one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The registry revision after the command: unchanged when it changed nothing (an identical
+    /// re-registration, a status that was already so, a prune that found nothing).
+    pub revision: u64,
+    pub response: Response,
+    /// The changes, in order, all stamped with `revision`.
+    pub events: Vec<Event>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_filters_parse_docker_syntax() {
+        let labels: BTreeMap<String, String> = [("env".to_string(), "prod".to_string())].into();
+        let cases = [
+            ("env", true),
+            ("env=prod", true),
+            ("env=dev", false),
+            ("env!=dev", true),
+            ("env!=prod", false),
+            ("!env", false),
+            ("!team", true),
+            ("team", false),
+        ];
+        for (text, expect) in cases {
+            let f: LabelFilter = text.parse().unwrap();
+            assert_eq!(f.matches(&labels), expect, "{text}");
+        }
+        for bad in ["", "!", "=x", "!=x"] {
+            assert!(bad.parse::<LabelFilter>().is_err(), "{bad:?}");
+        }
+    }
+}

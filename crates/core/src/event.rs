@@ -1,0 +1,25 @@
+//! Changes to the registry, as watchers receive them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ClusterConfig, Endpoint, Network, Node};
+
+/// One change, stamped with the revision of the command that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Configured(ClusterConfig),
+    NetworkCreated(Network),
+    NetworkRemoved(Network),
+    EndpointCreated(Endpoint),
+    EndpointRemoved(Endpoint),
+    /// First registration or a changed one.
+    NodeRegistered(Node),
+    NodeStatusChanged(Node),
+    NodeRemoved(Node),
+}

@@ -1,0 +1,39 @@
+//! weft's pure domain core: validation, IPAM, VNI allocation and the replicated state machine.
+//!
+//! Nothing here does I/O, reads a clock or spawns a task: time arrives inside
+//! [`Proposal`]s, and everything is deterministic, so the controller can replicate [`State`]
+//! through Raft and every replica computes the same allocations.
+//!
+//! # Layout
+//! - [`cidr`]: CIDR blocks, both families as `u128` offsets;
+//! - [`ranges`]: interval sets, the structure under every allocator (O(log n) operations);
+//! - [`ipam`]: one subnet's gateway, aux addresses, ip range and static requests;
+//! - [`validate`] and [`options`]: names, labels and driver options users send;
+//! - [`model`]: networks, endpoints, nodes and the cluster configuration;
+//! - [`command`] and [`event`]: what the state machine is asked and what changed;
+//! - [`state`]: the state machine itself, snapshots and invariant checks.
+
+#![forbid(unsafe_code)]
+
+pub mod cidr;
+pub mod command;
+pub mod error;
+pub mod event;
+pub mod ipam;
+pub mod model;
+pub mod options;
+pub mod ranges;
+pub mod state;
+pub mod validate;
+
+pub use cidr::{Cidr, Family};
+pub use command::{
+    Applied, Command, EndpointRef, EndpointRequest, LabelFilter, NetworkRequest, NodeRequest, PruneFilter, Proposal,
+    Response,
+};
+pub use error::{Error, ErrorKind, Result};
+pub use event::{Event, EventKind};
+pub use ipam::SubnetRequest;
+pub use model::{AddressPool, ClusterConfig, Endpoint, Id, MacAddr, Network, Node, NodeStatus, SubnetConfig};
+pub use options::NetworkSettings;
+pub use state::{SnapshotError, State};

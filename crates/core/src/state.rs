@@ -1,0 +1,1066 @@
+//! The replicated state machine: `apply(proposal) -> outcome`, deterministic and total.
+//!
+//! # Layout
+//! - canonical data: the [`Network`], [`Endpoint`] and [`Node`] records, the
+//!   [`ClusterConfig`] and the revision. Snapshots carry exactly these.
+//! - derived data, rebuilt on restore: per-network address allocators and name/container/MAC
+//!   indexes, the VNI and tunnel-address allocators, the index of subnets in use.
+//!
+//! Every command is checked completely before anything changes, so a refused command leaves
+//! the state untouched, and a successful one bumps the revision once. Hash maps serve lookups
+//! only; anything that orders output (listing, snapshots, events) iterates `BTreeMap`s, so two
+//! replicas fed the same proposals stay byte-identical.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cidr::{Cidr, Family, to_u128};
+use crate::command::{
+    Applied, Command, EndpointRef, EndpointRequest, NetworkRequest, NodeRequest, PruneFilter, Proposal, Response,
+};
+use crate::error::{Error, Result};
+use crate::event::{Event, EventKind};
+use crate::ipam::{SubnetAllocator, SubnetRequest, usable_range};
+use crate::model::{ClusterConfig, Endpoint, Id, MacAddr, Network, Node, NodeStatus};
+use crate::options::NetworkSettings;
+use crate::ranges::{FreeRanges, RangeIndex};
+use crate::validate;
+
+/// Smallest and largest underlay MTU a host may register.
+pub const MIN_UNDERLAY_MTU: u32 = 576;
+pub const MAX_UNDERLAY_MTU: u32 = 65535;
+
+/// Who holds a part of the address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Network(Id),
+    TunnelPool,
+}
+
+/// A network with its allocators and indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NetworkEntry {
+    network: Network,
+    ipv4: SubnetAllocator,
+    ipv6: Option<SubnetAllocator>,
+    endpoints: BTreeSet<Id>,
+    /// container id -> endpoint.
+    containers: HashMap<String, Id>,
+    /// lowercased container name -> endpoint: names resolve in DNS, which ignores case.
+    names: HashMap<String, Id>,
+    /// MACs given explicitly. Derived MACs (02:42 + IPv4) cannot collide with each other, and
+    /// explicit MACs inside this network's derived space are refused, so only these need an index.
+    explicit_macs: HashMap<MacAddr, Id>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeEntry {
+    node: Node,
+    endpoints: BTreeSet<Id>,
+}
+
+/// The registry. See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    revision: u64,
+    config: ClusterConfig,
+    /// Derived from the cluster id: makes ids differ between clusters.
+    id_seed: [u64; 4],
+    networks: BTreeMap<Id, NetworkEntry>,
+    /// lowercased name -> network.
+    network_names: HashMap<String, Id>,
+    endpoints: BTreeMap<Id, Endpoint>,
+    nodes: BTreeMap<String, NodeEntry>,
+    vnis: FreeRanges,
+    subnets_v4: RangeIndex<Owner>,
+    subnets_v6: RangeIndex<Owner>,
+    tunnel_addresses: FreeRanges,
+    /// WireGuard public key -> node name.
+    wireguard_keys: HashMap<String, String>,
+    /// underlay address -> node name.
+    underlays: HashMap<IpAddr, String>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new(ClusterConfig::default()).unwrap_or_else(|e| unreachable!("default config is valid: {e}"))
+    }
+}
+
+/// Snapshot header: refuses to restore bytes that are not a weft snapshot of a known version.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNAP";
+const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotV1 {
+    revision: u64,
+    config: ClusterConfig,
+    networks: Vec<Network>,
+    nodes: Vec<Node>,
+    endpoints: Vec<Endpoint>,
+}
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a weft snapshot (bad header)")]
+    BadHeader,
+    #[error("snapshot format version {0} is not supported (this build reads version {SNAPSHOT_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("snapshot is corrupt: {0}")]
+    Decode(String),
+    #[error("snapshot is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+// === impl State: construction and reads ===
+
+impl State {
+    /// An empty registry with the given configuration.
+    pub fn new(config: ClusterConfig) -> Result<State> {
+        config.validate()?;
+        let mut state = State {
+            revision: 0,
+            id_seed: id_seed(&config.cluster_id),
+            vnis: FreeRanges::new(config.vni_min.into(), config.vni_max.into()),
+            tunnel_addresses: tunnel_free(&config.tunnel_pool),
+            config,
+            networks: BTreeMap::new(),
+            network_names: HashMap::new(),
+            endpoints: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            subnets_v4: RangeIndex::default(),
+            subnets_v6: RangeIndex::default(),
+            wireguard_keys: HashMap::new(),
+            underlays: HashMap::new(),
+        };
+        let pool = state.config.tunnel_pool;
+        state.subnets_mut(pool.family()).insert(pool.first(), pool.last(), Owner::TunnelPool);
+        Ok(state)
+    }
+
+    /// The revision of the last change; 0 for an empty registry.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Networks in id order.
+    pub fn networks(&self) -> impl Iterator<Item = &Network> {
+        self.networks.values().map(|e| &e.network)
+    }
+
+    pub fn network(&self, id: &Id) -> Option<&Network> {
+        self.networks.get(id).map(|e| &e.network)
+    }
+
+    /// Finds a network by name, full id or unique id prefix (in that order, like Docker).
+    pub fn resolve_network(&self, key: &str) -> Result<&Network> {
+        self.resolve_network_id(key).map(|id| &self.networks[&id].network)
+    }
+
+    /// Number of endpoints on a network.
+    pub fn endpoint_count(&self, network: &Id) -> usize {
+        self.networks.get(network).map_or(0, |e| e.endpoints.len())
+    }
+
+    /// All endpoints in id order.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
+    pub fn endpoint(&self, id: &Id) -> Option<&Endpoint> {
+        self.endpoints.get(id)
+    }
+
+    /// Endpoints of one network, in id order.
+    pub fn network_endpoints(&self, network: &Id) -> impl Iterator<Item = &Endpoint> {
+        self.networks
+            .get(network)
+            .into_iter()
+            .flat_map(|e| e.endpoints.iter().map(|id| &self.endpoints[id]))
+    }
+
+    /// Endpoints on one host, in id order.
+    pub fn node_endpoints(&self, node: &str) -> impl Iterator<Item = &Endpoint> {
+        self.nodes
+            .get(node)
+            .into_iter()
+            .flat_map(|e| e.endpoints.iter().map(|id| &self.endpoints[id]))
+    }
+
+    /// Hosts in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().map(|e| &e.node)
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name).map(|e| &e.node)
+    }
+
+    /// Free addresses left in a network's dynamic range, per family.
+    pub fn free_addresses(&self, network: &Id) -> Option<(u128, Option<u128>)> {
+        self.networks
+            .get(network)
+            .map(|e| (e.ipv4.dynamic_free(), e.ipv6.as_ref().map(SubnetAllocator::dynamic_free)))
+    }
+
+    fn subnets(&self, family: Family) -> &RangeIndex<Owner> {
+        match family {
+            Family::V4 => &self.subnets_v4,
+            Family::V6 => &self.subnets_v6,
+        }
+    }
+
+    fn subnets_mut(&mut self, family: Family) -> &mut RangeIndex<Owner> {
+        match family {
+            Family::V4 => &mut self.subnets_v4,
+            Family::V6 => &mut self.subnets_v6,
+        }
+    }
+
+    fn resolve_network_id(&self, key: &str) -> Result<Id> {
+        if let Some(id) = self.network_names.get(&key.to_ascii_lowercase()) {
+            return Ok(*id);
+        }
+        resolve_id_prefix(&self.networks, key, "network")
+    }
+
+    fn resolve_endpoint(&self, reference: &EndpointRef) -> Result<Id> {
+        match reference {
+            EndpointRef::Id(prefix) => resolve_id_prefix(&self.endpoints, prefix, "endpoint"),
+            EndpointRef::Container { network, container_id } => {
+                let net = self.resolve_network_id(network)?;
+                let entry = &self.networks[&net];
+                entry.containers.get(container_id).copied().ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "container {container_id:?} is not attached to network {:?}",
+                        entry.network.name
+                    ))
+                })
+            }
+        }
+    }
+
+    fn node_entry(&self, name: &str) -> Result<&NodeEntry> {
+        self.nodes
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("no node named {name:?} is registered")))
+    }
+
+    /// The id of the object created at `revision`: a bijective mix of the revision, so ids of
+    /// one cluster never collide, seeded by the cluster id so clusters differ.
+    fn new_id(&self, revision: u64) -> Id {
+        let mut bytes = [0u8; 32];
+        for (chunk, seed) in bytes.chunks_exact_mut(8).zip(self.id_seed) {
+            chunk.copy_from_slice(&mix64(revision.wrapping_add(seed)).to_be_bytes());
+        }
+        Id(bytes)
+    }
+}
+
+// === impl State: apply ===
+
+impl State {
+    /// Applies one proposal. On error nothing has changed.
+    pub fn apply(&mut self, proposal: &Proposal) -> Result<Applied> {
+        let at = proposal.at_ms;
+        match &proposal.command {
+            Command::Configure(config) => self.configure(config),
+            Command::CreateNetwork(request) => self.create_network(request, at),
+            Command::RemoveNetwork { network, force } => self.remove_network(network, *force),
+            Command::PruneNetworks(filter) => self.prune_networks(filter),
+            Command::CreateEndpoint(request) => self.create_endpoint(request, at),
+            Command::RemoveEndpoint(reference) => self.remove_endpoint(reference),
+            Command::RegisterNode(request) => self.register_node(request, at),
+            Command::SetNodeStatus { name, status } => self.set_node_status(name, *status, at),
+            Command::RemoveNode { name } => self.remove_node(name),
+        }
+    }
+
+    fn unchanged(&self, response: Response) -> Result<Applied> {
+        Ok(Applied { revision: self.revision, response, events: Vec::new() })
+    }
+
+    fn changed(&mut self, response: Response, kinds: Vec<EventKind>) -> Result<Applied> {
+        let revision = self.revision;
+        let events = kinds.into_iter().map(|kind| Event { revision, kind }).collect();
+        Ok(Applied { revision, response, events })
+    }
+
+    fn configure(&mut self, config: &ClusterConfig) -> Result<Applied> {
+        config.validate()?;
+        if *config == self.config {
+            return self.unchanged(Response::Configured(config.clone()));
+        }
+        // Ids are seeded by the cluster id: it may change only while nothing holds an id.
+        if config.cluster_id != self.config.cluster_id && (!self.networks.is_empty() || !self.nodes.is_empty()) {
+            return Err(Error::Conflict(format!(
+                "the cluster id is {:?} and cannot be changed to {:?} once networks or nodes exist",
+                self.config.cluster_id, config.cluster_id
+            )));
+        }
+        let (vni_min, vni_max) = (u128::from(config.vni_min), u128::from(config.vni_max));
+        if let Some(net) = self.networks().find(|n| !(vni_min..=vni_max).contains(&u128::from(n.vni))) {
+            return Err(Error::Conflict(format!(
+                "network {:?} uses VNI {}, outside the new range {}-{}",
+                net.name, net.vni, config.vni_min, config.vni_max
+            )));
+        }
+        let pool_changes = config.tunnel_pool != self.config.tunnel_pool;
+        if pool_changes {
+            if let Some(node) = self.nodes.keys().next() {
+                return Err(Error::Conflict(format!(
+                    "the tunnel pool cannot change while nodes are registered (node {node:?} holds an address from {})",
+                    self.config.tunnel_pool
+                )));
+            }
+            let pool = config.tunnel_pool;
+            if let Some((_, _, Owner::Network(id))) = self.subnets(pool.family()).overlapping(pool.first(), pool.last()) {
+                let net = &self.networks[id].network;
+                return Err(Error::Conflict(format!(
+                    "tunnel pool {pool} overlaps network {:?} ({})",
+                    net.name,
+                    net.subnet(pool.family()).map_or(String::new(), |s| s.subnet.to_string())
+                )));
+            }
+        }
+        // Checked; now change.
+        if pool_changes {
+            let old = self.config.tunnel_pool;
+            self.subnets_mut(old.family()).remove(old.first());
+            let new = config.tunnel_pool;
+            self.subnets_mut(new.family()).insert(new.first(), new.last(), Owner::TunnelPool);
+            self.tunnel_addresses = tunnel_free(&new);
+        }
+        let mut vnis = FreeRanges::new(vni_min, vni_max);
+        for entry in self.networks.values() {
+            vnis.take(entry.network.vni.into());
+        }
+        self.vnis = vnis;
+        self.id_seed = id_seed(&config.cluster_id);
+        self.config = config.clone();
+        self.revision += 1;
+        self.changed(Response::Configured(config.clone()), vec![EventKind::Configured(config.clone())])
+    }
+
+    fn create_network(&mut self, request: &NetworkRequest, at: u64) -> Result<Applied> {
+        validate::dns_name("network name", &request.name)?;
+        if let Some(driver) = request.driver.as_deref().filter(|d| *d != Network::DRIVER) {
+            return Err(Error::invalid("driver", driver, "weft networks use the \"overlay\" driver"));
+        }
+        validate::labels("label", &request.labels)?;
+        let settings = NetworkSettings::parse(&request.options, self.config.encrypt_by_default, request.ipv6.is_some())?;
+        if let Some(id) = self.network_names.get(&request.name.to_ascii_lowercase()) {
+            return Err(Error::AlreadyExists(format!(
+                "a network named {:?} already exists (id {})",
+                self.networks[id].network.name,
+                id.short()
+            )));
+        }
+        if let Some(bridge) = &settings.bridge_name {
+            if let Some(other) = self.networks().find(|n| n.settings.bridge_name.as_ref() == Some(bridge)) {
+                return Err(Error::AlreadyExists(format!(
+                    "bridge name {bridge:?} is already used by network {:?}",
+                    other.name
+                )));
+            }
+        }
+        let ipv4 = self.choose_subnet(&request.name, &request.ipv4, Family::V4)?;
+        let ipv6 = match &request.ipv6 {
+            Some(req) => Some(self.choose_subnet(&request.name, req, Family::V6)?),
+            None => None,
+        };
+        let vni = self.vnis.take_lowest_in(0, u128::MAX).ok_or_else(|| {
+            Error::Exhausted(format!(
+                "all {} VNIs of the cluster's range {}-{} are in use: remove unused networks or widen the range",
+                u64::from(self.config.vni_max) - u64::from(self.config.vni_min) + 1,
+                self.config.vni_min,
+                self.config.vni_max
+            ))
+        })?;
+        // Checked (the VNI taken above is the last fallible step's only side effect); now change.
+        let vni = u32::try_from(vni).unwrap_or_else(|_| unreachable!("VNIs are 24-bit"));
+        self.revision += 1;
+        let network = Network {
+            id: self.new_id(self.revision),
+            name: request.name.clone(),
+            created_ms: at,
+            created_revision: self.revision,
+            ipv4,
+            ipv6,
+            internal: request.internal,
+            attachable: request.attachable,
+            options: request.options.clone(),
+            labels: request.labels.clone(),
+            vni,
+            settings,
+        };
+        self.insert_network(network.clone())
+            .unwrap_or_else(|e| unreachable!("a checked network inserts: {e}"));
+        self.changed(Response::Network(network.clone()), vec![EventKind::NetworkCreated(network)])
+    }
+
+    /// Picks (or checks) the subnet of one family and resolves the rest of the request on it.
+    fn choose_subnet(&self, network: &str, request: &SubnetRequest, family: Family) -> Result<crate::model::SubnetConfig> {
+        let subnet = match request.subnet {
+            Some(subnet) => {
+                if subnet.family() != family {
+                    return Err(Error::invalid(
+                        &format!("{family} subnet"),
+                        subnet,
+                        format_args!("it is not an {family} subnet"),
+                    ));
+                }
+                usable_range(&subnet)?;
+                self.check_free_subnet(&subnet)?;
+                subnet
+            }
+            None => {
+                if request.ip_range.is_some() || request.gateway.is_some() || !request.aux_addresses.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "network {network:?}: an {family} ip range, gateway or auxiliary address needs an explicit {family} subnet"
+                    )));
+                }
+                self.carve_subnet(family)?
+            }
+        };
+        request.resolve(subnet)
+    }
+
+    fn check_free_subnet(&self, subnet: &Cidr) -> Result<()> {
+        match self.subnets(subnet.family()).overlapping(subnet.first(), subnet.last()) {
+            None => Ok(()),
+            Some((_, _, Owner::TunnelPool)) => Err(Error::Conflict(format!(
+                "subnet {subnet} overlaps the cluster's tunnel pool {}",
+                self.config.tunnel_pool
+            ))),
+            Some((_, _, Owner::Network(id))) => {
+                let other = &self.networks[id].network;
+                let theirs = other.subnet(subnet.family()).map(|s| s.subnet);
+                Err(Error::Conflict(format!(
+                    "subnet {subnet} overlaps {} of network {:?}",
+                    theirs.map_or_else(String::new, |s| s.to_string()),
+                    other.name
+                )))
+            }
+        }
+    }
+
+    fn carve_subnet(&self, family: Family) -> Result<Cidr> {
+        let pools = match family {
+            Family::V4 => &self.config.ipv4_pools,
+            Family::V6 => &self.config.ipv6_pools,
+        };
+        for pool in pools {
+            let block_bits = u32::from(family.bits() - pool.size);
+            let found = self
+                .subnets(family)
+                .lowest_free_block(pool.base.first(), pool.base.last(), block_bits);
+            if let Some(start) = found {
+                return Cidr::new(pool.base.addr_at(start), pool.size);
+            }
+        }
+        let names: Vec<String> = pools.iter().map(ToString::to_string).collect();
+        Err(Error::Exhausted(format!(
+            "no free {family} subnet is left in the address pools [{}]: give a subnet explicitly or add a pool",
+            names.join(", ")
+        )))
+    }
+
+    /// Adds a network and its derived data. Fails (changing nothing) only when the network
+    /// conflicts with what is there, which `create_network` has ruled out; `restore` relies on
+    /// the check.
+    fn insert_network(&mut self, network: Network) -> Result<()> {
+        let lower = network.name.to_ascii_lowercase();
+        if self.network_names.contains_key(&lower) || self.networks.contains_key(&network.id) {
+            return Err(Error::AlreadyExists(format!("network {:?} twice", network.name)));
+        }
+        let subnets: Vec<Cidr> = std::iter::once(network.ipv4.subnet).chain(network.ipv6.as_ref().map(|s| s.subnet)).collect();
+        for subnet in &subnets {
+            self.check_free_subnet(subnet)?;
+        }
+        let ipv4 = SubnetAllocator::new(&network.ipv4)?;
+        let ipv6 = network.ipv6.as_ref().map(SubnetAllocator::new).transpose()?;
+        // The VNI: create_network took it already; restore takes it here.
+        if self.vnis.is_free(network.vni.into()) {
+            self.vnis.take(network.vni.into());
+        }
+        for subnet in subnets {
+            self.subnets_mut(subnet.family())
+                .insert(subnet.first(), subnet.last(), Owner::Network(network.id));
+        }
+        self.network_names.insert(lower, network.id);
+        self.networks.insert(
+            network.id,
+            NetworkEntry {
+                network,
+                ipv4,
+                ipv6,
+                endpoints: BTreeSet::new(),
+                containers: HashMap::new(),
+                names: HashMap::new(),
+                explicit_macs: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_network(&mut self, key: &str, force: bool) -> Result<Applied> {
+        let id = self.resolve_network_id(key)?;
+        let entry = &self.networks[&id];
+        if !entry.endpoints.is_empty() && !force {
+            let hosts: BTreeSet<&str> = entry.endpoints.iter().map(|e| self.endpoints[e].node.as_str()).collect();
+            let hosts: Vec<&str> = hosts.into_iter().collect();
+            return Err(Error::Conflict(format!(
+                "network {:?} has {} endpoint(s) attached (on {}): disconnect them first, or remove with force",
+                entry.network.name,
+                entry.endpoints.len(),
+                hosts.join(", ")
+            )));
+        }
+        self.revision += 1;
+        let endpoint_ids: Vec<Id> = entry.endpoints.iter().copied().collect();
+        let mut kinds = Vec::with_capacity(endpoint_ids.len() + 1);
+        let mut removed = Vec::with_capacity(endpoint_ids.len());
+        for endpoint in endpoint_ids {
+            let ep = self.take_endpoint(&endpoint);
+            kinds.push(EventKind::EndpointRemoved(ep.clone()));
+            removed.push(ep);
+        }
+        let network = self.take_network(&id);
+        kinds.push(EventKind::NetworkRemoved(network.clone()));
+        self.changed(Response::NetworkRemoved { network, endpoints: removed }, kinds)
+    }
+
+    /// Removes an endpoint-free network and releases its subnets and VNI.
+    fn take_network(&mut self, id: &Id) -> Network {
+        let entry = self
+            .networks
+            .remove(id)
+            .unwrap_or_else(|| unreachable!("take_network of a resolved id"));
+        debug_assert!(entry.endpoints.is_empty());
+        let network = entry.network;
+        for subnet in std::iter::once(&network.ipv4).chain(network.ipv6.as_ref()) {
+            self.subnets_mut(subnet.subnet.family()).remove(subnet.subnet.first());
+        }
+        self.vnis.release(network.vni.into());
+        self.network_names.remove(&network.name.to_ascii_lowercase());
+        network
+    }
+
+    fn prune_networks(&mut self, filter: &PruneFilter) -> Result<Applied> {
+        let doomed: Vec<Id> = self
+            .networks
+            .values()
+            .filter(|e| e.endpoints.is_empty() && filter.matches(&e.network))
+            .map(|e| e.network.id)
+            .collect();
+        if doomed.is_empty() {
+            return self.unchanged(Response::Pruned(Vec::new()));
+        }
+        self.revision += 1;
+        let removed: Vec<Network> = doomed.iter().map(|id| self.take_network(id)).collect();
+        let kinds = removed.iter().cloned().map(EventKind::NetworkRemoved).collect();
+        self.changed(Response::Pruned(removed), kinds)
+    }
+
+    fn create_endpoint(&mut self, request: &EndpointRequest, at: u64) -> Result<Applied> {
+        validate::container_id(&request.container_id)?;
+        validate::dns_name("container name", &request.container_name)?;
+        validate::aliases(&request.aliases)?;
+        let network_id = self.resolve_network_id(&request.network)?;
+        self.node_entry(&request.node)?;
+        let entry = &self.networks[&network_id];
+        let net_name = &entry.network.name;
+        if let Some(existing) = entry.containers.get(&request.container_id) {
+            return Err(Error::AlreadyExists(format!(
+                "container {:?} is already attached to network {net_name:?} (endpoint {})",
+                request.container_id,
+                existing.short()
+            )));
+        }
+        let lower_name = request.container_name.to_ascii_lowercase();
+        if let Some(existing) = entry.names.get(&lower_name) {
+            let other = &self.endpoints[existing];
+            return Err(Error::AlreadyExists(format!(
+                "container name {:?} is already used on network {net_name:?} by container {:?} on node {:?}",
+                request.container_name, other.container_id, other.node
+            )));
+        }
+        if request.ipv6.is_some() && entry.ipv6.is_none() {
+            return Err(Error::Invalid(format!(
+                "network {net_name:?} has no IPv6 subnet, so no IPv6 address can be requested"
+            )));
+        }
+        if let Some(mac) = request.mac {
+            if let Some(existing) = entry.explicit_macs.get(&mac) {
+                return Err(Error::AlreadyExists(format!(
+                    "MAC address {mac} is already used on network {net_name:?} by container {:?}",
+                    self.endpoints[existing].container_id
+                )));
+            }
+        }
+
+        // Addresses: the only fallible steps with side effects; undone if a later check fails.
+        let entry = self
+            .networks
+            .get_mut(&network_id)
+            .unwrap_or_else(|| unreachable!("resolved network"));
+        let net_name = entry.network.name.clone();
+        let ipv4 = match request.ipv4 {
+            Some(addr) => entry
+                .ipv4
+                .allocate_static(&net_name, addr.into(), &entry.network.ipv4)
+                .map(|()| addr),
+            None => entry.ipv4.allocate(&net_name).map(|a| match a {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => unreachable!("IPv4 allocator"),
+            }),
+        }?;
+        let ipv6 = match (&mut entry.ipv6, &entry.network.ipv6) {
+            (Some(alloc), Some(config)) => {
+                let got = match request.ipv6 {
+                    Some(addr) => alloc.allocate_static(&net_name, addr.into(), config).map(|()| addr),
+                    None => alloc.allocate(&net_name).map(|a| match a {
+                        IpAddr::V6(a) => a,
+                        IpAddr::V4(_) => unreachable!("IPv6 allocator"),
+                    }),
+                };
+                match got {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        entry.ipv4.release(ipv4.into());
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mac = match request.mac {
+            None => MacAddr::from_ipv4(ipv4),
+            Some(mac) => {
+                let clash = mac
+                    .derived_ipv4()
+                    .filter(|derived| *derived != ipv4 && entry.network.ipv4.subnet.contains((*derived).into()));
+                if let Some(derived) = clash {
+                    entry.ipv4.release(ipv4.into());
+                    if let (Some(alloc), Some(v6)) = (&mut entry.ipv6, ipv6) {
+                        alloc.release(v6.into());
+                    }
+                    return Err(Error::invalid(
+                        "MAC address",
+                        mac,
+                        format_args!(
+                            "it is the MAC weft derives for {derived} on network {net_name:?}; choose a MAC outside 02:42:xx or the one derived from this endpoint's own address"
+                        ),
+                    ));
+                }
+                mac
+            }
+        };
+
+        self.revision += 1;
+        let endpoint = Endpoint {
+            id: self.new_id(self.revision),
+            network: network_id,
+            node: request.node.clone(),
+            container_id: request.container_id.clone(),
+            container_name: request.container_name.clone(),
+            aliases: request.aliases.clone(),
+            mac,
+            ipv4,
+            ipv6,
+            created_ms: at,
+            created_revision: self.revision,
+        };
+        self.index_endpoint(&endpoint, request.mac.is_some());
+        self.endpoints.insert(endpoint.id, endpoint.clone());
+        self.changed(Response::Endpoint(endpoint.clone()), vec![EventKind::EndpointCreated(endpoint)])
+    }
+
+    /// Records an endpoint whose addresses are already allocated in the indexes.
+    fn index_endpoint(&mut self, endpoint: &Endpoint, explicit_mac: bool) {
+        let entry = self
+            .networks
+            .get_mut(&endpoint.network)
+            .unwrap_or_else(|| unreachable!("endpoint of a known network"));
+        entry.endpoints.insert(endpoint.id);
+        entry.containers.insert(endpoint.container_id.clone(), endpoint.id);
+        entry.names.insert(endpoint.container_name.to_ascii_lowercase(), endpoint.id);
+        if explicit_mac {
+            entry.explicit_macs.insert(endpoint.mac, endpoint.id);
+        }
+        if let Some(node) = self.nodes.get_mut(&endpoint.node) {
+            node.endpoints.insert(endpoint.id);
+        }
+    }
+
+    fn remove_endpoint(&mut self, reference: &EndpointRef) -> Result<Applied> {
+        let id = self.resolve_endpoint(reference)?;
+        self.revision += 1;
+        let endpoint = self.take_endpoint(&id);
+        self.changed(Response::EndpointRemoved(endpoint.clone()), vec![EventKind::EndpointRemoved(endpoint)])
+    }
+
+    /// Removes an endpoint and releases its addresses.
+    fn take_endpoint(&mut self, id: &Id) -> Endpoint {
+        let endpoint = self
+            .endpoints
+            .remove(id)
+            .unwrap_or_else(|| unreachable!("take_endpoint of a resolved id"));
+        if let Some(entry) = self.networks.get_mut(&endpoint.network) {
+            entry.endpoints.remove(id);
+            entry.containers.remove(&endpoint.container_id);
+            entry.names.remove(&endpoint.container_name.to_ascii_lowercase());
+            entry.explicit_macs.remove(&endpoint.mac);
+            entry.ipv4.release(endpoint.ipv4.into());
+            if let (Some(alloc), Some(v6)) = (&mut entry.ipv6, endpoint.ipv6) {
+                alloc.release(v6.into());
+            }
+        }
+        if let Some(node) = self.nodes.get_mut(&endpoint.node) {
+            node.endpoints.remove(id);
+        }
+        endpoint
+    }
+
+    fn register_node(&mut self, request: &NodeRequest, at: u64) -> Result<Applied> {
+        validate::dns_name("node name", &request.name)?;
+        validate::labels("node label", &request.labels)?;
+        let underlay = request.underlay;
+        if underlay.is_unspecified() || underlay.is_multicast() {
+            return Err(Error::invalid(
+                "underlay address",
+                underlay,
+                "it must be a unicast address other hosts can reach",
+            ));
+        }
+        if !(MIN_UNDERLAY_MTU..=MAX_UNDERLAY_MTU).contains(&request.underlay_mtu) {
+            return Err(Error::invalid(
+                "underlay MTU",
+                request.underlay_mtu,
+                format_args!("an underlay MTU is {MIN_UNDERLAY_MTU} to {MAX_UNDERLAY_MTU}"),
+            ));
+        }
+        if request.agent_version.len() > 64 || request.agent_version.chars().any(char::is_control) {
+            return Err(Error::invalid("agent version", &request.agent_version, "at most 64 printable characters"));
+        }
+        if let Some(key) = &request.wireguard_public_key {
+            let ok = key.len() == 44
+                && key.ends_with('=')
+                && key[..43].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+            if !ok {
+                return Err(Error::invalid(
+                    "WireGuard public key",
+                    key,
+                    "expected 44 characters of base64 (32 bytes), as `wg pubkey` prints",
+                ));
+            }
+            if request.wireguard_port == 0 {
+                return Err(Error::invalid("WireGuard port", 0, "a host with a WireGuard key needs a UDP port 1 to 65535"));
+            }
+            if let Some(owner) = self.wireguard_keys.get(key).filter(|owner| **owner != request.name) {
+                return Err(Error::AlreadyExists(format!(
+                    "WireGuard public key {key} is already registered by node {owner:?}"
+                )));
+            }
+        }
+        if let Some(owner) = self.underlays.get(&underlay).filter(|owner| **owner != request.name) {
+            return Err(Error::AlreadyExists(format!(
+                "underlay address {underlay} is already registered by node {owner:?}"
+            )));
+        }
+
+        if let Some(existing) = self.nodes.get(&request.name) {
+            let old = &existing.node;
+            let mut node = old.clone();
+            node.underlay = underlay;
+            node.underlay_mtu = request.underlay_mtu;
+            node.wireguard_public_key = request.wireguard_public_key.clone();
+            node.wireguard_port = request.wireguard_port;
+            node.labels = request.labels.clone();
+            node.agent_version = request.agent_version.clone();
+            let came_up = node.status == NodeStatus::Down;
+            if came_up {
+                node.status = NodeStatus::Up;
+                node.status_changed_ms = at;
+            }
+            if node == *old {
+                return self.unchanged(Response::Node(node));
+            }
+            self.revision += 1;
+            if let Some(key) = &old.wireguard_public_key {
+                self.wireguard_keys.remove(key);
+            }
+            self.underlays.remove(&old.underlay);
+            self.index_node_keys(&node);
+            let mut kinds = vec![EventKind::NodeRegistered(node.clone())];
+            if came_up {
+                kinds.push(EventKind::NodeStatusChanged(node.clone()));
+            }
+            if let Some(entry) = self.nodes.get_mut(&request.name) {
+                entry.node = node.clone();
+            }
+            return self.changed(Response::Node(node), kinds);
+        }
+
+        let tunnel = self.tunnel_addresses.take_lowest_in(0, u128::MAX).ok_or_else(|| {
+            Error::Exhausted(format!(
+                "the tunnel pool {} has no free address for another node ({} nodes registered)",
+                self.config.tunnel_pool,
+                self.nodes.len()
+            ))
+        })?;
+        self.revision += 1;
+        let node = Node {
+            id: self.new_id(self.revision),
+            name: request.name.clone(),
+            underlay,
+            underlay_mtu: request.underlay_mtu,
+            wireguard_public_key: request.wireguard_public_key.clone(),
+            wireguard_port: request.wireguard_port,
+            tunnel_address: self.config.tunnel_pool.addr_at(tunnel),
+            status: NodeStatus::Up,
+            labels: request.labels.clone(),
+            agent_version: request.agent_version.clone(),
+            registered_ms: at,
+            status_changed_ms: at,
+        };
+        self.index_node_keys(&node);
+        self.nodes.insert(node.name.clone(), NodeEntry { node: node.clone(), endpoints: BTreeSet::new() });
+        self.changed(Response::Node(node.clone()), vec![EventKind::NodeRegistered(node)])
+    }
+
+    fn index_node_keys(&mut self, node: &Node) {
+        if let Some(key) = &node.wireguard_public_key {
+            self.wireguard_keys.insert(key.clone(), node.name.clone());
+        }
+        self.underlays.insert(node.underlay, node.name.clone());
+    }
+
+    fn set_node_status(&mut self, name: &str, status: NodeStatus, at: u64) -> Result<Applied> {
+        let current = self.node_entry(name)?.node.clone();
+        if current.status == status {
+            return self.unchanged(Response::Node(current));
+        }
+        self.revision += 1;
+        let entry = self.nodes.get_mut(name).unwrap_or_else(|| unreachable!("checked node"));
+        entry.node.status = status;
+        entry.node.status_changed_ms = at;
+        let node = entry.node.clone();
+        self.changed(Response::Node(node.clone()), vec![EventKind::NodeStatusChanged(node)])
+    }
+
+    fn remove_node(&mut self, name: &str) -> Result<Applied> {
+        let entry = self.node_entry(name)?;
+        let endpoint_ids: Vec<Id> = entry.endpoints.iter().copied().collect();
+        self.revision += 1;
+        let mut kinds = Vec::with_capacity(endpoint_ids.len() + 1);
+        let mut removed = Vec::with_capacity(endpoint_ids.len());
+        for id in endpoint_ids {
+            let endpoint = self.take_endpoint(&id);
+            kinds.push(EventKind::EndpointRemoved(endpoint.clone()));
+            removed.push(endpoint);
+        }
+        let entry = self.nodes.remove(name).unwrap_or_else(|| unreachable!("checked node"));
+        let node = entry.node;
+        self.tunnel_addresses.release(to_u128(node.tunnel_address));
+        if let Some(key) = &node.wireguard_public_key {
+            self.wireguard_keys.remove(key);
+        }
+        self.underlays.remove(&node.underlay);
+        kinds.push(EventKind::NodeRemoved(node.clone()));
+        self.changed(Response::NodeRemoved { node, endpoints: removed }, kinds)
+    }
+}
+
+// === impl State: snapshots ===
+
+impl State {
+    /// The canonical data as bytes: a header, a format version, then postcard. Two replicas with
+    /// the same history produce identical bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let body = SnapshotV1 {
+            revision: self.revision,
+            config: self.config.clone(),
+            networks: self.networks().cloned().collect(),
+            nodes: self.nodes().cloned().collect(),
+            endpoints: self.endpoints.values().cloned().collect(),
+        };
+        let mut out = Vec::with_capacity(64 + self.endpoints.len() * 96);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        postcard::to_io(&body, &mut out).unwrap_or_else(|e| unreachable!("encoding to memory cannot fail: {e}"));
+        out
+    }
+
+    /// SHA-256 of the snapshot, in hex: a cheap way to compare replicas.
+    pub fn digest(&self) -> String {
+        Sha256::digest(self.snapshot()).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Rebuilds a registry from [`State::snapshot`] bytes, checking every record as it goes.
+    pub fn restore(bytes: &[u8]) -> Result<State, SnapshotError> {
+        let rest = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()).ok_or(SnapshotError::BadHeader)?;
+        let (version, body) = rest.split_first_chunk::<4>().ok_or(SnapshotError::BadHeader)?;
+        let version = u32::from_le_bytes(*version);
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion(version));
+        }
+        let snap: SnapshotV1 = postcard::from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let bad = |what: String| SnapshotError::Inconsistent(what);
+        let mut state = State::new(snap.config).map_err(|e| bad(e.to_string()))?;
+        state.revision = snap.revision;
+        for network in snap.networks {
+            if !state.vnis.is_free(network.vni.into()) {
+                return Err(bad(format!("VNI {} held twice or outside the range", network.vni)));
+            }
+            let name = network.name.clone();
+            state.insert_network(network).map_err(|e| bad(format!("network {name:?}: {e}")))?;
+        }
+        for node in snap.nodes {
+            if !state.tunnel_addresses.take(to_u128(node.tunnel_address)) {
+                return Err(bad(format!("node {:?}: tunnel address {} held twice or outside the pool", node.name, node.tunnel_address)));
+            }
+            if state.underlays.contains_key(&node.underlay) || state.nodes.contains_key(&node.name) {
+                return Err(bad(format!("node {:?} or its underlay address appears twice", node.name)));
+            }
+            state.index_node_keys(&node);
+            state.nodes.insert(node.name.clone(), NodeEntry { node, endpoints: BTreeSet::new() });
+        }
+        for endpoint in snap.endpoints {
+            state.restore_endpoint(&endpoint).map_err(|e| bad(format!("endpoint {}: {e}", endpoint.id)))?;
+            state.endpoints.insert(endpoint.id, endpoint);
+        }
+        Ok(state)
+    }
+
+    fn restore_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
+        if self.endpoints.contains_key(&endpoint.id) {
+            return Err(Error::AlreadyExists("id appears twice".into()));
+        }
+        self.node_entry(&endpoint.node)?;
+        let entry = self
+            .networks
+            .get_mut(&endpoint.network)
+            .ok_or_else(|| Error::NotFound("its network is missing".into()))?;
+        let name = entry.network.name.clone();
+        if entry.containers.contains_key(&endpoint.container_id)
+            || entry.names.contains_key(&endpoint.container_name.to_ascii_lowercase())
+        {
+            return Err(Error::AlreadyExists(format!("container appears twice on network {name:?}")));
+        }
+        entry.ipv4.allocate_static(&name, endpoint.ipv4.into(), &entry.network.ipv4)?;
+        match (&mut entry.ipv6, &entry.network.ipv6, endpoint.ipv6) {
+            (Some(alloc), Some(config), Some(v6)) => alloc.allocate_static(&name, v6.into(), config)?,
+            (None, None, None) => {}
+            _ => return Err(Error::Invalid("IPv6 address does not match its network".into())),
+        }
+        let explicit = endpoint.mac != MacAddr::from_ipv4(endpoint.ipv4);
+        if explicit && entry.explicit_macs.contains_key(&endpoint.mac) {
+            return Err(Error::AlreadyExists(format!("MAC {} appears twice", endpoint.mac)));
+        }
+        self.index_endpoint(endpoint, explicit);
+        Ok(())
+    }
+}
+
+// === impl State: invariants ===
+
+impl State {
+    /// Recomputes every derived structure from the canonical records and compares: the
+    /// allocators, indexes and counts must agree with the networks, endpoints and nodes. Tests
+    /// call this after every step; it is linear in the size of the registry.
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        let mut rebuilt = State::new(self.config.clone()).map_err(|e| e.to_string())?;
+        rebuilt.revision = self.revision;
+        rebuilt.id_seed = self.id_seed;
+        let mut seen_vnis = BTreeSet::new();
+        for entry in self.networks.values() {
+            if !seen_vnis.insert(entry.network.vni) {
+                return Err(format!("VNI {} held twice", entry.network.vni));
+            }
+            rebuilt.insert_network(entry.network.clone()).map_err(|e| e.to_string())?;
+        }
+        for entry in self.nodes.values() {
+            let node = &entry.node;
+            if !rebuilt.tunnel_addresses.take(to_u128(node.tunnel_address)) {
+                return Err(format!("tunnel address {} held twice", node.tunnel_address));
+            }
+            rebuilt.index_node_keys(node);
+            rebuilt.nodes.insert(node.name.clone(), NodeEntry { node: node.clone(), endpoints: BTreeSet::new() });
+        }
+        for endpoint in self.endpoints.values() {
+            let explicit = self.networks.get(&endpoint.network).is_some_and(|n| n.explicit_macs.contains_key(&endpoint.mac));
+            rebuilt
+                .restore_endpoint(endpoint)
+                .map_err(|e| format!("endpoint {} ({}): {e}", endpoint.id.short(), endpoint.ipv4))?;
+            if explicit != (endpoint.mac != MacAddr::from_ipv4(endpoint.ipv4)) {
+                return Err(format!("endpoint {}: explicit MAC index disagrees", endpoint.id.short()));
+            }
+            rebuilt.endpoints.insert(endpoint.id, endpoint.clone());
+        }
+        if rebuilt != *self {
+            return Err("derived state differs from a rebuild of the canonical records".into());
+        }
+        Ok(())
+    }
+}
+
+// === helpers ===
+
+fn tunnel_free(pool: &Cidr) -> FreeRanges {
+    match usable_range(pool) {
+        Ok((lo, hi)) => FreeRanges::new(lo, hi),
+        Err(_) => FreeRanges::new(1, 0),
+    }
+}
+
+fn id_seed(cluster_id: &str) -> [u64; 4] {
+    let digest = Sha256::digest(cluster_id.as_bytes());
+    let mut seed = [0u64; 4];
+    for (word, chunk) in seed.iter_mut().zip(digest.chunks_exact(8)) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        *word = u64::from_be_bytes(bytes);
+    }
+    seed
+}
+
+/// SplitMix64's finaliser: a bijection on u64 with good diffusion.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Finds the one key of `map` whose hex form starts with `prefix`.
+fn resolve_id_prefix<V>(map: &BTreeMap<Id, V>, prefix: &str, kind: &str) -> Result<Id> {
+    if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::NotFound(format!("no {kind} named or with id {prefix:?}")));
+    }
+    let prefix = prefix.to_ascii_lowercase();
+    // The smallest id with this prefix: the prefix padded with zeros.
+    let mut low = [0u8; 32];
+    let padded = format!("{prefix:0<64}");
+    for (i, byte) in low.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&padded[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    let mut matches = map.range(Id(low)..).map(|(id, _)| *id).take_while(|id| id.to_string().starts_with(&prefix));
+    match (matches.next(), matches.next()) {
+        (Some(id), None) => Ok(id),
+        (None, _) => Err(Error::NotFound(format!("no {kind} named or with id {prefix:?}"))),
+        (Some(a), Some(b)) => Err(Error::Invalid(format!(
+            "{kind} id prefix {prefix:?} is ambiguous: it matches {} and {} at least; give more digits",
+            a.short(),
+            b.short()
+        ))),
+    }
+}
