@@ -680,7 +680,7 @@ impl State {
             created_ms: at,
             created_revision: self.revision,
         };
-        self.index_endpoint(&endpoint, request.mac.is_some());
+        self.index_endpoint(&endpoint, mac != MacAddr::from_ipv4(ipv4));
         self.endpoints.insert(endpoint.id, endpoint.clone());
         self.changed(Response::Endpoint(endpoint.clone()), vec![EventKind::EndpointCreated(endpoint)])
     }
@@ -998,13 +998,9 @@ impl State {
             rebuilt.nodes.insert(node.name.clone(), NodeEntry { node: node.clone(), endpoints: BTreeSet::new() });
         }
         for endpoint in self.endpoints.values() {
-            let explicit = self.networks.get(&endpoint.network).is_some_and(|n| n.explicit_macs.contains_key(&endpoint.mac));
             rebuilt
                 .restore_endpoint(endpoint)
                 .map_err(|e| format!("endpoint {} ({}): {e}", endpoint.id.short(), endpoint.ipv4))?;
-            if explicit != (endpoint.mac != MacAddr::from_ipv4(endpoint.ipv4)) {
-                return Err(format!("endpoint {}: explicit MAC index disagrees", endpoint.id.short()));
-            }
             rebuilt.endpoints.insert(endpoint.id, endpoint.clone());
         }
         if rebuilt != *self {
@@ -1064,3 +1060,7 @@ fn resolve_id_prefix<V>(map: &BTreeMap<Id, V>, prefix: &str, kind: &str) -> Resu
         ))),
     }
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,0 +1,679 @@
+//! Table and scenario tests for every rule of the state machine. Property tests of the same
+//! rules over random command sequences live in `tests/properties.rs`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::*;
+use crate::command::LabelFilter;
+use crate::error::ErrorKind;
+use crate::model::AddressPool;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn apply(state: &mut State, command: Command) -> Result<Applied> {
+    state.apply(&Proposal { at_ms: T0 + state.revision(), command })
+}
+
+/// Applies a command that must fail, and checks it changed nothing.
+fn refused(state: &mut State, command: Command) -> Error {
+    let before = state.clone();
+    let err = apply(state, command).expect_err("command should be refused");
+    assert_eq!(*state, before, "a refused command changed the state");
+    err
+}
+
+fn network(name: &str) -> NetworkRequest {
+    NetworkRequest { name: name.into(), ..NetworkRequest::default() }
+}
+
+fn with_subnet(name: &str, subnet: &str) -> NetworkRequest {
+    NetworkRequest {
+        name: name.into(),
+        ipv4: SubnetRequest { subnet: Some(subnet.parse().unwrap()), ..SubnetRequest::default() },
+        ..NetworkRequest::default()
+    }
+}
+
+fn create(state: &mut State, request: NetworkRequest) -> Network {
+    match apply(state, Command::CreateNetwork(request)).unwrap().response {
+        Response::Network(n) => n,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn node_request(name: &str, last_octet: u8) -> NodeRequest {
+    NodeRequest {
+        name: name.into(),
+        underlay: IpAddr::V4(Ipv4Addr::new(192, 0, 2, last_octet)),
+        underlay_mtu: 1500,
+        wireguard_public_key: None,
+        wireguard_port: 0,
+        labels: BTreeMap::new(),
+        agent_version: "test".into(),
+    }
+}
+
+fn register(state: &mut State, name: &str, last_octet: u8) -> Node {
+    match apply(state, Command::RegisterNode(node_request(name, last_octet))).unwrap().response {
+        Response::Node(n) => n,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn endpoint(net: &str, node: &str, container: &str) -> EndpointRequest {
+    EndpointRequest {
+        network: net.into(),
+        node: node.into(),
+        container_id: container.into(),
+        container_name: container.into(),
+        ..EndpointRequest::default()
+    }
+}
+
+fn attach(state: &mut State, request: EndpointRequest) -> Endpoint {
+    match apply(state, Command::CreateEndpoint(request)).unwrap().response {
+        Response::Endpoint(e) => e,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn ip4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// A cluster with one host, "h1".
+fn cluster() -> State {
+    let mut state = State::default();
+    register(&mut state, "h1", 1);
+    state
+}
+
+// === networks ===
+
+#[test]
+fn default_subnets_are_carved_in_order_from_the_pool() {
+    let mut s = cluster();
+    let a = create(&mut s, network("a"));
+    let b = create(&mut s, network("b"));
+    assert_eq!(a.ipv4.subnet.to_string(), "10.0.0.0/24");
+    assert_eq!(a.ipv4.gateway, IpAddr::V4(ip4("10.0.0.1")));
+    assert_eq!(b.ipv4.subnet.to_string(), "10.0.1.0/24");
+    assert_eq!((a.vni, b.vni), (4096, 4097));
+    assert_eq!(a.bridge_name(), "weft4096");
+    assert!(a.settings.masquerade && a.settings.icc);
+    assert_eq!(a.created_ms, T0 + 1);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn carving_skips_explicit_subnets_and_reuses_removed_ones() {
+    let mut s = cluster();
+    create(&mut s, with_subnet("fixed", "10.0.0.0/23"));
+    let a = create(&mut s, network("a"));
+    assert_eq!(a.ipv4.subnet.to_string(), "10.0.2.0/24");
+    apply(&mut s, Command::RemoveNetwork { network: "fixed".into(), force: false }).unwrap();
+    let b = create(&mut s, network("b"));
+    assert_eq!(b.ipv4.subnet.to_string(), "10.0.0.0/24");
+    assert_eq!(b.vni, 4096, "the removed network's VNI is reused");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn overlapping_subnets_are_refused_naming_the_other_network() {
+    let mut s = cluster();
+    create(&mut s, with_subnet("blue", "172.20.0.0/16"));
+    let err = refused(&mut s, Command::CreateNetwork(with_subnet("red", "172.20.5.0/24")));
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.message().contains("overlaps 172.20.0.0/16 of network \"blue\""), "{err}");
+    let err = refused(&mut s, Command::CreateNetwork(with_subnet("red", "10.255.3.0/24")));
+    assert!(err.message().contains("tunnel pool 10.255.0.0/16"), "{err}");
+}
+
+#[test]
+fn network_names_are_unique_ignoring_case() {
+    let mut s = cluster();
+    create(&mut s, network("Web"));
+    let err = refused(&mut s, Command::CreateNetwork(network("web")));
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(err.message().contains("\"Web\""), "{err}");
+}
+
+#[test]
+fn bad_network_requests_are_refused_with_the_rule() {
+    let mut s = cluster();
+    let v6_as_v4 = with_subnet("x", "fd00::/64");
+    let range_without_subnet = NetworkRequest {
+        name: "x".into(),
+        ipv4: SubnetRequest { ip_range: Some("10.9.0.0/25".parse().unwrap()), ..SubnetRequest::default() },
+        ..NetworkRequest::default()
+    };
+    let bad_driver = NetworkRequest { driver: Some("bridge".into()), ..network("x") };
+    let bad_option = NetworkRequest { options: [("mtu".to_string(), "1".to_string())].into(), ..network("x") };
+    let cases = [
+        (network("bad name"), ErrorKind::Invalid, "invalid network name"),
+        (v6_as_v4, ErrorKind::Invalid, "not an IPv4 subnet"),
+        (with_subnet("x", "10.9.0.0/31"), ErrorKind::Invalid, "/30"),
+        (range_without_subnet, ErrorKind::Invalid, "needs an explicit IPv4 subnet"),
+        (bad_driver, ErrorKind::Invalid, "\"overlay\" driver"),
+        (bad_option, ErrorKind::Invalid, "unknown network option"),
+    ];
+    for (request, kind, expect) in cases {
+        let err = refused(&mut s, Command::CreateNetwork(request.clone()));
+        assert_eq!(err.kind(), kind, "{request:?}");
+        assert!(err.message().contains(expect), "{request:?}: {err}");
+    }
+}
+
+#[test]
+fn duplicate_bridge_names_are_refused() {
+    let mut s = cluster();
+    let opts: BTreeMap<String, String> = [(crate::options::OPT_BRIDGE_NAME.to_string(), "br-app".to_string())].into();
+    create(&mut s, NetworkRequest { options: opts.clone(), ..network("a") });
+    let err = refused(&mut s, Command::CreateNetwork(NetworkRequest { options: opts, ..network("b") }));
+    assert!(err.message().contains("bridge name \"br-app\" is already used by network \"a\""), "{err}");
+}
+
+#[test]
+fn pool_exhaustion_names_the_pools() {
+    let config = ClusterConfig {
+        ipv4_pools: vec![AddressPool::new("10.0.0.0/23".parse().unwrap(), 24).unwrap()],
+        ..ClusterConfig::default()
+    };
+    let mut s = State::new(config).unwrap();
+    create(&mut s, network("a"));
+    create(&mut s, network("b"));
+    let err = refused(&mut s, Command::CreateNetwork(network("c")));
+    assert_eq!(err.kind(), ErrorKind::Exhausted);
+    assert!(err.message().contains("10.0.0.0/23 (subnets of /24)"), "{err}");
+}
+
+#[test]
+fn vni_exhaustion_names_the_range_and_removal_frees_a_vni() {
+    let config = ClusterConfig { vni_min: 100, vni_max: 101, ..ClusterConfig::default() };
+    let mut s = State::new(config).unwrap();
+    create(&mut s, network("a"));
+    create(&mut s, network("b"));
+    let err = refused(&mut s, Command::CreateNetwork(network("c")));
+    assert_eq!(err.kind(), ErrorKind::Exhausted);
+    assert!(err.message().contains("all 2 VNIs of the cluster's range 100-101"), "{err}");
+    apply(&mut s, Command::RemoveNetwork { network: "a".into(), force: false }).unwrap();
+    assert_eq!(create(&mut s, network("c")).vni, 100);
+}
+
+#[test]
+fn dual_stack_networks_carve_and_assign_both_families() {
+    let mut s = cluster();
+    let net = create(&mut s, NetworkRequest { ipv6: Some(SubnetRequest::default()), ..network("dual") });
+    let v6 = net.ipv6.as_ref().unwrap();
+    assert_eq!(v6.subnet.to_string(), "fd77:6566:7400::/64");
+    let ep = attach(&mut s, endpoint("dual", "h1", "c1"));
+    assert_eq!(ep.ipv6, Some("fd77:6566:7400::2".parse::<Ipv6Addr>().unwrap()));
+    let ep2 = attach(
+        &mut s,
+        EndpointRequest { ipv6: Some("fd77:6566:7400::99".parse().unwrap()), ..endpoint("dual", "h1", "c2") },
+    );
+    assert_eq!(ep2.ipv6.unwrap().to_string(), "fd77:6566:7400::99");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn networks_resolve_by_name_id_and_unique_prefix() {
+    let mut s = cluster();
+    let a = create(&mut s, network("a"));
+    let full = a.id.to_string();
+    assert_eq!(s.resolve_network("a").unwrap().id, a.id);
+    assert_eq!(s.resolve_network("A").unwrap().id, a.id);
+    assert_eq!(s.resolve_network(&full).unwrap().id, a.id);
+    assert_eq!(s.resolve_network(&full[..5]).unwrap().id, a.id);
+    assert_eq!(s.resolve_network(&full[..5].to_uppercase()).unwrap().id, a.id);
+    let err = s.resolve_network("nope").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.message().contains("\"nope\""), "{err}");
+}
+
+#[test]
+fn ambiguous_id_prefixes_are_refused() {
+    let mut s = cluster();
+    let ids: Vec<String> = (0..40).map(|i| create(&mut s, network(&format!("n{i}"))).id.to_string()).collect();
+    // With 40 ids, some pair shares its first hex digit.
+    let (a, _) = ids
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| ids[i + 1..].iter().find(|b| b[..1] == a[..1]).map(|b| (a, b)))
+        .unwrap();
+    let err = s.resolve_network(&a[..1]).unwrap_err();
+    assert!(err.message().contains("ambiguous"), "{err}");
+}
+
+#[test]
+fn removing_a_network_with_endpoints_needs_force() {
+    let mut s = cluster();
+    register(&mut s, "h2", 2);
+    create(&mut s, network("app"));
+    let e1 = attach(&mut s, endpoint("app", "h1", "c1"));
+    let e2 = attach(&mut s, endpoint("app", "h2", "c2"));
+    let err = refused(&mut s, Command::RemoveNetwork { network: "app".into(), force: false });
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.message().contains("2 endpoint(s) attached (on h1, h2)"), "{err}");
+
+    let applied = apply(&mut s, Command::RemoveNetwork { network: "app".into(), force: true }).unwrap();
+    let kinds: Vec<_> = applied.events.iter().map(|e| &e.kind).collect();
+    assert_eq!(kinds.len(), 3);
+    assert!(matches!(kinds[2], EventKind::NetworkRemoved(n) if n.name == "app"));
+    let mut removed: Vec<Id> = kinds[..2]
+        .iter()
+        .map(|k| match k {
+            EventKind::EndpointRemoved(e) => e.id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    removed.sort();
+    let mut expected = vec![e1.id, e2.id];
+    expected.sort();
+    assert_eq!(removed, expected);
+    assert!(applied.events.iter().all(|e| e.revision == applied.revision));
+    assert_eq!(s.endpoints().count(), 0);
+    assert_eq!(s.node_endpoints("h1").count(), 0);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn prune_removes_only_unused_networks_matching_the_filters() {
+    let mut s = cluster();
+    let labels = |v: &str| -> BTreeMap<String, String> { [("env".to_string(), v.to_string())].into() };
+    create(&mut s, NetworkRequest { labels: labels("dev"), ..network("dev-empty") });
+    create(&mut s, NetworkRequest { labels: labels("dev"), ..network("dev-used") });
+    create(&mut s, NetworkRequest { labels: labels("prod"), ..network("prod-empty") });
+    attach(&mut s, endpoint("dev-used", "h1", "c1"));
+    let late = create(&mut s, NetworkRequest { labels: labels("dev"), ..network("dev-late") });
+
+    let filter = PruneFilter {
+        labels: vec!["env=dev".parse::<LabelFilter>().unwrap()],
+        created_before_ms: Some(late.created_ms),
+    };
+    let applied = apply(&mut s, Command::PruneNetworks(filter.clone())).unwrap();
+    match applied.response {
+        Response::Pruned(removed) => {
+            assert_eq!(removed.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["dev-empty"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let revision = s.revision();
+    let again = apply(&mut s, Command::PruneNetworks(filter)).unwrap();
+    assert_eq!(again.revision, revision, "a prune that removes nothing changes nothing");
+    assert!(again.events.is_empty());
+    let names: Vec<&str> = s.networks().map(|n| n.name.as_str()).collect();
+    assert_eq!(names.len(), 3);
+    s.check_invariants().unwrap();
+}
+
+// === endpoints ===
+
+#[test]
+fn endpoints_get_the_lowest_free_address_and_a_derived_mac() {
+    let mut s = cluster();
+    create(&mut s, with_subnet("app", "10.5.0.0/24"));
+    let e1 = attach(&mut s, endpoint("app", "h1", "c1"));
+    let e2 = attach(&mut s, endpoint("app", "h1", "c2"));
+    assert_eq!(e1.ipv4, ip4("10.5.0.2"));
+    assert_eq!(e1.mac.to_string(), "02:42:0a:05:00:02");
+    assert_eq!(e2.ipv4, ip4("10.5.0.3"));
+    apply(&mut s, Command::RemoveEndpoint(EndpointRef::Id(e1.id.to_string()))).unwrap();
+    let e3 = attach(&mut s, endpoint("app", "h1", "c3"));
+    assert_eq!(e3.ipv4, ip4("10.5.0.2"), "released addresses are reused lowest first");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn static_addresses_and_macs_are_honoured() {
+    let mut s = cluster();
+    create(&mut s, with_subnet("app", "10.5.0.0/24"));
+    let e = attach(
+        &mut s,
+        EndpointRequest {
+            ipv4: Some(ip4("10.5.0.50")),
+            mac: Some("06:00:00:00:00:01".parse().unwrap()),
+            aliases: vec!["db".into(), "primary".into()],
+            ..endpoint("app", "h1", "c1")
+        },
+    );
+    assert_eq!(e.ipv4, ip4("10.5.0.50"));
+    assert_eq!(e.mac.to_string(), "06:00:00:00:00:01");
+    assert_eq!(e.aliases, ["db", "primary"]);
+    // A MAC derived from its own address is fine when given explicitly.
+    attach(
+        &mut s,
+        EndpointRequest {
+            ipv4: Some(ip4("10.5.0.60")),
+            mac: Some(MacAddr::from_ipv4(ip4("10.5.0.60"))),
+            ..endpoint("app", "h1", "c2")
+        },
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn conflicting_endpoints_are_refused_without_leaking_addresses() {
+    let mut s = cluster();
+    create(&mut s, with_subnet("app", "10.5.0.0/24"));
+    create(&mut s, with_subnet("v4only", "10.6.0.0/24"));
+    attach(
+        &mut s,
+        EndpointRequest {
+            ipv4: Some(ip4("10.5.0.9")),
+            mac: Some("06:00:00:00:00:01".parse().unwrap()),
+            ..endpoint("app", "h1", "web")
+        },
+    );
+    let cases: Vec<(EndpointRequest, ErrorKind, &str)> = vec![
+        (endpoint("app", "h1", "web"), ErrorKind::AlreadyExists, "already attached to network \"app\""),
+        (
+            EndpointRequest { container_name: "WEB".into(), ..endpoint("app", "h1", "other") },
+            ErrorKind::AlreadyExists,
+            "container name \"WEB\" is already used on network \"app\" by container \"web\" on node \"h1\"",
+        ),
+        (
+            EndpointRequest { ipv4: Some(ip4("10.5.0.9")), ..endpoint("app", "h1", "c2") },
+            ErrorKind::AlreadyExists,
+            "10.5.0.9 is already in use on network \"app\"",
+        ),
+        (
+            EndpointRequest { ipv4: Some(ip4("10.5.0.1")), ..endpoint("app", "h1", "c2") },
+            ErrorKind::AlreadyExists,
+            "gateway",
+        ),
+        (
+            EndpointRequest { ipv4: Some(ip4("10.7.0.1")), ..endpoint("app", "h1", "c2") },
+            ErrorKind::Invalid,
+            "not in network \"app\"'s subnet 10.5.0.0/24",
+        ),
+        (
+            EndpointRequest { mac: Some("06:00:00:00:00:01".parse().unwrap()), ..endpoint("app", "h1", "c2") },
+            ErrorKind::AlreadyExists,
+            "MAC address 06:00:00:00:00:01 is already used",
+        ),
+        (
+            EndpointRequest { mac: Some(MacAddr::from_ipv4(ip4("10.5.0.77"))), ..endpoint("app", "h1", "c2") },
+            ErrorKind::Invalid,
+            "derives for 10.5.0.77",
+        ),
+        (
+            EndpointRequest { ipv6: Some("fd00::5".parse().unwrap()), ..endpoint("v4only", "h1", "c2") },
+            ErrorKind::Invalid,
+            "has no IPv6 subnet",
+        ),
+        (endpoint("nope", "h1", "c2"), ErrorKind::NotFound, "\"nope\""),
+        (endpoint("app", "ghost", "c2"), ErrorKind::NotFound, "no node named \"ghost\""),
+        (endpoint("app", "h1", "bad id!"), ErrorKind::Invalid, "invalid container id"),
+        (
+            EndpointRequest { aliases: vec!["a".into(), "A".into()], ..endpoint("app", "h1", "c2") },
+            ErrorKind::Invalid,
+            "each alias may be given once",
+        ),
+    ];
+    for (request, kind, expect) in cases {
+        let err = refused(&mut s, Command::CreateEndpoint(request.clone()));
+        assert_eq!(err.kind(), kind, "{request:?}: {err}");
+        assert!(err.message().contains(expect), "{request:?}: {err}");
+    }
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn subnet_exhaustion_names_the_network_and_its_size() {
+    let mut s = cluster();
+    create(&mut s, with_subnet("tiny", "10.5.0.0/29"));
+    for i in 0..5 {
+        attach(&mut s, endpoint("tiny", "h1", &format!("c{i}")));
+    }
+    let err = refused(&mut s, Command::CreateEndpoint(endpoint("tiny", "h1", "late")));
+    assert_eq!(err.kind(), ErrorKind::Exhausted);
+    assert!(
+        err.message().contains("network \"tiny\" has no free IPv4 address: 10.5.0.0/29 holds 5 assignable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failed_ipv6_allocation_gives_the_ipv4_address_back() {
+    let mut s = cluster();
+    let dual = NetworkRequest {
+        ipv6: Some(SubnetRequest { subnet: Some("fd00:9::/126".parse().unwrap()), ..SubnetRequest::default() }),
+        ..with_subnet("dual", "10.5.0.0/24")
+    };
+    create(&mut s, dual);
+    attach(&mut s, endpoint("dual", "h1", "c1"));
+    attach(&mut s, endpoint("dual", "h1", "c2"));
+    // The /126 has three host addresses: the gateway and two endpoints.
+    let err = refused(&mut s, Command::CreateEndpoint(endpoint("dual", "h1", "c3")));
+    assert!(err.message().contains("no free IPv6 address"), "{err}");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn endpoints_are_removed_by_container_and_network() {
+    let mut s = cluster();
+    create(&mut s, network("app"));
+    let e = attach(&mut s, endpoint("app", "h1", "c1"));
+    let reference = EndpointRef::Container { network: "app".into(), container_id: "c1".into() };
+    let applied = apply(&mut s, Command::RemoveEndpoint(reference.clone())).unwrap();
+    assert_eq!(applied.response, Response::EndpointRemoved(e));
+    let err = refused(&mut s, Command::RemoveEndpoint(reference));
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.message().contains("\"c1\" is not attached to network \"app\""), "{err}");
+}
+
+// === nodes ===
+
+#[test]
+fn registration_is_idempotent_and_changes_are_events() {
+    let mut s = State::default();
+    let n = register(&mut s, "h1", 1);
+    assert_eq!(n.tunnel_address, IpAddr::V4(ip4("10.255.0.1")));
+    assert_eq!(n.status, NodeStatus::Up);
+    let revision = s.revision();
+    let same = apply(&mut s, Command::RegisterNode(node_request("h1", 1))).unwrap();
+    assert_eq!(same.revision, revision);
+    assert!(same.events.is_empty());
+    let moved = apply(&mut s, Command::RegisterNode(node_request("h1", 9))).unwrap();
+    assert_eq!(moved.revision, revision + 1);
+    assert!(matches!(&moved.events[..], [Event { kind: EventKind::NodeRegistered(n), .. }] if n.underlay == IpAddr::V4(ip4("192.0.2.9"))));
+    let err = refused(&mut s, Command::RegisterNode(node_request("h2", 9)));
+    assert!(err.message().contains("192.0.2.9 is already registered by node \"h1\""), "{err}");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn bad_registrations_are_refused() {
+    let mut s = State::default();
+    let key = "YjNmZDk3ZTQ2ZjQyNDE5ZDhmNzBkZmM1YjA4Y2E0ZGU=".to_string();
+    let cases = [
+        (NodeRequest { underlay_mtu: 100, ..node_request("h", 1) }, "underlay MTU"),
+        (NodeRequest { underlay: IpAddr::V4(Ipv4Addr::UNSPECIFIED), ..node_request("h", 1) }, "unicast"),
+        (NodeRequest { name: "h_ 1".into(), ..node_request("h", 1) }, "node name"),
+        (NodeRequest { wireguard_public_key: Some("short".into()), ..node_request("h", 1) }, "44 characters"),
+        (NodeRequest { wireguard_public_key: Some(key.clone()), ..node_request("h", 1) }, "UDP port"),
+    ];
+    for (request, expect) in cases {
+        let err = refused(&mut s, Command::RegisterNode(request.clone()));
+        assert!(err.message().contains(expect), "{request:?}: {err}");
+    }
+    let with_key = NodeRequest { wireguard_public_key: Some(key.clone()), wireguard_port: 51820, ..node_request("h1", 1) };
+    apply(&mut s, Command::RegisterNode(with_key.clone())).unwrap();
+    let err = refused(&mut s, Command::RegisterNode(NodeRequest { name: "h2".into(), underlay: IpAddr::V4(ip4("192.0.2.2")), ..with_key }));
+    assert!(err.message().contains("already registered by node \"h1\""), "{err}");
+}
+
+#[test]
+fn node_status_is_written_only_on_transitions() {
+    let mut s = cluster();
+    let r = s.revision();
+    let same = apply(&mut s, Command::SetNodeStatus { name: "h1".into(), status: NodeStatus::Up }).unwrap();
+    assert_eq!(same.revision, r);
+    let down = apply(&mut s, Command::SetNodeStatus { name: "h1".into(), status: NodeStatus::Down }).unwrap();
+    assert_eq!(down.revision, r + 1);
+    assert_eq!(s.node("h1").unwrap().status, NodeStatus::Down);
+    assert_eq!(s.node("h1").unwrap().status_changed_ms, T0 + r);
+    // The next registration (an agent restarting) brings it back up.
+    let up = apply(&mut s, Command::RegisterNode(node_request("h1", 1))).unwrap();
+    assert!(up.events.iter().any(|e| matches!(&e.kind, EventKind::NodeStatusChanged(n) if n.status == NodeStatus::Up)));
+    let err = refused(&mut s, Command::SetNodeStatus { name: "h9".into(), status: NodeStatus::Up });
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+#[test]
+fn removing_a_node_releases_its_endpoints_and_tunnel_address() {
+    let mut s = cluster();
+    register(&mut s, "h2", 2);
+    create(&mut s, with_subnet("app", "10.5.0.0/24"));
+    let keep = attach(&mut s, endpoint("app", "h1", "c1"));
+    let gone = attach(&mut s, endpoint("app", "h2", "c2"));
+    let applied = apply(&mut s, Command::RemoveNode { name: "h2".into() }).unwrap();
+    match &applied.response {
+        Response::NodeRemoved { node, endpoints } => {
+            assert_eq!(node.name, "h2");
+            assert_eq!(endpoints, &vec![gone.clone()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.endpoints().map(|e| e.id).collect::<Vec<_>>(), vec![keep.id]);
+    let again = attach(&mut s, endpoint("app", "h1", "c3"));
+    assert_eq!(again.ipv4, gone.ipv4, "the removed node's address is free again");
+    let h3 = register(&mut s, "h3", 3);
+    assert_eq!(h3.tunnel_address, IpAddr::V4(ip4("10.255.0.2")), "the tunnel address is reused");
+    s.check_invariants().unwrap();
+}
+
+// === configuration ===
+
+#[test]
+fn configuration_changes_are_checked_against_the_registry() {
+    let mut s = cluster();
+    create(&mut s, network("a"));
+    let narrower = ClusterConfig { vni_min: 5000, ..s.config().clone() };
+    let err = refused(&mut s, Command::Configure(narrower));
+    assert!(err.message().contains("network \"a\" uses VNI 4096"), "{err}");
+    let moved_pool = ClusterConfig { tunnel_pool: "10.254.0.0/16".parse().unwrap(), ..s.config().clone() };
+    let err = refused(&mut s, Command::Configure(moved_pool));
+    assert!(err.message().contains("while nodes are registered"), "{err}");
+    let renamed = ClusterConfig { cluster_id: "other".into(), ..s.config().clone() };
+    let err = refused(&mut s, Command::Configure(renamed));
+    assert!(err.message().contains("cannot be changed"), "{err}");
+    let encrypted = ClusterConfig { encrypt_by_default: true, ..s.config().clone() };
+    apply(&mut s, Command::Configure(encrypted)).unwrap();
+    assert!(create(&mut s, network("b")).settings.encrypted);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_new_tunnel_pool_may_not_overlap_networks() {
+    let mut s = State::default();
+    apply(&mut s, Command::Configure(ClusterConfig { cluster_id: "c1".into(), ..ClusterConfig::default() })).unwrap();
+    create(&mut s, with_subnet("a", "10.254.1.0/24"));
+    let base = s.config().clone();
+    let err = refused(
+        &mut s,
+        Command::Configure(ClusterConfig { tunnel_pool: "10.254.0.0/16".parse().unwrap(), ..base.clone() }),
+    );
+    assert!(err.message().contains("overlaps network \"a\" (10.254.1.0/24)"), "{err}");
+    apply(&mut s, Command::Configure(ClusterConfig { tunnel_pool: "10.253.0.0/16".parse().unwrap(), ..base })).unwrap();
+    // The old pool's range is open to networks now.
+    create(&mut s, with_subnet("b", "10.255.0.0/24"));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn ids_depend_on_the_cluster_id() {
+    let mut a = State::default();
+    let mut b = State::default();
+    apply(&mut b, Command::Configure(ClusterConfig { cluster_id: "b".into(), ..ClusterConfig::default() })).unwrap();
+    apply(&mut a, Command::Configure(ClusterConfig { cluster_id: "a".into(), ..ClusterConfig::default() })).unwrap();
+    assert_ne!(create(&mut a, network("n")).id, create(&mut b, network("n")).id);
+}
+
+// === revisions, events, snapshots ===
+
+#[test]
+fn every_change_bumps_the_revision_once_and_stamps_its_events() {
+    let mut s = State::default();
+    assert_eq!(s.revision(), 0);
+    let applied = apply(&mut s, Command::RegisterNode(node_request("h1", 1))).unwrap();
+    assert_eq!((applied.revision, s.revision()), (1, 1));
+    refused(&mut s, Command::CreateNetwork(network("bad name")));
+    assert_eq!(s.revision(), 1, "a refused command does not bump the revision");
+    let applied = apply(&mut s, Command::CreateNetwork(network("a"))).unwrap();
+    assert_eq!(applied.revision, 2);
+    assert_eq!(applied.events.len(), 1);
+    assert_eq!(applied.events[0].revision, 2);
+}
+
+#[test]
+fn snapshots_restore_to_an_equal_state() {
+    let mut s = cluster();
+    create(&mut s, NetworkRequest { ipv6: Some(SubnetRequest::default()), ..network("dual") });
+    let aux = NetworkRequest {
+        ipv4: SubnetRequest {
+            subnet: Some("10.9.0.0/24".parse().unwrap()),
+            ip_range: Some("10.9.0.128/25".parse().unwrap()),
+            gateway: Some("10.9.0.254".parse().unwrap()),
+            aux_addresses: [("printer".to_string(), "10.9.0.200".parse().unwrap())].into(),
+        },
+        ..network("aux")
+    };
+    create(&mut s, aux);
+    for i in 0..20 {
+        attach(&mut s, endpoint(if i % 2 == 0 { "dual" } else { "aux" }, "h1", &format!("c{i}")));
+    }
+    attach(&mut s, EndpointRequest { mac: Some("06:00:00:00:00:07".parse().unwrap()), ..endpoint("aux", "h1", "m") });
+    apply(&mut s, Command::RemoveEndpoint(EndpointRef::Container { network: "dual".into(), container_id: "c4".into() }))
+        .unwrap();
+
+    let bytes = s.snapshot();
+    let restored = State::restore(&bytes).unwrap();
+    assert_eq!(restored, s);
+    assert_eq!(restored.snapshot(), bytes);
+    assert_eq!(restored.digest(), s.digest());
+    // The restored state keeps allocating where the original would.
+    let mut a = s.clone();
+    let mut b = restored;
+    let ea = attach(&mut a, endpoint("dual", "h1", "next"));
+    let eb = attach(&mut b, endpoint("dual", "h1", "next"));
+    assert_eq!(ea, eb);
+}
+
+#[test]
+fn bad_snapshots_are_refused() {
+    let s = cluster();
+    let bytes = s.snapshot();
+    assert_eq!(State::restore(b"nonsense").unwrap_err(), SnapshotError::BadHeader);
+    let mut wrong_version = bytes.clone();
+    wrong_version[8] = 99;
+    assert_eq!(State::restore(&wrong_version).unwrap_err(), SnapshotError::UnsupportedVersion(99));
+    let truncated = &bytes[..bytes.len() - 3];
+    assert!(matches!(State::restore(truncated).unwrap_err(), SnapshotError::Decode(_)));
+}
+
+#[test]
+fn inconsistent_snapshots_are_refused() {
+    let mut s = cluster();
+    create(&mut s, with_subnet("a", "10.5.0.0/24"));
+    let e = attach(&mut s, endpoint("a", "h1", "c1"));
+    // Forge a second endpoint holding the same address.
+    let mut forged = SnapshotV1 {
+        revision: s.revision(),
+        config: s.config().clone(),
+        networks: s.networks().cloned().collect(),
+        nodes: s.nodes().cloned().collect(),
+        endpoints: vec![e.clone()],
+    };
+    let mut twin = e.clone();
+    twin.id = Id([7; 32]);
+    twin.container_id = "c2".into();
+    twin.container_name = "c2".into();
+    forged.endpoints.push(twin);
+    let mut bytes = SNAPSHOT_MAGIC.to_vec();
+    bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    bytes.extend(postcard::to_stdvec(&forged).unwrap());
+    let err = State::restore(&bytes).unwrap_err();
+    assert!(matches!(&err, SnapshotError::Inconsistent(m) if m.contains("10.5.0.2 is already in use")), "{err}");
+}
