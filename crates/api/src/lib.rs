@@ -7,6 +7,8 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 
 #![forbid(unsafe_code)]
+// A panic in a server is an outage: library code returns errors instead.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod convert;
 

@@ -29,15 +29,23 @@ pub enum Command {
     Configure(ClusterConfig),
     CreateNetwork(NetworkRequest),
     /// Removes a network by name, id or unique id prefix.
-    RemoveNetwork { network: String, force: bool },
+    RemoveNetwork {
+        network: String,
+        force: bool,
+    },
     PruneNetworks(PruneFilter),
     CreateEndpoint(EndpointRequest),
     RemoveEndpoint(EndpointRef),
     RegisterNode(NodeRequest),
     /// Proposed by the leader's liveness tracker on transitions only.
-    SetNodeStatus { name: String, status: NodeStatus },
+    SetNodeStatus {
+        name: String,
+        status: NodeStatus,
+    },
     /// Removes a host and releases every endpoint on it.
-    RemoveNode { name: String },
+    RemoveNode {
+        name: String,
+    },
 }
 
 /// `docker network create`, parsed.
@@ -74,7 +82,10 @@ pub struct EndpointRequest {
 pub enum EndpointRef {
     /// Full id or unique prefix.
     Id(String),
-    Container { network: String, container_id: String },
+    Container {
+        network: String,
+        container_id: String,
+    },
 }
 
 /// A host's registration.
@@ -143,14 +154,13 @@ impl FromStr for LabelFilter {
             LabelFilter::Has(s.to_string())
         };
         let key = match &filter {
-            LabelFilter::Has(k) | LabelFilter::Lacks(k) | LabelFilter::Equals(k, _) | LabelFilter::NotEquals(k, _) => k,
+            LabelFilter::Has(k)
+            | LabelFilter::Lacks(k)
+            | LabelFilter::Equals(k, _)
+            | LabelFilter::NotEquals(k, _) => k,
         };
         if key.is_empty() || key.contains('=') {
-            return Err(Error::invalid(
-                "label filter",
-                s,
-                "expected key, key=value, key!=value or !key",
-            ));
+            return Err(Error::invalid("label filter", s, "expected key, key=value, key!=value or !key"));
         }
         Ok(filter)
     }

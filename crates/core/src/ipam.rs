@@ -51,21 +51,32 @@ impl SubnetRequest {
         let (lo, hi) = usable_range(&subnet)?;
         let host_address = |what: &str, addr: IpAddr| -> Result<u128> {
             if !subnet.contains(addr) {
-                return Err(Error::invalid(what, addr, format_args!("it must lie inside the subnet {subnet}")));
+                return Err(Error::invalid(
+                    what,
+                    addr,
+                    format_args!("it must lie inside the subnet {subnet}"),
+                ));
             }
             let value = to_u128(addr);
             if value < lo || value > hi {
                 return Err(Error::invalid(
                     what,
                     addr,
-                    format_args!("it is the {} address of {subnet}, which cannot be assigned", reserved_kind(family, value, &subnet)),
+                    format_args!(
+                        "it is the {} address of {subnet}, which cannot be assigned",
+                        reserved_kind(family, value, &subnet)
+                    ),
                 ));
             }
             Ok(value)
         };
         if let Some(range) = self.ip_range {
             if !subnet.contains_cidr(&range) {
-                return Err(Error::invalid("ip range", range, format_args!("it must lie inside the subnet {subnet}")));
+                return Err(Error::invalid(
+                    "ip range",
+                    range,
+                    format_args!("it must lie inside the subnet {subnet}"),
+                ));
             }
             let (rlo, rhi) = (range.first().max(lo), range.last().min(hi));
             if rlo > rhi {
@@ -168,7 +179,11 @@ impl SubnetAllocator {
                 self.subnet.family(),
                 self.subnet,
                 if self.has_ip_range {
-                    format!(" (ip range {}-{})", self.subnet.addr_at(self.dynamic.0), self.subnet.addr_at(self.dynamic.1))
+                    format!(
+                        " (ip range {}-{})",
+                        self.subnet.addr_at(self.dynamic.0),
+                        self.subnet.addr_at(self.dynamic.1)
+                    )
                 } else {
                     String::new()
                 },
@@ -204,7 +219,9 @@ impl SubnetAllocator {
             return Ok(());
         }
         if addr == config.gateway {
-            return Err(Error::AlreadyExists(format!("address {addr} is the gateway of network {network:?}")));
+            return Err(Error::AlreadyExists(format!(
+                "address {addr} is the gateway of network {network:?}"
+            )));
         }
         if let Some((name, _)) = config.aux_addresses.iter().find(|(_, a)| **a == addr) {
             return Err(Error::AlreadyExists(format!(
@@ -268,7 +285,8 @@ mod tests {
     fn explicit_gateway_and_aux_addresses_are_reserved() {
         let req = SubnetRequest {
             gateway: Some(ip("10.0.0.254")),
-            aux_addresses: [("router".to_string(), ip("10.0.0.1")), ("dns".to_string(), ip("10.0.0.3"))].into(),
+            aux_addresses: [("router".to_string(), ip("10.0.0.1")), ("dns".to_string(), ip("10.0.0.3"))]
+                .into(),
             ..SubnetRequest::default()
         };
         let (config, mut a) = alloc(&req, "10.0.0.0/24");
@@ -334,7 +352,10 @@ mod tests {
         let bad = [
             (SubnetRequest { gateway: Some(ip("10.0.1.1")), ..Default::default() }, "inside the subnet"),
             (SubnetRequest { gateway: Some(ip("10.0.0.255")), ..Default::default() }, "broadcast"),
-            (SubnetRequest { ip_range: Some(cidr("10.0.0.0/23")), ..Default::default() }, "inside the subnet"),
+            (
+                SubnetRequest { ip_range: Some(cidr("10.0.0.0/23")), ..Default::default() },
+                "inside the subnet",
+            ),
             (
                 SubnetRequest { aux_addresses: [("gw".into(), ip("10.0.0.1"))].into(), ..Default::default() },
                 "gateway",
@@ -347,7 +368,10 @@ mod tests {
                 "already reserved as \"a\"",
             ),
             (
-                SubnetRequest { aux_addresses: [("bad name".into(), ip("10.0.0.9"))].into(), ..Default::default() },
+                SubnetRequest {
+                    aux_addresses: [("bad name".into(), ip("10.0.0.9"))].into(),
+                    ..Default::default()
+                },
                 "auxiliary address name",
             ),
         ];

@@ -14,6 +14,8 @@
 //! - [`state`]: the state machine itself, snapshots and invariant checks.
 
 #![forbid(unsafe_code)]
+// A panic in a server is an outage: library code returns errors instead.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cidr;
 pub mod command;
@@ -28,8 +30,8 @@ pub mod validate;
 
 pub use cidr::{Cidr, Family};
 pub use command::{
-    Applied, Command, EndpointRef, EndpointRequest, LabelFilter, NetworkRequest, NodeRequest, PruneFilter, Proposal,
-    Response,
+    Applied, Command, EndpointRef, EndpointRequest, LabelFilter, NetworkRequest, NodeRequest, Proposal,
+    PruneFilter, Response,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventKind};

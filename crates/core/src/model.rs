@@ -50,7 +50,8 @@ impl FromStr for Id {
         }
         let mut id = [0u8; 32];
         for (i, byte) in id.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| Error::invalid("id", s, rule))?;
+            *byte =
+                u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| Error::invalid("id", s, rule))?;
         }
         Ok(Id(id))
     }
@@ -152,10 +153,7 @@ impl Network {
 
     /// The bridge interface name used on every host.
     pub fn bridge_name(&self) -> String {
-        self.settings
-            .bridge_name
-            .clone()
-            .unwrap_or_else(|| format!("{DERIVED_BRIDGE_PREFIX}{}", self.vni))
+        self.settings.bridge_name.clone().unwrap_or_else(|| format!("{DERIVED_BRIDGE_PREFIX}{}", self.vni))
     }
 
     /// The subnet config of one family.
@@ -344,7 +342,14 @@ mod tests {
 
     #[test]
     fn bad_macs_are_refused() {
-        for bad in ["", "02:42:0a:00:01", "01:00:5e:00:00:01", "00:00:00:00:00:00", "02:42:0a:00:01:zz", "2:42:a:0:1:2"] {
+        for bad in [
+            "",
+            "02:42:0a:00:01",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "02:42:0a:00:01:zz",
+            "2:42:a:0:1:2",
+        ] {
             let err = bad.parse::<MacAddr>().unwrap_err();
             assert!(err.message().contains("unicast"), "{bad}: {err}");
         }

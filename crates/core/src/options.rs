@@ -90,7 +90,9 @@ impl NetworkSettings {
                         return Err(Error::invalid(
                             &format!("option {key}"),
                             value,
-                            format_args!("names starting with {DERIVED_BRIDGE_PREFIX:?} are reserved for weft's own bridges"),
+                            format_args!(
+                                "names starting with {DERIVED_BRIDGE_PREFIX:?} are reserved for weft's own bridges"
+                            ),
                         ));
                     }
                     settings.bridge_name = Some(value.clone());

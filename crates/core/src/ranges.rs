@@ -42,11 +42,7 @@ impl FreeRanges {
 
     /// The free interval holding `value`, if any.
     fn interval_of(&self, value: u128) -> Option<(u128, u128)> {
-        self.free
-            .range(..=value)
-            .next_back()
-            .filter(|(_, end)| **end >= value)
-            .map(|(s, e)| (*s, *e))
+        self.free.range(..=value).next_back().filter(|(_, end)| **end >= value).map(|(s, e)| (*s, *e))
     }
 
     pub fn is_free(&self, value: u128) -> bool {

@@ -19,7 +19,8 @@ use sha2::{Digest, Sha256};
 
 use crate::cidr::{Cidr, Family, to_u128};
 use crate::command::{
-    Applied, Command, EndpointRef, EndpointRequest, NetworkRequest, NodeRequest, PruneFilter, Proposal, Response,
+    Applied, Command, EndpointRef, EndpointRequest, NetworkRequest, NodeRequest, Proposal, PruneFilter,
+    Response,
 };
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind};
@@ -181,18 +182,12 @@ impl State {
 
     /// Endpoints of one network, in id order.
     pub fn network_endpoints(&self, network: &Id) -> impl Iterator<Item = &Endpoint> {
-        self.networks
-            .get(network)
-            .into_iter()
-            .flat_map(|e| e.endpoints.iter().map(|id| &self.endpoints[id]))
+        self.networks.get(network).into_iter().flat_map(|e| e.endpoints.iter().map(|id| &self.endpoints[id]))
     }
 
     /// Endpoints on one host, in id order.
     pub fn node_endpoints(&self, node: &str) -> impl Iterator<Item = &Endpoint> {
-        self.nodes
-            .get(node)
-            .into_iter()
-            .flat_map(|e| e.endpoints.iter().map(|id| &self.endpoints[id]))
+        self.nodes.get(node).into_iter().flat_map(|e| e.endpoints.iter().map(|id| &self.endpoints[id]))
     }
 
     /// Hosts in name order.
@@ -249,9 +244,7 @@ impl State {
     }
 
     fn node_entry(&self, name: &str) -> Result<&NodeEntry> {
-        self.nodes
-            .get(name)
-            .ok_or_else(|| Error::NotFound(format!("no node named {name:?} is registered")))
+        self.nodes.get(name).ok_or_else(|| Error::NotFound(format!("no node named {name:?} is registered")))
     }
 
     /// The id of the object created at `revision`: a bijective mix of the revision, so ids of
@@ -300,7 +293,9 @@ impl State {
             return self.unchanged(Response::Configured(config.clone()));
         }
         // Ids are seeded by the cluster id: it may change only while nothing holds an id.
-        if config.cluster_id != self.config.cluster_id && (!self.networks.is_empty() || !self.nodes.is_empty()) {
+        if config.cluster_id != self.config.cluster_id
+            && (!self.networks.is_empty() || !self.nodes.is_empty())
+        {
             return Err(Error::Conflict(format!(
                 "the cluster id is {:?} and cannot be changed to {:?} once networks or nodes exist",
                 self.config.cluster_id, config.cluster_id
@@ -322,7 +317,9 @@ impl State {
                 )));
             }
             let pool = config.tunnel_pool;
-            if let Some((_, _, Owner::Network(id))) = self.subnets(pool.family()).overlapping(pool.first(), pool.last()) {
+            if let Some((_, _, Owner::Network(id))) =
+                self.subnets(pool.family()).overlapping(pool.first(), pool.last())
+            {
                 let net = &self.networks[id].network;
                 return Err(Error::Conflict(format!(
                     "tunnel pool {pool} overlaps network {:?} ({})",
@@ -356,7 +353,8 @@ impl State {
             return Err(Error::invalid("driver", driver, "weft networks use the \"overlay\" driver"));
         }
         validate::labels("label", &request.labels)?;
-        let settings = NetworkSettings::parse(&request.options, self.config.encrypt_by_default, request.ipv6.is_some())?;
+        let settings =
+            NetworkSettings::parse(&request.options, self.config.encrypt_by_default, request.ipv6.is_some())?;
         if let Some(id) = self.network_names.get(&request.name.to_ascii_lowercase()) {
             return Err(Error::AlreadyExists(format!(
                 "a network named {:?} already exists (id {})",
@@ -408,7 +406,12 @@ impl State {
     }
 
     /// Picks (or checks) the subnet of one family and resolves the rest of the request on it.
-    fn choose_subnet(&self, network: &str, request: &SubnetRequest, family: Family) -> Result<crate::model::SubnetConfig> {
+    fn choose_subnet(
+        &self,
+        network: &str,
+        request: &SubnetRequest,
+        family: Family,
+    ) -> Result<crate::model::SubnetConfig> {
         let subnet = match request.subnet {
             Some(subnet) => {
                 if subnet.family() != family {
@@ -423,7 +426,10 @@ impl State {
                 subnet
             }
             None => {
-                if request.ip_range.is_some() || request.gateway.is_some() || !request.aux_addresses.is_empty() {
+                if request.ip_range.is_some()
+                    || request.gateway.is_some()
+                    || !request.aux_addresses.is_empty()
+                {
                     return Err(Error::Invalid(format!(
                         "network {network:?}: an {family} ip range, gateway or auxiliary address needs an explicit {family} subnet"
                     )));
@@ -460,9 +466,8 @@ impl State {
         };
         for pool in pools {
             let block_bits = u32::from(family.bits() - pool.size);
-            let found = self
-                .subnets(family)
-                .lowest_free_block(pool.base.first(), pool.base.last(), block_bits);
+            let found =
+                self.subnets(family).lowest_free_block(pool.base.first(), pool.base.last(), block_bits);
             if let Some(start) = found {
                 return Cidr::new(pool.base.addr_at(start), pool.size);
             }
@@ -482,7 +487,8 @@ impl State {
         if self.network_names.contains_key(&lower) || self.networks.contains_key(&network.id) {
             return Err(Error::AlreadyExists(format!("network {:?} twice", network.name)));
         }
-        let subnets: Vec<Cidr> = std::iter::once(network.ipv4.subnet).chain(network.ipv6.as_ref().map(|s| s.subnet)).collect();
+        let subnets: Vec<Cidr> =
+            std::iter::once(network.ipv4.subnet).chain(network.ipv6.as_ref().map(|s| s.subnet)).collect();
         for subnet in &subnets {
             self.check_free_subnet(subnet)?;
         }
@@ -493,8 +499,11 @@ impl State {
             self.vnis.take(network.vni.into());
         }
         for subnet in subnets {
-            self.subnets_mut(subnet.family())
-                .insert(subnet.first(), subnet.last(), Owner::Network(network.id));
+            self.subnets_mut(subnet.family()).insert(
+                subnet.first(),
+                subnet.last(),
+                Owner::Network(network.id),
+            );
         }
         self.network_names.insert(lower, network.id);
         self.networks.insert(
@@ -516,7 +525,8 @@ impl State {
         let id = self.resolve_network_id(key)?;
         let entry = &self.networks[&id];
         if !entry.endpoints.is_empty() && !force {
-            let hosts: BTreeSet<&str> = entry.endpoints.iter().map(|e| self.endpoints[e].node.as_str()).collect();
+            let hosts: BTreeSet<&str> =
+                entry.endpoints.iter().map(|e| self.endpoints[e].node.as_str()).collect();
             let hosts: Vec<&str> = hosts.into_iter().collect();
             return Err(Error::Conflict(format!(
                 "network {:?} has {} endpoint(s) attached (on {}): disconnect them first, or remove with force",
@@ -541,10 +551,7 @@ impl State {
 
     /// Removes an endpoint-free network and releases its subnets and VNI.
     fn take_network(&mut self, id: &Id) -> Network {
-        let entry = self
-            .networks
-            .remove(id)
-            .unwrap_or_else(|| unreachable!("take_network of a resolved id"));
+        let entry = self.networks.remove(id).unwrap_or_else(|| unreachable!("take_network of a resolved id"));
         debug_assert!(entry.endpoints.is_empty());
         let network = entry.network;
         for subnet in std::iter::once(&network.ipv4).chain(network.ipv6.as_ref()) {
@@ -609,16 +616,12 @@ impl State {
         }
 
         // Addresses: the only fallible steps with side effects; undone if a later check fails.
-        let entry = self
-            .networks
-            .get_mut(&network_id)
-            .unwrap_or_else(|| unreachable!("resolved network"));
+        let entry = self.networks.get_mut(&network_id).unwrap_or_else(|| unreachable!("resolved network"));
         let net_name = entry.network.name.clone();
         let ipv4 = match request.ipv4 {
-            Some(addr) => entry
-                .ipv4
-                .allocate_static(&net_name, addr.into(), &entry.network.ipv4)
-                .map(|()| addr),
+            Some(addr) => {
+                entry.ipv4.allocate_static(&net_name, addr.into(), &entry.network.ipv4).map(|()| addr)
+            }
             None => entry.ipv4.allocate(&net_name).map(|a| match a {
                 IpAddr::V4(a) => a,
                 IpAddr::V6(_) => unreachable!("IPv4 allocator"),
@@ -646,9 +649,9 @@ impl State {
         let mac = match request.mac {
             None => MacAddr::from_ipv4(ipv4),
             Some(mac) => {
-                let clash = mac
-                    .derived_ipv4()
-                    .filter(|derived| *derived != ipv4 && entry.network.ipv4.subnet.contains((*derived).into()));
+                let clash = mac.derived_ipv4().filter(|derived| {
+                    *derived != ipv4 && entry.network.ipv4.subnet.contains((*derived).into())
+                });
                 if let Some(derived) = clash {
                     entry.ipv4.release(ipv4.into());
                     if let (Some(alloc), Some(v6)) = (&mut entry.ipv6, ipv6) {
@@ -711,10 +714,8 @@ impl State {
 
     /// Removes an endpoint and releases its addresses.
     fn take_endpoint(&mut self, id: &Id) -> Endpoint {
-        let endpoint = self
-            .endpoints
-            .remove(id)
-            .unwrap_or_else(|| unreachable!("take_endpoint of a resolved id"));
+        let endpoint =
+            self.endpoints.remove(id).unwrap_or_else(|| unreachable!("take_endpoint of a resolved id"));
         if let Some(entry) = self.networks.get_mut(&endpoint.network) {
             entry.endpoints.remove(id);
             entry.containers.remove(&endpoint.container_id);
@@ -750,7 +751,11 @@ impl State {
             ));
         }
         if request.agent_version.len() > 64 || request.agent_version.chars().any(char::is_control) {
-            return Err(Error::invalid("agent version", &request.agent_version, "at most 64 printable characters"));
+            return Err(Error::invalid(
+                "agent version",
+                &request.agent_version,
+                "at most 64 printable characters",
+            ));
         }
         if let Some(key) = &request.wireguard_public_key {
             let ok = key.len() == 44
@@ -764,7 +769,11 @@ impl State {
                 ));
             }
             if request.wireguard_port == 0 {
-                return Err(Error::invalid("WireGuard port", 0, "a host with a WireGuard key needs a UDP port 1 to 65535"));
+                return Err(Error::invalid(
+                    "WireGuard port",
+                    0,
+                    "a host with a WireGuard key needs a UDP port 1 to 65535",
+                ));
             }
             if let Some(owner) = self.wireguard_keys.get(key).filter(|owner| **owner != request.name) {
                 return Err(Error::AlreadyExists(format!(
@@ -897,7 +906,8 @@ impl State {
         let mut out = Vec::with_capacity(64 + self.endpoints.len() * 96);
         out.extend_from_slice(SNAPSHOT_MAGIC);
         out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        postcard::to_io(&body, &mut out).unwrap_or_else(|e| unreachable!("encoding to memory cannot fail: {e}"));
+        postcard::to_io(&body, &mut out)
+            .unwrap_or_else(|e| unreachable!("encoding to memory cannot fail: {e}"));
         out
     }
 
@@ -914,7 +924,8 @@ impl State {
         if version != SNAPSHOT_VERSION {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
-        let snap: SnapshotV1 = postcard::from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let snap: SnapshotV1 =
+            postcard::from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
         let bad = |what: String| SnapshotError::Inconsistent(what);
         let mut state = State::new(snap.config).map_err(|e| bad(e.to_string()))?;
         state.revision = snap.revision;
@@ -927,7 +938,10 @@ impl State {
         }
         for node in snap.nodes {
             if !state.tunnel_addresses.take(to_u128(node.tunnel_address)) {
-                return Err(bad(format!("node {:?}: tunnel address {} held twice or outside the pool", node.name, node.tunnel_address)));
+                return Err(bad(format!(
+                    "node {:?}: tunnel address {} held twice or outside the pool",
+                    node.name, node.tunnel_address
+                )));
             }
             if state.underlays.contains_key(&node.underlay) || state.nodes.contains_key(&node.name) {
                 return Err(bad(format!("node {:?} or its underlay address appears twice", node.name)));
@@ -995,7 +1009,9 @@ impl State {
                 return Err(format!("tunnel address {} held twice", node.tunnel_address));
             }
             rebuilt.index_node_keys(node);
-            rebuilt.nodes.insert(node.name.clone(), NodeEntry { node: node.clone(), endpoints: BTreeSet::new() });
+            rebuilt
+                .nodes
+                .insert(node.name.clone(), NodeEntry { node: node.clone(), endpoints: BTreeSet::new() });
         }
         for endpoint in self.endpoints.values() {
             rebuilt
@@ -1049,7 +1065,8 @@ fn resolve_id_prefix<V>(map: &BTreeMap<Id, V>, prefix: &str, kind: &str) -> Resu
     for (i, byte) in low.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&padded[2 * i..2 * i + 2], 16).unwrap_or(0);
     }
-    let mut matches = map.range(Id(low)..).map(|(id, _)| *id).take_while(|id| id.to_string().starts_with(&prefix));
+    let mut matches =
+        map.range(Id(low)..).map(|(id, _)| *id).take_while(|id| id.to_string().starts_with(&prefix));
     match (matches.next(), matches.next()) {
         (Some(id), None) => Ok(id),
         (None, _) => Err(Error::NotFound(format!("no {kind} named or with id {prefix:?}"))),

@@ -148,7 +148,8 @@ fn bad_network_requests_are_refused_with_the_rule() {
         ..NetworkRequest::default()
     };
     let bad_driver = NetworkRequest { driver: Some("bridge".into()), ..network("x") };
-    let bad_option = NetworkRequest { options: [("mtu".to_string(), "1".to_string())].into(), ..network("x") };
+    let bad_option =
+        NetworkRequest { options: [("mtu".to_string(), "1".to_string())].into(), ..network("x") };
     let cases = [
         (network("bad name"), ErrorKind::Invalid, "invalid network name"),
         (v6_as_v4, ErrorKind::Invalid, "not an IPv4 subnet"),
@@ -167,7 +168,8 @@ fn bad_network_requests_are_refused_with_the_rule() {
 #[test]
 fn duplicate_bridge_names_are_refused() {
     let mut s = cluster();
-    let opts: BTreeMap<String, String> = [(crate::options::OPT_BRIDGE_NAME.to_string(), "br-app".to_string())].into();
+    let opts: BTreeMap<String, String> =
+        [(crate::options::OPT_BRIDGE_NAME.to_string(), "br-app".to_string())].into();
     create(&mut s, NetworkRequest { options: opts.clone(), ..network("a") });
     let err = refused(&mut s, Command::CreateNetwork(NetworkRequest { options: opts, ..network("b") }));
     assert!(err.message().contains("bridge name \"br-app\" is already used by network \"a\""), "{err}");
@@ -234,7 +236,8 @@ fn networks_resolve_by_name_id_and_unique_prefix() {
 #[test]
 fn ambiguous_id_prefixes_are_refused() {
     let mut s = cluster();
-    let ids: Vec<String> = (0..40).map(|i| create(&mut s, network(&format!("n{i}"))).id.to_string()).collect();
+    let ids: Vec<String> =
+        (0..40).map(|i| create(&mut s, network(&format!("n{i}"))).id.to_string()).collect();
     // With 40 ids, some pair shares its first hex digit.
     let (a, _) = ids
         .iter()
@@ -388,12 +391,18 @@ fn conflicting_endpoints_are_refused_without_leaking_addresses() {
             "not in network \"app\"'s subnet 10.5.0.0/24",
         ),
         (
-            EndpointRequest { mac: Some("06:00:00:00:00:01".parse().unwrap()), ..endpoint("app", "h1", "c2") },
+            EndpointRequest {
+                mac: Some("06:00:00:00:00:01".parse().unwrap()),
+                ..endpoint("app", "h1", "c2")
+            },
             ErrorKind::AlreadyExists,
             "MAC address 06:00:00:00:00:01 is already used",
         ),
         (
-            EndpointRequest { mac: Some(MacAddr::from_ipv4(ip4("10.5.0.77"))), ..endpoint("app", "h1", "c2") },
+            EndpointRequest {
+                mac: Some(MacAddr::from_ipv4(ip4("10.5.0.77"))),
+                ..endpoint("app", "h1", "c2")
+            },
             ErrorKind::Invalid,
             "derives for 10.5.0.77",
         ),
@@ -438,7 +447,10 @@ fn subnet_exhaustion_names_the_network_and_its_size() {
 fn a_failed_ipv6_allocation_gives_the_ipv4_address_back() {
     let mut s = cluster();
     let dual = NetworkRequest {
-        ipv6: Some(SubnetRequest { subnet: Some("fd00:9::/126".parse().unwrap()), ..SubnetRequest::default() }),
+        ipv6: Some(SubnetRequest {
+            subnet: Some("fd00:9::/126".parse().unwrap()),
+            ..SubnetRequest::default()
+        }),
         ..with_subnet("dual", "10.5.0.0/24")
     };
     create(&mut s, dual);
@@ -477,7 +489,9 @@ fn registration_is_idempotent_and_changes_are_events() {
     assert!(same.events.is_empty());
     let moved = apply(&mut s, Command::RegisterNode(node_request("h1", 9))).unwrap();
     assert_eq!(moved.revision, revision + 1);
-    assert!(matches!(&moved.events[..], [Event { kind: EventKind::NodeRegistered(n), .. }] if n.underlay == IpAddr::V4(ip4("192.0.2.9"))));
+    assert!(
+        matches!(&moved.events[..], [Event { kind: EventKind::NodeRegistered(n), .. }] if n.underlay == IpAddr::V4(ip4("192.0.2.9")))
+    );
     let err = refused(&mut s, Command::RegisterNode(node_request("h2", 9)));
     assert!(err.message().contains("192.0.2.9 is already registered by node \"h1\""), "{err}");
     s.check_invariants().unwrap();
@@ -498,9 +512,20 @@ fn bad_registrations_are_refused() {
         let err = refused(&mut s, Command::RegisterNode(request.clone()));
         assert!(err.message().contains(expect), "{request:?}: {err}");
     }
-    let with_key = NodeRequest { wireguard_public_key: Some(key.clone()), wireguard_port: 51820, ..node_request("h1", 1) };
+    let with_key = NodeRequest {
+        wireguard_public_key: Some(key.clone()),
+        wireguard_port: 51820,
+        ..node_request("h1", 1)
+    };
     apply(&mut s, Command::RegisterNode(with_key.clone())).unwrap();
-    let err = refused(&mut s, Command::RegisterNode(NodeRequest { name: "h2".into(), underlay: IpAddr::V4(ip4("192.0.2.2")), ..with_key }));
+    let err = refused(
+        &mut s,
+        Command::RegisterNode(NodeRequest {
+            name: "h2".into(),
+            underlay: IpAddr::V4(ip4("192.0.2.2")),
+            ..with_key
+        }),
+    );
     assert!(err.message().contains("already registered by node \"h1\""), "{err}");
 }
 
@@ -516,7 +541,11 @@ fn node_status_is_written_only_on_transitions() {
     assert_eq!(s.node("h1").unwrap().status_changed_ms, T0 + r);
     // The next registration (an agent restarting) brings it back up.
     let up = apply(&mut s, Command::RegisterNode(node_request("h1", 1))).unwrap();
-    assert!(up.events.iter().any(|e| matches!(&e.kind, EventKind::NodeStatusChanged(n) if n.status == NodeStatus::Up)));
+    assert!(
+        up.events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::NodeStatusChanged(n) if n.status == NodeStatus::Up))
+    );
     let err = refused(&mut s, Command::SetNodeStatus { name: "h9".into(), status: NodeStatus::Up });
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
@@ -568,7 +597,8 @@ fn configuration_changes_are_checked_against_the_registry() {
 #[test]
 fn a_new_tunnel_pool_may_not_overlap_networks() {
     let mut s = State::default();
-    apply(&mut s, Command::Configure(ClusterConfig { cluster_id: "c1".into(), ..ClusterConfig::default() })).unwrap();
+    apply(&mut s, Command::Configure(ClusterConfig { cluster_id: "c1".into(), ..ClusterConfig::default() }))
+        .unwrap();
     create(&mut s, with_subnet("a", "10.254.1.0/24"));
     let base = s.config().clone();
     let err = refused(
@@ -576,7 +606,11 @@ fn a_new_tunnel_pool_may_not_overlap_networks() {
         Command::Configure(ClusterConfig { tunnel_pool: "10.254.0.0/16".parse().unwrap(), ..base.clone() }),
     );
     assert!(err.message().contains("overlaps network \"a\" (10.254.1.0/24)"), "{err}");
-    apply(&mut s, Command::Configure(ClusterConfig { tunnel_pool: "10.253.0.0/16".parse().unwrap(), ..base })).unwrap();
+    apply(
+        &mut s,
+        Command::Configure(ClusterConfig { tunnel_pool: "10.253.0.0/16".parse().unwrap(), ..base }),
+    )
+    .unwrap();
     // The old pool's range is open to networks now.
     create(&mut s, with_subnet("b", "10.255.0.0/24"));
     s.check_invariants().unwrap();
@@ -586,8 +620,10 @@ fn a_new_tunnel_pool_may_not_overlap_networks() {
 fn ids_depend_on_the_cluster_id() {
     let mut a = State::default();
     let mut b = State::default();
-    apply(&mut b, Command::Configure(ClusterConfig { cluster_id: "b".into(), ..ClusterConfig::default() })).unwrap();
-    apply(&mut a, Command::Configure(ClusterConfig { cluster_id: "a".into(), ..ClusterConfig::default() })).unwrap();
+    apply(&mut b, Command::Configure(ClusterConfig { cluster_id: "b".into(), ..ClusterConfig::default() }))
+        .unwrap();
+    apply(&mut a, Command::Configure(ClusterConfig { cluster_id: "a".into(), ..ClusterConfig::default() }))
+        .unwrap();
     assert_ne!(create(&mut a, network("n")).id, create(&mut b, network("n")).id);
 }
 
@@ -624,9 +660,15 @@ fn snapshots_restore_to_an_equal_state() {
     for i in 0..20 {
         attach(&mut s, endpoint(if i % 2 == 0 { "dual" } else { "aux" }, "h1", &format!("c{i}")));
     }
-    attach(&mut s, EndpointRequest { mac: Some("06:00:00:00:00:07".parse().unwrap()), ..endpoint("aux", "h1", "m") });
-    apply(&mut s, Command::RemoveEndpoint(EndpointRef::Container { network: "dual".into(), container_id: "c4".into() }))
-        .unwrap();
+    attach(
+        &mut s,
+        EndpointRequest { mac: Some("06:00:00:00:00:07".parse().unwrap()), ..endpoint("aux", "h1", "m") },
+    );
+    apply(
+        &mut s,
+        Command::RemoveEndpoint(EndpointRef::Container { network: "dual".into(), container_id: "c4".into() }),
+    )
+    .unwrap();
 
     let bytes = s.snapshot();
     let restored = State::restore(&bytes).unwrap();
@@ -675,5 +717,8 @@ fn inconsistent_snapshots_are_refused() {
     bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     bytes.extend(postcard::to_stdvec(&forged).unwrap());
     let err = State::restore(&bytes).unwrap_err();
-    assert!(matches!(&err, SnapshotError::Inconsistent(m) if m.contains("10.5.0.2 is already in use")), "{err}");
+    assert!(
+        matches!(&err, SnapshotError::Inconsistent(m) if m.contains("10.5.0.2 is already in use")),
+        "{err}"
+    );
 }

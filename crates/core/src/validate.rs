@@ -111,7 +111,9 @@ pub fn labels(what: &str, map: &BTreeMap<String, String>) -> Result<()> {
             return Err(Error::invalid(
                 &format!("{what} value for {key:?}"),
                 value,
-                format_args!("a value is at most {MAX_LABEL_VALUE_LEN} characters without control characters"),
+                format_args!(
+                    "a value is at most {MAX_LABEL_VALUE_LEN} characters without control characters"
+                ),
             ));
         }
     }
@@ -144,7 +146,8 @@ mod tests {
         for ok in ["web", "web-1", "a", "my_app.blue", "0abc", &"x".repeat(63)] {
             dns_name("name", ok).unwrap();
         }
-        for bad in ["", "-web", "web!", "a..b", ".a", "a.", "wéb", "a b", &"x".repeat(64), &"a.".repeat(127)] {
+        for bad in ["", "-web", "web!", "a..b", ".a", "a.", "wéb", "a b", &"x".repeat(64), &"a.".repeat(127)]
+        {
             let err = dns_name("container name", bad).unwrap_err();
             assert!(err.message().starts_with("invalid container name"), "{err}");
         }

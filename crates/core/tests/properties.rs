@@ -17,21 +17,45 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use proptest::prelude::*;
 use weft_core::{
-    AddressPool, ClusterConfig, Command, EndpointRef, EndpointRequest, Id, NetworkRequest, NodeRequest, NodeStatus,
-    PruneFilter, Proposal, Response, State, SubnetRequest,
+    AddressPool, ClusterConfig, Command, EndpointRef, EndpointRequest, Id, NetworkRequest, NodeRequest,
+    NodeStatus, Proposal, PruneFilter, Response, State, SubnetRequest,
 };
 
 #[derive(Debug, Clone)]
 enum Op {
     /// A network named n{index}; with a fixed /27../29 subnet in 172.16.0.0/16 or carved.
-    CreateNetwork { index: u8, fixed: Option<(u8, u8)>, ipv6: bool, ip_range: bool },
-    RemoveNetwork { index: u8, force: bool },
+    CreateNetwork {
+        index: u8,
+        fixed: Option<(u8, u8)>,
+        ipv6: bool,
+        ip_range: bool,
+    },
+    RemoveNetwork {
+        index: u8,
+        force: bool,
+    },
     Prune,
-    Attach { network: u8, node: u8, container: u8, static_last_octet: Option<u8> },
-    Detach { network: u8, container: u8 },
-    Register { node: u8, underlay: u8 },
-    SetStatus { node: u8, up: bool },
-    RemoveNode { node: u8 },
+    Attach {
+        network: u8,
+        node: u8,
+        container: u8,
+        static_last_octet: Option<u8>,
+    },
+    Detach {
+        network: u8,
+        container: u8,
+    },
+    Register {
+        node: u8,
+        underlay: u8,
+    },
+    SetStatus {
+        node: u8,
+        up: bool,
+    },
+    RemoveNode {
+        node: u8,
+    },
 }
 
 /// Mostly the prelude's fixed /29, so it fills up and empties often.
@@ -68,9 +92,8 @@ fn cramped_config() -> ClusterConfig {
 fn command(op: &Op) -> Command {
     match op {
         Op::CreateNetwork { index, fixed, ipv6, ip_range } => {
-            let subnet = fixed.map(|(block, prefix)| {
-                format!("172.16.{}.0/{prefix}", block * 2).parse().unwrap()
-            });
+            let subnet =
+                fixed.map(|(block, prefix)| format!("172.16.{}.0/{prefix}", block * 2).parse().unwrap());
             Command::CreateNetwork(NetworkRequest {
                 name: format!("n{index}"),
                 ipv4: SubnetRequest {
@@ -83,16 +106,20 @@ fn command(op: &Op) -> Command {
                 ..NetworkRequest::default()
             })
         }
-        Op::RemoveNetwork { index, force } => Command::RemoveNetwork { network: format!("n{index}"), force: *force },
+        Op::RemoveNetwork { index, force } => {
+            Command::RemoveNetwork { network: format!("n{index}"), force: *force }
+        }
         Op::Prune => Command::PruneNetworks(PruneFilter::default()),
-        Op::Attach { network, node, container, static_last_octet } => Command::CreateEndpoint(EndpointRequest {
-            network: format!("n{network}"),
-            node: format!("h{node}"),
-            container_id: format!("c{container}"),
-            container_name: format!("c{container}"),
-            ipv4: static_last_octet.map(|o| Ipv4Addr::new(172, 16, 0, o)),
-            ..EndpointRequest::default()
-        }),
+        Op::Attach { network, node, container, static_last_octet } => {
+            Command::CreateEndpoint(EndpointRequest {
+                network: format!("n{network}"),
+                node: format!("h{node}"),
+                container_id: format!("c{container}"),
+                container_name: format!("c{container}"),
+                ipv4: static_last_octet.map(|o| Ipv4Addr::new(172, 16, 0, o)),
+                ..EndpointRequest::default()
+            })
+        }
         Op::Detach { network, container } => Command::RemoveEndpoint(EndpointRef::Container {
             network: format!("n{network}"),
             container_id: format!("c{container}"),
@@ -125,10 +152,7 @@ fn prelude() -> Vec<Op> {
 
 fn proposals(random: &[Op]) -> Vec<Proposal> {
     let ops: Vec<Op> = prelude().into_iter().chain(random.iter().cloned()).collect();
-    ops.iter()
-        .enumerate()
-        .map(|(i, op)| Proposal { at_ms: 1_000 + i as u64, command: command(op) })
-        .collect()
+    ops.iter().enumerate().map(|(i, op)| Proposal { at_ms: 1_000 + i as u64, command: command(op) }).collect()
 }
 
 /// Every address of every endpoint is held once; every VNI once; subnets are disjoint.
@@ -150,7 +174,12 @@ fn check_no_double_holding(state: &State) -> Result<(), TestCaseError> {
     prop_assert_eq!(vnis.len(), networks.len(), "a VNI is held twice");
     for (i, a) in networks.iter().enumerate() {
         for b in &networks[i + 1..] {
-            prop_assert!(!a.ipv4.subnet.overlaps(&b.ipv4.subnet), "{} overlaps {}", a.ipv4.subnet, b.ipv4.subnet);
+            prop_assert!(
+                !a.ipv4.subnet.overlaps(&b.ipv4.subnet),
+                "{} overlaps {}",
+                a.ipv4.subnet,
+                b.ipv4.subnet
+            );
             if let (Some(x), Some(y)) = (&a.ipv6, &b.ipv6) {
                 prop_assert!(!x.subnet.overlaps(&y.subnet));
             }
