@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -171,12 +172,12 @@ impl FromStr for LabelFilter {
 pub enum Response {
     Configured(ClusterConfig),
     Network(Network),
-    NetworkRemoved { network: Network, endpoints: Vec<Endpoint> },
+    NetworkRemoved { network: Network, endpoints: Vec<Arc<Endpoint>> },
     Pruned(Vec<Network>),
-    Endpoint(Endpoint),
-    EndpointRemoved(Endpoint),
+    Endpoint(Arc<Endpoint>),
+    EndpointRemoved(Arc<Endpoint>),
     Node(Node),
-    NodeRemoved { node: Node, endpoints: Vec<Endpoint> },
+    NodeRemoved { node: Node, endpoints: Vec<Arc<Endpoint>> },
 }
 
 /// The outcome of applying one command.

@@ -1,5 +1,7 @@
 //! Changes to the registry, as watchers receive them.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ClusterConfig, Endpoint, Network, Node};
@@ -16,8 +18,9 @@ pub enum EventKind {
     Configured(ClusterConfig),
     NetworkCreated(Network),
     NetworkRemoved(Network),
-    EndpointCreated(Endpoint),
-    EndpointRemoved(Endpoint),
+    /// Shared with the registry: events cost no copies of the records they carry.
+    EndpointCreated(Arc<Endpoint>),
+    EndpointRemoved(Arc<Endpoint>),
     /// First registration or a changed one.
     NodeRegistered(Node),
     NodeStatusChanged(Node),

@@ -103,6 +103,60 @@ impl FreeRanges {
         true
     }
 
+    /// Takes the whole of `lo..=hi`; false (changing nothing) unless every value in it is free.
+    pub fn take_range(&mut self, lo: u128, hi: u128) -> bool {
+        let Some((start, end)) = self.interval_of(lo) else {
+            return false;
+        };
+        if end < hi {
+            return false;
+        }
+        self.free.remove(&start);
+        if start < lo {
+            self.free.insert(start, lo - 1);
+        }
+        if hi < end {
+            self.free.insert(hi + 1, end);
+        }
+        self.free_count -= (hi - lo).saturating_add(1);
+        true
+    }
+
+    /// Returns the whole of `lo..=hi`, merging with its neighbours; false (changing nothing)
+    /// unless every value in it was taken and lies inside the managed range.
+    pub fn release_range(&mut self, lo: u128, hi: u128) -> bool {
+        if lo > hi || lo < self.lo || hi > self.hi {
+            return false;
+        }
+        // A free interval overlapping lo..=hi either holds lo or starts inside it.
+        let touches_free = self.interval_of(lo).is_some() || self.free.range(lo..=hi).next().is_some();
+        if touches_free {
+            return false;
+        }
+        let mut start = lo;
+        let mut end = hi;
+        if lo > 0 {
+            if let Some((s, _)) = self.interval_of(lo - 1) {
+                self.free.remove(&s);
+                start = s;
+            }
+        }
+        if hi < u128::MAX {
+            if let Some(e) = self.free.remove(&(hi + 1)) {
+                end = e;
+            }
+        }
+        self.free.insert(start, end);
+        self.free_count = self.free_count.saturating_add((hi - lo).saturating_add(1));
+        true
+    }
+
+    /// Free intervals `(start, end)` that end at or after `from`, in order.
+    pub fn intervals_from(&self, from: u128) -> impl Iterator<Item = (u128, u128)> + '_ {
+        let first = self.interval_of(from).map_or(from, |(s, _)| s);
+        self.free.range(first..).map(|(s, e)| (*s, *e))
+    }
+
     /// Number of free values within `lo..=hi` (walks the intervals touching that range).
     pub fn free_within(&self, lo: u128, hi: u128) -> u128 {
         let first = self.interval_of(lo).map(|(s, _)| s).unwrap_or(lo);
@@ -113,16 +167,20 @@ impl FreeRanges {
     }
 }
 
-/// Disjoint ranges owned by someone: which network holds which part of the address space.
+/// Disjoint ranges of one address family owned by someone: which network holds which part of
+/// the address space. Keeps the complement too, so finding room for a new subnet walks free
+/// space rather than every owned range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeIndex<O> {
     /// start -> (end inclusive, owner).
     ranges: BTreeMap<u128, (u128, O)>,
+    /// Everything no range owns.
+    unowned: FreeRanges,
 }
 
 impl<O> Default for RangeIndex<O> {
     fn default() -> Self {
-        RangeIndex { ranges: BTreeMap::new() }
+        RangeIndex { ranges: BTreeMap::new(), unowned: FreeRanges::new(0, u128::MAX) }
     }
 }
 
@@ -137,36 +195,42 @@ impl<O: Clone> RangeIndex<O> {
             .map(|(start, (end, owner))| (*start, *end, owner))
     }
 
-    /// Records a range; the caller has checked it overlaps nothing.
-    pub fn insert(&mut self, lo: u128, hi: u128, owner: O) {
-        debug_assert!(self.overlapping(lo, hi).is_none());
+    /// Records a range; false (changing nothing) when it overlaps an owned one.
+    pub fn insert(&mut self, lo: u128, hi: u128, owner: O) -> bool {
+        if !self.unowned.take_range(lo, hi) {
+            return false;
+        }
         self.ranges.insert(lo, (hi, owner));
+        true
     }
 
+    /// Forgets the range starting at `lo`.
     pub fn remove(&mut self, lo: u128) {
-        self.ranges.remove(&lo);
+        if let Some((hi, _)) = self.ranges.remove(&lo) {
+            self.unowned.release_range(lo, hi);
+        }
     }
 
     /// The lowest block of `2^block_bits` values, aligned to its size, inside `lo..=hi` that
-    /// overlaps no owned range. Skips over owned ranges, so the cost grows with the number of
-    /// ranges in the way, not with the size of the space.
+    /// overlaps no owned range. Walks the unowned intervals from `lo`: only fragments too small
+    /// for a block are skipped, so carving next to a thousand contiguous subnets costs the same
+    /// as next to one.
     pub fn lowest_free_block(&self, lo: u128, hi: u128, block_bits: u32) -> Option<u128> {
-        let step: u128 = if block_bits >= 128 { return None } else { 1u128 << block_bits };
-        // Align up to the block size.
-        let mut candidate = lo.checked_add(step - 1)? & !(step - 1);
-        loop {
-            let end = candidate.checked_add(step - 1)?;
-            if end > hi {
+        if block_bits >= 128 {
+            return None;
+        }
+        let step = 1u128 << block_bits;
+        for (start, end) in self.unowned.intervals_from(lo) {
+            let aligned = start.max(lo).checked_add(step - 1)? & !(step - 1);
+            let block_end = aligned.checked_add(step - 1)?;
+            if block_end > hi {
                 return None;
             }
-            match self.overlapping(candidate, end) {
-                None => return Some(candidate),
-                Some((_, owned_end, _)) => {
-                    // The next aligned block after the obstacle.
-                    candidate = (owned_end / step).checked_add(1)?.checked_mul(step)?;
-                }
+            if block_end <= end {
+                return Some(aligned);
             }
         }
+        None
     }
 }
 
@@ -223,17 +287,105 @@ mod tests {
     }
 
     #[test]
+    fn ranges_are_taken_and_released_whole() {
+        let mut f = FreeRanges::new(0, 99);
+        assert!(f.take_range(10, 19));
+        assert!(!f.take_range(15, 25), "partly taken already");
+        assert!(f.take_range(20, 29));
+        assert_eq!(f.free_count(), 80);
+        assert!(!f.release_range(5, 12), "partly free");
+        assert!(f.release_range(10, 19));
+        assert!(f.release_range(20, 29));
+        assert_eq!((f.free_count(), f.interval_count()), (100, 1));
+        assert!(!f.release_range(90, 100), "outside the range");
+        let mut whole = FreeRanges::new(0, u128::MAX);
+        assert!(whole.take_range(0, u128::MAX));
+        assert!(whole.release_range(0, u128::MAX));
+    }
+
+    #[test]
     fn blocks_skip_owned_ranges() {
         let mut idx = RangeIndex::default();
-        idx.insert(0, 255, "a");
-        idx.insert(512, 1023, "b");
+        assert!(idx.insert(0, 255, "a"));
+        assert!(idx.insert(512, 1023, "b"));
+        assert!(!idx.insert(1000, 1100, "overlaps b"));
         assert_eq!(idx.lowest_free_block(0, 4095, 8), Some(256));
-        idx.insert(256, 511, "c");
+        assert!(idx.insert(256, 511, "c"));
         assert_eq!(idx.lowest_free_block(0, 4095, 8), Some(1024));
         // An owned range that is not block-aligned still blocks the blocks it touches.
-        idx.insert(1100, 1100, "d");
+        assert!(idx.insert(1100, 1100, "d"));
         assert_eq!(idx.lowest_free_block(1024, 4095, 8), Some(1280));
         assert_eq!(idx.lowest_free_block(1024, 1279, 8), None);
         assert_eq!(idx.overlapping(1000, 1100).map(|(s, _, o)| (s, *o)), Some((1100, "d")));
+        idx.remove(512);
+        assert_eq!(idx.lowest_free_block(0, 4095, 8), Some(512));
+        assert_eq!(idx.lowest_free_block(600, 4095, 8), Some(768));
+    }
+
+    mod model {
+        use std::collections::BTreeSet;
+
+        use proptest::prelude::*;
+
+        use super::super::FreeRanges;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Take(u128),
+            Release(u128),
+            TakeLowest(u128, u128),
+            TakeRange(u128, u128),
+            ReleaseRange(u128, u128),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let v = 0..70u128;
+            prop_oneof![
+                v.clone().prop_map(Op::Take),
+                v.clone().prop_map(Op::Release),
+                (v.clone(), v.clone()).prop_map(|(a, b)| Op::TakeLowest(a.min(b), a.max(b))),
+                (v.clone(), 0..6u128).prop_map(|(a, n)| Op::TakeRange(a, a + n)),
+                (v, 0..6u128).prop_map(|(a, n)| Op::ReleaseRange(a, a + n)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Every operation agrees with a plain set of free values over 0..64.
+            #[test]
+            fn free_ranges_behave_like_a_set(ops in prop::collection::vec(op(), 1..100)) {
+                let mut f = FreeRanges::new(0, 63);
+                let mut free: BTreeSet<u128> = (0..64).collect();
+                for op in ops {
+                    match op {
+                        Op::Take(v) => prop_assert_eq!(f.take(v), free.remove(&v)),
+                        Op::Release(v) => prop_assert_eq!(f.release(v), v < 64 && free.insert(v)),
+                        Op::TakeLowest(lo, hi) => {
+                            let expect = free.range(lo..=hi).next().copied();
+                            if let Some(v) = expect { free.remove(&v); }
+                            prop_assert_eq!(f.take_lowest_in(lo, hi), expect);
+                        }
+                        Op::TakeRange(lo, hi) => {
+                            let all_free = (lo..=hi).all(|v| free.contains(&v));
+                            if all_free { for v in lo..=hi { free.remove(&v); } }
+                            prop_assert_eq!(f.take_range(lo, hi), all_free);
+                        }
+                        Op::ReleaseRange(lo, hi) => {
+                            let all_taken = hi < 64 && (lo..=hi).all(|v| !free.contains(&v));
+                            if all_taken { free.extend(lo..=hi); }
+                            prop_assert_eq!(f.release_range(lo, hi), all_taken);
+                        }
+                    }
+                    prop_assert_eq!(f.free_count(), free.len() as u128);
+                    let listed: Vec<u128> = f.intervals_from(0).flat_map(|(s, e)| s..=e).collect();
+                    prop_assert_eq!(listed, free.iter().copied().collect::<Vec<_>>());
+                    // Intervals stay merged: no two touch.
+                    let intervals: Vec<(u128, u128)> = f.intervals_from(0).collect();
+                    prop_assert!(intervals.windows(2).all(|w| w[0].1 + 1 < w[1].0));
+                    prop_assert_eq!(f.free_within(10, 40), free.range(10..=40).count() as u128);
+                }
+            }
+        }
     }
 }

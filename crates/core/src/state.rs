@@ -11,8 +11,12 @@
 //! only; anything that orders output (listing, snapshots, events) iterates `BTreeMap`s, so two
 //! replicas fed the same proposals stay byte-identical.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -41,26 +45,31 @@ enum Owner {
     TunnelPool,
 }
 
+/// Endpoints are keyed by the revision that created them: ids are a bijection of that revision
+/// (see [`State::new_id`]), so the key is recoverable from an id, and keying by creation order
+/// makes every insert an append at the right edge of the trees instead of a random write.
+type EndpointKey = u64;
+
 /// A network with its allocators and indexes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct NetworkEntry {
     network: Network,
     ipv4: SubnetAllocator,
     ipv6: Option<SubnetAllocator>,
-    endpoints: BTreeSet<Id>,
+    endpoints: BTreeSet<EndpointKey>,
     /// container id -> endpoint.
-    containers: HashMap<String, Id>,
+    containers: FxHashMap<String, EndpointKey>,
     /// lowercased container name -> endpoint: names resolve in DNS, which ignores case.
-    names: HashMap<String, Id>,
+    names: FxHashMap<String, EndpointKey>,
     /// MACs given explicitly. Derived MACs (02:42 + IPv4) cannot collide with each other, and
     /// explicit MACs inside this network's derived space are refused, so only these need an index.
-    explicit_macs: HashMap<MacAddr, Id>,
+    explicit_macs: FxHashMap<MacAddr, EndpointKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct NodeEntry {
     node: Node,
-    endpoints: BTreeSet<Id>,
+    endpoints: BTreeSet<EndpointKey>,
 }
 
 /// The registry. See the module docs.
@@ -72,17 +81,18 @@ pub struct State {
     id_seed: [u64; 4],
     networks: BTreeMap<Id, NetworkEntry>,
     /// lowercased name -> network.
-    network_names: HashMap<String, Id>,
-    endpoints: BTreeMap<Id, Endpoint>,
+    network_names: FxHashMap<String, Id>,
+    /// Shared with the responses and events that mention them, so those cost no deep copies.
+    endpoints: BTreeMap<EndpointKey, Arc<Endpoint>>,
     nodes: BTreeMap<String, NodeEntry>,
     vnis: FreeRanges,
     subnets_v4: RangeIndex<Owner>,
     subnets_v6: RangeIndex<Owner>,
     tunnel_addresses: FreeRanges,
     /// WireGuard public key -> node name.
-    wireguard_keys: HashMap<String, String>,
+    wireguard_keys: FxHashMap<String, String>,
     /// underlay address -> node name.
-    underlays: HashMap<IpAddr, String>,
+    underlays: FxHashMap<IpAddr, String>,
 }
 
 impl Default for State {
@@ -101,7 +111,7 @@ struct SnapshotV1 {
     config: ClusterConfig,
     networks: Vec<Network>,
     nodes: Vec<Node>,
-    endpoints: Vec<Endpoint>,
+    endpoints: Vec<Arc<Endpoint>>,
 }
 
 /// Why a snapshot could not be restored.
@@ -130,13 +140,13 @@ impl State {
             tunnel_addresses: tunnel_free(&config.tunnel_pool),
             config,
             networks: BTreeMap::new(),
-            network_names: HashMap::new(),
+            network_names: FxHashMap::default(),
             endpoints: BTreeMap::new(),
             nodes: BTreeMap::new(),
             subnets_v4: RangeIndex::default(),
             subnets_v6: RangeIndex::default(),
-            wireguard_keys: HashMap::new(),
-            underlays: HashMap::new(),
+            wireguard_keys: FxHashMap::default(),
+            underlays: FxHashMap::default(),
         };
         let pool = state.config.tunnel_pool;
         state.subnets_mut(pool.family()).insert(pool.first(), pool.last(), Owner::TunnelPool);
@@ -171,23 +181,23 @@ impl State {
         self.networks.get(network).map_or(0, |e| e.endpoints.len())
     }
 
-    /// All endpoints in id order.
-    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+    /// All endpoints, oldest first.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
         self.endpoints.values()
     }
 
-    pub fn endpoint(&self, id: &Id) -> Option<&Endpoint> {
-        self.endpoints.get(id)
+    pub fn endpoint(&self, id: &Id) -> Option<&Arc<Endpoint>> {
+        self.endpoint_key(id).and_then(|key| self.endpoints.get(&key))
     }
 
-    /// Endpoints of one network, in id order.
-    pub fn network_endpoints(&self, network: &Id) -> impl Iterator<Item = &Endpoint> {
-        self.networks.get(network).into_iter().flat_map(|e| e.endpoints.iter().map(|id| &self.endpoints[id]))
+    /// Endpoints of one network, oldest first.
+    pub fn network_endpoints(&self, network: &Id) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.networks.get(network).into_iter().flat_map(|e| e.endpoints.iter().map(|k| &self.endpoints[k]))
     }
 
-    /// Endpoints on one host, in id order.
-    pub fn node_endpoints(&self, node: &str) -> impl Iterator<Item = &Endpoint> {
-        self.nodes.get(node).into_iter().flat_map(|e| e.endpoints.iter().map(|id| &self.endpoints[id]))
+    /// Endpoints on one host, oldest first.
+    pub fn node_endpoints(&self, node: &str) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.nodes.get(node).into_iter().flat_map(|e| e.endpoints.iter().map(|k| &self.endpoints[k]))
     }
 
     /// Hosts in name order.
@@ -221,15 +231,46 @@ impl State {
     }
 
     fn resolve_network_id(&self, key: &str) -> Result<Id> {
-        if let Some(id) = self.network_names.get(&key.to_ascii_lowercase()) {
+        if let Some(id) = self.network_names.get(lowercase(key).as_ref()) {
             return Ok(*id);
         }
         resolve_id_prefix(&self.networks, key, "network")
     }
 
-    fn resolve_endpoint(&self, reference: &EndpointRef) -> Result<Id> {
+    /// The key of an endpoint id, if the id is one this cluster could have issued.
+    fn endpoint_key(&self, id: &Id) -> Option<EndpointKey> {
+        let word = u64::from_be_bytes(id.0[..8].try_into().ok()?);
+        let revision = unmix64(word).wrapping_sub(self.id_seed[0]);
+        (self.new_id(revision) == *id).then_some(revision)
+    }
+
+    /// Endpoints are named by a full id or a prefix of at least 16 digits: those digits already
+    /// determine the endpoint, so no search over every endpoint is ever needed. People name
+    /// endpoints by network and container instead, as with Docker.
+    fn resolve_endpoint(&self, reference: &EndpointRef) -> Result<EndpointKey> {
         match reference {
-            EndpointRef::Id(prefix) => resolve_id_prefix(&self.endpoints, prefix, "endpoint"),
+            EndpointRef::Id(prefix) => {
+                let prefix = prefix.to_ascii_lowercase();
+                if prefix.len() < ENDPOINT_PREFIX_DIGITS
+                    || prefix.len() > 64
+                    || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(Error::invalid(
+                        "endpoint id",
+                        &prefix,
+                        format_args!(
+                            "give the full id or at least its first {ENDPOINT_PREFIX_DIGITS} hex digits (or name the network and container)"
+                        ),
+                    ));
+                }
+                let word = u64::from_str_radix(&prefix[..16], 16).unwrap_or_default();
+                let revision = unmix64(word).wrapping_sub(self.id_seed[0]);
+                self.endpoints
+                    .get(&revision)
+                    .filter(|e| e.id.hex().starts_with(prefix.as_bytes()))
+                    .map(|_| revision)
+                    .ok_or_else(|| Error::NotFound(format!("no endpoint with id {prefix:?}")))
+            }
             EndpointRef::Container { network, container_id } => {
                 let net = self.resolve_network_id(network)?;
                 let entry = &self.networks[&net];
@@ -285,6 +326,12 @@ impl State {
         let revision = self.revision;
         let events = kinds.into_iter().map(|kind| Event { revision, kind }).collect();
         Ok(Applied { revision, response, events })
+    }
+
+    /// [`State::changed`] for the common case of one event, without the intermediate vector.
+    fn changed_once(&mut self, response: Response, kind: EventKind) -> Result<Applied> {
+        let revision = self.revision;
+        Ok(Applied { revision, response, events: vec![Event { revision, kind }] })
     }
 
     fn configure(&mut self, config: &ClusterConfig) -> Result<Applied> {
@@ -499,11 +546,9 @@ impl State {
             self.vnis.take(network.vni.into());
         }
         for subnet in subnets {
-            self.subnets_mut(subnet.family()).insert(
-                subnet.first(),
-                subnet.last(),
-                Owner::Network(network.id),
-            );
+            let owner = Owner::Network(network.id);
+            let inserted = self.subnets_mut(subnet.family()).insert(subnet.first(), subnet.last(), owner);
+            debug_assert!(inserted, "checked free above");
         }
         self.network_names.insert(lower, network.id);
         self.networks.insert(
@@ -513,9 +558,9 @@ impl State {
                 ipv4,
                 ipv6,
                 endpoints: BTreeSet::new(),
-                containers: HashMap::new(),
-                names: HashMap::new(),
-                explicit_macs: HashMap::new(),
+                containers: FxHashMap::default(),
+                names: FxHashMap::default(),
+                explicit_macs: FxHashMap::default(),
             },
         );
         Ok(())
@@ -536,10 +581,10 @@ impl State {
             )));
         }
         self.revision += 1;
-        let endpoint_ids: Vec<Id> = entry.endpoints.iter().copied().collect();
-        let mut kinds = Vec::with_capacity(endpoint_ids.len() + 1);
-        let mut removed = Vec::with_capacity(endpoint_ids.len());
-        for endpoint in endpoint_ids {
+        let endpoint_keys: Vec<EndpointKey> = entry.endpoints.iter().copied().collect();
+        let mut kinds = Vec::with_capacity(endpoint_keys.len() + 1);
+        let mut removed = Vec::with_capacity(endpoint_keys.len());
+        for endpoint in endpoint_keys {
             let ep = self.take_endpoint(&endpoint);
             kinds.push(EventKind::EndpointRemoved(ep.clone()));
             removed.push(ep);
@@ -590,7 +635,7 @@ impl State {
             return Err(Error::AlreadyExists(format!(
                 "container {:?} is already attached to network {net_name:?} (endpoint {})",
                 request.container_id,
-                existing.short()
+                self.endpoints[existing].id.short()
             )));
         }
         let lower_name = request.container_name.to_ascii_lowercase();
@@ -683,25 +728,27 @@ impl State {
             created_ms: at,
             created_revision: self.revision,
         };
-        self.index_endpoint(&endpoint, mac != MacAddr::from_ipv4(ipv4));
-        self.endpoints.insert(endpoint.id, endpoint.clone());
-        self.changed(Response::Endpoint(endpoint.clone()), vec![EventKind::EndpointCreated(endpoint)])
+        let endpoint = Arc::new(endpoint);
+        self.index_endpoint(&endpoint, lower_name, mac != MacAddr::from_ipv4(ipv4));
+        self.endpoints.insert(endpoint.created_revision, endpoint.clone());
+        self.changed_once(Response::Endpoint(endpoint.clone()), EventKind::EndpointCreated(endpoint))
     }
 
     /// Records an endpoint whose addresses are already allocated in the indexes.
-    fn index_endpoint(&mut self, endpoint: &Endpoint, explicit_mac: bool) {
+    fn index_endpoint(&mut self, endpoint: &Endpoint, lower_name: String, explicit_mac: bool) {
         let entry = self
             .networks
             .get_mut(&endpoint.network)
             .unwrap_or_else(|| unreachable!("endpoint of a known network"));
-        entry.endpoints.insert(endpoint.id);
-        entry.containers.insert(endpoint.container_id.clone(), endpoint.id);
-        entry.names.insert(endpoint.container_name.to_ascii_lowercase(), endpoint.id);
+        let key = endpoint.created_revision;
+        entry.endpoints.insert(key);
+        entry.containers.insert(endpoint.container_id.clone(), key);
+        entry.names.insert(lower_name, key);
         if explicit_mac {
-            entry.explicit_macs.insert(endpoint.mac, endpoint.id);
+            entry.explicit_macs.insert(endpoint.mac, key);
         }
         if let Some(node) = self.nodes.get_mut(&endpoint.node) {
-            node.endpoints.insert(endpoint.id);
+            node.endpoints.insert(key);
         }
     }
 
@@ -709,15 +756,15 @@ impl State {
         let id = self.resolve_endpoint(reference)?;
         self.revision += 1;
         let endpoint = self.take_endpoint(&id);
-        self.changed(Response::EndpointRemoved(endpoint.clone()), vec![EventKind::EndpointRemoved(endpoint)])
+        self.changed_once(Response::EndpointRemoved(endpoint.clone()), EventKind::EndpointRemoved(endpoint))
     }
 
     /// Removes an endpoint and releases its addresses.
-    fn take_endpoint(&mut self, id: &Id) -> Endpoint {
+    fn take_endpoint(&mut self, key: &EndpointKey) -> Arc<Endpoint> {
         let endpoint =
-            self.endpoints.remove(id).unwrap_or_else(|| unreachable!("take_endpoint of a resolved id"));
+            self.endpoints.remove(key).unwrap_or_else(|| unreachable!("take_endpoint of a resolved key"));
         if let Some(entry) = self.networks.get_mut(&endpoint.network) {
-            entry.endpoints.remove(id);
+            entry.endpoints.remove(key);
             entry.containers.remove(&endpoint.container_id);
             entry.names.remove(&endpoint.container_name.to_ascii_lowercase());
             entry.explicit_macs.remove(&endpoint.mac);
@@ -727,7 +774,7 @@ impl State {
             }
         }
         if let Some(node) = self.nodes.get_mut(&endpoint.node) {
-            node.endpoints.remove(id);
+            node.endpoints.remove(key);
         }
         endpoint
     }
@@ -869,11 +916,11 @@ impl State {
 
     fn remove_node(&mut self, name: &str) -> Result<Applied> {
         let entry = self.node_entry(name)?;
-        let endpoint_ids: Vec<Id> = entry.endpoints.iter().copied().collect();
+        let endpoint_keys: Vec<EndpointKey> = entry.endpoints.iter().copied().collect();
         self.revision += 1;
-        let mut kinds = Vec::with_capacity(endpoint_ids.len() + 1);
-        let mut removed = Vec::with_capacity(endpoint_ids.len());
-        for id in endpoint_ids {
+        let mut kinds = Vec::with_capacity(endpoint_keys.len() + 1);
+        let mut removed = Vec::with_capacity(endpoint_keys.len());
+        for id in endpoint_keys {
             let endpoint = self.take_endpoint(&id);
             kinds.push(EventKind::EndpointRemoved(endpoint.clone()));
             removed.push(endpoint);
@@ -951,14 +998,18 @@ impl State {
         }
         for endpoint in snap.endpoints {
             state.restore_endpoint(&endpoint).map_err(|e| bad(format!("endpoint {}: {e}", endpoint.id)))?;
-            state.endpoints.insert(endpoint.id, endpoint);
+            state.endpoints.insert(endpoint.created_revision, endpoint);
         }
         Ok(state)
     }
 
     fn restore_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
-        if self.endpoints.contains_key(&endpoint.id) {
+        if self.endpoints.contains_key(&endpoint.created_revision) {
             return Err(Error::AlreadyExists("id appears twice".into()));
+        }
+        if endpoint.created_revision > self.revision || self.new_id(endpoint.created_revision) != endpoint.id
+        {
+            return Err(Error::Invalid("its id does not match its creation revision".into()));
         }
         self.node_entry(&endpoint.node)?;
         let entry = self
@@ -981,7 +1032,7 @@ impl State {
         if explicit && entry.explicit_macs.contains_key(&endpoint.mac) {
             return Err(Error::AlreadyExists(format!("MAC {} appears twice", endpoint.mac)));
         }
-        self.index_endpoint(endpoint, explicit);
+        self.index_endpoint(endpoint, endpoint.container_name.to_ascii_lowercase(), explicit);
         Ok(())
     }
 }
@@ -1017,7 +1068,7 @@ impl State {
             rebuilt
                 .restore_endpoint(endpoint)
                 .map_err(|e| format!("endpoint {} ({}): {e}", endpoint.id.short(), endpoint.ipv4))?;
-            rebuilt.endpoints.insert(endpoint.id, endpoint.clone());
+            rebuilt.endpoints.insert(endpoint.created_revision, endpoint.clone());
         }
         if rebuilt != *self {
             return Err("derived state differs from a rebuild of the canonical records".into());
@@ -1046,11 +1097,30 @@ fn id_seed(cluster_id: &str) -> [u64; 4] {
     seed
 }
 
+/// The fewest leading hex digits that name an endpoint: the first 64-bit word of its id.
+pub const ENDPOINT_PREFIX_DIGITS: usize = 16;
+
+/// `key` lowercased, allocating only when it has capitals.
+fn lowercase(key: &str) -> Cow<'_, str> {
+    if key.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(key.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
 /// SplitMix64's finaliser: a bijection on u64 with good diffusion.
 fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// The inverse of [`mix64`].
+fn unmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 31) ^ (z >> 62)).wrapping_mul(0x3196_42b2_d24d_8ec3);
+    z = (z ^ (z >> 27) ^ (z >> 54)).wrapping_mul(0x96de_1b17_3f11_9089);
+    z ^ (z >> 30) ^ (z >> 60)
 }
 
 /// Finds the one key of `map` whose hex form starts with `prefix`.
@@ -1066,7 +1136,7 @@ fn resolve_id_prefix<V>(map: &BTreeMap<Id, V>, prefix: &str, kind: &str) -> Resu
         *byte = u8::from_str_radix(&padded[2 * i..2 * i + 2], 16).unwrap_or(0);
     }
     let mut matches =
-        map.range(Id(low)..).map(|(id, _)| *id).take_while(|id| id.to_string().starts_with(&prefix));
+        map.range(Id(low)..).map(|(id, _)| *id).take_while(|id| id.hex().starts_with(prefix.as_bytes()));
     match (matches.next(), matches.next()) {
         (Some(id), None) => Ok(id),
         (None, _) => Err(Error::NotFound(format!("no {kind} named or with id {prefix:?}"))),

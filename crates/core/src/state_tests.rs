@@ -2,6 +2,7 @@
 //! rules over random command sequences live in `tests/properties.rs`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use super::*;
 use crate::command::LabelFilter;
@@ -72,7 +73,7 @@ fn endpoint(net: &str, node: &str, container: &str) -> EndpointRequest {
 
 fn attach(state: &mut State, request: EndpointRequest) -> Endpoint {
     match apply(state, Command::CreateEndpoint(request)).unwrap().response {
-        Response::Endpoint(e) => e,
+        Response::Endpoint(e) => Endpoint::clone(&e),
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -469,7 +470,7 @@ fn endpoints_are_removed_by_container_and_network() {
     let e = attach(&mut s, endpoint("app", "h1", "c1"));
     let reference = EndpointRef::Container { network: "app".into(), container_id: "c1".into() };
     let applied = apply(&mut s, Command::RemoveEndpoint(reference.clone())).unwrap();
-    assert_eq!(applied.response, Response::EndpointRemoved(e));
+    assert_eq!(applied.response, Response::EndpointRemoved(Arc::new(e)));
     let err = refused(&mut s, Command::RemoveEndpoint(reference));
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(err.message().contains("\"c1\" is not attached to network \"app\""), "{err}");
@@ -561,7 +562,7 @@ fn removing_a_node_releases_its_endpoints_and_tunnel_address() {
     match &applied.response {
         Response::NodeRemoved { node, endpoints } => {
             assert_eq!(node.name, "h2");
-            assert_eq!(endpoints, &vec![gone.clone()]);
+            assert_eq!(endpoints, &vec![Arc::new(gone.clone())]);
         }
         other => panic!("{other:?}"),
     }
@@ -702,23 +703,59 @@ fn inconsistent_snapshots_are_refused() {
     let e = attach(&mut s, endpoint("a", "h1", "c1"));
     // Forge a second endpoint holding the same address.
     let mut forged = SnapshotV1 {
-        revision: s.revision(),
+        revision: s.revision() + 1,
         config: s.config().clone(),
         networks: s.networks().cloned().collect(),
         nodes: s.nodes().cloned().collect(),
-        endpoints: vec![e.clone()],
+        endpoints: vec![Arc::new(e.clone())],
     };
     let mut twin = e.clone();
-    twin.id = Id([7; 32]);
+    twin.created_revision = forged.revision;
+    twin.id = s.new_id(twin.created_revision);
     twin.container_id = "c2".into();
     twin.container_name = "c2".into();
-    forged.endpoints.push(twin);
-    let mut bytes = SNAPSHOT_MAGIC.to_vec();
-    bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    bytes.extend(postcard::to_stdvec(&forged).unwrap());
-    let err = State::restore(&bytes).unwrap_err();
+    let encode = |snapshot: &SnapshotV1| {
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        bytes.extend(postcard::to_stdvec(snapshot).unwrap());
+        bytes
+    };
+    forged.endpoints.push(Arc::new(twin.clone()));
+    let err = State::restore(&encode(&forged)).unwrap_err();
     assert!(
         matches!(&err, SnapshotError::Inconsistent(m) if m.contains("10.5.0.2 is already in use")),
         "{err}"
     );
+
+    // An id that is not the one its creation revision yields.
+    twin.ipv4 = ip4("10.5.0.3");
+    twin.mac = MacAddr::from_ipv4(twin.ipv4);
+    twin.id = Id([7; 32]);
+    forged.endpoints[1] = Arc::new(twin);
+    let err = State::restore(&encode(&forged)).unwrap_err();
+    assert!(matches!(&err, SnapshotError::Inconsistent(m) if m.contains("does not match")), "{err}");
+}
+
+#[test]
+fn endpoint_ids_resolve_from_sixteen_digits() {
+    let mut s = cluster();
+    create(&mut s, network("app"));
+    let e = attach(&mut s, endpoint("app", "h1", "c1"));
+    let full = e.id.to_string();
+    assert_eq!(s.endpoint(&e.id).map(|found| found.id), Some(e.id));
+    assert_eq!(s.resolve_endpoint(&EndpointRef::Id(full[..16].to_uppercase())).unwrap(), e.created_revision);
+    let err = s.resolve_endpoint(&EndpointRef::Id(full[..12].into())).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    assert!(err.message().contains("at least its first 16 hex digits"), "{err}");
+    let mut wrong = full.clone();
+    wrong.replace_range(20..21, if &full[20..21] == "0" { "1" } else { "0" });
+    assert_eq!(s.resolve_endpoint(&EndpointRef::Id(wrong)).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(s.endpoint(&Id([3; 32])), None);
+}
+
+#[test]
+fn unmix_inverts_mix() {
+    for x in [0u64, 1, 42, u64::MAX, 0x0123_4567_89ab_cdef, 1 << 63] {
+        assert_eq!(unmix64(mix64(x)), x);
+    }
 }

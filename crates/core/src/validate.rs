@@ -26,23 +26,23 @@ pub const MAX_ALIASES: usize = 32;
 /// digit; at most 253 characters. This is Docker's container-name alphabet
 /// (`[a-zA-Z0-9][a-zA-Z0-9_.-]`) with the length limits DNS imposes.
 pub fn dns_name(what: &str, name: &str) -> Result<()> {
-    let rule = format!(
-        "use 1 to {MAX_NAME_LEN} characters: dot-separated parts of letters, digits, '-' or '_', \
-         each starting with a letter or digit and at most {MAX_LABEL_LEN} long"
-    );
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(Error::invalid(what, name, rule));
-    }
-    for label in name.split('.') {
+    let label_ok = |label: &str| {
         let mut chars = label.chars();
-        let ok = label.len() <= MAX_LABEL_LEN
+        label.len() <= MAX_LABEL_LEN
             && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !ok {
-            return Err(Error::invalid(what, name, rule));
-        }
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !name.is_empty() && name.len() <= MAX_NAME_LEN && name.split('.').all(label_ok) {
+        return Ok(());
     }
-    Ok(())
+    Err(Error::invalid(
+        what,
+        name,
+        format_args!(
+            "use 1 to {MAX_NAME_LEN} characters: dot-separated parts of letters, digits, '-' or '_', \
+             each starting with a letter or digit and at most {MAX_LABEL_LEN} long"
+        ),
+    ))
 }
 
 /// A container id: 1 to 128 letters, digits, `_`, `.` or `-`, starting with a letter or digit.
