@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# weft's whole test suite, from a fresh Debian machine: installs what the tests need, then checks
+# formatting and lints and runs every test. CI runs exactly this (see .ci/run).
+#
+# Run it as root: the kernel-facing tests (network namespaces, VXLAN, nftables) need root. As
+# another user they skip, and say so loudly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages the build and the tests use. Installed only when missing.
+packages=(ca-certificates gcc libc6-dev pkg-config git)
+
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "weft's tests need these Debian packages: ${missing[*]}; run as root to install them" >&2
+        exit 1
+    fi
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "weft needs a Rust toolchain (cargo, rustc 1.85 or newer): install it with rustup" >&2
+    exit 1
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    cat >&2 <<'WARN'
+################################################################################
+# NOT ROOT: tests that need the kernel (namespaces, links, nftables) will SKIP. #
+# Run as root for the full suite.                                               #
+################################################################################
+WARN
+fi
+
+export CARGO_TERM_COLOR=never
+# Clean builds (CI, fresh clones) gain nothing from incremental state.
+export CARGO_INCREMENTAL=0
+
+say "formatting"
+cargo fmt --all --check
+
+say "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    echo "(cargo-nextest not found: using cargo test)"
+    cargo test --workspace --locked --no-fail-fast
+fi
