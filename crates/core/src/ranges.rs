@@ -51,18 +51,7 @@ impl FreeRanges {
 
     /// Takes `value` out of the free set; false when it was not free (or is out of range).
     pub fn take(&mut self, value: u128) -> bool {
-        let Some((start, end)) = self.interval_of(value) else {
-            return false;
-        };
-        self.free.remove(&start);
-        if start < value {
-            self.free.insert(start, value - 1);
-        }
-        if value < end {
-            self.free.insert(value + 1, end);
-        }
-        self.free_count -= 1;
-        true
+        self.take_range(value, value)
     }
 
     /// Takes the lowest free value within `lo..=hi`.
@@ -81,26 +70,7 @@ impl FreeRanges {
     /// Returns `value` to the free set, merging with its neighbours; false when it was already
     /// free or lies outside the managed range.
     pub fn release(&mut self, value: u128) -> bool {
-        if value < self.lo || value > self.hi || self.is_free(value) {
-            return false;
-        }
-        let mut start = value;
-        let mut end = value;
-        if value > 0 {
-            if let Some((s, e)) = self.interval_of(value - 1) {
-                self.free.remove(&s);
-                start = s;
-                debug_assert_eq!(e, value - 1);
-            }
-        }
-        if value < u128::MAX {
-            if let Some(e) = self.free.remove(&(value + 1)) {
-                end = e;
-            }
-        }
-        self.free.insert(start, end);
-        self.free_count = self.free_count.saturating_add(1);
-        true
+        self.release_range(value, value)
     }
 
     /// Takes the whole of `lo..=hi`; false (changing nothing) unless every value in it is free.
