@@ -1,0 +1,273 @@
+//! The replicated registry: weft-core's [`State`] as openraft's state machine, plus the hub
+//! that feeds watch streams.
+//!
+//! The state lives in memory behind one lock; durability comes from the Raft log and from
+//! snapshots kept in the [`Store`]. After a restart the latest snapshot is restored and openraft
+//! re-applies the committed entries after it.
+//!
+//! Watchers are fed from the same lock that applies entries, so a watcher that subscribes sees
+//! a consistent start (a snapshot or a replay from its revision) and then every later batch
+//! exactly once. Recent batches are kept for resuming; older ones are compacted away and a
+//! watcher asking for them gets a full snapshot. A watcher that falls behind the bounded
+//! broadcast buffer is reset with a fresh snapshot rather than slowing anyone down.
+
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use weft_api::{convert, pb};
+use weft_core::State;
+
+use crate::raft_types::{
+    ApplyResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::store::{KEY_SNAPSHOT, Store};
+
+/// How many recent revisions are kept for watchers resuming from a revision.
+pub const DEFAULT_RETAINED_REVISIONS: usize = 8192;
+/// Batches buffered per watcher before it is reset with a snapshot.
+pub const WATCH_BUFFER: usize = 4096;
+
+/// What watchers receive from the hub.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// The changes of one revision, already in wire form.
+    Batch(Arc<Batch>),
+    /// The state was replaced wholesale (a snapshot was installed): start over.
+    Reset,
+}
+
+#[derive(Debug)]
+pub struct Batch {
+    pub revision: u64,
+    pub events: Vec<pb::Event>,
+}
+
+/// How a watch begins.
+#[derive(Debug)]
+pub enum WatchStart {
+    /// The whole registry; then everything after its revision.
+    Snapshot(Box<pb::FullState>),
+    /// Every batch after the requested revision that happened before subscribing.
+    Replay(Vec<Arc<Batch>>),
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    /// The most recent batches, oldest first.
+    recent: VecDeque<Arc<Batch>>,
+    /// Counts snapshots built, to give each a unique id.
+    snapshots_built: u64,
+}
+
+/// The registry and its watch hub, shared by the state machine and the API services.
+#[derive(Debug)]
+pub struct Registry {
+    inner: RwLock<Inner>,
+    publish: broadcast::Sender<Published>,
+    retained: usize,
+}
+
+/// A snapshot as kept on disk.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+fn sm_error(verb: openraft::ErrorVerb, err: impl std::error::Error + 'static) -> StorageError {
+    openraft::StorageIOError::new(openraft::ErrorSubject::StateMachine, verb, openraft::AnyError::new(&err)).into()
+}
+
+impl Registry {
+    pub fn new(retained: usize) -> Registry {
+        Registry {
+            inner: RwLock::new(Inner {
+                state: State::default(),
+                last_applied: None,
+                membership: StoredMembership::default(),
+                recent: VecDeque::new(),
+                snapshots_built: 0,
+            }),
+            publish: broadcast::channel(WATCH_BUFFER).0,
+            retained: retained.max(1),
+        }
+    }
+
+    /// Runs `f` over the registry. Keep `f` short: appliers wait while it runs.
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.read_inner().state)
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.with_state(State::revision)
+    }
+
+    fn read_inner(&self) -> RwLockReadGuard<'_, Inner> {
+        // A poisoned lock means an apply panicked half-way; serving from that state would spread
+        // the damage, so fail loudly instead.
+        self.inner.read().unwrap_or_else(|_| panic!("registry lock poisoned"))
+    }
+
+    /// Subscribes a watcher that has seen everything up to `from_revision`.
+    pub fn watch(&self, from_revision: u64) -> (WatchStart, broadcast::Receiver<Published>) {
+        let inner = self.read_inner();
+        let receiver = self.publish.subscribe();
+        let current = inner.state.revision();
+        let oldest_kept = inner.recent.front().map_or(current + 1, |b| b.revision);
+        let start = if from_revision == current && from_revision > 0 {
+            WatchStart::Replay(Vec::new())
+        } else if from_revision > 0 && from_revision < current && from_revision + 1 >= oldest_kept {
+            let replay = inner.recent.iter().filter(|b| b.revision > from_revision).cloned().collect();
+            WatchStart::Replay(replay)
+        } else {
+            WatchStart::Snapshot(Box::new(convert::full_state(&inner.state)))
+        };
+        (start, receiver)
+    }
+
+    /// The full state, for a watcher that must start over.
+    pub fn full_state(&self) -> pb::FullState {
+        self.with_state(convert::full_state)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|_| panic!("registry lock poisoned"))
+    }
+}
+
+/// openraft's view of the registry.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    registry: Arc<Registry>,
+    store: Store,
+}
+
+impl StateMachine {
+    /// The state machine over `store`, starting from the latest snapshot on disk, if any.
+    pub fn open(store: Store, registry: Arc<Registry>) -> Result<StateMachine, StorageError> {
+        if let Some(stored) = store.get_meta::<StoredSnapshot>(KEY_SNAPSHOT)? {
+            let state = State::restore(&stored.data).map_err(|e| sm_error(openraft::ErrorVerb::Read, e))?;
+            let mut inner = registry.write();
+            inner.state = state;
+            inner.last_applied = stored.meta.last_log_id;
+            inner.membership = stored.meta.last_membership.clone();
+        }
+        Ok(StateMachine { registry, store })
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (meta, data) = {
+            let mut inner = self.registry.write();
+            inner.snapshots_built += 1;
+            let last = inner.last_applied;
+            let snapshot_id = match last {
+                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, inner.snapshots_built),
+                None => format!("0-0-{}", inner.snapshots_built),
+            };
+            let meta =
+                SnapshotMeta { last_log_id: last, last_membership: inner.membership.clone(), snapshot_id };
+            (meta, inner.state.snapshot())
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        self.store.put_meta(KEY_SNAPSHOT, &stored)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let inner = self.registry.read_inner();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut results = Vec::new();
+        let mut batches = Vec::new();
+        {
+            let mut inner = self.registry.write();
+            for entry in entries {
+                inner.last_applied = Some(entry.log_id);
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => None,
+                    EntryPayload::Membership(membership) => {
+                        inner.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        None
+                    }
+                    EntryPayload::Normal(proposal) => Some(inner.state.apply(&proposal).map(|applied| {
+                        if !applied.events.is_empty() {
+                            let events = convert::events(&applied.events, &inner.state);
+                            batches.push(Arc::new(Batch { revision: applied.revision, events }));
+                        }
+                        applied.response
+                    })),
+                };
+                results.push(ApplyResult { revision: inner.state.revision(), outcome });
+            }
+            for batch in &batches {
+                inner.recent.push_back(batch.clone());
+            }
+            while inner.recent.len() > self.registry.retained {
+                inner.recent.pop_front();
+            }
+            // Published under the lock, so a watcher subscribing concurrently sees each batch
+            // either in its start or on its receiver, never both or neither.
+            for batch in batches {
+                // No receivers is fine: nobody is watching.
+                let _ = self.registry.publish.send(Published::Batch(batch));
+            }
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state = State::restore(&data).map_err(|e| sm_error(openraft::ErrorVerb::Write, e))?;
+        self.store.put_meta(KEY_SNAPSHOT, &StoredSnapshot { meta: meta.clone(), data })?;
+        let mut inner = self.registry.write();
+        inner.state = state;
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.recent.clear();
+        let _ = self.registry.publish.send(Published::Reset);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self
+            .store
+            .get_meta::<StoredSnapshot>(KEY_SNAPSHOT)?
+            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
