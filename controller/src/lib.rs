@@ -3,10 +3,20 @@
 //! # Layout
 //! - [`raft_types`]: the openraft type configuration;
 //! - [`store`]: log, vote and snapshots in redb, fsynced before acknowledging;
-//! - [`registry`]: weft-core's state machine under openraft, and the watch hub.
+//! - [`registry`]: weft-core's state machine under openraft, and the watch hub;
+//! - [`raft_network`]: Raft RPCs between members over gRPC, and forwarding to the leader;
+//! - [`cluster`]: proposing writes and linearizable reads with deadlines;
+//! - [`api`]: the public gRPC services;
+//! - [`manifest`]: the bootstrap manifest;
+//! - [`server`]: assembles a member and runs it.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod cluster;
+pub mod manifest;
+pub mod raft_network;
 pub mod raft_types;
 pub mod registry;
+pub mod server;
 pub mod store;

@@ -1,1 +1,88 @@
-fn main() {}
+//! `weft-controller`: parses flags, sets up logging and runs one member (see `server::run`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use weft_controller::manifest::Manifest;
+use weft_controller::server::{Options, run};
+
+/// A member of weft's controller cluster: holds the registry (networks, addresses, endpoints,
+/// hosts) replicated with Raft, and serves the gRPC API.
+///
+/// Examples:
+///   weft-controller --data-dir /var/lib/weft              # a single-member cluster
+///   weft-controller --id 2 --listen 10.1.0.2:7001 --manifest cluster.toml --data-dir /var/lib/weft
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// This member's id (as in the manifest).
+    #[arg(long, env = "WEFT_CONTROLLER_ID", default_value_t = 1)]
+    id: u64,
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "WEFT_CONTROLLER_LISTEN", default_value = "127.0.0.1:7001")]
+    listen: SocketAddr,
+    /// Address other members reach this one at, when it differs from --listen.
+    #[arg(long, env = "WEFT_CONTROLLER_ADVERTISE")]
+    advertise: Option<String>,
+    /// Where the Raft log and snapshots live.
+    #[arg(long, env = "WEFT_CONTROLLER_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Bootstrap manifest (TOML) of a new cluster: members, address pools, VNI range.
+    #[arg(long, env = "WEFT_CONTROLLER_MANIFEST")]
+    manifest: Option<PathBuf>,
+    /// Deadline of each client request, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    request_timeout_ms: u64,
+    /// Raft heartbeat interval in milliseconds; elections time out after 3 to 6 of them.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    match start(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("weft-controller: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: Args) -> anyhow::Result<()> {
+    let manifest = match &args.manifest {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(Manifest::parse(&text).map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let opts = Options {
+        id: args.id,
+        listen: args.listen,
+        advertise: args.advertise,
+        data_dir: args.data_dir,
+        manifest,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(run(opts, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))
+}

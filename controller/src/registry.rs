@@ -11,6 +11,9 @@
 //! watcher asking for them gets a full snapshot. A watcher that falls behind the bounded
 //! broadcast buffer is reset with a fresh snapshot rather than slowing anyone down.
 
+// openraft's traits return its StorageError (224 bytes); the helpers feeding them share it.
+#![allow(clippy::result_large_err)]
+
 use std::collections::VecDeque;
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -83,7 +86,8 @@ struct StoredSnapshot {
 }
 
 fn sm_error(verb: openraft::ErrorVerb, err: impl std::error::Error + 'static) -> StorageError {
-    openraft::StorageIOError::new(openraft::ErrorSubject::StateMachine, verb, openraft::AnyError::new(&err)).into()
+    openraft::StorageIOError::new(openraft::ErrorSubject::StateMachine, verb, openraft::AnyError::new(&err))
+        .into()
 }
 
 impl Registry {

@@ -5,6 +5,9 @@
 //! entry that queued while the previous append was in flight, so under load many client writes
 //! share one commit.
 
+// openraft's traits return its StorageError (224 bytes); the helpers feeding them share it.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
@@ -34,7 +37,11 @@ pub struct Store {
     db: Arc<Database>,
 }
 
-fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, err: impl std::error::Error + 'static) -> StorageError {
+fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    err: impl std::error::Error + 'static,
+) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::new(&err)).into()
 }
 
@@ -67,7 +74,9 @@ impl Store {
         let table = txn.open_table(META).map_err(|e| read(e.into()))?;
         match table.get(key).map_err(|e| read(e.into()))? {
             None => Ok(None),
-            Some(bytes) => decode(bytes.value()).map(Some).map_err(|e| io_error(subject(), ErrorVerb::Read, e)),
+            Some(bytes) => {
+                decode(bytes.value()).map(Some).map_err(|e| io_error(subject(), ErrorVerb::Read, e))
+            }
         }
     }
 
@@ -90,12 +99,17 @@ impl Store {
         let Some((_, bytes)) = table.last().map_err(|e| read(e.into()))? else {
             return Ok(None);
         };
-        let entry: Entry = decode(bytes.value()).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let entry: Entry =
+            decode(bytes.value()).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         Ok(Some(entry.log_id))
     }
 
     /// Deletes log entries in `range` (and records `last_purged` when purging).
-    fn delete_logs(&self, range: impl RangeBounds<u64>, last_purged: Option<&LogId>) -> Result<(), StorageError> {
+    fn delete_logs(
+        &self,
+        range: impl RangeBounds<u64>,
+        last_purged: Option<&LogId>,
+    ) -> Result<(), StorageError> {
         let write = |e: redb::Error| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e);
         let txn = self.db.begin_write().map_err(|e| write(e.into()))?;
         {
@@ -124,7 +138,8 @@ impl RaftLogReader<TypeConfig> for Store {
         let mut entries = Vec::new();
         for item in table.range(range).map_err(|e| read(e.into()))? {
             let (_, bytes) = item.map_err(|e| read(e.into()))?;
-            entries.push(decode(bytes.value()).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?);
+            entries
+                .push(decode(bytes.value()).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?);
         }
         Ok(entries)
     }
@@ -204,7 +219,8 @@ mod tests {
     impl StoreBuilder<TypeConfig, Store, StateMachine, tempfile::TempDir> for Builder {
         async fn build(&self) -> Result<(tempfile::TempDir, Store, StateMachine), StorageError> {
             let dir = tempfile::tempdir().map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
-            let store = Store::open(dir.path()).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
+            let store =
+                Store::open(dir.path()).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
             let sm = StateMachine::open(store.clone(), Arc::new(Registry::new(16)))?;
             Ok((dir, store, sm))
         }

@@ -1,0 +1,465 @@
+//! The public gRPC services of `proto/weft/v1`, served by every controller.
+//!
+//! Writes become commands committed through Raft ([`Controller::propose`]); reads first make
+//! sure this member has applied everything committed before them ([`Controller::linearizable`]).
+//! Protobuf is converted at this edge only, with `weft_api::convert`.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use weft_api::convert;
+use weft_api::pb;
+use weft_api::pb::{
+    cluster_service_server::ClusterService, endpoint_service_server::EndpointService,
+    network_service_server::NetworkService, node_service_server::NodeService,
+    watch_service_server::WatchService,
+};
+use weft_core::{Command, Endpoint, Response as Done, State};
+
+use crate::cluster::Controller;
+use crate::registry::{Published, WatchStart};
+
+/// How often an idle watch stream says the revision it has reached is still current.
+const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// Messages buffered per watch stream before the watcher counts as slow.
+const WATCH_STREAM_BUFFER: usize = 64;
+
+fn invalid(err: weft_core::Error) -> Status {
+    convert::status(&err)
+}
+
+fn unexpected(response: &Done) -> Status {
+    Status::internal(format!("unexpected answer from the state machine: {response:?}"))
+}
+
+/// An endpoint in wire form, with its network looked up in `state`.
+fn endpoint_pb(state: &State, endpoint: &Endpoint) -> Option<pb::Endpoint> {
+    state.network(&endpoint.network).map(|n| convert::endpoint(endpoint, n))
+}
+
+// === networks ===
+
+#[tonic::async_trait]
+impl NetworkService for Controller {
+    async fn create_network(
+        &self,
+        request: Request<pb::CreateNetworkRequest>,
+    ) -> Result<Response<pb::Network>, Status> {
+        let req = convert::network_request(request.get_ref()).map_err(invalid)?;
+        match self.propose(Command::CreateNetwork(req)).await? {
+            (_, Done::Network(network)) => Ok(Response::new(convert::network(&network, 0))),
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn list_networks(
+        &self,
+        request: Request<pb::ListNetworksRequest>,
+    ) -> Result<Response<pb::ListNetworksResponse>, Status> {
+        let filter = convert::NetworkFilter::from_pb(request.get_ref()).map_err(invalid)?;
+        self.linearizable().await?;
+        Ok(Response::new(self.registry.with_state(|state| {
+            pb::ListNetworksResponse {
+                networks: state
+                    .networks()
+                    .filter(|n| filter.matches(n))
+                    .map(|n| convert::network(n, state.endpoint_count(&n.id)))
+                    .collect(),
+                revision: state.revision(),
+            }
+        })))
+    }
+
+    async fn inspect_network(
+        &self,
+        request: Request<pb::InspectNetworkRequest>,
+    ) -> Result<Response<pb::InspectNetworkResponse>, Status> {
+        self.linearizable().await?;
+        let key = &request.get_ref().network;
+        self.registry
+            .with_state(|state| {
+                let network = state.resolve_network(key)?;
+                Ok(pb::InspectNetworkResponse {
+                    network: Some(convert::network(network, state.endpoint_count(&network.id))),
+                    endpoints: state
+                        .network_endpoints(&network.id)
+                        .map(|e| convert::endpoint(e, network))
+                        .collect(),
+                    revision: state.revision(),
+                })
+            })
+            .map(Response::new)
+            .map_err(invalid)
+    }
+
+    async fn remove_network(
+        &self,
+        request: Request<pb::RemoveNetworkRequest>,
+    ) -> Result<Response<pb::RemoveNetworkResponse>, Status> {
+        let req = request.into_inner();
+        match self.propose(Command::RemoveNetwork { network: req.network, force: req.force }).await? {
+            (revision, Done::NetworkRemoved { network, endpoints }) => {
+                Ok(Response::new(pb::RemoveNetworkResponse {
+                    removed_endpoints: endpoints.iter().map(|e| convert::endpoint(e, &network)).collect(),
+                    network: Some(convert::network(&network, 0)),
+                    revision,
+                }))
+            }
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn prune_networks(
+        &self,
+        request: Request<pb::PruneNetworksRequest>,
+    ) -> Result<Response<pb::PruneNetworksResponse>, Status> {
+        let filter = convert::prune_filter(request.get_ref()).map_err(invalid)?;
+        match self.propose(Command::PruneNetworks(filter)).await? {
+            (revision, Done::Pruned(removed)) => Ok(Response::new(pb::PruneNetworksResponse {
+                removed: removed.iter().map(|n| convert::network(n, 0)).collect(),
+                revision,
+            })),
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+}
+
+// === endpoints ===
+
+#[tonic::async_trait]
+impl EndpointService for Controller {
+    async fn create_endpoint(
+        &self,
+        request: Request<pb::CreateEndpointRequest>,
+    ) -> Result<Response<pb::Endpoint>, Status> {
+        let req = convert::endpoint_request(request.get_ref()).map_err(invalid)?;
+        match self.propose(Command::CreateEndpoint(req)).await? {
+            (_, Done::Endpoint(endpoint)) => self
+                .registry
+                .with_state(|state| endpoint_pb(state, &endpoint))
+                .map(Response::new)
+                .ok_or_else(|| Status::aborted("the endpoint's network was removed meanwhile")),
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn remove_endpoint(
+        &self,
+        request: Request<pb::RemoveEndpointRequest>,
+    ) -> Result<Response<pb::RemoveEndpointResponse>, Status> {
+        let reference = convert::endpoint_ref(request.get_ref()).map_err(invalid)?;
+        match self.propose(Command::RemoveEndpoint(reference)).await? {
+            (revision, Done::EndpointRemoved(endpoint)) => Ok(Response::new(pb::RemoveEndpointResponse {
+                endpoint: self.registry.with_state(|state| endpoint_pb(state, &endpoint)),
+                revision,
+            })),
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn list_endpoints(
+        &self,
+        request: Request<pb::ListEndpointsRequest>,
+    ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
+        self.linearizable().await?;
+        let req = request.get_ref();
+        self.registry
+            .with_state(|state| {
+                let network = match req.network.as_str() {
+                    "" => None,
+                    key => Some(state.resolve_network(key)?.id),
+                };
+                let node = (!req.node.is_empty()).then_some(req.node.as_str());
+                let endpoints = match (network, node) {
+                    (Some(id), _) => {
+                        state.network_endpoints(&id).filter(|e| node.is_none_or(|n| e.node == n)).collect()
+                    }
+                    (None, Some(node)) => state.node_endpoints(node).collect(),
+                    (None, None) => state.endpoints().collect::<Vec<_>>(),
+                };
+                Ok(pb::ListEndpointsResponse {
+                    endpoints: endpoints.into_iter().filter_map(|e| endpoint_pb(state, e)).collect(),
+                    revision: state.revision(),
+                })
+            })
+            .map(Response::new)
+            .map_err(invalid)
+    }
+}
+
+// === nodes ===
+
+#[tonic::async_trait]
+impl NodeService for Controller {
+    async fn register_node(
+        &self,
+        request: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let req = convert::node_request(request.get_ref()).map_err(invalid)?;
+        match self.propose(Command::RegisterNode(req)).await? {
+            (_, Done::Node(node)) => {
+                let count = self.registry.with_state(|s| s.node_endpoints(&node.name).count());
+                Ok(Response::new(convert::node(&node, count, 0)))
+            }
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        _request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        Err(Status::unimplemented("node liveness is not served yet by this controller version"))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.linearizable().await?;
+        Ok(Response::new(self.registry.with_state(|state| pb::ListNodesResponse {
+            nodes:
+                state.nodes().map(|n| convert::node(n, state.node_endpoints(&n.name).count(), 0)).collect(),
+            revision: state.revision(),
+        })))
+    }
+
+    async fn inspect_node(
+        &self,
+        request: Request<pb::InspectNodeRequest>,
+    ) -> Result<Response<pb::InspectNodeResponse>, Status> {
+        self.linearizable().await?;
+        let name = &request.get_ref().name;
+        self.registry
+            .with_state(|state| {
+                let node = state.node(name)?;
+                let endpoints: Vec<pb::Endpoint> =
+                    state.node_endpoints(name).filter_map(|e| endpoint_pb(state, e)).collect();
+                Some(pb::InspectNodeResponse {
+                    node: Some(convert::node(node, endpoints.len(), 0)),
+                    endpoints,
+                    revision: state.revision(),
+                })
+            })
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no node named {name:?} is registered")))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.propose(Command::RemoveNode { name }).await? {
+            (revision, Done::NodeRemoved { node, endpoints }) => Ok(Response::new(pb::RemoveNodeResponse {
+                node: Some(convert::node(&node, 0, 0)),
+                removed_endpoints: self
+                    .registry
+                    .with_state(|state| endpoints.iter().filter_map(|e| endpoint_pb(state, e)).collect()),
+                revision,
+            })),
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+}
+
+// === cluster ===
+
+impl Controller {
+    fn members(&self) -> Vec<pb::Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let replication = metrics.replication.clone().unwrap_or_default();
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let role = if Some(*id) == metrics.current_leader {
+                    pb::MemberRole::Leader
+                } else if !voters.contains(id) {
+                    pb::MemberRole::Learner
+                } else if *id == self.id && metrics.state == ServerState::Candidate {
+                    pb::MemberRole::Candidate
+                } else {
+                    pb::MemberRole::Follower
+                };
+                let matched = replication.get(id).and_then(|m| m.as_ref()).map_or(0, |l| l.index);
+                pb::Member {
+                    id: *id,
+                    address: node.addr.clone(),
+                    role: role.into(),
+                    voter: voters.contains(id),
+                    reachable: *id == self.id || replication.get(id).is_some_and(Option::is_some),
+                    matched_index: matched,
+                }
+            })
+            .collect()
+    }
+
+    /// Membership changes run on the leader; elsewhere the error names it.
+    fn require_leader(&self) -> Result<(), Status> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(id) if id == self.id => Ok(()),
+            Some(id) => Err(Status::failed_precondition(format!(
+                "membership changes are made on the leader: send this to member {id}"
+            ))),
+            None => Err(Status::unavailable("no leader is elected: membership cannot change now")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for Controller {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let leader_address = metrics
+            .current_leader
+            .and_then(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        let (revision, config) =
+            self.registry.with_state(|s| (s.revision(), convert::cluster_config(s.config())));
+        Ok(Response::new(pb::StatusResponse {
+            cluster_id: config.cluster_id.clone(),
+            member_id: self.id,
+            leader_id: metrics.current_leader.unwrap_or(0),
+            leader_address,
+            term: metrics.current_term,
+            revision,
+            commit_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            members: self.members(),
+            config: Some(config),
+        }))
+    }
+
+    async fn list_members(
+        &self,
+        _request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        Ok(Response::new(pb::ListMembersResponse { members: self.members() }))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        self.require_leader()?;
+        let req = request.into_inner();
+        if req.id == 0 || req.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "invalid member {} at {:?}: ids start at 1 and the address is host:port, like 127.0.0.1:7001",
+                req.id, req.address
+            )));
+        }
+        let node = BasicNode { addr: req.address };
+        self.raft
+            .add_learner(req.id, node, true)
+            .await
+            .map_err(|e| Status::unavailable(format!("adding member {} as a learner failed: {e}", req.id)))?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds([req.id].into()), false)
+            .await
+            .map_err(|e| Status::unavailable(format!("promoting member {} to voter failed: {e}", req.id)))?;
+        Ok(Response::new(pb::ListMembersResponse { members: self.members() }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        self.require_leader()?;
+        let id = request.into_inner().id;
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("removing member {id} failed: {e}")))?;
+        Ok(Response::new(pb::ListMembersResponse { members: self.members() }))
+    }
+}
+
+// === watch ===
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+fn snapshot_message(full: pb::FullState) -> pb::WatchResponse {
+    pb::WatchResponse { kind: Some(pb::watch_response::Kind::Snapshot(full)) }
+}
+
+fn events_message(events: Vec<pb::Event>) -> pb::WatchResponse {
+    pb::WatchResponse { kind: Some(pb::watch_response::Kind::Events(pb::EventBatch { events })) }
+}
+
+#[tonic::async_trait]
+impl WatchService for Controller {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let from = request.get_ref().from_revision;
+        let (start, mut published) = self.registry.watch(from);
+        let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
+        let registry = self.registry.clone();
+        tokio::spawn(async move {
+            // The last revision this watcher has been sent; later batches at or below it are
+            // already covered (by a snapshot sent after they were published).
+            let mut seen = from;
+            let first = match start {
+                WatchStart::Snapshot(full) => {
+                    seen = full.revision;
+                    vec![snapshot_message(*full)]
+                }
+                WatchStart::Replay(batches) => batches
+                    .iter()
+                    .map(|b| {
+                        seen = b.revision;
+                        events_message(b.events.clone())
+                    })
+                    .collect(),
+            };
+            for message in first {
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+            let mut progress = tokio::time::interval(WATCH_PROGRESS_INTERVAL);
+            progress.tick().await;
+            loop {
+                let message = tokio::select! {
+                    received = published.recv() => match received {
+                        Ok(Published::Batch(batch)) if batch.revision <= seen => continue,
+                        Ok(Published::Batch(batch)) => {
+                            seen = batch.revision;
+                            events_message(batch.events.clone())
+                        }
+                        // Fell behind the bounded buffer, or the state was replaced: start over
+                        // from a fresh snapshot rather than slow the cluster down.
+                        Ok(Published::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            published = published.resubscribe();
+                            let full = registry.full_state();
+                            seen = full.revision;
+                            snapshot_message(full)
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = progress.tick() => pb::WatchResponse {
+                        kind: Some(pb::watch_response::Kind::Progress(pb::Progress { revision: seen })),
+                    },
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,154 @@
+//! One controller's view of the cluster: proposing writes (here, or through the leader) and
+//! linearizable reads, each with a deadline so a request never hangs when there is no quorum.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use tonic::Status;
+use weft_core::{Command, Proposal, Response};
+
+use crate::raft_network::{ForwardError, Peers};
+use crate::raft_types::{ApplyResult, NodeId, Raft};
+use crate::registry::Registry;
+
+/// The default deadline of one client request.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before retrying when no leader is known (an election is under way).
+const NO_LEADER_PAUSE: Duration = Duration::from_millis(50);
+
+/// What the API services need of the cluster.
+#[derive(Clone)]
+pub struct Controller {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub registry: Arc<Registry>,
+    pub peers: Peers,
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn no_quorum(what: &str, timeout: Duration, detail: &str) -> Status {
+    let outcome = if what == "the write" {
+        "; it was not confirmed and may still take effect once a majority is back"
+    } else {
+        ""
+    };
+    Status::unavailable(format!(
+        "{what} could not complete within {:.1}s: the controllers have no leader with a quorum ({detail}){outcome}; \
+         check that a majority of members is running and reachable",
+        timeout.as_secs_f64()
+    ))
+}
+
+impl Controller {
+    /// Commits a command through Raft and returns what the state machine answered. Writes that
+    /// reach a follower are forwarded to the leader.
+    pub async fn propose(&self, command: Command) -> Result<(u64, Response), Status> {
+        let proposal = Proposal { at_ms: now_ms(), command };
+        let deadline = Instant::now() + self.request_timeout;
+        let applied = self.propose_until(&proposal, deadline).await?;
+        match applied.outcome {
+            Some(Ok(response)) => Ok((applied.revision, response)),
+            Some(Err(err)) => Err(weft_api::convert::status(&err)),
+            None => Err(Status::internal("the log entry carried no command")),
+        }
+    }
+
+    async fn propose_until(&self, proposal: &Proposal, deadline: Instant) -> Result<ApplyResult, Status> {
+        let mut last_problem = String::from("no attempt finished");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(no_quorum("the write", self.request_timeout, &last_problem));
+            }
+            let attempt = tokio::time::timeout(remaining, self.raft.client_write(proposal.clone())).await;
+            let leader = match attempt {
+                Err(_) => return Err(no_quorum("the write", self.request_timeout, "commit timed out")),
+                Ok(Ok(written)) => return Ok(written.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    f.leader_id.zip(f.leader_node.map(|n| n.addr))
+                }
+                Ok(Err(e)) => return Err(Status::unavailable(format!("this controller cannot write: {e}"))),
+            };
+            match leader {
+                Some((leader_id, addr)) if leader_id != self.id => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match self.peers.propose(&addr, proposal, remaining).await {
+                        Ok(Ok(applied)) => return Ok(applied),
+                        Ok(Err(ForwardError::NotLeader { .. })) => {
+                            last_problem = format!("member {leader_id} stepped down");
+                        }
+                        Ok(Err(ForwardError::Failed(e))) => last_problem = e,
+                        Err(status) => {
+                            last_problem = format!("leader {leader_id} at {addr}: {}", status.message())
+                        }
+                    }
+                }
+                _ => last_problem = "no leader elected".into(),
+            }
+            tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// Waits until this member's registry reflects every write committed before the call
+    /// (read-index through the leader), so the read that follows is linearizable.
+    pub async fn linearizable(&self) -> Result<(), Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        let mut last_problem = String::from("no attempt finished");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(no_quorum("the read", self.request_timeout, &last_problem));
+            }
+            let leader = match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
+                Err(_) => {
+                    return Err(no_quorum("the read", self.request_timeout, "leadership check timed out"));
+                }
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    f.leader_id.zip(f.leader_node.map(|n| n.addr))
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                    last_problem = e.to_string();
+                    None
+                }
+                Ok(Err(e)) => return Err(Status::unavailable(format!("this controller cannot read: {e}"))),
+            };
+            let no_leader = leader.is_none();
+            if let Some((leader_id, addr)) = leader.filter(|(id, _)| *id != self.id) {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match self.peers.read_index(&addr, remaining).await {
+                    Ok(Ok(index)) => {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        return self
+                            .raft
+                            .wait(Some(remaining))
+                            .applied_index_at_least(Some(index), "linearizable read")
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| no_quorum("the read", self.request_timeout, &e.to_string()));
+                    }
+                    Ok(Err(e)) => last_problem = e.to_string(),
+                    Err(status) => {
+                        last_problem = format!("leader {leader_id} at {addr}: {}", status.message())
+                    }
+                }
+            } else if no_leader && last_problem == "no attempt finished" {
+                last_problem = "no leader elected".into();
+            }
+            tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+}

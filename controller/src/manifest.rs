@@ -1,0 +1,159 @@
+//! The bootstrap manifest: the members of a new cluster and its address settings, in TOML.
+//!
+//! ```toml
+//! cluster_id = "prod-eu-1"
+//! members = [
+//!   { id = 1, address = "10.1.0.1:7001" },
+//!   { id = 2, address = "10.1.0.2:7001" },
+//!   { id = 3, address = "10.1.0.3:7001" },
+//! ]
+//! # Everything below is optional; the defaults are shown.
+//! ipv4_pools = [{ base = "10.0.0.0/8", size = 24 }]
+//! ipv6_pools = [{ base = "fd77:6566:7400::/40", size = 64 }]
+//! vni_min = 4096
+//! vni_max = 16777215
+//! vxlan_port = 4789
+//! tunnel_pool = "10.255.0.0/16"
+//! encrypt_by_default = false
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use weft_api::{convert, pb};
+use weft_core::ClusterConfig;
+
+use crate::raft_types::NodeId;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    cluster_id: String,
+    members: Vec<MemberFile>,
+    ipv4_pools: Option<Vec<PoolFile>>,
+    ipv6_pools: Option<Vec<PoolFile>>,
+    vni_min: Option<u32>,
+    vni_max: Option<u32>,
+    vxlan_port: Option<u32>,
+    tunnel_pool: Option<String>,
+    encrypt_by_default: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberFile {
+    id: NodeId,
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolFile {
+    base: String,
+    size: u32,
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// id -> host:port of each member's gRPC listener.
+    pub members: BTreeMap<NodeId, String>,
+    pub config: ClusterConfig,
+}
+
+impl Manifest {
+    /// Parses and checks a manifest; errors name the line (TOML errors) or the field at fault.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        let file: ManifestFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        if file.cluster_id.trim().is_empty() {
+            return Err("cluster_id: give the cluster a name, e.g. cluster_id = \"prod-eu-1\"".into());
+        }
+        if !matches!(file.members.len(), 1 | 3 | 5) {
+            return Err(format!(
+                "members: a cluster has 1, 3 or 5 members ({} given); an even count adds no fault tolerance",
+                file.members.len()
+            ));
+        }
+        let mut members = BTreeMap::new();
+        for member in &file.members {
+            if member.id == 0 {
+                return Err("members: ids start at 1".into());
+            }
+            if member.address.parse::<SocketAddr>().is_err() {
+                return Err(format!(
+                    "members: member {} has address {:?}; expected ip:port, like 10.1.0.1:7001",
+                    member.id, member.address
+                ));
+            }
+            if members.insert(member.id, member.address.clone()).is_some() {
+                return Err(format!("members: id {} appears twice", member.id));
+            }
+        }
+        let defaults = convert::cluster_config(&ClusterConfig::default());
+        let pools = |given: Option<Vec<PoolFile>>, default: Vec<pb::AddressPool>| {
+            given.map_or(default, |pools| {
+                pools.into_iter().map(|p| pb::AddressPool { base: p.base, size: p.size }).collect()
+            })
+        };
+        let wire = pb::ClusterConfig {
+            cluster_id: file.cluster_id,
+            ipv4_pools: pools(file.ipv4_pools, defaults.ipv4_pools),
+            ipv6_pools: pools(file.ipv6_pools, defaults.ipv6_pools),
+            vni_min: file.vni_min.unwrap_or(defaults.vni_min),
+            vni_max: file.vni_max.unwrap_or(defaults.vni_max),
+            vxlan_port: file.vxlan_port.unwrap_or(defaults.vxlan_port),
+            tunnel_pool: file.tunnel_pool.unwrap_or(defaults.tunnel_pool),
+            encrypt_by_default: file.encrypt_by_default.unwrap_or(defaults.encrypt_by_default),
+        };
+        let config = convert::cluster_config_from_pb(&wire).map_err(|e| e.to_string())?;
+        Ok(Manifest { members, config })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE: &str = r#"
+cluster_id = "test"
+members = [
+  { id = 1, address = "127.0.0.1:7001" },
+  { id = 2, address = "127.0.0.1:7002" },
+  { id = 3, address = "127.0.0.1:7003" },
+]
+vni_min = 5000
+"#;
+
+    #[test]
+    fn a_three_member_manifest_parses_with_defaults() {
+        let m = Manifest::parse(THREE).unwrap();
+        assert_eq!(m.members.len(), 3);
+        assert_eq!(m.config.cluster_id, "test");
+        assert_eq!(m.config.vni_min, 5000);
+        assert_eq!(m.config.vxlan_port, 4789);
+    }
+
+    #[test]
+    fn bad_manifests_name_what_is_wrong() {
+        let cases = [
+            (THREE.replace("vni_min", "vni_minimum"), "unknown field `vni_minimum`"),
+            (
+                THREE.replace("7003\" },", "7003\" },\n  { id = 4, address = \"127.0.0.1:7004\" },"),
+                "1, 3 or 5",
+            ),
+            (THREE.replace("127.0.0.1:7002", "nowhere"), "member 2 has address \"nowhere\""),
+            (THREE.replace("id = 3", "id = 2"), "id 2 appears twice"),
+            (THREE.replace("vni_min = 5000", "vni_min = 0"), "VNI range"),
+            (THREE.replace("cluster_id = \"test\"", "cluster_id = \" \""), "cluster_id"),
+            (format!("{THREE}\ntunnel_pool = \"10.0.0.1/16\""), "did you mean 10.0.0.0/16"),
+        ];
+        for (text, expect) in cases {
+            let err = Manifest::parse(&text).unwrap_err();
+            assert!(err.contains(expect), "{expect}: {err}");
+        }
+        // TOML syntax errors carry the line.
+        let err = Manifest::parse("cluster_id = \n").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

@@ -1,0 +1,268 @@
+//! Raft traffic between controllers over gRPC, and the forwarding of client requests to the
+//! leader.
+//!
+//! Each RPC carries one postcard-encoded openraft request; the answer carries the encoded
+//! `Result` the receiving member's Raft produced, so remote Raft errors arrive intact.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+use weft_core::Proposal;
+
+use crate::raft_types::{ApplyResult, NodeId, Raft, TypeConfig};
+use crate::store::{decode, encode};
+
+/// Generated code of the internal `weft.raft.v1` service.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("weft.raft.v1");
+}
+
+use pb::raft_service_client::RaftServiceClient;
+
+/// How long a member waits to connect to another.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a forwarded request was not carried out.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The member asked is not the leader (any more); try the one it names.
+    #[error("member is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Lazily connected channels to other members, by address.
+#[derive(Clone, Debug, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    /// A client for the member at `addr` (host:port). Connection happens on first use.
+    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(RaftServiceClient::new(channel.clone()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad member address {addr:?}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(RaftServiceClient::new(channel))
+    }
+
+    /// Sends a proposal to the member at `addr`.
+    pub async fn propose(
+        &self,
+        addr: &str,
+        proposal: &Proposal,
+        timeout: Duration,
+    ) -> Result<Result<ApplyResult, ForwardError>, Status> {
+        let data = encode(proposal).map_err(|e| Status::internal(e.to_string()))?;
+        let mut request = Request::new(pb::Payload { data });
+        request.set_timeout(timeout);
+        let reply = self.client(addr)?.propose(request).await?.into_inner();
+        decode(&reply.data).map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
+    }
+
+    /// Asks the member at `addr` for a read index.
+    pub async fn read_index(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Result<u64, ForwardError>, Status> {
+        let mut request = Request::new(pb::Payload { data: Vec::new() });
+        request.set_timeout(timeout);
+        let reply = self.client(addr)?.read_index(request).await?.into_inner();
+        decode(&reply.data).map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
+    }
+}
+
+// === client side: openraft's network ===
+
+/// Hands openraft a client per target member.
+#[derive(Clone, Debug, Default)]
+pub struct Network {
+    peers: Peers,
+}
+
+impl Network {
+    pub fn new(peers: Peers) -> Network {
+        Network { peers }
+    }
+}
+
+/// The connection to one member.
+#[derive(Debug)]
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    peers: Peers,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient { target, addr: node.addr.clone(), peers: self.peers.clone() }
+    }
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(&self, method: Method, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: for<'de> Deserialize<'de>,
+        E: std::error::Error + for<'de> Deserialize<'de>,
+    {
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut client =
+            self.peers.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut request = Request::new(pb::Payload { data });
+        request.set_timeout(option.hard_ttl());
+        let reply = match method {
+            Method::AppendEntries => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(Method::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(Method::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(Method::Vote, &rpc, &option).await
+    }
+}
+
+// === server side ===
+
+/// Serves the internal service: openraft's RPCs into the local Raft, and forwarded requests.
+#[derive(Clone)]
+pub struct RaftServer {
+    raft: Raft,
+}
+
+impl std::fmt::Debug for RaftServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RaftServer")
+    }
+}
+
+impl RaftServer {
+    pub fn new(raft: Raft) -> RaftServer {
+        RaftServer { raft }
+    }
+}
+
+fn decode_request<T: for<'de> Deserialize<'de>>(request: Request<pb::Payload>) -> Result<T, Status> {
+    decode(&request.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<pb::Payload>, Status> {
+    let data = encode(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(pb::Payload { data }))
+}
+
+/// The leader named by a forward-to-leader error, as (id, address).
+fn leader_of(err: &openraft::error::ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+    Some((err.leader_id?, err.leader_node.as_ref()?.addr.clone()))
+}
+
+#[tonic::async_trait]
+impl pb::raft_service_server::RaftService for RaftServer {
+    async fn append_entries(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        let rpc: VoteRequest<NodeId> = decode_request(request)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        let proposal: Proposal = decode_request(request)?;
+        let result: Result<ApplyResult, ForwardError> = match self.raft.client_write(proposal).await {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader { leader: leader_of(&f) })
+            }
+            Err(e) => Err(ForwardError::Failed(e.to_string())),
+        };
+        reply(&result)
+    }
+
+    async fn read_index(&self, _request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        let result: Result<u64, ForwardError> = match self.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map_or(0, |id| id.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader { leader: leader_of(&f) })
+            }
+            Err(e) => Err(ForwardError::Failed(e.to_string())),
+        };
+        reply(&result)
+    }
+}

@@ -1,0 +1,188 @@
+//! Assembles one controller: store, state machine, Raft, the gRPC server, and bootstrap.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use openraft::{BasicNode, SnapshotPolicy};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use weft_api::pb;
+use weft_core::{ClusterConfig, Command};
+
+use crate::cluster::Controller;
+use crate::manifest::Manifest;
+use crate::raft_network::{Network, Peers, RaftServer, pb as raft_pb};
+use crate::raft_types::{NodeId, Raft};
+use crate::registry::{DEFAULT_RETAINED_REVISIONS, Registry, StateMachine};
+use crate::store::Store;
+
+/// Which cluster a data directory belongs to; written at bootstrap, checked at every start.
+const KEY_IDENTITY: &str = "identity";
+
+/// How to run one controller.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub id: NodeId,
+    /// Where the gRPC server listens (Raft traffic and the public API share it).
+    pub listen: SocketAddr,
+    /// The address other members and clients use to reach this one; defaults to `listen`.
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    /// Bootstrap a new cluster from this manifest; without one, an uninitialised data
+    /// directory becomes a single-member cluster.
+    pub manifest: Option<Manifest>,
+    pub request_timeout: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+fn raft_config(opts: &Options) -> anyhow::Result<openraft::Config> {
+    let heartbeat = u64::try_from(opts.heartbeat_interval.as_millis()).unwrap_or(100).max(10);
+    let config = openraft::Config {
+        cluster_name: "weft".into(),
+        heartbeat_interval: heartbeat,
+        election_timeout_min: heartbeat * 3,
+        election_timeout_max: heartbeat * 6,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..openraft::Config::default()
+    };
+    config.validate().context("raft configuration")
+}
+
+/// A cluster id for a single-member cluster started without a manifest.
+fn generated_cluster_id(id: NodeId) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let digest = Sha256::digest(format!("{nanos}:{id}:{}", std::process::id()));
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("weft-{hex}")
+}
+
+/// Runs a controller until `shutdown` completes.
+pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let advertise = opts.advertise.clone().unwrap_or_else(|| opts.listen.to_string());
+    let store = Store::open(&opts.data_dir.join("raft"))
+        .with_context(|| format!("opening the data directory {}", opts.data_dir.display()))?;
+
+    let identity: Option<String> = store.get_meta(KEY_IDENTITY)?;
+    if let (Some(found), Some(manifest)) = (&identity, &opts.manifest) {
+        if *found != manifest.config.cluster_id {
+            bail!(
+                "refusing to bootstrap: the data directory {} belongs to cluster {found:?}, not {:?}; \
+                 use an empty directory for a new cluster",
+                opts.data_dir.display(),
+                manifest.config.cluster_id
+            );
+        }
+    }
+    if let Some(manifest) = &opts.manifest {
+        if !manifest.members.contains_key(&opts.id) {
+            bail!("member {} is not in the manifest (members: {:?})", opts.id, manifest.members.keys());
+        }
+    }
+
+    let registry = Arc::new(Registry::new(DEFAULT_RETAINED_REVISIONS));
+    let state_machine = StateMachine::open(store.clone(), registry.clone())?;
+    let peers = Peers::default();
+    let raft = Raft::new(
+        opts.id,
+        Arc::new(raft_config(&opts)?),
+        Network::new(peers.clone()),
+        store.clone(),
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
+    let controller = Controller {
+        id: opts.id,
+        raft: raft.clone(),
+        registry,
+        peers,
+        request_timeout: opts.request_timeout,
+    };
+
+    let listener =
+        TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
+    tracing::info!(id = opts.id, listen = %opts.listen, advertise = %advertise, "controller starting");
+
+    if !raft.is_initialized().await? {
+        bootstrap(&controller, &opts, &advertise).await?;
+    }
+    let config = match (&opts.manifest, identity.clone()) {
+        (Some(manifest), _) => manifest.config.clone(),
+        (None, cluster_id) => ClusterConfig {
+            cluster_id: cluster_id.unwrap_or_else(|| generated_cluster_id(opts.id)),
+            ..ClusterConfig::default()
+        },
+    };
+    if identity.is_none() {
+        // Claimed before the cluster holds anything, so this directory can never be mistaken
+        // for another cluster's.
+        store.put_meta(KEY_IDENTITY, &config.cluster_id)?;
+    }
+    tokio::spawn(configure_when_leader(controller.clone(), config));
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::network_service_server::NetworkServiceServer<Controller>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(weft_api::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let serve = tonic::transport::Server::builder()
+        .add_service(raft_pb::raft_service_server::RaftServiceServer::new(RaftServer::new(raft.clone())))
+        .add_service(pb::network_service_server::NetworkServiceServer::new(controller.clone()))
+        .add_service(pb::endpoint_service_server::EndpointServiceServer::new(controller.clone()))
+        .add_service(pb::node_service_server::NodeServiceServer::new(controller.clone()))
+        .add_service(pb::cluster_service_server::ClusterServiceServer::new(controller.clone()))
+        .add_service(pb::watch_service_server::WatchServiceServer::new(controller.clone()))
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    let result = serve.await.context("serving gRPC");
+    let _ = raft.shutdown().await;
+    result
+}
+
+/// Initialises Raft membership on a fresh data directory: the whole manifest on the member
+/// with the lowest id (the others wait to be contacted), or this member alone.
+async fn bootstrap(controller: &Controller, opts: &Options, advertise: &str) -> anyhow::Result<()> {
+    let members: BTreeMap<NodeId, BasicNode> = match &opts.manifest {
+        Some(manifest) => {
+            if manifest.members.keys().next() != Some(&opts.id) {
+                tracing::info!("waiting for the first member of the manifest to bootstrap the cluster");
+                return Ok(());
+            }
+            manifest.members.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect()
+        }
+        None => [(opts.id, BasicNode { addr: advertise.to_string() })].into(),
+    };
+    tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "bootstrapping a new cluster");
+    controller.raft.initialize(members).await.context("initialising the cluster")?;
+    Ok(())
+}
+
+/// Once a leader exists, makes sure the registry carries the bootstrap configuration.
+async fn configure_when_leader(controller: Controller, config: ClusterConfig) {
+    loop {
+        if controller.registry.with_state(|s| !s.config().cluster_id.is_empty()) {
+            return;
+        }
+        let leader = controller.raft.metrics().borrow().current_leader;
+        if leader == Some(controller.id) {
+            match controller.propose(Command::Configure(config.clone())).await {
+                Ok(_) => tracing::info!(cluster_id = %config.cluster_id, "cluster configured"),
+                Err(status) => {
+                    tracing::warn!(cause = %status.message(), "configuring the cluster failed; retrying")
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,352 @@
+//! Controllers as real processes on loopback with real data directories: bootstrap, forwarding,
+//! leader failure, restarts, quorum loss.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use tonic::transport::Channel;
+use weft_api::pb;
+use weft_api::pb::cluster_service_client::ClusterServiceClient;
+use weft_api::pb::endpoint_service_client::EndpointServiceClient;
+use weft_api::pb::network_service_client::NetworkServiceClient;
+use weft_api::pb::node_service_client::NodeServiceClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
+
+/// A free loopback port (bound and released; the controller binds it right after).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Member {
+    id: u64,
+    addr: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Controllers started from one manifest; killed when dropped, even when a test fails.
+struct Cluster {
+    members: Vec<Member>,
+    manifest: Option<PathBuf>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(size: usize) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let members: Vec<Member> = (1..=size as u64)
+            .map(|id| Member {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()),
+                dir: tmp.path().join(format!("m{id}")),
+                child: None,
+            })
+            .collect();
+        let manifest = (size > 1).then(|| {
+            let path = tmp.path().join("cluster.toml");
+            let list: Vec<String> =
+                members.iter().map(|m| format!("{{ id = {}, address = \"{}\" }}", m.id, m.addr)).collect();
+            std::fs::write(&path, format!("cluster_id = \"test\"\nmembers = [{}]\n", list.join(", ")))
+                .unwrap();
+            path
+        });
+        let mut cluster = Cluster { members, manifest, _tmp: tmp };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--id", &m.id.to_string(), "--listen", &m.addr, "--data-dir"])
+            .arg(&m.dir)
+            .args(["--request-timeout-ms", "3000", "--heartbeat-ms", "50"])
+            .env("RUST_LOG", "warn,openraft=off")
+            .stdin(Stdio::null());
+        if let Some(manifest) = &self.manifest {
+            cmd.arg("--manifest").arg(manifest);
+        }
+        m.child = Some(cmd.spawn().expect("spawn weft-controller"));
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn channel(&self, i: usize) -> Channel {
+        Channel::from_shared(format!("http://{}", self.members[i].addr)).unwrap().connect_lazy()
+    }
+
+    fn networks(&self, i: usize) -> NetworkServiceClient<Channel> {
+        NetworkServiceClient::new(self.channel(i))
+    }
+
+    fn endpoints(&self, i: usize) -> EndpointServiceClient<Channel> {
+        EndpointServiceClient::new(self.channel(i))
+    }
+
+    fn nodes(&self, i: usize) -> NodeServiceClient<Channel> {
+        NodeServiceClient::new(self.channel(i))
+    }
+
+    /// Waits until member `i` reports a leader and a configured registry; returns the leader id.
+    async fn wait_ready(&self, i: usize, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut client = ClusterServiceClient::new(self.channel(i));
+            if let Ok(status) = client.status(pb::StatusRequest {}).await {
+                let s = status.into_inner();
+                if s.leader_id != 0 && !s.cluster_id.is_empty() {
+                    return s.leader_id;
+                }
+            }
+            assert!(Instant::now() < deadline, "member {} not ready within {timeout:?}", i + 1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn index_of(&self, id: u64) -> usize {
+        self.members.iter().position(|m| m.id == id).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+async fn register(cluster: &Cluster, i: usize, name: &str, octet: u8) {
+    cluster
+        .nodes(i)
+        .register_node(pb::RegisterNodeRequest {
+            name: name.into(),
+            underlay_address: format!("192.0.2.{octet}"),
+            underlay_mtu: 1500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+fn attach(network: &str, node: &str, container: &str) -> pb::CreateEndpointRequest {
+    pb::CreateEndpointRequest {
+        network: network.into(),
+        node: node.into(),
+        container_id: container.into(),
+        container_name: container.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_single_member_needs_only_a_data_dir_and_keeps_state_across_restarts() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_ready(0, Duration::from_secs(20)).await;
+    let created = cluster
+        .networks(0)
+        .create_network(pb::CreateNetworkRequest { name: "blue".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.ipam_config[0].subnet, "10.0.0.0/24");
+
+    let err = cluster
+        .networks(0)
+        .create_network(pb::CreateNetworkRequest { name: "blue".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let err = cluster
+        .networks(0)
+        .create_network(pb::CreateNetworkRequest {
+            name: "bad".into(),
+            ipam_config: vec![pb::IpamConfig { subnet: "10.0.0.1/24".into(), ..Default::default() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("did you mean 10.0.0.0/24"), "{}", err.message());
+
+    cluster.kill(0);
+    cluster.spawn(0);
+    cluster.wait_ready(0, Duration::from_secs(20)).await;
+    let inspected = cluster
+        .networks(0)
+        .inspect_network(pb::InspectNetworkRequest { network: "blue".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inspected.network.unwrap().id, created.id);
+}
+
+#[tokio::test]
+async fn three_members_forward_writes_and_survive_a_leader_kill() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_ready(0, Duration::from_secs(30)).await;
+    register(&cluster, 1, "h1", 1).await;
+    cluster
+        .networks(2)
+        .create_network(pb::CreateNetworkRequest {
+            name: "big".into(),
+            ipam_config: vec![pb::IpamConfig { subnet: "172.16.0.0/16".into(), ..Default::default() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // 300 endpoints created concurrently through all three members; the leader is killed once
+    // the first half is acknowledged, while the second half is in flight. Every acknowledged
+    // create must be present exactly once afterwards.
+    let leader_index = cluster.index_of(leader);
+    let spawn_create = |k: usize| {
+        let clients: Vec<_> = (0..3).map(|m| cluster.endpoints(m)).collect();
+        tokio::spawn(async move {
+            let container = format!("c{k}");
+            let mut last = None;
+            // A real client knows every member and moves on when one fails; a retry of a create
+            // that did commit answers AlreadyExists.
+            for attempt in 0..30 {
+                let mut client = clients[(k + attempt) % 3].clone();
+                match client.create_endpoint(attach("big", "h1", &container)).await {
+                    Ok(ep) => return (container, Some(ep.into_inner())),
+                    Err(s) if s.code() == Code::AlreadyExists => return (container, None),
+                    Err(s) => last = Some(s),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("create {container} kept failing: {last:?}");
+        })
+    };
+    let first: Vec<_> = (0..150).map(spawn_create).collect();
+    let mut acknowledged = Vec::new();
+    for task in first {
+        acknowledged.push(task.await.unwrap());
+    }
+    let second: Vec<_> = (150..300).map(spawn_create).collect();
+    cluster.kill(leader_index);
+    for task in second {
+        acknowledged.push(task.await.unwrap());
+    }
+    let survivor = (leader_index + 1) % 3;
+    let new_leader = cluster.wait_ready(survivor, Duration::from_secs(30)).await;
+    assert_ne!(new_leader, leader, "a new leader was elected");
+
+    let listed = cluster
+        .endpoints(survivor)
+        .list_endpoints(pb::ListEndpointsRequest { network: "big".into(), node: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoints;
+    assert_eq!(listed.len(), 300, "every container is attached exactly once");
+    let containers: BTreeSet<&str> = listed.iter().map(|e| e.container_id.as_str()).collect();
+    assert_eq!(containers.len(), 300);
+    let addresses: BTreeSet<&str> = listed.iter().map(|e| e.ipv4_address.as_str()).collect();
+    assert_eq!(addresses.len(), 300, "no address is held twice");
+    for (container, endpoint) in &acknowledged {
+        if let Some(ep) = endpoint {
+            let found = listed.iter().find(|e| &e.container_id == container).unwrap();
+            assert_eq!(found.ipv4_address, ep.ipv4_address, "{container} kept its acknowledged address");
+        }
+    }
+
+    // Writes continue through the survivors.
+    cluster.endpoints(survivor).create_endpoint(attach("big", "h1", "after")).await.unwrap();
+}
+
+#[tokio::test]
+async fn without_quorum_writes_and_reads_fail_with_unavailable_within_the_deadline() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready(0, Duration::from_secs(30)).await;
+    cluster
+        .networks(0)
+        .create_network(pb::CreateNetworkRequest { name: "n".into(), ..Default::default() })
+        .await
+        .unwrap();
+    cluster.kill(1);
+    cluster.kill(2);
+
+    let started = Instant::now();
+    let err = cluster
+        .networks(0)
+        .create_network(pb::CreateNetworkRequest { name: "m".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("quorum"), "{}", err.message());
+    let err = cluster.networks(0).list_networks(pb::ListNetworksRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "both answered within their 3 s deadlines");
+
+    // After recovery writes resume. The timed-out create of "m" had reached the old leader's
+    // log, so its outcome was unknown (the error says so): it may commit now, but only once.
+    cluster.spawn(1);
+    cluster.wait_ready(1, Duration::from_secs(30)).await;
+    cluster
+        .networks(1)
+        .create_network(pb::CreateNetworkRequest { name: "k".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let names: Vec<String> = cluster
+        .networks(1)
+        .list_networks(pb::ListNetworksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .networks
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert!(names.contains(&"n".to_string()) && names.contains(&"k".to_string()), "{names:?}");
+    assert!(names.iter().filter(|n| *n == "m").count() <= 1, "{names:?}");
+}
+
+#[test]
+fn a_data_directory_of_another_cluster_is_refused() {
+    let mut cluster = Cluster::start(1);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(cluster.wait_ready(0, Duration::from_secs(20)));
+    cluster.kill(0);
+    let member = &cluster.members[0];
+    let manifest = member.dir.with_extension("toml");
+    std::fs::write(
+        &manifest,
+        format!("cluster_id = \"other\"\nmembers = [{{ id = 1, address = \"{}\" }}]\n", member.addr),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--id", "1", "--listen", &member.addr, "--data-dir"])
+        .arg(&member.dir)
+        .arg("--manifest")
+        .arg(&manifest)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the controller started over another cluster's data directory instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refusing to bootstrap") && stderr.contains("\"other\""), "{stderr}");
+}
