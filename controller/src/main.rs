@@ -39,6 +39,10 @@ struct Args {
     /// Raft heartbeat interval in milliseconds; elections time out after 3 to 6 of them.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
+    /// Recent revisions kept for watchers that resume; a watcher asking for an older one gets
+    /// a full snapshot.
+    #[arg(long, default_value_t = weft_controller::registry::DEFAULT_RETAINED_REVISIONS)]
+    watch_retained_revisions: usize,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -80,6 +84,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         manifest,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
+        watch_retained_revisions: args.watch_retained_revisions,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(run(opts, async {

@@ -19,7 +19,7 @@ use crate::cluster::Controller;
 use crate::manifest::Manifest;
 use crate::raft_network::{Network, Peers, RaftServer, pb as raft_pb};
 use crate::raft_types::{NodeId, Raft};
-use crate::registry::{DEFAULT_RETAINED_REVISIONS, Registry, StateMachine};
+use crate::registry::{Registry, StateMachine};
 use crate::store::Store;
 
 /// Which cluster a data directory belongs to; written at bootstrap, checked at every start.
@@ -39,6 +39,8 @@ pub struct Options {
     pub manifest: Option<Manifest>,
     pub request_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// Recent revisions kept for watchers that resume; older ones get a full snapshot.
+    pub watch_retained_revisions: usize,
 }
 
 fn raft_config(opts: &Options) -> anyhow::Result<openraft::Config> {
@@ -87,7 +89,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         }
     }
 
-    let registry = Arc::new(Registry::new(DEFAULT_RETAINED_REVISIONS));
+    let registry = Arc::new(Registry::new(opts.watch_retained_revisions));
     let state_machine = StateMachine::open(store.clone(), registry.clone())?;
     let peers = Peers::default();
     let raft = Raft::new(

@@ -14,6 +14,8 @@ use weft_api::pb::cluster_service_client::ClusterServiceClient;
 use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_api::pb::node_service_client::NodeServiceClient;
+use weft_api::pb::watch_response::Kind;
+use weft_api::pb::watch_service_client::WatchServiceClient;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
 
@@ -67,7 +69,14 @@ impl Cluster {
         let mut cmd = Command::new(BIN);
         cmd.args(["--id", &m.id.to_string(), "--listen", &m.addr, "--data-dir"])
             .arg(&m.dir)
-            .args(["--request-timeout-ms", "3000", "--heartbeat-ms", "50"])
+            .args([
+                "--request-timeout-ms",
+                "3000",
+                "--heartbeat-ms",
+                "50",
+                "--watch-retained-revisions",
+                "16",
+            ])
             .env("RUST_LOG", "warn,openraft=off")
             .stdin(Stdio::null());
         if let Some(manifest) = &self.manifest {
@@ -349,4 +358,77 @@ fn a_data_directory_of_another_cluster_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refusing to bootstrap") && stderr.contains("\"other\""), "{stderr}");
+}
+
+/// The next watch message that is not a progress note.
+async fn next_change(stream: &mut tonic::Streaming<pb::WatchResponse>) -> Kind {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a watch message within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        match message.kind.unwrap() {
+            Kind::Progress(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+fn revisions(kind: &Kind) -> Vec<u64> {
+    match kind {
+        Kind::Events(batch) => batch.events.iter().map(|e| e.revision).collect(),
+        other => panic!("expected events, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watchers_resume_from_their_revision_and_get_a_snapshot_when_it_is_compacted() {
+    let cluster = Cluster::start(1);
+    cluster.wait_ready(0, Duration::from_secs(20)).await;
+    let mut watch = WatchServiceClient::new(cluster.channel(0));
+    let create = |name: String| {
+        let mut client = cluster.networks(0);
+        async move {
+            client.create_network(pb::CreateNetworkRequest { name, ..Default::default() }).await.unwrap()
+        }
+    };
+
+    // From scratch: a snapshot, then live events.
+    let mut stream = watch.watch(pb::WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    let start = match next_change(&mut stream).await {
+        Kind::Snapshot(full) => full.revision,
+        other => panic!("expected a snapshot, got {other:?}"),
+    };
+    create("a".into()).await;
+    let seen = revisions(&next_change(&mut stream).await);
+    assert_eq!(seen, vec![start + 1]);
+    drop(stream);
+
+    // Away for three changes: resuming replays exactly those, in order, once.
+    for name in ["b", "c", "d"] {
+        create(name.into()).await;
+    }
+    let mut stream = watch.watch(pb::WatchRequest { from_revision: start + 1 }).await.unwrap().into_inner();
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        replayed.extend(revisions(&next_change(&mut stream).await));
+    }
+    assert_eq!(replayed, vec![start + 2, start + 3, start + 4]);
+    create("e".into()).await;
+    assert_eq!(revisions(&next_change(&mut stream).await), vec![start + 5]);
+    drop(stream);
+
+    // Away for longer than the 16 revisions the controller keeps: a snapshot instead.
+    for i in 0..20 {
+        create(format!("f{i}")).await;
+    }
+    let mut stream = watch.watch(pb::WatchRequest { from_revision: start + 5 }).await.unwrap().into_inner();
+    match next_change(&mut stream).await {
+        Kind::Snapshot(full) => {
+            assert_eq!(full.revision, start + 25);
+            assert_eq!(full.networks.len(), 25);
+        }
+        other => panic!("expected a snapshot for a compacted revision, got {other:?}"),
+    }
 }
