@@ -218,7 +218,7 @@ async fn three_members_forward_writes_and_survive_a_leader_kill() {
         .await
         .unwrap();
 
-    // 300 endpoints created concurrently through all three members; the leader is killed once
+    // 1,000 endpoints created concurrently through all three members; the leader is killed once
     // the first half is acknowledged, while the second half is in flight. Every acknowledged
     // create must be present exactly once afterwards.
     let leader_index = cluster.index_of(leader);
@@ -241,12 +241,12 @@ async fn three_members_forward_writes_and_survive_a_leader_kill() {
             panic!("create {container} kept failing: {last:?}");
         })
     };
-    let first: Vec<_> = (0..150).map(spawn_create).collect();
+    let first: Vec<_> = (0..500).map(spawn_create).collect();
     let mut acknowledged = Vec::new();
     for task in first {
         acknowledged.push(task.await.unwrap());
     }
-    let second: Vec<_> = (150..300).map(spawn_create).collect();
+    let second: Vec<_> = (500..1000).map(spawn_create).collect();
     cluster.kill(leader_index);
     for task in second {
         acknowledged.push(task.await.unwrap());
@@ -262,11 +262,11 @@ async fn three_members_forward_writes_and_survive_a_leader_kill() {
         .unwrap()
         .into_inner()
         .endpoints;
-    assert_eq!(listed.len(), 300, "every container is attached exactly once");
+    assert_eq!(listed.len(), 1000, "every container is attached exactly once");
     let containers: BTreeSet<&str> = listed.iter().map(|e| e.container_id.as_str()).collect();
-    assert_eq!(containers.len(), 300);
+    assert_eq!(containers.len(), 1000);
     let addresses: BTreeSet<&str> = listed.iter().map(|e| e.ipv4_address.as_str()).collect();
-    assert_eq!(addresses.len(), 300, "no address is held twice");
+    assert_eq!(addresses.len(), 1000, "no address is held twice");
     for (container, endpoint) in &acknowledged {
         if let Some(ep) = endpoint {
             let found = listed.iter().find(|e| &e.container_id == container).unwrap();
@@ -430,5 +430,72 @@ async fn watchers_resume_from_their_revision_and_get_a_snapshot_when_it_is_compa
             assert_eq!(full.networks.len(), 25);
         }
         other => panic!("expected a snapshot for a compacted revision, got {other:?}"),
+    }
+}
+
+/// Everything a user can list, as one comparable value.
+async fn everything(cluster: &Cluster, i: usize) -> (Vec<pb::Network>, Vec<pb::Endpoint>, Vec<pb::Node>) {
+    let networks = cluster
+        .networks(i)
+        .list_networks(pb::ListNetworksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .networks;
+    let endpoints = cluster
+        .endpoints(i)
+        .list_endpoints(pb::ListEndpointsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoints;
+    let nodes = cluster.nodes(i).list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner().nodes;
+    (networks, endpoints, nodes)
+}
+
+#[tokio::test]
+async fn restarting_every_member_keeps_identical_state() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready(0, Duration::from_secs(30)).await;
+    register(&cluster, 0, "h1", 1).await;
+    register(&cluster, 1, "h2", 2).await;
+    for (i, name) in ["red", "green", "blue"].iter().enumerate() {
+        cluster
+            .networks(i)
+            .create_network(pb::CreateNetworkRequest {
+                name: name.to_string(),
+                enable_ipv6: i == 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    for k in 0..60usize {
+        let network = ["red", "green", "blue"][k % 3];
+        let node = if k % 2 == 0 { "h1" } else { "h2" };
+        cluster.endpoints(k % 3).create_endpoint(attach(network, node, &format!("c{k}"))).await.unwrap();
+    }
+    cluster
+        .endpoints(0)
+        .remove_endpoint(pb::RemoveEndpointRequest {
+            target: Some(pb::remove_endpoint_request::Target::Container(pb::ContainerOnNetwork {
+                network: "red".into(),
+                container_id: "c0".into(),
+            })),
+        })
+        .await
+        .unwrap();
+    let before = everything(&cluster, 0).await;
+    assert_eq!(before.1.len(), 59);
+
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    for i in 0..3 {
+        cluster.wait_ready(i, Duration::from_secs(30)).await;
+        assert_eq!(everything(&cluster, i).await, before, "member {} after restarting all", i + 1);
     }
 }
