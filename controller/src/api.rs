@@ -213,9 +213,20 @@ impl NodeService for Controller {
 
     async fn heartbeat(
         &self,
-        _request: Request<pb::HeartbeatRequest>,
+        request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        Err(Status::unimplemented("node liveness is not served yet by this controller version"))
+        let req = request.into_inner();
+        let answer = Controller::heartbeat(self, &req.name, req.applied_revision).await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            status: convert::node_status(answer.status).into(),
+            revision: answer.revision,
+            liveness_timeout_seconds: {
+                // Whole seconds, rounded up so an agent never waits past the real timeout.
+                let timeout = self.liveness.timeout();
+                let seconds = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+                u32::try_from(seconds).unwrap_or(u32::MAX)
+            },
+        }))
     }
 
     async fn list_nodes(
@@ -223,10 +234,17 @@ impl NodeService for Controller {
         _request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         self.linearizable().await?;
-        Ok(Response::new(self.registry.with_state(|state| pb::ListNodesResponse {
-            nodes:
-                state.nodes().map(|n| convert::node(n, state.node_endpoints(&n.name).count(), 0)).collect(),
-            revision: state.revision(),
+        Ok(Response::new(self.registry.with_state(|state| {
+            pb::ListNodesResponse {
+                nodes: state
+                    .nodes()
+                    .map(|n| {
+                        let applied = self.liveness.applied_revision(&n.name);
+                        convert::node(n, state.node_endpoints(&n.name).count(), applied)
+                    })
+                    .collect(),
+                revision: state.revision(),
+            }
         })))
     }
 
@@ -242,7 +260,7 @@ impl NodeService for Controller {
                 let endpoints: Vec<pb::Endpoint> =
                     state.node_endpoints(name).filter_map(|e| endpoint_pb(state, e)).collect();
                 Some(pb::InspectNodeResponse {
-                    node: Some(convert::node(node, endpoints.len(), 0)),
+                    node: Some(convert::node(node, endpoints.len(), self.liveness.applied_revision(name))),
                     endpoints,
                     revision: state.revision(),
                 })

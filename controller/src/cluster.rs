@@ -6,9 +6,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tonic::Status;
-use weft_core::{Command, Proposal, Response};
+use weft_core::{Command, NodeStatus, Proposal, Response};
 
-use crate::raft_network::{ForwardError, Peers};
+use crate::liveness::Liveness;
+use crate::raft_network::{ForwardError, HeartbeatAnswer, Peers};
 use crate::raft_types::{ApplyResult, NodeId, Raft};
 use crate::registry::Registry;
 
@@ -24,6 +25,7 @@ pub struct Controller {
     pub raft: Raft,
     pub registry: Arc<Registry>,
     pub peers: Peers,
+    pub liveness: Arc<Liveness>,
     pub request_timeout: Duration,
 }
 
@@ -90,6 +92,7 @@ impl Controller {
                         Ok(Err(ForwardError::NotLeader { .. })) => {
                             last_problem = format!("member {leader_id} stepped down");
                         }
+                        Ok(Err(ForwardError::Refused(e))) => return Err(weft_api::convert::status(&e)),
                         Ok(Err(ForwardError::Failed(e))) => last_problem = e,
                         Err(status) => {
                             last_problem = format!("leader {leader_id} at {addr}: {}", status.message())
@@ -149,6 +152,95 @@ impl Controller {
                 last_problem = "no leader elected".into();
             }
             tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// Records a node's heartbeat on the leader, wherever it arrived.
+    pub async fn heartbeat(&self, name: &str, applied_revision: u64) -> Result<HeartbeatAnswer, Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        let beat = (name.to_string(), applied_revision);
+        let mut last_problem = String::from("no leader elected");
+        loop {
+            let leader = self.raft.metrics().borrow().current_leader;
+            let leader_addr = leader.and_then(|id| {
+                let metrics = self.raft.metrics().borrow().clone();
+                metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+            });
+            match (leader, leader_addr) {
+                (Some(id), _) if id == self.id => {
+                    return self.heartbeat_as_leader(name, applied_revision).await.map_err(|e| match e {
+                        ForwardError::Refused(err) => weft_api::convert::status(&err),
+                        other => Status::unavailable(other.to_string()),
+                    });
+                }
+                (Some(id), Some(addr)) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match self.peers.heartbeat(&addr, &beat, remaining).await {
+                        Ok(Ok(answer)) => return Ok(answer),
+                        Ok(Err(ForwardError::Refused(err))) => return Err(weft_api::convert::status(&err)),
+                        Ok(Err(e)) => last_problem = e.to_string(),
+                        Err(status) => last_problem = format!("leader {id} at {addr}: {}", status.message()),
+                    }
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(no_quorum("the heartbeat", self.request_timeout, &last_problem));
+            }
+            tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// The leader's side of a heartbeat: remember it, and bring a host marked down back up.
+    pub async fn heartbeat_as_leader(
+        &self,
+        name: &str,
+        applied_revision: u64,
+    ) -> Result<HeartbeatAnswer, ForwardError> {
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
+        let status = self.registry.with_state(|s| s.node(name).map(|n| n.status));
+        let Some(status) = status else {
+            return Err(ForwardError::Refused(weft_core::Error::NotFound(format!(
+                "no node named {name:?} is registered: register the host before it heartbeats"
+            ))));
+        };
+        self.liveness.record(name, applied_revision, Instant::now());
+        if status == NodeStatus::Down {
+            let command = Command::SetNodeStatus { name: name.to_string(), status: NodeStatus::Up };
+            self.propose(command).await.map_err(|s| ForwardError::Failed(s.message().to_string()))?;
+            tracing::info!(node = name, "node is up again");
+        }
+        Ok(HeartbeatAnswer { status: NodeStatus::Up, revision: self.registry.revision() })
+    }
+
+    /// On the leader, marks hosts down once they have been silent for the liveness timeout.
+    /// Runs for the life of the controller.
+    pub async fn watch_liveness(self) {
+        let period = (self.liveness.timeout() / 4).max(Duration::from_millis(50));
+        let mut ticks = tokio::time::interval(period);
+        let mut leader_since: Option<Instant> = None;
+        loop {
+            ticks.tick().await;
+            if self.raft.metrics().borrow().current_leader != Some(self.id) {
+                leader_since = None;
+                continue;
+            }
+            let now = Instant::now();
+            let since = *leader_since.get_or_insert(now);
+            let overdue = self.registry.with_state(|s| self.liveness.overdue(s.nodes(), since, now));
+            for name in overdue {
+                let command = Command::SetNodeStatus { name: name.clone(), status: NodeStatus::Down };
+                match self.propose(command).await {
+                    Ok(_) => {
+                        tracing::warn!(node = %name, timeout = ?self.liveness.timeout(), "node missed its heartbeats: marked down")
+                    }
+                    Err(status) => {
+                        tracing::warn!(node = %name, cause = %status.message(), "marking node down failed")
+                    }
+                }
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`registry`]: weft-core's state machine under openraft, and the watch hub;
 //! - [`raft_network`]: Raft RPCs between members over gRPC, and forwarding to the leader;
 //! - [`cluster`]: proposing writes and linearizable reads with deadlines;
+//! - [`liveness`]: heartbeats and marking silent hosts down;
 //! - [`api`]: the public gRPC services;
 //! - [`manifest`]: the bootstrap manifest;
 //! - [`server`]: assembles a member and runs it.
@@ -14,6 +15,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod liveness;
 pub mod manifest;
 pub mod raft_network;
 pub mod raft_types;

@@ -43,6 +43,9 @@ struct Args {
     /// a full snapshot.
     #[arg(long, default_value_t = weft_controller::registry::DEFAULT_RETAINED_REVISIONS)]
     watch_retained_revisions: usize,
+    /// Milliseconds of heartbeat silence after which the leader marks a host down.
+    #[arg(long, default_value_t = 10_000)]
+    node_timeout_ms: u64,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -85,6 +88,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         watch_retained_revisions: args.watch_retained_revisions,
+        node_timeout: Duration::from_millis(args.node_timeout_ms),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(run(opts, async {

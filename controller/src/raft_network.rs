@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use weft_core::Proposal;
 
+use crate::cluster::Controller;
 use crate::raft_types::{ApplyResult, NodeId, Raft, TypeConfig};
 use crate::store::{decode, encode};
 
@@ -42,8 +43,18 @@ pub enum ForwardError {
     /// The member asked is not the leader (any more); try the one it names.
     #[error("member is not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<(NodeId, String)> },
+    /// The leader refused the request itself (an unknown node, say).
+    #[error("{0}")]
+    Refused(weft_core::Error),
     #[error("{0}")]
     Failed(String),
+}
+
+/// What the leader answers a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    pub status: weft_core::NodeStatus,
+    pub revision: u64,
 }
 
 /// Lazily connected channels to other members, by address.
@@ -81,6 +92,20 @@ impl Peers {
         let mut request = Request::new(pb::Payload { data });
         request.set_timeout(timeout);
         let reply = self.client(addr)?.propose(request).await?.into_inner();
+        decode(&reply.data).map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
+    }
+
+    /// Hands a node's heartbeat to the member at `addr`.
+    pub async fn heartbeat(
+        &self,
+        addr: &str,
+        beat: &(String, u64),
+        timeout: Duration,
+    ) -> Result<Result<HeartbeatAnswer, ForwardError>, Status> {
+        let data = encode(beat).map_err(|e| Status::internal(e.to_string()))?;
+        let mut request = Request::new(pb::Payload { data });
+        request.set_timeout(timeout);
+        let reply = self.client(addr)?.heartbeat(request).await?.into_inner();
         decode(&reply.data).map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
     }
 
@@ -197,6 +222,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[derive(Clone)]
 pub struct RaftServer {
     raft: Raft,
+    controller: Controller,
 }
 
 impl std::fmt::Debug for RaftServer {
@@ -206,8 +232,8 @@ impl std::fmt::Debug for RaftServer {
 }
 
 impl RaftServer {
-    pub fn new(raft: Raft) -> RaftServer {
-        RaftServer { raft }
+    pub fn new(controller: Controller) -> RaftServer {
+        RaftServer { raft: controller.raft.clone(), controller }
     }
 }
 
@@ -253,6 +279,11 @@ impl pb::raft_service_server::RaftService for RaftServer {
             Err(e) => Err(ForwardError::Failed(e.to_string())),
         };
         reply(&result)
+    }
+
+    async fn heartbeat(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        let (name, applied): (String, u64) = decode_request(request)?;
+        reply(&self.controller.heartbeat_as_leader(&name, applied).await)
     }
 
     async fn read_index(&self, _request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {

@@ -16,6 +16,7 @@ use weft_api::pb;
 use weft_core::{ClusterConfig, Command};
 
 use crate::cluster::Controller;
+use crate::liveness::Liveness;
 use crate::manifest::Manifest;
 use crate::raft_network::{Network, Peers, RaftServer, pb as raft_pb};
 use crate::raft_types::{NodeId, Raft};
@@ -41,6 +42,8 @@ pub struct Options {
     pub heartbeat_interval: Duration,
     /// Recent revisions kept for watchers that resume; older ones get a full snapshot.
     pub watch_retained_revisions: usize,
+    /// Silence after which the leader marks a host down.
+    pub node_timeout: Duration,
 }
 
 fn raft_config(opts: &Options) -> anyhow::Result<openraft::Config> {
@@ -106,8 +109,10 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         raft: raft.clone(),
         registry,
         peers,
+        liveness: Arc::new(Liveness::new(opts.node_timeout)),
         request_timeout: opts.request_timeout,
     };
+    tokio::spawn(controller.clone().watch_liveness());
 
     let listener =
         TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
@@ -138,7 +143,9 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         .context("building the reflection service")?;
 
     let serve = tonic::transport::Server::builder()
-        .add_service(raft_pb::raft_service_server::RaftServiceServer::new(RaftServer::new(raft.clone())))
+        .add_service(raft_pb::raft_service_server::RaftServiceServer::new(RaftServer::new(
+            controller.clone(),
+        )))
         .add_service(pb::network_service_server::NetworkServiceServer::new(controller.clone()))
         .add_service(pb::endpoint_service_server::EndpointServiceServer::new(controller.clone()))
         .add_service(pb::node_service_server::NodeServiceServer::new(controller.clone()))

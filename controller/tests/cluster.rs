@@ -35,11 +35,17 @@ struct Member {
 struct Cluster {
     members: Vec<Member>,
     manifest: Option<PathBuf>,
+    /// Flags every member gets besides the defaults below.
+    extra_args: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
 impl Cluster {
     fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, &[])
+    }
+
+    fn start_with(size: usize, extra_args: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (1..=size as u64)
             .map(|id| Member {
@@ -57,7 +63,8 @@ impl Cluster {
                 .unwrap();
             path
         });
-        let mut cluster = Cluster { members, manifest, _tmp: tmp };
+        let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        let mut cluster = Cluster { members, manifest, extra_args, _tmp: tmp };
         for i in 0..size {
             cluster.spawn(i);
         }
@@ -77,6 +84,7 @@ impl Cluster {
                 "--watch-retained-revisions",
                 "16",
             ])
+            .args(&self.extra_args)
             .env("RUST_LOG", "warn,openraft=off")
             .stdin(Stdio::null());
         if let Some(manifest) = &self.manifest {
@@ -498,4 +506,62 @@ async fn restarting_every_member_keeps_identical_state() {
         cluster.wait_ready(i, Duration::from_secs(30)).await;
         assert_eq!(everything(&cluster, i).await, before, "member {} after restarting all", i + 1);
     }
+}
+
+async fn node_status(cluster: &Cluster, i: usize, name: &str) -> (i32, u64) {
+    let nodes = cluster.nodes(i).list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner();
+    let node = nodes.nodes.iter().find(|n| n.name == name).unwrap();
+    (node.status, nodes.revision)
+}
+
+#[tokio::test]
+async fn silent_hosts_are_marked_down_and_come_back_with_a_heartbeat() {
+    let cluster = Cluster::start_with(3, &["--node-timeout-ms", "1000"]);
+    let leader = cluster.wait_ready(0, Duration::from_secs(30)).await;
+    let follower = (cluster.index_of(leader) + 1) % 3;
+    register(&cluster, 0, "h1", 1).await;
+    let beat = |applied: u64| {
+        let mut client = cluster.nodes(follower);
+        async move {
+            client.heartbeat(pb::HeartbeatRequest { name: "h1".into(), applied_revision: applied }).await
+        }
+    };
+
+    // Heartbeats through a follower reach the leader and write nothing to the log.
+    let first = beat(1).await.unwrap().into_inner();
+    assert_eq!(first.status, pb::NodeStatus::Up as i32);
+    assert_eq!(first.liveness_timeout_seconds, 1);
+    for applied in 2..6 {
+        let answer = beat(applied).await.unwrap().into_inner();
+        assert_eq!(answer.revision, first.revision, "a heartbeat is not a change");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leader_nodes =
+        cluster.nodes(cluster.index_of(leader)).list_nodes(pb::ListNodesRequest {}).await.unwrap();
+    assert_eq!(leader_nodes.into_inner().nodes[0].applied_revision, 5, "the leader knows what h1 applied");
+
+    // Silence: marked down after the timeout, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let down_revision = loop {
+        let (status, revision) = node_status(&cluster, 0, "h1").await;
+        if status == pb::NodeStatus::Down as i32 {
+            break revision;
+        }
+        assert!(Instant::now() < deadline, "h1 was not marked down within 10 s of silence");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(down_revision, first.revision + 1, "one log entry for the transition");
+
+    // The next heartbeat brings it back.
+    let back = beat(6).await.unwrap().into_inner();
+    assert_eq!(back.status, pb::NodeStatus::Up as i32);
+    assert_eq!(node_status(&cluster, 0, "h1").await, (pb::NodeStatus::Up as i32, down_revision + 1));
+
+    let err = cluster
+        .nodes(follower)
+        .heartbeat(pb::HeartbeatRequest { name: "ghost".into(), applied_revision: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("register the host"), "{}", err.message());
 }
