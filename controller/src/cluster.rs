@@ -9,6 +9,7 @@ use tonic::Status;
 use weft_core::{Command, NodeStatus, Proposal, Response};
 
 use crate::liveness::Liveness;
+use crate::metrics::{Gauges, Metrics, Timer};
 use crate::raft_network::{ForwardError, HeartbeatAnswer, Peers};
 use crate::raft_types::{ApplyResult, NodeId, Raft};
 use crate::registry::Registry;
@@ -26,6 +27,7 @@ pub struct Controller {
     pub registry: Arc<Registry>,
     pub peers: Peers,
     pub liveness: Arc<Liveness>,
+    pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
 }
 
@@ -60,7 +62,9 @@ impl Controller {
     pub async fn propose(&self, command: Command) -> Result<(u64, Response), Status> {
         let proposal = Proposal { at_ms: now_ms(), command };
         let deadline = Instant::now() + self.request_timeout;
+        let timer = Timer::start();
         let applied = self.propose_until(&proposal, deadline).await?;
+        self.metrics.observe_commit(timer.elapsed());
         match applied.outcome {
             Some(Ok(response)) => Ok((applied.revision, response)),
             Some(Err(err)) => Err(weft_api::convert::status(&err)),
@@ -152,6 +156,18 @@ impl Controller {
                 last_problem = "no leader elected".into();
             }
             tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// The gauges of the metrics endpoint, read now.
+    pub fn gauges(&self) -> Gauges {
+        let m = self.raft.metrics().borrow().clone();
+        Gauges {
+            is_leader: m.current_leader == Some(self.id),
+            term: m.current_term,
+            revision: self.registry.revision(),
+            last_applied_index: m.last_applied.map_or(0, |l| l.index),
+            members: u64::try_from(m.membership_config.membership().nodes().count()).unwrap_or(u64::MAX),
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`liveness`]: heartbeats and marking silent hosts down;
 //! - [`api`]: the public gRPC services;
 //! - [`manifest`]: the bootstrap manifest;
+//! - [`metrics`]: Prometheus metrics and the request-counting layer;
 //! - [`server`]: assembles a member and runs it.
 
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod api;
 pub mod cluster;
 pub mod liveness;
 pub mod manifest;
+pub mod metrics;
 pub mod raft_network;
 pub mod raft_types;
 pub mod registry;

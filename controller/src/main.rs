@@ -46,6 +46,9 @@ struct Args {
     /// Milliseconds of heartbeat silence after which the leader marks a host down.
     #[arg(long, default_value_t = 10_000)]
     node_timeout_ms: u64,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, env = "WEFT_CONTROLLER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -89,6 +92,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         watch_retained_revisions: args.watch_retained_revisions,
         node_timeout: Duration::from_millis(args.node_timeout_ms),
+        metrics_listen: args.metrics_listen,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(run(opts, async {

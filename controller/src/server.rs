@@ -18,6 +18,7 @@ use weft_core::{ClusterConfig, Command};
 use crate::cluster::Controller;
 use crate::liveness::Liveness;
 use crate::manifest::Manifest;
+use crate::metrics::{CountRequests, Metrics};
 use crate::raft_network::{Network, Peers, RaftServer, pb as raft_pb};
 use crate::raft_types::{NodeId, Raft};
 use crate::registry::{Registry, StateMachine};
@@ -44,6 +45,8 @@ pub struct Options {
     pub watch_retained_revisions: usize,
     /// Silence after which the leader marks a host down.
     pub node_timeout: Duration,
+    /// Where Prometheus metrics are served (`/metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn raft_config(opts: &Options) -> anyhow::Result<openraft::Config> {
@@ -110,6 +113,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         registry,
         peers,
         liveness: Arc::new(Liveness::new(opts.node_timeout)),
+        metrics: Arc::new(Metrics::default()),
         request_timeout: opts.request_timeout,
     };
     tokio::spawn(controller.clone().watch_liveness());
@@ -142,7 +146,16 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         .build_v1()
         .context("building the reflection service")?;
 
+    let metrics_server = match opts.metrics_listen {
+        Some(addr) => Some(tokio::spawn(serve_metrics(
+            TcpListener::bind(addr).await.with_context(|| format!("listening for metrics on {addr}"))?,
+            controller.clone(),
+        ))),
+        None => None,
+    };
+
     let serve = tonic::transport::Server::builder()
+        .layer(CountRequests { metrics: controller.metrics.clone() })
         .add_service(raft_pb::raft_service_server::RaftServiceServer::new(RaftServer::new(
             controller.clone(),
         )))
@@ -155,8 +168,28 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
     let result = serve.await.context("serving gRPC");
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
     let _ = raft.shutdown().await;
     result
+}
+
+/// Serves `GET /metrics` in Prometheus' text format.
+async fn serve_metrics(listener: TcpListener, controller: Controller) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let controller = controller.clone();
+            async move {
+                let body = controller.metrics.render(controller.gauges());
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(cause = %e, "metrics endpoint stopped");
+    }
 }
 
 /// Initialises Raft membership on a fresh data directory: the whole manifest on the member

@@ -565,3 +565,46 @@ async fn silent_hosts_are_marked_down_and_come_back_with_a_heartbeat() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains("register the host"), "{}", err.message());
 }
+
+/// A plain HTTP GET over loopback; the body after the headers.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn metrics_show_leadership_commits_and_requests_by_code() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let cluster = Cluster::start_with(1, &["--metrics-listen", &metrics_addr]);
+    cluster.wait_ready(0, Duration::from_secs(20)).await;
+    let create = || pb::CreateNetworkRequest { name: "n".into(), ..Default::default() };
+    cluster.networks(0).create_network(create()).await.unwrap();
+    assert_eq!(cluster.networks(0).create_network(create()).await.unwrap_err().code(), Code::AlreadyExists);
+
+    let body = tokio::task::spawn_blocking(move || http_get(&metrics_addr, "/metrics")).await.unwrap();
+    for expected in [
+        "weft_controller_is_leader 1\n",
+        "weft_controller_requests_total{method=\"CreateNetwork\",code=\"OK\"} 1\n",
+        "weft_controller_requests_total{method=\"CreateNetwork\",code=\"AlreadyExists\"} 1\n",
+        "# TYPE weft_controller_commit_seconds histogram\n",
+    ] {
+        assert!(body.contains(expected), "missing {expected:?} in\n{body}");
+    }
+    let revision: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_controller_revision "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(revision >= 2, "configure + create: {revision}");
+    let commits: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_controller_commit_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(commits >= 2, "{commits}");
+}
