@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::time::Duration;
 
-use openraft::{BasicNode, ChangeMembers, ServerState};
+use openraft::ServerState;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +23,7 @@ use weft_api::pb::{
 use weft_core::{Command, Endpoint, Response as Done, State};
 
 use crate::cluster::Controller;
+use crate::raft_network::MembershipChange;
 use crate::registry::{Published, WatchStart};
 
 /// How often an idle watch stream says the revision it has reached is still current.
@@ -319,18 +320,6 @@ impl Controller {
             })
             .collect()
     }
-
-    /// Membership changes run on the leader; elsewhere the error names it.
-    fn require_leader(&self) -> Result<(), Status> {
-        let leader = self.raft.metrics().borrow().current_leader;
-        match leader {
-            Some(id) if id == self.id => Ok(()),
-            Some(id) => Err(Status::failed_precondition(format!(
-                "membership changes are made on the leader: send this to member {id}"
-            ))),
-            None => Err(Status::unavailable("no leader is elected: membership cannot change now")),
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -358,6 +347,8 @@ impl ClusterService for Controller {
             applied_index: metrics.last_applied.map_or(0, |l| l.index),
             members: self.members(),
             config: Some(config),
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
         }))
     }
 
@@ -372,23 +363,14 @@ impl ClusterService for Controller {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        self.require_leader()?;
         let req = request.into_inner();
         if req.id == 0 || req.address.parse::<std::net::SocketAddr>().is_err() {
             return Err(Status::invalid_argument(format!(
-                "invalid member {} at {:?}: ids start at 1 and the address is host:port, like 127.0.0.1:7001",
+                "invalid member {} at {:?}: ids start at 1 and the address is ip:port, like 127.0.0.1:7001",
                 req.id, req.address
             )));
         }
-        let node = BasicNode { addr: req.address };
-        self.raft
-            .add_learner(req.id, node, true)
-            .await
-            .map_err(|e| Status::unavailable(format!("adding member {} as a learner failed: {e}", req.id)))?;
-        self.raft
-            .change_membership(ChangeMembers::AddVoterIds([req.id].into()), false)
-            .await
-            .map_err(|e| Status::unavailable(format!("promoting member {} to voter failed: {e}", req.id)))?;
+        self.change_membership(MembershipChange::Add { id: req.id, address: req.address }).await?;
         Ok(Response::new(pb::ListMembersResponse { members: self.members() }))
     }
 
@@ -396,12 +378,8 @@ impl ClusterService for Controller {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        self.require_leader()?;
         let id = request.into_inner().id;
-        self.raft
-            .change_membership(ChangeMembers::RemoveVoters([id].into()), false)
-            .await
-            .map_err(|e| Status::failed_precondition(format!("removing member {id} failed: {e}")))?;
+        self.change_membership(MembershipChange::Remove { id }).await?;
         Ok(Response::new(pb::ListMembersResponse { members: self.members() }))
     }
 }

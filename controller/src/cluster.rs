@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
 use tonic::Status;
 use weft_core::{Command, NodeStatus, Proposal, Response};
 
 use crate::liveness::Liveness;
 use crate::metrics::{Gauges, Metrics, Timer};
-use crate::raft_network::{ForwardError, HeartbeatAnswer, Peers};
+use crate::raft_network::{ForwardError, HeartbeatAnswer, MembershipChange, Peers};
 use crate::raft_types::{ApplyResult, NodeId, Raft};
 use crate::registry::Registry;
 
@@ -258,5 +259,83 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// The leader's id and address, as this member knows them.
+    fn leader(&self) -> Option<(NodeId, Option<String>)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        Some((id, metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone())))
+    }
+
+    /// Adds or removes a controller, through the leader wherever the request arrived.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        let mut last_problem = String::from("no leader elected");
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.id => {
+                    return self.change_membership_as_leader(&change).await.map_err(|e| match e {
+                        ForwardError::Refused(err) => weft_api::convert::status(&err),
+                        other => Status::unavailable(other.to_string()),
+                    });
+                }
+                Some((id, Some(addr))) => {
+                    // Adding a member includes its catch-up, which may take longer than a
+                    // request; give the leader the rest of this request's time.
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match self.peers.change_membership(&addr, &change, remaining).await {
+                        Ok(Ok(())) => return Ok(()),
+                        Ok(Err(ForwardError::Refused(err))) => return Err(weft_api::convert::status(&err)),
+                        Ok(Err(e)) => last_problem = e.to_string(),
+                        Err(status) => last_problem = format!("leader {id} at {addr}: {}", status.message()),
+                    }
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(no_quorum("the membership change", self.request_timeout, &last_problem));
+            }
+            tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// The leader's side of a membership change.
+    pub async fn change_membership_as_leader(&self, change: &MembershipChange) -> Result<(), ForwardError> {
+        if self.leader().map(|(id, _)| id) != Some(self.id) {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
+        let refused = |message: String| ForwardError::Refused(weft_core::Error::Conflict(message));
+        match change {
+            MembershipChange::Add { id, address } => {
+                self.raft.add_learner(*id, BasicNode { addr: address.clone() }, true).await.map_err(|e| {
+                    refused(format!("adding member {id} at {address} as a learner failed: {e}"))
+                })?;
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds([*id].into()), false)
+                    .await
+                    .map_err(|e| refused(format!("promoting member {id} to voter failed: {e}")))?;
+            }
+            MembershipChange::Remove { id } => {
+                let voters: Vec<NodeId> =
+                    self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+                if !voters.contains(id) {
+                    return Err(ForwardError::Refused(weft_core::Error::NotFound(format!(
+                        "member {id} is not a voter of this cluster (voters: {voters:?})"
+                    ))));
+                }
+                if voters.len() == 1 {
+                    return Err(refused(format!(
+                        "member {id} is the last voter; a cluster cannot remove it"
+                    )));
+                }
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters([*id].into()), false)
+                    .await
+                    .map_err(|e| refused(format!("removing member {id} failed: {e}")))?;
+            }
+        }
+        tracing::info!(?change, "membership changed");
+        Ok(())
     }
 }

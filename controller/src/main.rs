@@ -15,6 +15,7 @@ use weft_controller::server::{Options, run};
 /// Examples:
 ///   weft-controller --data-dir /var/lib/weft              # a single-member cluster
 ///   weft-controller --id 2 --listen 10.1.0.2:7001 --manifest cluster.toml --data-dir /var/lib/weft
+///   weft-controller --id 4 --listen 10.1.0.4:7001 --join --data-dir /var/lib/weft
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -49,6 +50,13 @@ struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, env = "WEFT_CONTROLLER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Join an existing cluster instead of bootstrapping one: start, then run
+    /// `cluster add ID ADDRESS` against any member.
+    #[arg(long, conflicts_with = "manifest")]
+    join: bool,
+    /// Snapshot the registry and compact the log after this many log entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -93,6 +101,8 @@ fn start(args: Args) -> anyhow::Result<()> {
         watch_retained_revisions: args.watch_retained_revisions,
         node_timeout: Duration::from_millis(args.node_timeout_ms),
         metrics_listen: args.metrics_listen,
+        join: args.join,
+        snapshot_every: args.snapshot_every,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(run(opts, async {

@@ -50,6 +50,19 @@ pub enum ForwardError {
     Failed(String),
 }
 
+/// A change to the set of controllers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Catch up as a learner, then become a voter.
+    Add {
+        id: NodeId,
+        address: String,
+    },
+    Remove {
+        id: NodeId,
+    },
+}
+
 /// What the leader answers a heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatAnswer {
@@ -106,6 +119,20 @@ impl Peers {
         let mut request = Request::new(pb::Payload { data });
         request.set_timeout(timeout);
         let reply = self.client(addr)?.heartbeat(request).await?.into_inner();
+        decode(&reply.data).map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
+    }
+
+    /// Hands a membership change to the member at `addr`.
+    pub async fn change_membership(
+        &self,
+        addr: &str,
+        change: &MembershipChange,
+        timeout: Duration,
+    ) -> Result<Result<(), ForwardError>, Status> {
+        let data = encode(change).map_err(|e| Status::internal(e.to_string()))?;
+        let mut request = Request::new(pb::Payload { data });
+        request.set_timeout(timeout);
+        let reply = self.client(addr)?.change_membership(request).await?.into_inner();
         decode(&reply.data).map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
     }
 
@@ -284,6 +311,14 @@ impl pb::raft_service_server::RaftService for RaftServer {
     async fn heartbeat(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
         let (name, applied): (String, u64) = decode_request(request)?;
         reply(&self.controller.heartbeat_as_leader(&name, applied).await)
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::Payload>,
+    ) -> Result<Response<pb::Payload>, Status> {
+        let change: MembershipChange = decode_request(request)?;
+        reply(&self.controller.change_membership_as_leader(&change).await)
     }
 
     async fn read_index(&self, _request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {

@@ -47,6 +47,10 @@ pub struct Options {
     pub node_timeout: Duration,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Join an existing cluster: never bootstrap; wait for `cluster add` on a member.
+    pub join: bool,
+    /// Build a snapshot (and compact the log) after this many new log entries.
+    pub snapshot_every: u64,
 }
 
 fn raft_config(opts: &Options) -> anyhow::Result<openraft::Config> {
@@ -57,8 +61,10 @@ fn raft_config(opts: &Options) -> anyhow::Result<openraft::Config> {
         election_timeout_min: heartbeat * 3,
         election_timeout_max: heartbeat * 6,
         install_snapshot_timeout: 10_000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every.max(1)),
+        // Keep some entries behind a snapshot so a briefly lagging member catches up from the
+        // log rather than a whole snapshot.
+        max_in_snapshot_log_to_keep: (opts.snapshot_every / 2).min(1_000),
         ..openraft::Config::default()
     };
     config.validate().context("raft configuration")
@@ -88,6 +94,11 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
                 manifest.config.cluster_id
             );
         }
+    }
+    if opts.join && opts.manifest.is_some() {
+        bail!(
+            "--join and --manifest exclude each other: a joining member learns the cluster from its members"
+        );
     }
     if let Some(manifest) = &opts.manifest {
         if !manifest.members.contains_key(&opts.id) {
@@ -122,22 +133,27 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
     tracing::info!(id = opts.id, listen = %opts.listen, advertise = %advertise, "controller starting");
 
-    if !raft.is_initialized().await? {
-        bootstrap(&controller, &opts, &advertise).await?;
+    if opts.join {
+        tracing::info!("waiting to be added to a cluster (weft cluster add {} {advertise})", opts.id);
+        tokio::spawn(record_identity_when_configured(controller.clone(), store, identity));
+    } else {
+        if !raft.is_initialized().await? {
+            bootstrap(&controller, &opts, &advertise).await?;
+        }
+        let config = match (&opts.manifest, identity.clone()) {
+            (Some(manifest), _) => manifest.config.clone(),
+            (None, cluster_id) => ClusterConfig {
+                cluster_id: cluster_id.unwrap_or_else(|| generated_cluster_id(opts.id)),
+                ..ClusterConfig::default()
+            },
+        };
+        if identity.is_none() {
+            // Claimed before the cluster holds anything, so this directory can never be
+            // mistaken for another cluster's.
+            store.put_meta(KEY_IDENTITY, &config.cluster_id)?;
+        }
+        tokio::spawn(configure_when_leader(controller.clone(), config));
     }
-    let config = match (&opts.manifest, identity.clone()) {
-        (Some(manifest), _) => manifest.config.clone(),
-        (None, cluster_id) => ClusterConfig {
-            cluster_id: cluster_id.unwrap_or_else(|| generated_cluster_id(opts.id)),
-            ..ClusterConfig::default()
-        },
-    };
-    if identity.is_none() {
-        // Claimed before the cluster holds anything, so this directory can never be mistaken
-        // for another cluster's.
-        store.put_meta(KEY_IDENTITY, &config.cluster_id)?;
-    }
-    tokio::spawn(configure_when_leader(controller.clone(), config));
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::network_service_server::NetworkServiceServer<Controller>>().await;
@@ -208,6 +224,23 @@ async fn bootstrap(controller: &Controller, opts: &Options, advertise: &str) -> 
     tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "bootstrapping a new cluster");
     controller.raft.initialize(members).await.context("initialising the cluster")?;
     Ok(())
+}
+
+/// A joining member learns its cluster's id from the log; it is recorded once known.
+async fn record_identity_when_configured(controller: Controller, store: Store, identity: Option<String>) {
+    if identity.is_some() {
+        return;
+    }
+    loop {
+        let cluster_id = controller.registry.with_state(|s| s.config().cluster_id.clone());
+        if !cluster_id.is_empty() {
+            if let Err(e) = store.put_meta(KEY_IDENTITY, &cluster_id) {
+                tracing::error!(cause = %e, "recording the cluster identity failed");
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Once a leader exists, makes sure the registry carries the bootstrap configuration.

@@ -71,6 +71,23 @@ impl Cluster {
         cluster
     }
 
+    /// Starts one more member that joins rather than bootstraps; returns its index.
+    fn spawn_joiner(&mut self, id: u64) -> usize {
+        let dir = self.members[0].dir.with_file_name(format!("m{id}"));
+        self.members.push(Member { id, addr: format!("127.0.0.1:{}", free_port()), dir, child: None });
+        let i = self.members.len() - 1;
+        let manifest = self.manifest.take();
+        self.extra_args.push("--join".into());
+        self.spawn(i);
+        self.extra_args.pop();
+        self.manifest = manifest;
+        i
+    }
+
+    async fn status(&self, i: usize) -> pb::StatusResponse {
+        ClusterServiceClient::new(self.channel(i)).status(pb::StatusRequest {}).await.unwrap().into_inner()
+    }
+
     fn spawn(&mut self, i: usize) {
         let m = &mut self.members[i];
         let mut cmd = Command::new(BIN);
@@ -607,4 +624,115 @@ async fn metrics_show_leadership_commits_and_requests_by_code() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(commits >= 2, "{commits}");
+}
+
+/// Creates endpoints c{from}..c{to} on network "big" from host h1, through rotating members,
+/// retrying as a client that knows every member would; returns the containers acknowledged.
+async fn create_many(clients: Vec<EndpointServiceClient<Channel>>, from: usize, to: usize) -> Vec<String> {
+    let mut acknowledged = Vec::new();
+    for k in from..to {
+        let container = format!("c{k}");
+        let mut done = false;
+        for attempt in 0..50 {
+            let mut client = clients[(k + attempt) % clients.len()].clone();
+            match client.create_endpoint(attach("big", "h1", &container)).await {
+                Ok(_) => {
+                    done = true;
+                    break;
+                }
+                Err(s) if s.code() == Code::AlreadyExists => {
+                    done = true;
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        assert!(done, "create {container} kept failing");
+        acknowledged.push(container);
+    }
+    acknowledged
+}
+
+async fn big_network(cluster: &Cluster) {
+    register(cluster, 0, "h1", 1).await;
+    cluster
+        .networks(0)
+        .create_network(pb::CreateNetworkRequest {
+            name: "big".into(),
+            ipam_config: vec![pb::IpamConfig { subnet: "172.16.0.0/16".into(), ..Default::default() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn members_are_added_and_removed_while_writes_go_on() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_ready(0, Duration::from_secs(30)).await;
+    big_network(&cluster).await;
+    let writers: Vec<_> = (0..3).map(|i| cluster.endpoints(i)).collect();
+    let writing = tokio::spawn(create_many(writers, 0, 300));
+
+    // A fourth member joins through a follower, catches up and becomes a voter.
+    let joiner = cluster.spawn_joiner(4);
+    let follower = (cluster.index_of(leader) + 1) % 3;
+    let added = ClusterServiceClient::new(cluster.channel(follower))
+        .add_member(pb::AddMemberRequest { id: 4, address: cluster.members[joiner].addr.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(added.members.iter().any(|m| m.id == 4 && m.voter), "{added:?}");
+
+    // A member other than the leader is removed, through the new member.
+    let leaving = cluster.members[(cluster.index_of(leader) + 2) % 3].id;
+    let after = ClusterServiceClient::new(cluster.channel(joiner))
+        .remove_member(pb::RemoveMemberRequest { id: leaving })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: BTreeSet<u64> = after.members.iter().map(|m| m.id).collect();
+    assert!(!ids.contains(&leaving) && ids.contains(&4) && ids.len() == 3, "{after:?}");
+    // An operator stops a removed member; writers still pointed at it move on.
+    let leaving_index = cluster.index_of(leaving);
+    cluster.kill(leaving_index);
+
+    let acknowledged = writing.await.unwrap();
+    assert_eq!(acknowledged.len(), 300);
+    let on_joiner = everything(&cluster, joiner).await;
+    assert_eq!(on_joiner.1.len(), 300, "the new member sees every endpoint");
+    let on_leader = everything(&cluster, cluster.index_of(leader)).await;
+    assert_eq!(on_joiner, on_leader);
+
+    let err = ClusterServiceClient::new(cluster.channel(joiner))
+        .remove_member(pb::RemoveMemberRequest { id: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::start_with(3, &["--snapshot-every", "20"]);
+    let leader = cluster.wait_ready(0, Duration::from_secs(30)).await;
+    big_network(&cluster).await;
+    let lagging = (cluster.index_of(leader) + 1) % 3;
+    let behind = cluster.status(lagging).await.applied_index;
+    cluster.kill(lagging);
+
+    let writers: Vec<_> = (0..3).filter(|i| *i != lagging).map(|i| cluster.endpoints(i)).collect();
+    create_many(writers, 0, 120).await;
+    let leader_status = cluster.status(cluster.index_of(leader)).await;
+    assert!(
+        leader_status.purged_index > behind,
+        "the log the lagging member needs is compacted away ({} > {behind})",
+        leader_status.purged_index
+    );
+
+    cluster.spawn(lagging);
+    cluster.wait_ready(lagging, Duration::from_secs(30)).await;
+    let caught_up = everything(&cluster, lagging).await;
+    assert_eq!(caught_up.1.len(), 120);
+    assert_eq!(caught_up, everything(&cluster, cluster.index_of(leader)).await);
+    assert!(cluster.status(lagging).await.snapshot_index >= leader_status.purged_index);
 }
