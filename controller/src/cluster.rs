@@ -4,15 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use tonic::Status;
 use weft_core::{Command, NodeStatus, Proposal, Response};
 
+use crate::batcher::Batcher;
 use crate::liveness::Liveness;
 use crate::metrics::{Gauges, Metrics, Timer};
 use crate::raft_network::{ForwardError, HeartbeatAnswer, MembershipChange, Peers};
-use crate::raft_types::{ApplyResult, NodeId, Raft};
+use crate::raft_types::{NodeId, Outcome, Raft};
 use crate::registry::Registry;
 
 /// The default deadline of one client request.
@@ -27,6 +28,8 @@ pub struct Controller {
     pub raft: Raft,
     pub registry: Arc<Registry>,
     pub peers: Peers,
+    /// Gathers this member's proposals into Raft entries.
+    pub batcher: Batcher,
     pub liveness: Arc<Liveness>,
     pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
@@ -64,47 +67,35 @@ impl Controller {
         let proposal = Proposal { at_ms: now_ms(), command };
         let deadline = Instant::now() + self.request_timeout;
         let timer = Timer::start();
-        let applied = self.propose_until(&proposal, deadline).await?;
+        let outcome = self.propose_until(&proposal, deadline).await?;
         self.metrics.observe_commit(timer.elapsed());
-        match applied.outcome {
-            Some(Ok(response)) => Ok((applied.revision, response)),
-            Some(Err(err)) => Err(weft_api::convert::status(&err)),
-            None => Err(Status::internal("the log entry carried no command")),
-        }
+        outcome
+            .result
+            .map(|response| (outcome.revision, response))
+            .map_err(|err| weft_api::convert::status(&err))
     }
 
-    async fn propose_until(&self, proposal: &Proposal, deadline: Instant) -> Result<ApplyResult, Status> {
+    async fn propose_until(&self, proposal: &Proposal, deadline: Instant) -> Result<Outcome, Status> {
         let mut last_problem = String::from("no attempt finished");
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(no_quorum("the write", self.request_timeout, &last_problem));
             }
-            let attempt = tokio::time::timeout(remaining, self.raft.client_write(proposal.clone())).await;
-            let leader = match attempt {
+            let attempt = tokio::time::timeout(remaining, self.batcher.submit(proposal.clone())).await;
+            match attempt {
                 Err(_) => return Err(no_quorum("the write", self.request_timeout, "commit timed out")),
-                Ok(Ok(written)) => return Ok(written.data),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    f.leader_id.zip(f.leader_node.map(|n| n.addr))
-                }
-                Ok(Err(e)) => return Err(Status::unavailable(format!("this controller cannot write: {e}"))),
-            };
-            match leader {
-                Some((leader_id, addr)) if leader_id != self.id => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    match self.peers.propose(&addr, proposal, remaining).await {
-                        Ok(Ok(applied)) => return Ok(applied),
-                        Ok(Err(ForwardError::NotLeader { .. })) => {
-                            last_problem = format!("member {leader_id} stepped down");
-                        }
-                        Ok(Err(ForwardError::Refused(e))) => return Err(weft_api::convert::status(&e)),
-                        Ok(Err(ForwardError::Failed(e))) => last_problem = e,
-                        Err(status) => {
-                            last_problem = format!("leader {leader_id} at {addr}: {}", status.message())
-                        }
+                Ok(Ok(outcome)) => return Ok(outcome),
+                Ok(Err(ForwardError::Refused(err))) => return Err(weft_api::convert::status(&err)),
+                // Leadership moved or is being decided: the batcher routes the retry to whoever
+                // leads by then.
+                Ok(Err(ForwardError::NotLeader { leader })) => {
+                    last_problem = match leader {
+                        Some((id, _)) => format!("leadership moved to member {id}"),
+                        None => "no leader elected".into(),
                     }
                 }
-                _ => last_problem = "no leader elected".into(),
+                Ok(Err(ForwardError::Failed(e))) => last_problem = e,
             }
             tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
         }

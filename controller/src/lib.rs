@@ -5,6 +5,7 @@
 //! - [`store`]: log, vote and snapshots in redb, fsynced before acknowledging;
 //! - [`registry`]: weft-core's state machine under openraft, and the watch hub;
 //! - [`raft_network`]: Raft RPCs between members over gRPC, and forwarding to the leader;
+//! - [`batcher`]: gathers proposals into Raft entries;
 //! - [`cluster`]: proposing writes and linearizable reads with deadlines;
 //! - [`liveness`]: heartbeats and marking silent hosts down;
 //! - [`api`]: the public gRPC services;
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod batcher;
 pub mod cluster;
 pub mod liveness;
 pub mod manifest;

@@ -9,9 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::BasicNode;
-use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -23,7 +21,7 @@ use tonic::{Request, Response, Status};
 use weft_core::Proposal;
 
 use crate::cluster::Controller;
-use crate::raft_types::{ApplyResult, NodeId, Raft, TypeConfig};
+use crate::raft_types::{NodeId, Outcome, Raft, TypeConfig};
 use crate::store::{decode, encode};
 
 /// Generated code of the internal `weft.raft.v1` service.
@@ -94,14 +92,15 @@ impl Peers {
         Ok(RaftServiceClient::new(channel))
     }
 
-    /// Sends a proposal to the member at `addr`.
+    /// Sends a batch of proposals to the member at `addr` (the leader), which commits them
+    /// with its own; answers one result per proposal.
     pub async fn propose(
         &self,
         addr: &str,
-        proposal: &Proposal,
+        proposals: &[Proposal],
         timeout: Duration,
-    ) -> Result<Result<ApplyResult, ForwardError>, Status> {
-        let data = encode(proposal).map_err(|e| Status::internal(e.to_string()))?;
+    ) -> Result<Vec<Result<Outcome, ForwardError>>, Status> {
+        let data = encode(&proposals).map_err(|e| Status::internal(e.to_string()))?;
         let mut request = Request::new(pb::Payload { data });
         request.set_timeout(timeout);
         let reply = self.client(addr)?.propose(request).await?.into_inner();
@@ -275,7 +274,9 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<pb::Payload>, Status> {
 }
 
 /// The leader named by a forward-to-leader error, as (id, address).
-fn leader_of(err: &openraft::error::ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+pub(crate) fn leader_of(
+    err: &openraft::error::ForwardToLeader<NodeId, BasicNode>,
+) -> Option<(NodeId, String)> {
     Some((err.leader_id?, err.leader_node.as_ref()?.addr.clone()))
 }
 
@@ -297,15 +298,21 @@ impl pb::raft_service_server::RaftService for RaftServer {
     }
 
     async fn propose(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
-        let proposal: Proposal = decode_request(request)?;
-        let result: Result<ApplyResult, ForwardError> = match self.raft.client_write(proposal).await {
-            Ok(written) => Ok(written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ForwardError::NotLeader { leader: leader_of(&f) })
-            }
-            Err(e) => Err(ForwardError::Failed(e.to_string())),
-        };
-        reply(&result)
+        let proposals: Vec<Proposal> = decode_request(request)?;
+        // Into the leader's own batcher, so forwarded proposals share entries with everyone
+        // else's rather than each forwarded batch becoming an entry of its own.
+        let submitted: Vec<_> = proposals
+            .into_iter()
+            .map(|proposal| {
+                let batcher = self.controller.batcher.clone();
+                tokio::spawn(async move { batcher.submit_local(proposal).await })
+            })
+            .collect();
+        let mut results: Vec<Result<Outcome, ForwardError>> = Vec::with_capacity(submitted.len());
+        for task in submitted {
+            results.push(task.await.unwrap_or_else(|e| Err(ForwardError::Failed(e.to_string()))));
+        }
+        reply(&results)
     }
 
     async fn heartbeat(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {

@@ -10,20 +10,31 @@ use weft_core::{Error, Proposal, Response};
 /// Members are numbered by the operator (bootstrap manifest, `cluster add`).
 pub type NodeId = u64;
 
-/// What applying one log entry produced. Refusals are results too: they are decided by the
+/// The payload of one log entry: client proposals gathered while the previous batch was being
+/// committed, so that under load many writes share one Raft round and one fsync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalBatch(pub Vec<Proposal>);
+
+/// What applying one proposal produced. Refusals are results too: they are decided by the
 /// state machine, identically on every replica, and travel back to the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyResult {
-    /// The registry revision after the entry.
+pub struct Outcome {
+    /// The registry revision after the proposal.
     pub revision: u64,
-    /// `None` for entries that carry no command (leader blanks, membership changes).
-    pub outcome: Option<Result<Response, Error>>,
+    pub result: Result<Response, Error>,
+}
+
+/// What applying one log entry produced: an outcome per proposal of its batch (none for
+/// entries without proposals: leader blanks, membership changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub outcomes: Vec<Outcome>,
 }
 
 openraft::declare_raft_types!(
     /// weft's Raft: proposals in, apply results out, snapshots as bytes in memory.
     pub TypeConfig:
-        D = Proposal,
+        D = ProposalBatch,
         R = ApplyResult,
         NodeId = NodeId,
         Node = openraft::BasicNode,

@@ -26,7 +26,8 @@ use weft_api::{convert, pb};
 use weft_core::State;
 
 use crate::raft_types::{
-    ApplyResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    ApplyResult, Entry, LogId, Outcome, ProposalBatch, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
 use crate::store::{KEY_SNAPSHOT, Store};
 
@@ -211,21 +212,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut inner = self.registry.write();
             for entry in entries {
                 inner.last_applied = Some(entry.log_id);
-                let outcome = match entry.payload {
-                    EntryPayload::Blank => None,
+                let mut outcomes = Vec::new();
+                match entry.payload {
+                    EntryPayload::Blank => {}
                     EntryPayload::Membership(membership) => {
                         inner.membership = StoredMembership::new(Some(entry.log_id), membership);
-                        None
                     }
-                    EntryPayload::Normal(proposal) => Some(inner.state.apply(&proposal).map(|applied| {
-                        if !applied.events.is_empty() {
-                            let events = convert::events(&applied.events, &inner.state);
-                            batches.push(Arc::new(Batch { revision: applied.revision, events }));
+                    EntryPayload::Normal(ProposalBatch(proposals)) => {
+                        for proposal in &proposals {
+                            let result = inner.state.apply(proposal).map(|applied| {
+                                if !applied.events.is_empty() {
+                                    let events = convert::events(&applied.events, &inner.state);
+                                    batches.push(Arc::new(Batch { revision: applied.revision, events }));
+                                }
+                                applied.response
+                            });
+                            outcomes.push(Outcome { revision: inner.state.revision(), result });
                         }
-                        applied.response
-                    })),
-                };
-                results.push(ApplyResult { revision: inner.state.revision(), outcome });
+                    }
+                }
+                results.push(ApplyResult { outcomes });
             }
             for batch in &batches {
                 inner.recent.push_back(batch.clone());

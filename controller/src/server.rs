@@ -11,10 +11,10 @@ use anyhow::{Context, bail};
 use openraft::{BasicNode, SnapshotPolicy};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use weft_api::pb;
 use weft_core::{ClusterConfig, Command};
 
+use crate::batcher::Batcher;
 use crate::cluster::Controller;
 use crate::liveness::Liveness;
 use crate::manifest::Manifest;
@@ -122,6 +122,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         id: opts.id,
         raft: raft.clone(),
         registry,
+        batcher: Batcher::start(opts.id, raft.clone(), peers.clone(), opts.request_timeout),
         peers,
         liveness: Arc::new(Liveness::new(opts.node_timeout)),
         metrics: Arc::new(Metrics::default()),
@@ -182,7 +183,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         .add_service(pb::watch_service_server::WatchServiceServer::new(controller.clone()))
         .add_service(health)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(
+            // Small request/response messages: without TCP_NODELAY, Nagle's algorithm and
+            // delayed ACKs add ~40 ms to replies.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        );
     let result = serve.await.context("serving gRPC");
     if let Some(task) = metrics_server {
         task.abort();

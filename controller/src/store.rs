@@ -27,7 +27,6 @@ const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
 const KEY_VOTE: &str = "vote";
-const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 pub(crate) const KEY_SNAPSHOT: &str = "snapshot";
 
@@ -166,13 +165,9 @@ impl RaftLogStorage<TypeConfig> for Store {
         self.get_meta(KEY_VOTE)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(KEY_COMMITTED, &committed)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
-    }
+    // The committed index is not persisted (openraft's default): every read is linearizable,
+    // so a restarted member serves nothing before a leader exists anyway, and the leader's
+    // first commit re-applies the log. Persisting it would cost a second fsync per commit.
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
