@@ -44,6 +44,9 @@ struct Args {
     /// a full snapshot.
     #[arg(long, default_value_t = weft_controller::registry::DEFAULT_RETAINED_REVISIONS)]
     watch_retained_revisions: usize,
+    /// Batches a watcher may fall behind before it is reset with a fresh snapshot.
+    #[arg(long, default_value_t = weft_controller::registry::DEFAULT_WATCH_BUFFER)]
+    watch_buffer: usize,
     /// Milliseconds of heartbeat silence after which the leader marks a host down.
     #[arg(long, default_value_t = 10_000)]
     node_timeout_ms: u64,
@@ -99,6 +102,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         watch_retained_revisions: args.watch_retained_revisions,
+        watch_buffer: args.watch_buffer,
         node_timeout: Duration::from_millis(args.node_timeout_ms),
         metrics_listen: args.metrics_listen,
         join: args.join,

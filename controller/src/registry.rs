@@ -34,7 +34,7 @@ use crate::store::{KEY_SNAPSHOT, Store};
 /// How many recent revisions are kept for watchers resuming from a revision.
 pub const DEFAULT_RETAINED_REVISIONS: usize = 8192;
 /// Batches buffered per watcher before it is reset with a snapshot.
-pub const WATCH_BUFFER: usize = 4096;
+pub const DEFAULT_WATCH_BUFFER: usize = 4096;
 
 /// What watchers receive from the hub.
 #[derive(Debug, Clone)]
@@ -92,7 +92,9 @@ fn sm_error(verb: openraft::ErrorVerb, err: impl std::error::Error + 'static) ->
 }
 
 impl Registry {
-    pub fn new(retained: usize) -> Registry {
+    /// `retained`: recent revisions kept for resuming watchers; `buffer`: batches a watcher may
+    /// fall behind before it is reset.
+    pub fn new(retained: usize, buffer: usize) -> Registry {
         Registry {
             inner: RwLock::new(Inner {
                 state: State::default(),
@@ -101,7 +103,7 @@ impl Registry {
                 recent: VecDeque::new(),
                 snapshots_built: 0,
             }),
-            publish: broadcast::channel(WATCH_BUFFER).0,
+            publish: broadcast::channel(buffer.max(1)).0,
             retained: retained.max(1),
         }
     }

@@ -43,6 +43,8 @@ pub struct Options {
     pub heartbeat_interval: Duration,
     /// Recent revisions kept for watchers that resume; older ones get a full snapshot.
     pub watch_retained_revisions: usize,
+    /// Batches a watcher may fall behind before it is reset with a snapshot.
+    pub watch_buffer: usize,
     /// Silence after which the leader marks a host down.
     pub node_timeout: Duration,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere.
@@ -106,7 +108,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         }
     }
 
-    let registry = Arc::new(Registry::new(opts.watch_retained_revisions));
+    let registry = Arc::new(Registry::new(opts.watch_retained_revisions, opts.watch_buffer));
     let state_machine = StateMachine::open(store.clone(), registry.clone())?;
     let peers = Peers::default();
     let raft = Raft::new(

@@ -216,7 +216,7 @@ mod tests {
             let dir = tempfile::tempdir().map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
             let store =
                 Store::open(dir.path()).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))?;
-            let sm = StateMachine::open(store.clone(), Arc::new(Registry::new(16)))?;
+            let sm = StateMachine::open(store.clone(), Arc::new(Registry::new(16, 16)))?;
             Ok((dir, store, sm))
         }
     }

@@ -385,19 +385,18 @@ fn a_data_directory_of_another_cluster_is_refused() {
     assert!(stderr.contains("refusing to bootstrap") && stderr.contains("\"other\""), "{stderr}");
 }
 
-/// The next watch message that is not a progress note.
+/// The next watch message that is not a progress note, within 10 s.
 async fn next_change(stream: &mut tonic::Streaming<pb::WatchResponse>) -> Kind {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("a watch message within 10 s")
-            .unwrap()
-            .expect("the stream stays open");
-        match message.kind.unwrap() {
-            Kind::Progress(_) => continue,
-            other => return other,
+    let next = async {
+        loop {
+            let message = stream.message().await.unwrap().expect("the stream stays open");
+            match message.kind.unwrap() {
+                Kind::Progress(_) => continue,
+                other => return other,
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(10), next).await.expect("a watch change within 10 s")
 }
 
 fn revisions(kind: &Kind) -> Vec<u64> {
@@ -735,4 +734,63 @@ async fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
     assert_eq!(caught_up.1.len(), 120);
     assert_eq!(caught_up, everything(&cluster, cluster.index_of(leader)).await);
     assert!(cluster.status(lagging).await.snapshot_index >= leader_status.purged_index);
+}
+
+#[tokio::test]
+async fn a_watcher_that_stops_reading_is_reset_with_a_snapshot_without_slowing_writes() {
+    let cluster = Cluster::start_with(1, &["--watch-buffer", "256"]);
+    cluster.wait_ready(0, Duration::from_secs(20)).await;
+    big_network(&cluster).await;
+    // Small HTTP/2 windows, so the stalled stream stops taking data after a few messages
+    // (the client's default window would absorb megabytes).
+    let small_windows = Channel::from_shared(format!("http://{}", cluster.members[0].addr))
+        .unwrap()
+        .initial_stream_window_size(Some(16 * 1024))
+        .initial_connection_window_size(Some(16 * 1024))
+        .connect_lazy();
+    let mut stream = WatchServiceClient::new(small_windows)
+        .watch(pb::WatchRequest { from_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let start = match next_change(&mut stream).await {
+        Kind::Snapshot(full) => full.revision,
+        other => panic!("expected a snapshot, got {other:?}"),
+    };
+
+    // 4,800 changes while the watcher reads nothing: far past its buffer of 256 batches (and
+    // the stream's own flow-control windows).
+    let began = Instant::now();
+    let writers: Vec<_> = (0..16)
+        .map(|w| tokio::spawn(create_many(vec![cluster.endpoints(0)], w * 300, w * 300 + 300)))
+        .collect();
+    for writer in writers {
+        assert_eq!(writer.await.unwrap().len(), 300);
+    }
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(60), "writes were not held up by the stalled watcher: {took:?}");
+
+    // Reading again: what was buffered, then a fresh snapshot, then live events, in order.
+    let mut last = start;
+    let reset = loop {
+        match next_change(&mut stream).await {
+            Kind::Events(batch) => {
+                for event in &batch.events {
+                    assert!(
+                        event.revision > last,
+                        "revisions only go forward: {} after {last}",
+                        event.revision
+                    );
+                    last = event.revision;
+                }
+            }
+            Kind::Snapshot(full) => break full,
+            Kind::Progress(_) => unreachable!("filtered by next_change"),
+        }
+    };
+    assert!(last < start + 4800, "the watcher fell behind and was reset before seeing everything");
+    assert_eq!(reset.endpoints.len(), 4800, "the reset snapshot holds every endpoint");
+    cluster.endpoints(0).create_endpoint(attach("big", "h1", "after-reset")).await.unwrap();
+    let after = revisions(&next_change(&mut stream).await);
+    assert_eq!(after, vec![reset.revision + 1], "live events continue right after the snapshot");
 }
