@@ -100,11 +100,7 @@ impl Peers {
         proposals: &[Proposal],
         timeout: Duration,
     ) -> Result<Vec<Result<Outcome, ForwardError>>, Status> {
-        let data = encode(&proposals).map_err(|e| Status::internal(e.to_string()))?;
-        let mut request = Request::new(pb::Payload { data });
-        request.set_timeout(timeout);
-        let reply = self.client(addr)?.propose(request).await?.into_inner();
-        decode(&reply.data).map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
+        self.forward(addr, Forwarded::Propose, &proposals, timeout).await
     }
 
     /// Hands a node's heartbeat to the member at `addr`.
@@ -114,11 +110,7 @@ impl Peers {
         beat: &(String, u64),
         timeout: Duration,
     ) -> Result<Result<HeartbeatAnswer, ForwardError>, Status> {
-        let data = encode(beat).map_err(|e| Status::internal(e.to_string()))?;
-        let mut request = Request::new(pb::Payload { data });
-        request.set_timeout(timeout);
-        let reply = self.client(addr)?.heartbeat(request).await?.into_inner();
-        decode(&reply.data).map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
+        self.forward(addr, Forwarded::Heartbeat, beat, timeout).await
     }
 
     /// Hands a membership change to the member at `addr`.
@@ -128,11 +120,7 @@ impl Peers {
         change: &MembershipChange,
         timeout: Duration,
     ) -> Result<Result<(), ForwardError>, Status> {
-        let data = encode(change).map_err(|e| Status::internal(e.to_string()))?;
-        let mut request = Request::new(pb::Payload { data });
-        request.set_timeout(timeout);
-        let reply = self.client(addr)?.change_membership(request).await?.into_inner();
-        decode(&reply.data).map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
+        self.forward(addr, Forwarded::ChangeMembership, change, timeout).await
     }
 
     /// Asks the member at `addr` for a read index.
@@ -141,11 +129,39 @@ impl Peers {
         addr: &str,
         timeout: Duration,
     ) -> Result<Result<u64, ForwardError>, Status> {
-        let mut request = Request::new(pb::Payload { data: Vec::new() });
-        request.set_timeout(timeout);
-        let reply = self.client(addr)?.read_index(request).await?.into_inner();
-        decode(&reply.data).map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
+        self.forward(addr, Forwarded::ReadIndex, &(), timeout).await
     }
+
+    /// One forwarded request: encode, call with a deadline, decode the answer.
+    async fn forward<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
+        &self,
+        addr: &str,
+        method: Forwarded,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, Status> {
+        let data = encode(req).map_err(|e| Status::internal(e.to_string()))?;
+        let mut request = Request::new(pb::Payload { data });
+        request.set_timeout(timeout);
+        let mut client = self.client(addr)?;
+        let reply = match method {
+            Forwarded::Propose => client.propose(request).await?,
+            Forwarded::Heartbeat => client.heartbeat(request).await?,
+            Forwarded::ChangeMembership => client.change_membership(request).await?,
+            Forwarded::ReadIndex => client.read_index(request).await?,
+        };
+        decode(&reply.into_inner().data)
+            .map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
+    }
+}
+
+/// The requests one member forwards to another.
+#[derive(Debug, Clone, Copy)]
+enum Forwarded {
+    Propose,
+    Heartbeat,
+    ChangeMembership,
+    ReadIndex,
 }
 
 // === client side: openraft's network ===

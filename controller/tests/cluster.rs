@@ -232,16 +232,7 @@ async fn a_single_member_needs_only_a_data_dir_and_keeps_state_across_restarts()
 async fn three_members_forward_writes_and_survive_a_leader_kill() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_ready(0, Duration::from_secs(30)).await;
-    register(&cluster, 1, "h1", 1).await;
-    cluster
-        .networks(2)
-        .create_network(pb::CreateNetworkRequest {
-            name: "big".into(),
-            ipam_config: vec![pb::IpamConfig { subnet: "172.16.0.0/16".into(), ..Default::default() }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    big_network(&cluster, 2).await;
 
     // 1,000 endpoints created concurrently through all three members; the leader is killed once
     // the first half is acknowledged, while the second half is in flight. Every acknowledged
@@ -652,10 +643,11 @@ async fn create_many(clients: Vec<EndpointServiceClient<Channel>>, from: usize, 
     acknowledged
 }
 
-async fn big_network(cluster: &Cluster) {
-    register(cluster, 0, "h1", 1).await;
+/// Host h1 and a /16 network "big", created through member `via`.
+async fn big_network(cluster: &Cluster, via: usize) {
+    register(cluster, via, "h1", 1).await;
     cluster
-        .networks(0)
+        .networks(via)
         .create_network(pb::CreateNetworkRequest {
             name: "big".into(),
             ipam_config: vec![pb::IpamConfig { subnet: "172.16.0.0/16".into(), ..Default::default() }],
@@ -669,7 +661,7 @@ async fn big_network(cluster: &Cluster) {
 async fn members_are_added_and_removed_while_writes_go_on() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_ready(0, Duration::from_secs(30)).await;
-    big_network(&cluster).await;
+    big_network(&cluster, 0).await;
     let writers: Vec<_> = (0..3).map(|i| cluster.endpoints(i)).collect();
     let writing = tokio::spawn(create_many(writers, 0, 300));
 
@@ -714,7 +706,7 @@ async fn members_are_added_and_removed_while_writes_go_on() {
 async fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
     let mut cluster = Cluster::start_with(3, &["--snapshot-every", "20"]);
     let leader = cluster.wait_ready(0, Duration::from_secs(30)).await;
-    big_network(&cluster).await;
+    big_network(&cluster, 0).await;
     let lagging = (cluster.index_of(leader) + 1) % 3;
     let behind = cluster.status(lagging).await.applied_index;
     cluster.kill(lagging);
@@ -740,7 +732,7 @@ async fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
 async fn a_watcher_that_stops_reading_is_reset_with_a_snapshot_without_slowing_writes() {
     let cluster = Cluster::start_with(1, &["--watch-buffer", "256"]);
     cluster.wait_ready(0, Duration::from_secs(20)).await;
-    big_network(&cluster).await;
+    big_network(&cluster, 0).await;
     // Small HTTP/2 windows, so the stalled stream stops taking data after a few messages
     // (the client's default window would absorb megabytes).
     let small_windows = Channel::from_shared(format!("http://{}", cluster.members[0].addr))
