@@ -276,7 +276,10 @@ impl Controller {
                     // request; give the leader the rest of this request's time.
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match self.peers.change_membership(&addr, &change, remaining).await {
-                        Ok(Ok(())) => return Ok(()),
+                        Ok(Ok(())) => {
+                            self.await_membership(&change, deadline).await;
+                            return Ok(());
+                        }
                         Ok(Err(ForwardError::Refused(err))) => return Err(weft_api::convert::status(&err)),
                         Ok(Err(e)) => last_problem = e.to_string(),
                         Err(status) => last_problem = format!("leader {id} at {addr}: {}", status.message()),
@@ -288,6 +291,22 @@ impl Controller {
                 return Err(no_quorum("the membership change", self.request_timeout, &last_problem));
             }
             tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// Waits (until `deadline` at most) for this member to see a change the leader made, so
+    /// that what it answers next reflects it.
+    async fn await_membership(&self, change: &MembershipChange, deadline: Instant) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let visible = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            let membership = m.membership_config.membership();
+            match change {
+                MembershipChange::Add { id, .. } => membership.voter_ids().any(|v| v == *id),
+                MembershipChange::Remove { id } => membership.get_node(id).is_none(),
+            }
+        };
+        if let Err(e) = self.raft.wait(Some(remaining)).metrics(visible, "membership change visible").await {
+            tracing::warn!(cause = %e, ?change, "membership change made on the leader but not yet seen here");
         }
     }
 
