@@ -169,19 +169,14 @@ impl Controller {
         let beat = (name.to_string(), applied_revision);
         let mut last_problem = String::from("no leader elected");
         loop {
-            let leader = self.raft.metrics().borrow().current_leader;
-            let leader_addr = leader.and_then(|id| {
-                let metrics = self.raft.metrics().borrow().clone();
-                metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
-            });
-            match (leader, leader_addr) {
-                (Some(id), _) if id == self.id => {
+            match self.leader() {
+                Some((id, _)) if id == self.id => {
                     return self.heartbeat_as_leader(name, applied_revision).await.map_err(|e| match e {
                         ForwardError::Refused(err) => weft_api::convert::status(&err),
                         other => Status::unavailable(other.to_string()),
                     });
                 }
-                (Some(id), Some(addr)) => {
+                Some((id, Some(addr))) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match self.peers.heartbeat(&addr, &beat, remaining).await {
                         Ok(Ok(answer)) => return Ok(answer),
