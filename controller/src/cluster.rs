@@ -1,6 +1,7 @@
 //! One controller's view of the cluster: proposing writes (here, or through the leader) and
 //! linearizable reads, each with a deadline so a request never hangs when there is no quorum.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -167,18 +168,45 @@ impl Controller {
     pub async fn heartbeat(&self, name: &str, applied_revision: u64) -> Result<HeartbeatAnswer, Status> {
         let deadline = Instant::now() + self.request_timeout;
         let beat = (name.to_string(), applied_revision);
+        self.on_leader(
+            "the heartbeat",
+            deadline,
+            || self.heartbeat_as_leader(name, applied_revision),
+            |addr, remaining| {
+                let beat = &beat;
+                async move { self.peers.heartbeat(&addr, beat, remaining).await }
+            },
+        )
+        .await
+    }
+
+    /// Runs a request on the leader: `local` when this member leads, else `remote` with the
+    /// leader's address; retried while leadership is unknown or moving, until `deadline`.
+    async fn on_leader<T, L, LF, R, RF>(
+        &self,
+        what: &str,
+        deadline: Instant,
+        local: L,
+        remote: R,
+    ) -> Result<T, Status>
+    where
+        L: Fn() -> LF,
+        LF: Future<Output = Result<T, ForwardError>>,
+        R: Fn(String, Duration) -> RF,
+        RF: Future<Output = Result<Result<T, ForwardError>, Status>>,
+    {
         let mut last_problem = String::from("no leader elected");
         loop {
             match self.leader() {
                 Some((id, _)) if id == self.id => {
-                    return self.heartbeat_as_leader(name, applied_revision).await.map_err(|e| match e {
+                    return local().await.map_err(|e| match e {
                         ForwardError::Refused(err) => weft_api::convert::status(&err),
                         other => Status::unavailable(other.to_string()),
                     });
                 }
                 Some((id, Some(addr))) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    match self.peers.heartbeat(&addr, &beat, remaining).await {
+                    match remote(addr.clone(), remaining).await {
                         Ok(Ok(answer)) => return Ok(answer),
                         Ok(Err(ForwardError::Refused(err))) => return Err(weft_api::convert::status(&err)),
                         Ok(Err(e)) => last_problem = e.to_string(),
@@ -188,7 +216,7 @@ impl Controller {
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(no_quorum("the heartbeat", self.request_timeout, &last_problem));
+                return Err(no_quorum(what, self.request_timeout, &last_problem));
             }
             tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
@@ -257,36 +285,21 @@ impl Controller {
     /// Adds or removes a controller, through the leader wherever the request arrived.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<(), Status> {
         let deadline = Instant::now() + self.request_timeout;
-        let mut last_problem = String::from("no leader elected");
-        loop {
-            match self.leader() {
-                Some((id, _)) if id == self.id => {
-                    return self.change_membership_as_leader(&change).await.map_err(|e| match e {
-                        ForwardError::Refused(err) => weft_api::convert::status(&err),
-                        other => Status::unavailable(other.to_string()),
-                    });
-                }
-                Some((id, Some(addr))) => {
-                    // Adding a member includes its catch-up, which may take longer than a
-                    // request; give the leader the rest of this request's time.
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    match self.peers.change_membership(&addr, &change, remaining).await {
-                        Ok(Ok(())) => {
-                            self.await_membership(&change, deadline).await;
-                            return Ok(());
-                        }
-                        Ok(Err(ForwardError::Refused(err))) => return Err(weft_api::convert::status(&err)),
-                        Ok(Err(e)) => last_problem = e.to_string(),
-                        Err(status) => last_problem = format!("leader {id} at {addr}: {}", status.message()),
-                    }
-                }
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(no_quorum("the membership change", self.request_timeout, &last_problem));
-            }
-            tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
-        }
+        self.on_leader(
+            "the membership change",
+            deadline,
+            || self.change_membership_as_leader(&change),
+            // Adding a member includes its catch-up, which may take longer than a request;
+            // the leader gets the rest of this request's time.
+            |addr, remaining| {
+                let change = &change;
+                async move { self.peers.change_membership(&addr, change, remaining).await }
+            },
+        )
+        .await?;
+        // Made on the leader: answer only once this member's view shows it too.
+        self.await_membership(&change, deadline).await;
+        Ok(())
     }
 
     /// Waits (until `deadline` at most) for this member to see a change the leader made, so
