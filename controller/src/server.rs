@@ -159,9 +159,16 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
     }
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    // The empty service name ("the server as a whole", what probes ask by default) is SERVING
+    // from the start; so is each public service by name.
     health_reporter.set_serving::<pb::network_service_server::NetworkServiceServer<Controller>>().await;
+    health_reporter.set_serving::<pb::endpoint_service_server::EndpointServiceServer<Controller>>().await;
+    health_reporter.set_serving::<pb::node_service_server::NodeServiceServer<Controller>>().await;
+    health_reporter.set_serving::<pb::cluster_service_server::ClusterServiceServer<Controller>>().await;
+    health_reporter.set_serving::<pb::watch_service_server::WatchServiceServer<Controller>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(weft_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
 

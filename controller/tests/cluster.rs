@@ -616,6 +616,61 @@ async fn metrics_show_leadership_commits_and_requests_by_code() {
     assert!(commits >= 2, "{commits}");
 }
 
+/// What `grpcurl` and load balancers use: the standard health service answers SERVING, and
+/// server reflection lists weft's services and hands out their descriptors.
+#[tokio::test]
+async fn health_checking_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+    let cluster = Cluster::start(1);
+    cluster.wait_ready(0, Duration::from_secs(20)).await;
+    for service in ["", "weft.v1.NetworkService", "weft.v1.EndpointService", "weft.v1.WatchService"] {
+        let health = HealthClient::new(cluster.channel(0))
+            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(health.status(), ServingStatus::Serving, "service {service:?}");
+    }
+
+    let ask = |request: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let answer = |response: ServerReflectionResponse| response.message_response.unwrap();
+    let mut reflection = ServerReflectionClient::new(cluster.channel(0));
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter([
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol("weft.v1.EndpointService".into())),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let MessageResponse::ListServicesResponse(list) = answer(replies.message().await.unwrap().unwrap())
+    else {
+        panic!("expected a service list")
+    };
+    let services: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["weft.v1.NetworkService", "weft.v1.EndpointService", "grpc.health.v1.Health"] {
+        assert!(services.contains(expected), "{expected} missing from {services:?}");
+    }
+    assert!(
+        !services.iter().any(|s| s.starts_with("weft.raft")),
+        "internal Raft service exposed: {services:?}"
+    );
+    let MessageResponse::FileDescriptorResponse(files) = answer(replies.message().await.unwrap().unwrap())
+    else {
+        panic!("expected file descriptors")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
 /// Creates endpoints c{from}..c{to} on network "big" from host h1, through rotating members,
 /// retrying as a client that knows every member would; returns the containers acknowledged.
 async fn create_many(clients: Vec<EndpointServiceClient<Channel>>, from: usize, to: usize) -> Vec<String> {
