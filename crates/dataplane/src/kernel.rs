@@ -1,0 +1,550 @@
+//! The edge to the Linux kernel: dumps what weft cares about into an [`Observed`] and carries
+//! out [`Op`]s over rtnetlink. Entry writes (FDB and neighbours, the bulk of the work on a
+//! busy host) are pipelined on one netlink socket rather than sent one round trip at a time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::RouteType;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+
+use crate::model::{IfAddr, Link, LinkKind, LocalEndpoint, Mac, Observed, endpoint_alias};
+use crate::plan::Op;
+
+/// How many entry writes may be in flight on the netlink socket at once.
+const PIPELINE: usize = 256;
+
+/// Something the kernel refused, with what weft was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}: {reason}")]
+pub struct KernelError {
+    pub doing: String,
+    pub reason: String,
+}
+
+fn failed(doing: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
+    let doing = doing.into();
+    move |e| KernelError { doing, reason: e.to_string() }
+}
+
+fn io_failed(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> KernelError {
+    let doing = doing.into();
+    move |e| KernelError { doing, reason: e.to_string() }
+}
+
+/// A netlink connection into one network namespace.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    handle: Handle,
+}
+
+impl Kernel {
+    /// Connects to the namespace this process runs in. Needs a Tokio runtime.
+    pub fn connect() -> Result<Kernel, KernelError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(io_failed("opening a netlink socket"))?;
+        tokio::spawn(connection);
+        Ok(Kernel { handle })
+    }
+
+    /// Connects to the namespace at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`). The socket
+    /// is created on a thread that enters the namespace and leaves it again at once; netlink
+    /// sockets belong to the namespace they were born in.
+    pub async fn connect_in(path: &Path) -> Result<Kernel, KernelError> {
+        let path = path.to_path_buf();
+        let doing = format!("opening a netlink socket in {}", path.display());
+        let (connection, handle, _) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            use nix::sched::{CloneFlags, setns};
+            let home = File::open("/proc/thread-self/ns/net")?;
+            let target = File::open(&path)?;
+            setns(&target, CloneFlags::CLONE_NEWNET)?;
+            let connection = rtnetlink::new_connection();
+            // Pool threads are reused: always go home, even when the socket failed.
+            setns(&home, CloneFlags::CLONE_NEWNET)?;
+            connection
+        })
+        .await
+        .map_err(|e| KernelError { doing: doing.clone(), reason: e.to_string() })?
+        .map_err(io_failed(doing))?;
+        tokio::spawn(connection);
+        Ok(Kernel { handle })
+    }
+
+    /// Dumps links, addresses, and the FDB and neighbour entries of weft's VXLAN devices.
+    pub async fn observe(&self) -> Result<Observed, KernelError> {
+        let messages: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(failed("listing links"))?;
+        let names: HashMap<u32, String> =
+            messages.iter().filter_map(|m| link_name(m).map(|n| (m.header.index, n.to_string()))).collect();
+        let mut links: BTreeMap<String, Link> = BTreeMap::new();
+        for message in &messages {
+            if let Some(link) = parse_link(message, &names) {
+                links.insert(link.name.clone(), link);
+            }
+        }
+        let by_index: HashMap<u32, String> = links.values().map(|l| (l.index, l.name.clone())).collect();
+
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(message) = addresses.try_next().await.map_err(failed("listing addresses"))? {
+            let ip = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            let name = by_index.get(&message.header.index);
+            if let (Some(ip), Some(link)) = (ip, name.and_then(|n| links.get_mut(n))) {
+                link.addresses.insert(IfAddr { ip, prefix: message.header.prefix_len });
+            }
+        }
+
+        let vxlans: HashMap<u32, String> = links
+            .values()
+            .filter(|l| l.is_weft() && matches!(l.kind, LinkKind::Vxlan { .. }))
+            .map(|l| (l.index, l.name.clone()))
+            .collect();
+        let mut observed = Observed { links, ..Observed::default() };
+
+        let mut fdb = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+        while let Some(message) = fdb.try_next().await.map_err(failed("listing FDB entries"))? {
+            let Some(vxlan) = vxlans.get(&message.header.ifindex) else { continue };
+            if let (Some(mac), Some(dst)) = (neighbour_mac(&message), neighbour_destination(&message)) {
+                observed.fdb.entry(vxlan.clone()).or_default().insert(mac, dst);
+            }
+        }
+        let mut neighbours = self.handle.neighbours().get().execute();
+        while let Some(message) = neighbours.try_next().await.map_err(failed("listing neighbours"))? {
+            let Some(vxlan) = vxlans.get(&message.header.ifindex) else { continue };
+            if message.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            if let (Some(mac), Some(ip)) = (neighbour_mac(&message), neighbour_destination(&message)) {
+                observed.neighbours.entry(vxlan.clone()).or_default().insert(ip, mac);
+            }
+        }
+        Ok(observed)
+    }
+
+    /// Carries out `ops` in order, going on past failures; returns what failed. Consecutive
+    /// entry writes are pipelined.
+    pub async fn apply(&self, ops: &[Op]) -> Vec<KernelError> {
+        let mut errors = Vec::new();
+        let mut index: HashMap<String, u32> = HashMap::new();
+        let mut i = 0;
+        while i < ops.len() {
+            let run = ops[i..].iter().take_while(|op| is_entry(op)).count();
+            if run > 0 {
+                let entries = &ops[i..i + run];
+                let mut devices = HashMap::new();
+                for op in entries {
+                    let device = entry_device(op);
+                    if !devices.contains_key(device) {
+                        match self.index_of(device, &mut index).await {
+                            Ok(idx) => {
+                                devices.insert(device.to_string(), idx);
+                            }
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                }
+                let results: Vec<Result<(), KernelError>> = futures::stream::iter(entries)
+                    .filter_map(|op| {
+                        let device = devices.get(entry_device(op)).copied();
+                        async move { device.map(|idx| self.entry(op, idx)) }
+                    })
+                    .buffer_unordered(PIPELINE)
+                    .collect()
+                    .await;
+                errors.extend(results.into_iter().filter_map(Result::err));
+                i += run;
+                continue;
+            }
+            if let Err(e) = self.one(&ops[i], &mut index).await {
+                errors.push(e);
+            }
+            i += 1;
+        }
+        errors
+    }
+
+    async fn index_of(&self, name: &str, cache: &mut HashMap<String, u32>) -> Result<u32, KernelError> {
+        if let Some(index) = cache.get(name) {
+            return Ok(*index);
+        }
+        let index = link_index(&self.handle, name).await?;
+        cache.insert(name.to_string(), index);
+        Ok(index)
+    }
+
+    async fn one(&self, op: &Op, cache: &mut HashMap<String, u32>) -> Result<(), KernelError> {
+        let links = self.handle.link();
+        match op {
+            Op::CreateBridge { name, alias, mac, mtu } => {
+                let message = LinkBridge::new(name).mtu(*mtu).address(mac.0.to_vec()).up().build();
+                links.add(message).execute().await.map_err(failed(format!("creating bridge {name}")))?;
+                self.label(name, alias).await
+            }
+            Op::CreateVxlan { name, alias, vni, port, local, mtu, bridge } => {
+                let master = self.index_of(bridge, cache).await?;
+                let builder = LinkVxlan::new(name, *vni).port(*port).learning(false).proxy(true);
+                let builder = match local {
+                    IpAddr::V4(v4) => builder.local(*v4),
+                    IpAddr::V6(v6) => builder.local6(*v6),
+                };
+                let message = builder.mtu(*mtu).controller(master).up().build();
+                links
+                    .add(message)
+                    .execute()
+                    .await
+                    .map_err(failed(format!("creating VXLAN device {name} (VNI {vni})")))?;
+                self.label(name, alias).await
+            }
+            Op::SetLink { name, mtu, master } => {
+                let index = self.index_of(name, cache).await?;
+                let mut builder = LinkUnspec::new_with_index(index).mtu(*mtu).up();
+                if let Some(master) = master {
+                    builder = builder.controller(self.index_of(master, cache).await?);
+                }
+                links.set(builder.build()).execute().await.map_err(failed(format!("setting up link {name}")))
+            }
+            Op::AddAddress { link, address } => {
+                let index = self.index_of(link, cache).await?;
+                self.handle
+                    .address()
+                    .add(index, address.ip, address.prefix)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(failed(format!("adding {address} to {link}")))
+            }
+            Op::DeleteAddress { link, address } => {
+                let index = self.index_of(link, cache).await?;
+                let mut found = self.handle.address().get().set_link_index_filter(index).execute();
+                while let Some(message) =
+                    found.try_next().await.map_err(failed(format!("listing addresses of {link}")))?
+                {
+                    let matches = message.header.prefix_len == address.prefix
+                        && message
+                            .attributes
+                            .iter()
+                            .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == address.ip));
+                    if matches {
+                        self.handle
+                            .address()
+                            .del(message)
+                            .execute()
+                            .await
+                            .map_err(failed(format!("removing {address} from {link}")))?;
+                    }
+                }
+                Ok(())
+            }
+            Op::DeleteLink { name } => {
+                let index = self.index_of(name, cache).await?;
+                cache.remove(name);
+                links.del(index).execute().await.map_err(failed(format!("deleting link {name}")))
+            }
+            Op::Plug { bridge, endpoint } => {
+                let master = self.index_of(bridge, cache).await?;
+                self.plug(master, endpoint).await
+            }
+            Op::Conflict { name, reason } => {
+                Err(KernelError { doing: format!("leaving link {name} alone"), reason: reason.clone() })
+            }
+            Op::SetFdb { .. }
+            | Op::DeleteFdb { .. }
+            | Op::SetNeighbour { .. }
+            | Op::DeleteNeighbour { .. } => {
+                let index = self.index_of(entry_device(op), cache).await?;
+                self.entry(op, index).await
+            }
+        }
+    }
+
+    /// Marks a link as weft's. (The kernel ignores an alias given when a link is created, so
+    /// it is set right after.)
+    async fn label(&self, name: &str, alias: &str) -> Result<(), KernelError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_name(name).alias(alias).build())
+            .execute()
+            .await
+            .map_err(failed(format!("labelling link {name} as weft's")))
+    }
+
+    /// Creates the veth pair of a container interface, hands one end to the container with
+    /// its name, MAC, MTU, addresses and routes, and puts the other on the bridge. On failure
+    /// the pair is removed again, so a retry starts clean.
+    async fn plug(&self, master: u32, endpoint: &LocalEndpoint) -> Result<(), KernelError> {
+        let host = &endpoint.host_veth;
+        // Temporary name of the container end while it is still in the host namespace.
+        let peer = format!("{}c", &host[..host.len().min(14)]);
+        let links = self.handle.link();
+        let pair = LinkVeth::new(host, &peer).mtu(endpoint.mtu).controller(master).build();
+        links.add(pair).execute().await.map_err(failed(format!("creating veth pair {host}")))?;
+        let result = match self.label(host, &endpoint_alias(&endpoint.endpoint_id)).await {
+            Ok(()) => self.hand_over(&peer, endpoint).await,
+            Err(e) => Err(e),
+        };
+        let result = match result {
+            Ok(()) => links
+                .set(LinkUnspec::new_with_name(host).up().build())
+                .execute()
+                .await
+                .map_err(failed(format!("bringing up {host}"))),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            if let Ok(index) = link_index(&self.handle, host).await {
+                let _ = links.del(index).execute().await;
+            }
+        }
+        result
+    }
+
+    async fn hand_over(&self, peer: &str, endpoint: &LocalEndpoint) -> Result<(), KernelError> {
+        let ifname = &endpoint.ifname;
+        let netns = endpoint.netns.display();
+        let namespace = File::open(&endpoint.netns)
+            .map_err(io_failed(format!("opening the container namespace {netns}")))?;
+        let peer_index = link_index(&self.handle, peer).await?;
+        let move_in = LinkUnspec::new_with_index(peer_index)
+            .address(endpoint.mac.0.to_vec())
+            .mtu(endpoint.mtu)
+            .setns_by_fd(namespace.as_raw_fd())
+            .name(ifname.as_str())
+            .build();
+        self.handle
+            .link()
+            .set(move_in)
+            .execute()
+            .await
+            .map_err(failed(format!("moving {ifname} into {netns}")))?;
+
+        let inside = Kernel::connect_in(&endpoint.netns).await?;
+        let index = link_index(&inside.handle, ifname).await?;
+        for address in &endpoint.addresses {
+            inside
+                .handle
+                .address()
+                .add(index, address.ip, address.prefix)
+                .execute()
+                .await
+                .map_err(failed(format!("adding {address} to {ifname} in {netns}")))?;
+        }
+        inside
+            .handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(failed(format!("bringing up {ifname} in {netns}")))?;
+        if let Ok(lo) = link_index(&inside.handle, "lo").await {
+            let _ = inside.handle.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await;
+        }
+        for gateway in &endpoint.default_routes {
+            let route = match gateway {
+                IpAddr::V4(v4) => {
+                    RouteMessageBuilder::<Ipv4Addr>::new().gateway(*v4).output_interface(index).build()
+                }
+                IpAddr::V6(v6) => {
+                    RouteMessageBuilder::<Ipv6Addr>::new().gateway(*v6).output_interface(index).build()
+                }
+            };
+            inside
+                .handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(failed(format!("adding a default route via {gateway} in {netns}")))?;
+        }
+        Ok(())
+    }
+
+    async fn entry(&self, op: &Op, device: u32) -> Result<(), KernelError> {
+        let neighbours = self.handle.neighbours();
+        match op {
+            Op::SetFdb { vxlan, mac, vtep } => neighbours
+                .add_bridge(device, &mac.0)
+                .destination(*vtep)
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(failed(format!("setting FDB entry {mac} -> {vtep} on {vxlan}"))),
+            Op::DeleteFdb { vxlan, mac, vtep } => {
+                let mut message = NeighbourMessage::default();
+                message.header.family = AddressFamily::Bridge;
+                message.header.ifindex = device;
+                message.header.flags = NeighbourFlags::Own;
+                message.header.kind = RouteType::Unspec;
+                message.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+                message.attributes.push(NeighbourAttribute::Destination(inet(*vtep)));
+                neighbours
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(failed(format!("deleting FDB entry {mac} -> {vtep} on {vxlan}")))
+            }
+            Op::SetNeighbour { vxlan, ip, mac } => neighbours
+                .add(device, *ip)
+                .link_layer_address(&mac.0)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(failed(format!("setting neighbour {ip} -> {mac} on {vxlan}"))),
+            Op::DeleteNeighbour { vxlan, ip } => {
+                let mut message = NeighbourMessage::default();
+                message.header.family = match ip {
+                    IpAddr::V4(_) => AddressFamily::Inet,
+                    IpAddr::V6(_) => AddressFamily::Inet6,
+                };
+                message.header.ifindex = device;
+                message.attributes.push(NeighbourAttribute::Destination(inet(*ip)));
+                neighbours
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(failed(format!("deleting neighbour {ip} on {vxlan}")))
+            }
+            other => {
+                Err(KernelError { doing: format!("{other:?}"), reason: "not an entry operation".into() })
+            }
+        }
+    }
+}
+
+fn inet(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn is_entry(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::SetFdb { .. } | Op::DeleteFdb { .. } | Op::SetNeighbour { .. } | Op::DeleteNeighbour { .. }
+    )
+}
+
+fn entry_device(op: &Op) -> &str {
+    match op {
+        Op::SetFdb { vxlan, .. }
+        | Op::DeleteFdb { vxlan, .. }
+        | Op::SetNeighbour { vxlan, .. }
+        | Op::DeleteNeighbour { vxlan, .. } => vxlan,
+        _ => "",
+    }
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<u32, KernelError> {
+    let mut found = handle.link().get().match_name(name.to_string()).execute();
+    match found.try_next().await {
+        Ok(Some(message)) => Ok(message.header.index),
+        Ok(None) => {
+            Err(KernelError { doing: format!("looking up link {name}"), reason: "no such link".into() })
+        }
+        Err(e) => Err(failed(format!("looking up link {name}"))(e)),
+    }
+}
+
+fn link_name(message: &LinkMessage) -> Option<&str> {
+    message.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.as_str()),
+        _ => None,
+    })
+}
+
+fn parse_link(message: &LinkMessage, names: &HashMap<u32, String>) -> Option<Link> {
+    let mut link = Link {
+        index: message.header.index,
+        name: link_name(message)?.to_string(),
+        kind: LinkKind::Other(String::new()),
+        alias: None,
+        master: None,
+        mtu: 0,
+        up: message.header.flags.contains(LinkFlags::Up),
+        mac: None,
+        addresses: Default::default(),
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
+            LinkAttribute::Controller(index) => link.master = names.get(index).cloned(),
+            LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+            LinkAttribute::Address(bytes) => link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(Mac),
+            LinkAttribute::LinkInfo(infos) => link.kind = parse_kind(infos),
+            _ => {}
+        }
+    }
+    Some(link)
+}
+
+fn parse_kind(infos: &[LinkInfo]) -> LinkKind {
+    let kind = infos.iter().find_map(|i| match i {
+        LinkInfo::Kind(kind) => Some(kind),
+        _ => None,
+    });
+    match kind {
+        Some(InfoKind::Bridge) => LinkKind::Bridge,
+        Some(InfoKind::Veth) => LinkKind::Veth,
+        Some(InfoKind::Vxlan) => {
+            let (mut vni, mut port, mut local, mut learning, mut proxy) = (0, 0, None, true, false);
+            for info in infos {
+                if let LinkInfo::Data(InfoData::Vxlan(settings)) = info {
+                    for setting in settings {
+                        match setting {
+                            InfoVxlan::Id(id) => vni = *id,
+                            InfoVxlan::Port(p) => port = *p,
+                            InfoVxlan::Local(v4) => local = Some(IpAddr::V4(*v4)),
+                            InfoVxlan::Local6(v6) => local = Some(IpAddr::V6(*v6)),
+                            InfoVxlan::Learning(on) => learning = *on,
+                            InfoVxlan::Proxy(on) => proxy = *on,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            LinkKind::Vxlan { vni, port, local, learning, proxy }
+        }
+        Some(other) => LinkKind::Other(format!("{other:?}")),
+        None => LinkKind::Other(String::new()),
+    }
+}
+
+fn neighbour_mac(message: &NeighbourMessage) -> Option<Mac> {
+    message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(Mac),
+        _ => None,
+    })
+}
+
+/// The IP of a neighbour entry, or the remote VTEP of an FDB entry (which dumps carry as raw
+/// bytes).
+fn neighbour_destination(message: &NeighbourMessage) -> Option<IpAddr> {
+    message.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+            16 => <[u8; 16]>::try_from(bytes.as_slice()).ok().map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+            _ => None,
+        },
+        _ => None,
+    })
+}

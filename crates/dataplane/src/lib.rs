@@ -1,0 +1,15 @@
+//! weft's Linux data plane. [`model`] says what a host should hold and what it holds, [`plan`]
+//! turns the difference into operations (both pure), and [`kernel`] dumps and programs the
+//! kernel over rtnetlink.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod kernel;
+pub mod model;
+pub mod plan;
+
+pub use kernel::{Kernel, KernelError};
+pub use model::{
+    Desired, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, RemoteEndpoint,
+};
+pub use plan::{Op, plan};

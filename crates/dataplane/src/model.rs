@@ -1,0 +1,144 @@
+//! What a host's kernel should hold for weft ([`Desired`]) and what it was seen to hold
+//! ([`Observed`]). Both are plain data: the registry side builds the first, a netlink dump the
+//! second, and [`crate::plan`] compares them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// An Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// An interface address with its prefix length, as `ip addr` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IfAddr {
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+impl fmt::Display for IfAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ip, self.prefix)
+    }
+}
+
+/// Every link weft creates carries an alias starting with this, so that weft removes only
+/// what it made (a user-named bridge included) and adopts it again after a restart.
+pub const ALIAS_PREFIX: &str = "weft ";
+
+/// The alias of a network's bridge and VXLAN device.
+pub fn network_alias(network_id: &str) -> String {
+    format!("{ALIAS_PREFIX}network {network_id}")
+}
+
+/// The alias of an endpoint's host-side veth.
+pub fn endpoint_alias(endpoint_id: &str) -> String {
+    format!("{ALIAS_PREFIX}endpoint {endpoint_id}")
+}
+
+/// Everything weft wants in one host's kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Keyed by bridge name.
+    pub networks: BTreeMap<String, NetworkDevices>,
+}
+
+/// One overlay network on one host: a bridge carrying the anycast gateway, a VXLAN device on
+/// it, the local containers' veths, and an entry for every container elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkDevices {
+    pub network_id: String,
+    pub bridge: String,
+    pub vxlan: String,
+    pub vni: u32,
+    /// UDP port of the VXLAN device.
+    pub port: u16,
+    /// This host's VTEP (underlay) address.
+    pub local_vtep: IpAddr,
+    /// MTU of the bridge, the VXLAN device and every veth of the network.
+    pub mtu: u32,
+    /// The same on every host, so a container's gateway is wherever it lives.
+    pub gateway_mac: Mac,
+    pub gateway_addresses: BTreeSet<IfAddr>,
+    /// Containers on this host, keyed by host-side veth name.
+    pub local: BTreeMap<String, LocalEndpoint>,
+    /// Containers on other hosts, keyed by MAC.
+    pub remote: BTreeMap<Mac, RemoteEndpoint>,
+}
+
+/// A container interface on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub endpoint_id: String,
+    /// Host side of the veth pair, on the bridge.
+    pub host_veth: String,
+    /// The container's network namespace (a path such as `/run/netns/NAME` or
+    /// `/proc/PID/ns/net`).
+    pub netns: PathBuf,
+    /// Name inside the container (`eth0`, …).
+    pub ifname: String,
+    pub mac: Mac,
+    pub addresses: Vec<IfAddr>,
+    /// Default routes to add inside the container (empty unless this is the container's
+    /// first network).
+    pub default_routes: Vec<IpAddr>,
+    pub mtu: u32,
+}
+
+/// A container on another host, reached through that host's VTEP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    pub mac: Mac,
+    pub ips: Vec<IpAddr>,
+    pub vtep: IpAddr,
+}
+
+/// What a link is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkKind {
+    Bridge,
+    Vxlan { vni: u32, port: u16, local: Option<IpAddr>, learning: bool, proxy: bool },
+    Veth,
+    Other(String),
+}
+
+/// A link as a dump shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub kind: LinkKind,
+    pub alias: Option<String>,
+    pub master: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+    pub mac: Option<Mac>,
+    pub addresses: BTreeSet<IfAddr>,
+}
+
+impl Link {
+    /// Made by weft (carries weft's alias).
+    pub fn is_weft(&self) -> bool {
+        self.alias.as_deref().is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+    }
+}
+
+/// What a host's kernel holds, as far as weft cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Keyed by name.
+    pub links: BTreeMap<String, Link>,
+    /// Per VXLAN device: unicast FDB entries MAC → remote VTEP.
+    pub fdb: BTreeMap<String, BTreeMap<Mac, IpAddr>>,
+    /// Per VXLAN device: permanent neighbour entries IP → MAC.
+    pub neighbours: BTreeMap<String, BTreeMap<IpAddr, Mac>>,
+}

@@ -1,0 +1,291 @@
+//! The difference between what a host should hold and what it holds, as a list of kernel
+//! operations. Pure: the executor ([`crate::kernel`]) carries the operations out.
+//!
+//! Order matters and is part of the contract: links are created (or replaced) before anything
+//! is attached to them, entries are written after their device exists, and stale things are
+//! removed last, innermost first (entries, veths, VXLAN devices, bridges).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::model::{Desired, IfAddr, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed};
+
+/// One change to the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    CreateBridge {
+        name: String,
+        alias: String,
+        mac: Mac,
+        mtu: u32,
+    },
+    CreateVxlan {
+        name: String,
+        alias: String,
+        vni: u32,
+        port: u16,
+        local: IpAddr,
+        mtu: u32,
+        bridge: String,
+    },
+    /// Repairs a link weft owns: MTU, bridge membership, and brings it up.
+    SetLink {
+        name: String,
+        mtu: u32,
+        master: Option<String>,
+    },
+    AddAddress {
+        link: String,
+        address: IfAddr,
+    },
+    DeleteAddress {
+        link: String,
+        address: IfAddr,
+    },
+    /// Creates a veth pair, puts the host side on `bridge` and the other end into the
+    /// container's namespace with its name, addresses and routes.
+    Plug {
+        bridge: String,
+        endpoint: LocalEndpoint,
+    },
+    DeleteLink {
+        name: String,
+    },
+    /// Sets (or replaces) the FDB entry `mac → vtep` on a VXLAN device.
+    SetFdb {
+        vxlan: String,
+        mac: Mac,
+        vtep: IpAddr,
+    },
+    DeleteFdb {
+        vxlan: String,
+        mac: Mac,
+        vtep: IpAddr,
+    },
+    /// Sets (or replaces) the permanent neighbour entry `ip → mac` on a VXLAN device, which
+    /// answers ARP/ND for it locally.
+    SetNeighbour {
+        vxlan: String,
+        ip: IpAddr,
+        mac: Mac,
+    },
+    DeleteNeighbour {
+        vxlan: String,
+        ip: IpAddr,
+    },
+    /// A link weft needs has a name already taken by something weft did not make; weft leaves
+    /// it alone and reports this instead.
+    Conflict {
+        name: String,
+        reason: String,
+    },
+}
+
+/// Link-local IPv6 addresses appear on every interface by themselves; they are never drift.
+fn is_automatic(address: &IfAddr) -> bool {
+    matches!(address.ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// The operations that turn `observed` into `desired`.
+pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut late = Vec::new();
+    // Devices that will be (re)created: whatever the dump says is inside them is gone.
+    let mut fresh: BTreeSet<&str> = BTreeSet::new();
+
+    for net in desired.networks.values() {
+        let foreign = [&net.bridge, &net.vxlan]
+            .into_iter()
+            .filter_map(|name| observed.links.get(name))
+            .find(|link| !link.is_weft());
+        if let Some(foreign) = foreign {
+            ops.push(Op::Conflict {
+                name: foreign.name.clone(),
+                reason: format!("network {} needs this name for its devices", net.network_id),
+            });
+            continue;
+        }
+        plan_bridge(net, observed, &mut ops, &mut fresh);
+        plan_vxlan(net, observed, &mut ops, &mut fresh);
+        plan_local(net, observed, &mut ops, &fresh);
+        plan_remote(net, observed, &fresh, &mut ops, &mut late);
+    }
+    ops.extend(late);
+
+    // Whatever weft made and nobody wants any more: veths first, then VXLAN devices, then
+    // bridges, so nothing is removed while something still hangs on it.
+    let wanted: BTreeSet<&str> = desired
+        .networks
+        .values()
+        .flat_map(|n| {
+            [n.bridge.as_str(), n.vxlan.as_str()].into_iter().chain(n.local.keys().map(String::as_str))
+        })
+        .collect();
+    let rank = |kind: &LinkKind| match kind {
+        LinkKind::Bridge => 2,
+        LinkKind::Vxlan { .. } => 1,
+        _ => 0,
+    };
+    let mut stale: Vec<_> = observed
+        .links
+        .values()
+        .filter(|l| l.is_weft() && !wanted.contains(l.name.as_str()))
+        .map(|l| (rank(&l.kind), &l.name))
+        .collect();
+    stale.sort();
+    ops.extend(stale.into_iter().map(|(_, name)| Op::DeleteLink { name: name.clone() }));
+    ops
+}
+
+fn plan_bridge<'a>(
+    net: &'a NetworkDevices,
+    observed: &Observed,
+    ops: &mut Vec<Op>,
+    fresh: &mut BTreeSet<&'a str>,
+) {
+    let alias = crate::model::network_alias(&net.network_id);
+    let existing = observed.links.get(&net.bridge);
+    let usable = existing.filter(|l| l.kind == LinkKind::Bridge && l.mac == Some(net.gateway_mac));
+    let Some(bridge) = usable else {
+        if existing.is_some() {
+            ops.push(Op::DeleteLink { name: net.bridge.clone() });
+        }
+        fresh.insert(&net.bridge);
+        ops.push(Op::CreateBridge { name: net.bridge.clone(), alias, mac: net.gateway_mac, mtu: net.mtu });
+        ops.extend(
+            net.gateway_addresses.iter().map(|a| Op::AddAddress { link: net.bridge.clone(), address: *a }),
+        );
+        return;
+    };
+    if bridge.mtu != net.mtu || !bridge.up {
+        ops.push(Op::SetLink { name: net.bridge.clone(), mtu: net.mtu, master: None });
+    }
+    for address in net.gateway_addresses.difference(&bridge.addresses) {
+        ops.push(Op::AddAddress { link: net.bridge.clone(), address: *address });
+    }
+    for address in bridge.addresses.difference(&net.gateway_addresses).filter(|a| !is_automatic(a)) {
+        ops.push(Op::DeleteAddress { link: net.bridge.clone(), address: *address });
+    }
+}
+
+fn plan_vxlan<'a>(
+    net: &'a NetworkDevices,
+    observed: &Observed,
+    ops: &mut Vec<Op>,
+    fresh: &mut BTreeSet<&'a str>,
+) {
+    let wanted = LinkKind::Vxlan {
+        vni: net.vni,
+        port: net.port,
+        local: Some(net.local_vtep),
+        learning: false,
+        proxy: true,
+    };
+    let existing = observed.links.get(&net.vxlan);
+    let replaced_bridge = fresh.contains(net.bridge.as_str());
+    match existing.filter(|l| l.kind == wanted) {
+        Some(vxlan) if !replaced_bridge => {
+            if vxlan.mtu != net.mtu || !vxlan.up || vxlan.master.as_deref() != Some(&net.bridge) {
+                ops.push(Op::SetLink {
+                    name: net.vxlan.clone(),
+                    mtu: net.mtu,
+                    master: Some(net.bridge.clone()),
+                });
+            }
+        }
+        Some(_) => {
+            // The bridge it hung on is being replaced.
+            ops.push(Op::SetLink { name: net.vxlan.clone(), mtu: net.mtu, master: Some(net.bridge.clone()) });
+        }
+        None => {
+            if existing.is_some() {
+                ops.push(Op::DeleteLink { name: net.vxlan.clone() });
+            }
+            fresh.insert(&net.vxlan);
+            ops.push(Op::CreateVxlan {
+                name: net.vxlan.clone(),
+                alias: crate::model::network_alias(&net.network_id),
+                vni: net.vni,
+                port: net.port,
+                local: net.local_vtep,
+                mtu: net.mtu,
+                bridge: net.bridge.clone(),
+            });
+        }
+    }
+}
+
+fn plan_local(net: &NetworkDevices, observed: &Observed, ops: &mut Vec<Op>, fresh: &BTreeSet<&str>) {
+    let replaced_bridge = fresh.contains(net.bridge.as_str());
+    for endpoint in net.local.values() {
+        match observed.links.get(&endpoint.host_veth) {
+            Some(veth) if veth.kind == LinkKind::Veth && veth.is_weft() => {
+                if replaced_bridge
+                    || veth.master.as_deref() != Some(&net.bridge)
+                    || veth.mtu != endpoint.mtu
+                    || !veth.up
+                {
+                    ops.push(Op::SetLink {
+                        name: endpoint.host_veth.clone(),
+                        mtu: endpoint.mtu,
+                        master: Some(net.bridge.clone()),
+                    });
+                }
+            }
+            Some(foreign) if !foreign.is_weft() => ops.push(Op::Conflict {
+                name: foreign.name.clone(),
+                reason: format!("endpoint {} needs this name for its veth", endpoint.endpoint_id),
+            }),
+            existing => {
+                if existing.is_some() {
+                    ops.push(Op::DeleteLink { name: endpoint.host_veth.clone() });
+                }
+                ops.push(Op::Plug { bridge: net.bridge.clone(), endpoint: endpoint.clone() });
+            }
+        }
+    }
+}
+
+fn plan_remote(
+    net: &NetworkDevices,
+    observed: &Observed,
+    fresh: &BTreeSet<&str>,
+    ops: &mut Vec<Op>,
+    late: &mut Vec<Op>,
+) {
+    let empty_fdb = Default::default();
+    let empty_neighbours = Default::default();
+    let recreated = fresh.contains(net.vxlan.as_str());
+    let fdb = if recreated { &empty_fdb } else { observed.fdb.get(&net.vxlan).unwrap_or(&empty_fdb) };
+    let neighbours = if recreated {
+        &empty_neighbours
+    } else {
+        observed.neighbours.get(&net.vxlan).unwrap_or(&empty_neighbours)
+    };
+
+    for remote in net.remote.values() {
+        if fdb.get(&remote.mac) != Some(&remote.vtep) {
+            ops.push(Op::SetFdb { vxlan: net.vxlan.clone(), mac: remote.mac, vtep: remote.vtep });
+        }
+        for ip in &remote.ips {
+            if neighbours.get(ip) != Some(&remote.mac) {
+                ops.push(Op::SetNeighbour { vxlan: net.vxlan.clone(), ip: *ip, mac: remote.mac });
+            }
+        }
+    }
+    for (mac, vtep) in fdb {
+        if !net.remote.contains_key(mac) {
+            late.push(Op::DeleteFdb { vxlan: net.vxlan.clone(), mac: *mac, vtep: *vtep });
+        }
+    }
+    let wanted_ips: BTreeSet<&IpAddr> = net.remote.values().flat_map(|r| &r.ips).collect();
+    for ip in neighbours.keys() {
+        if !wanted_ips.contains(ip) {
+            late.push(Op::DeleteNeighbour { vxlan: net.vxlan.clone(), ip: *ip });
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

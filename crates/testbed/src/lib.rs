@@ -1,0 +1,133 @@
+//! Hosts and containers as network namespaces for weft's integration tests. Every namespace
+//! and link made here is removed when its guard drops, including when a test panics. Names
+//! carry the test process id, so parallel tests never collide.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// True when running as root. When not, says loudly which test is skipped and why.
+pub fn root_or_skip(test: &str) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1));
+    if euid == Some("0") {
+        return true;
+    }
+    eprintln!(
+        "\n!!! SKIPPED {test}: it needs root (network namespaces, links, nftables). Run the suite as root. !!!\n"
+    );
+    false
+}
+
+/// Runs a command; panics with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = output(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command and returns whatever happened.
+pub fn output(program: &str, args: &[&str]) -> Output {
+    Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique to this test process: `w<pid><tag><n>`, at most 15 characters so that it
+/// also works as an interface name.
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("w{}{tag}{n}", std::process::id() % 100_000);
+    assert!(name.len() <= 15, "name {name} too long for an interface");
+    name
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `/run/netns/NAME`, what weft's attach API takes.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs a command inside the namespace; panics when it fails.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a command inside the namespace and returns whatever happened.
+    pub fn try_exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        output("ip", &full)
+    }
+
+    /// True when `ping` from here reaches `ip` (a few quick probes).
+    pub fn pings(&self, ip: &str) -> bool {
+        self.try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", ip]).status.success()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Killing what still runs inside first lets the namespace go at once.
+        let pids = output("ip", &["netns", "pids", &self.name]).stdout;
+        for pid in String::from_utf8_lossy(&pids).split_whitespace() {
+            let _ = output("kill", &["-9", pid]);
+        }
+        let _ = output("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// An underlay: a bridge in a namespace of its own, hosts joined to it by veth pairs, each
+/// host end carrying the host's underlay address.
+#[derive(Debug)]
+pub struct Underlay {
+    pub switch: Netns,
+    bridge: String,
+    /// First three octets of the underlay /24.
+    prefix: String,
+}
+
+impl Underlay {
+    /// An underlay /24 `prefix.0/24`, e.g. `"192.168.77"` (namespaced, so it clashes with
+    /// nothing on the machine).
+    pub fn new(prefix: &str) -> Underlay {
+        let switch = Netns::new("sw");
+        switch.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+        switch.exec(&["ip", "link", "set", "br0", "up"]);
+        Underlay { switch, bridge: "br0".into(), prefix: prefix.into() }
+    }
+
+    /// Joins `host` with address `prefix.octet/24` on interface `ul0`, MTU `mtu`.
+    pub fn join(&self, host: &Netns, octet: u8, mtu: u32) -> String {
+        let outside = unique("u");
+        run("ip", &["link", "add", &outside, "type", "veth", "peer", "name", "ul0", "netns", &host.name]);
+        run("ip", &["link", "set", &outside, "netns", &self.switch.name]);
+        let mtu = mtu.to_string();
+        self.switch.exec(&["ip", "link", "set", &outside, "master", &self.bridge, "mtu", &mtu, "up"]);
+        let address = format!("{}.{octet}", self.prefix);
+        host.exec(&["ip", "link", "set", "ul0", "mtu", &mtu, "up"]);
+        host.exec(&["ip", "addr", "add", &format!("{address}/24"), "dev", "ul0"]);
+        address
+    }
+}
