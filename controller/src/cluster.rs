@@ -65,6 +65,16 @@ impl Controller {
     /// Commits a command through Raft and returns what the state machine answered. Writes that
     /// reach a follower are forwarded to the leader.
     pub async fn propose(&self, command: Command) -> Result<(u64, Response), Status> {
+        // Pools, VNI range and the id seed come from the cluster configuration: nothing may be
+        // written before it. Once this member has applied it, anything proposed now is
+        // ordered after it in the log, so the local check is enough.
+        if !matches!(command, Command::Configure(_))
+            && self.registry.with_state(|s| s.config().cluster_id.is_empty())
+        {
+            return Err(Status::unavailable(
+                "the cluster is still starting: its configuration is not committed yet; retry shortly",
+            ));
+        }
         let proposal = Proposal { at_ms: now_ms(), command };
         let deadline = Instant::now() + self.request_timeout;
         let timer = Timer::start();
