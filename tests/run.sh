@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 say() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the build and the tests use. Installed only when missing.
-packages=(ca-certificates gcc libc6-dev pkg-config git)
+# iproute2, iputils-ping, nftables and procps: the kernel tests build hosts and containers as
+# namespaces, ping across them, load nftables rules and clean up processes.
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables procps)
 
 missing=()
 for pkg in "${packages[@]}"; do

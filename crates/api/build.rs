@@ -9,7 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|name| proto_root.join(format!("weft/v1/{name}.proto")))
         .collect();
-    for file in &files {
+    let agent = vec![proto_root.join("weft/agent/v1/agent.proto")];
+    for file in files.iter().chain(&agent) {
         println!("cargo:rerun-if-changed={}", file.display());
     }
 
@@ -23,6 +24,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         // Served by gRPC server reflection so `grpcurl` works without .proto files.
         .file_descriptor_set_path(out_dir.join("weft_v1_descriptor.bin"))
-        .compile_with_config(config, &files, &[proto_root])?;
+        .compile_with_config(config, &files, std::slice::from_ref(&proto_root))?;
+
+    // The node agent's local API: a package and descriptor set of its own, so controllers'
+    // reflection never lists a service they do not serve.
+    let mut config = tonic_prost_build::Config::new();
+    if std::env::var_os("PROTOC").is_none() {
+        config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    }
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("weft_agent_v1_descriptor.bin"))
+        .compile_with_config(config, &agent, &[proto_root])?;
     Ok(())
 }

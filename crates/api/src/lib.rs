@@ -21,3 +21,12 @@ pub mod pb {
 /// Every `weft.v1` descriptor, encoded: hand it to a reflection service so `grpcurl` can list
 /// and call weft's services without the .proto files.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("weft_v1_descriptor");
+
+/// The node agent's local API (`weft.agent.v1`), served on a unix socket on every host.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod agent {
+    tonic::include_proto!("weft.agent.v1");
+}
+
+/// The `weft.agent.v1` descriptors, for the agent's reflection service.
+pub const AGENT_FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("weft_agent_v1_descriptor");

@@ -135,6 +135,53 @@ impl Kernel {
         Ok(observed)
     }
 
+    /// The underlay this host sends VXLAN from: the interface holding `explicit` when given,
+    /// else the interface of the IPv4 default route and its first IPv4 address. Returns the
+    /// address, the interface name and its MTU.
+    pub async fn underlay(&self, explicit: Option<IpAddr>) -> Result<(IpAddr, String, u32), KernelError> {
+        let observed = self.observe().await?;
+        let holder = |ip: IpAddr| observed.links.values().find(|l| l.addresses.iter().any(|a| a.ip == ip));
+        if let Some(ip) = explicit {
+            let link = holder(ip).ok_or_else(|| KernelError {
+                doing: format!("finding the underlay address {ip}"),
+                reason: "no interface on this host has it".into(),
+            })?;
+            return Ok((ip, link.name.clone(), link.mtu));
+        }
+        let not_found = || KernelError {
+            doing: "finding the underlay from the default route".into(),
+            reason: "no IPv4 default route with an addressed interface; pass the underlay address explicitly"
+                .into(),
+        };
+        let routes: Vec<_> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(failed("listing routes"))?;
+        let oif = routes
+            .iter()
+            .filter(|r| r.header.destination_prefix_length == 0)
+            .find_map(|r| {
+                r.attributes.iter().find_map(|a| match a {
+                    rtnetlink::packet_route::route::RouteAttribute::Oif(index) => Some(*index),
+                    _ => None,
+                })
+            })
+            .ok_or_else(not_found)?;
+        let link = observed.links.values().find(|l| l.index == oif).ok_or_else(not_found)?;
+        let ip = link.addresses.iter().map(|a| a.ip).find(IpAddr::is_ipv4).ok_or_else(not_found)?;
+        Ok((ip, link.name.clone(), link.mtu))
+    }
+
+    /// Whether a link of that name exists and is up.
+    pub async fn link_is_up(&self, name: &str) -> bool {
+        let mut found = self.handle.link().get().match_name(name.to_string()).execute();
+        matches!(found.try_next().await, Ok(Some(m)) if m.header.flags.contains(LinkFlags::Up))
+    }
+
     /// Carries out `ops` in order, going on past failures; returns what failed. Consecutive
     /// entry writes are pipelined.
     pub async fn apply(&self, ops: &[Op]) -> Vec<KernelError> {
@@ -157,14 +204,14 @@ impl Kernel {
                         }
                     }
                 }
-                let results: Vec<Result<(), KernelError>> = futures::stream::iter(entries)
-                    .filter_map(|op| {
-                        let device = devices.get(entry_device(op)).copied();
-                        async move { device.map(|idx| self.entry(op, idx)) }
-                    })
-                    .buffer_unordered(PIPELINE)
-                    .collect()
-                    .await;
+                let mut writes = Vec::with_capacity(entries.len());
+                for op in entries {
+                    if let Some(device) = devices.get(entry_device(op)) {
+                        writes.push(self.entry(op, *device));
+                    }
+                }
+                let results: Vec<Result<(), KernelError>> =
+                    futures::stream::iter(writes).buffer_unordered(PIPELINE).collect().await;
                 errors.extend(results.into_iter().filter_map(Result::err));
                 i += run;
                 continue;

@@ -7,6 +7,7 @@
 pub mod kernel;
 pub mod model;
 pub mod plan;
+pub mod rules;
 
 pub use kernel::{Kernel, KernelError};
 pub use model::{

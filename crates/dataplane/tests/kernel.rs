@@ -110,3 +110,36 @@ async fn two_hosts_carry_a_ping_and_drift_is_repaired() {
     let inside = c1.exec(&["ip", "-o", "link"]);
     assert!(!inside.contains("eth0"), "{inside}");
 }
+
+#[test]
+fn the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone() {
+    use weft_dataplane::rules::{NetworkRules, removal, ruleset};
+    if !root_or_skip("the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone") {
+        return;
+    }
+    let host = Netns::new("h");
+    host.exec(&["nft", "add", "table", "inet", "mine"]);
+    let net = |bridge: &str, subnet: &str, internal, icc| NetworkRules {
+        bridge: bridge.into(),
+        subnets: vec![IfAddr { ip: ip(subnet), prefix: 24 }],
+        internal,
+        masquerade: true,
+        icc,
+        ports: vec!["weftx1".to_string(), "weftp1".to_string()],
+    };
+    let load = |script: String| {
+        let out = host.try_exec_with_stdin(&["nft", "-f", "-"], &script);
+        assert!(out.status.success(), "{script}\n{}", String::from_utf8_lossy(&out.stderr));
+    };
+    load(ruleset(&[net("weft4096", "10.0.1.1", false, true), net("weft4097", "10.0.2.1", true, false)]));
+    load(ruleset(&[net("weft4096", "10.0.1.1", false, true)]));
+    let listed = host.exec(&["nft", "list", "ruleset"]);
+    assert!(listed.contains("table inet mine"), "{listed}");
+    assert!(listed.contains("10.0.1.0/24"), "{listed}");
+    assert!(!listed.contains("weft4097"), "the second load replaced the first: {listed}");
+    load(removal());
+    load(removal());
+    let listed = host.exec(&["nft", "list", "ruleset"]);
+    assert!(!listed.contains("weft"), "{listed}");
+    assert!(listed.contains("table inet mine"), "{listed}");
+}

@@ -37,6 +37,24 @@ pub fn output(program: &str, args: &[&str]) -> Output {
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+static SWEPT: std::sync::Once = std::sync::Once::new();
+
+/// Removes namespaces left by test processes that were killed before their guards could run
+/// (a timeout's SIGKILL, say): names start with `w` and the process id, and that process is
+/// gone. Processes still running inside them are killed first.
+fn sweep_stale() {
+    let listed = output("ip", &["netns", "list"]);
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(rest) = name.strip_prefix('w') else { continue };
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let alive = std::path::Path::new(&format!("/proc/{digits}")).exists();
+        if digits.is_empty() || alive || rest.len() == digits.len() {
+            continue;
+        }
+        drop(Netns { name: name.to_string() });
+    }
+}
 
 /// A name unique to this test process: `w<pid><tag><n>`, at most 15 characters so that it
 /// also works as an interface name.
@@ -55,6 +73,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
+        SWEPT.call_once(sweep_stale);
         let name = unique(tag);
         run("ip", &["netns", "add", &name]);
         let ns = Netns { name };
@@ -79,6 +98,37 @@ impl Netns {
         let mut full = vec!["netns", "exec", &self.name];
         full.extend_from_slice(args);
         output("ip", &full)
+    }
+
+    /// Runs a command inside the namespace with `input` on its standard input.
+    pub fn try_exec_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child.wait_with_output().expect("wait")
+    }
+
+    /// Runs `f` on a thread inside the namespace: sockets it opens belong to the namespace
+    /// (how a test reaches a process listening only there).
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = self.path();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let target = std::fs::File::open(&path).expect("open netns");
+                    nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter netns");
+                    f()
+                })
+                .join()
+                .expect("thread inside the namespace panicked")
+        })
     }
 
     /// True when `ping` from here reaches `ip` (a few quick probes).

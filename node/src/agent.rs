@@ -1,0 +1,508 @@
+//! The agent: registers its host, follows the registry, keeps the kernel in line with it, and
+//! attaches and detaches containers for the local API.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tonic::{Code, Status};
+use weft_api::agent;
+use weft_api::pb;
+use weft_api::pb::endpoint_service_client::EndpointServiceClient;
+use weft_api::pb::node_service_client::NodeServiceClient;
+use weft_api::pb::watch_service_client::WatchServiceClient;
+use weft_dataplane::{Kernel, KernelError, plan};
+
+use crate::controllers::Controllers;
+use crate::desired::{Host, desired, host_veth, rules};
+use crate::mirror::{EndpointView, Mirror, NetworkView, endpoint_view};
+use crate::sandboxes::{Sandbox, Sandboxes};
+
+/// How the agent is run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: Host,
+    /// Where local sandboxes are kept across restarts.
+    pub state_dir: PathBuf,
+    pub heartbeat: Duration,
+    /// Full resync period: drift is repaired within it.
+    pub resync: Duration,
+    pub request_timeout: Duration,
+}
+
+struct Shared {
+    mirror: Mirror,
+    sandboxes: Sandboxes,
+}
+
+pub struct Agent {
+    settings: Settings,
+    controllers: Controllers,
+    kernel: Kernel,
+    shared: Mutex<Shared>,
+    /// One reconcile pass at a time: each plans against a fresh dump.
+    /// Held during a pass; keeps the rule script last loaded, so rules are reloaded only when
+    /// they change (and on every full resync, which repairs hand edits).
+    reconciling: tokio::sync::Mutex<Option<String>>,
+    wake: Notify,
+    applied: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("host", &self.settings.host).finish_non_exhaustive()
+    }
+}
+
+fn sandbox_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("sandboxes.json")
+}
+
+fn internal(what: impl std::fmt::Display) -> Status {
+    Status::internal(what.to_string())
+}
+
+impl Agent {
+    pub fn new(settings: Settings, controllers: Controllers, kernel: Kernel) -> anyhow::Result<Agent> {
+        std::fs::create_dir_all(&settings.state_dir)
+            .map_err(|e| anyhow::anyhow!("creating state directory {}: {e}", settings.state_dir.display()))?;
+        let sandboxes = Sandboxes::load(&sandbox_file(&settings.state_dir))?;
+        let (applied, _) = watch::channel(0);
+        Ok(Agent {
+            settings,
+            controllers,
+            kernel,
+            shared: Mutex::new(Shared { mirror: Mirror::default(), sandboxes }),
+            reconciling: tokio::sync::Mutex::new(None),
+            wake: Notify::new(),
+            applied,
+        })
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn applied_revision(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Registers this host, retrying until some controller accepts it.
+    pub async fn register(&self) {
+        let host = &self.settings.host;
+        let request = pb::RegisterNodeRequest {
+            name: host.name.clone(),
+            underlay_address: host.vtep.to_string(),
+            underlay_mtu: host.underlay_mtu,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let result = self
+                .controllers
+                .call(|c| {
+                    let request = request.clone();
+                    async move { NodeServiceClient::new(c).register_node(request).await }
+                })
+                .await;
+            match result {
+                Ok(_) => {
+                    tracing::info!(host = %host.name, vtep = %host.vtep, "registered");
+                    return;
+                }
+                Err(status) => {
+                    tracing::warn!(%status, "registering this host failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Heartbeats forever, carrying the revision this host has programmed. A host the
+    /// controllers forgot (removed by an operator) registers again.
+    pub async fn heartbeat(&self) {
+        let mut tick = tokio::time::interval(self.settings.heartbeat);
+        loop {
+            tick.tick().await;
+            let request = pb::HeartbeatRequest {
+                name: self.settings.host.name.clone(),
+                applied_revision: self.applied_revision(),
+            };
+            let result = self
+                .controllers
+                .call(|c| {
+                    let request = request.clone();
+                    async move { NodeServiceClient::new(c).heartbeat(request).await }
+                })
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(status) if status.code() == Code::NotFound => self.register().await,
+                Err(status) => tracing::warn!(%status, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// Follows the registry from the last revision seen, moving to the next controller when a
+    /// stream breaks.
+    pub async fn follow(&self) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let (i, address) = self.controllers.preferred();
+            let address = address.to_string();
+            let from_revision = self.shared().mirror.revision;
+            let mut client = WatchServiceClient::new(self.controllers.channel(i));
+            match client.watch(pb::WatchRequest { from_revision }).await {
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(message)) => {
+                                delay = Duration::from_millis(50);
+                                self.take(message);
+                            }
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::warn!(controller = %address, %status, "watch stream broke");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(status) => tracing::warn!(controller = %address, %status, "cannot watch"),
+            }
+            self.controllers.prefer(i + 1);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn take(&self, message: pb::WatchResponse) {
+        use pb::watch_response::Kind;
+        let changed = {
+            let mut shared = self.shared();
+            let before = shared.mirror.revision;
+            match message.kind {
+                Some(Kind::Snapshot(state)) => {
+                    for problem in shared.mirror.reset(&state) {
+                        tracing::warn!(%problem, "skipped");
+                    }
+                    true
+                }
+                Some(Kind::Events(batch)) => {
+                    for event in &batch.events {
+                        if let Err(problem) = shared.mirror.apply(event) {
+                            tracing::warn!(%problem, revision = event.revision, "skipped");
+                        }
+                    }
+                    shared.mirror.revision != before
+                }
+                Some(Kind::Progress(progress)) => {
+                    // Nothing changed up to this revision: what is applied is current.
+                    shared.mirror.revision = shared.mirror.revision.max(progress.revision);
+                    shared.mirror.revision != before
+                }
+                None => false,
+            }
+        };
+        if changed {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Reconciles whenever the registry changes, and at least every resync period.
+    pub async fn reconcile_forever(&self) {
+        loop {
+            let full = tokio::select! {
+                _ = self.wake.notified() => false,
+                _ = tokio::time::sleep(self.settings.resync) => true,
+            };
+            let errors = self.reconcile_pass(full).await;
+            for e in errors {
+                tracing::warn!(error = %e, "reconcile");
+            }
+        }
+    }
+
+    /// One pass: dump the kernel, plan against the registry, apply. On success the host is
+    /// programmed up to the revision it planned from.
+    pub async fn reconcile(&self) -> Vec<KernelError> {
+        self.reconcile_pass(false).await
+    }
+
+    async fn reconcile_pass(&self, full: bool) -> Vec<KernelError> {
+        let mut loaded_rules = self.reconciling.lock().await;
+        let (want, script, revision) = {
+            let shared = self.shared();
+            if !shared.mirror.synced {
+                return Vec::new();
+            }
+            let want = desired(&shared.mirror, &self.settings.host, &shared.sandboxes);
+            let script = weft_dataplane::rules::ruleset(&rules(&shared.mirror, &want));
+            (want, script, shared.mirror.revision)
+        };
+        let observed = match self.kernel.observe().await {
+            Ok(observed) => observed,
+            Err(e) => return vec![e],
+        };
+        let ops = plan(&want, &observed);
+        if !ops.is_empty() {
+            tracing::debug!(ops = ops.len(), revision, "reconciling");
+        }
+        let mut errors = self.kernel.apply(&ops).await;
+        if full || loaded_rules.as_deref() != Some(script.as_str()) {
+            let loaded = weft_dataplane::rules::enable_forwarding()
+                .and_then(|()| weft_dataplane::rules::load(&script));
+            match loaded {
+                Ok(()) => *loaded_rules = Some(script),
+                Err(e) => {
+                    *loaded_rules = None;
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            self.applied.send_replace(revision);
+        }
+        errors
+    }
+
+    fn save_sandboxes(&self, sandboxes: &Sandboxes) -> Result<(), Status> {
+        sandboxes.save(&sandbox_file(&self.settings.state_dir)).map_err(internal)
+    }
+
+    /// Attaches a container: allocates through the controllers, records the sandbox, plumbs
+    /// it, and returns once the interface is up. Anything that fails half-way is undone.
+    pub async fn attach(&self, request: agent::AttachRequest) -> Result<agent::Attachment, Status> {
+        if request.wait_everywhere {
+            return Err(Status::unimplemented(
+                "wait_everywhere is not available yet: attach returns once this host is programmed",
+            ));
+        }
+        let netns = PathBuf::from(&request.netns);
+        if request.netns.is_empty() {
+            return Err(Status::invalid_argument(
+                "netns: give the path of the container's network namespace",
+            ));
+        }
+        if let Err(e) = std::fs::File::open(&netns) {
+            return Err(Status::invalid_argument(format!(
+                "netns {:?} cannot be opened ({e}); give a path such as /run/netns/NAME or /proc/PID/ns/net",
+                request.netns
+            )));
+        }
+        if request.container_id.is_empty() {
+            return Err(Status::invalid_argument("container_id: must not be empty"));
+        }
+        let duplicate = {
+            let shared = self.shared();
+            shared.mirror.find_network(&request.network).and_then(|network| {
+                let (_, sandbox) = shared.sandboxes.find(&network.id, &request.container_id)?;
+                Some(format!(
+                    "container {} is already attached to network {} (interface {})",
+                    request.container_id, network.name, sandbox.ifname
+                ))
+            })
+        };
+        if let Some(message) = duplicate {
+            return Err(Status::already_exists(message));
+        }
+        let create = pb::CreateEndpointRequest {
+            network: request.network.clone(),
+            node: self.settings.host.name.clone(),
+            container_id: request.container_id.clone(),
+            container_name: if request.container_name.is_empty() {
+                request.container_id.clone()
+            } else {
+                request.container_name.clone()
+            },
+            aliases: request.aliases.clone(),
+            ipv4_address: request.ipv4_address.clone(),
+            ipv6_address: request.ipv6_address.clone(),
+            mac_address: request.mac_address.clone(),
+        };
+        let created = self
+            .controllers
+            .call(|c| {
+                let create = create.clone();
+                async move { EndpointServiceClient::new(c).create_endpoint(create).await }
+            })
+            .await?
+            .into_inner();
+        let endpoint = endpoint_view(&created).map_err(internal)?;
+        match self.plumb(&endpoint, &netns).await {
+            Ok(attachment) => Ok(attachment),
+            Err(status) => {
+                self.forget(&endpoint.id);
+                let _ = self.release(&created.network_id, &created.container_id).await;
+                let _ = self.reconcile().await;
+                Err(status)
+            }
+        }
+    }
+
+    async fn plumb(&self, endpoint: &EndpointView, netns: &Path) -> Result<agent::Attachment, Status> {
+        let network = self.wait_for_network(&endpoint.network_id).await?;
+        let (sandbox, sandboxes) = {
+            let mut shared = self.shared();
+            shared.mirror.insert_endpoint(endpoint.clone());
+            let (ifname, first) = shared.sandboxes.next_interface(
+                &endpoint.container_id,
+                netns,
+                &network.settings.iface_prefix,
+            );
+            let sandbox = Sandbox {
+                network_id: endpoint.network_id.clone(),
+                container_id: endpoint.container_id.clone(),
+                netns: netns.to_path_buf(),
+                ifname,
+                default_route: first,
+            };
+            shared.sandboxes.endpoints.insert(endpoint.id.clone(), sandbox.clone());
+            (sandbox, shared.sandboxes.clone())
+        };
+        self.save_sandboxes(&sandboxes)?;
+        let errors = self.reconcile().await;
+        if !self.kernel.link_is_up(&host_veth(endpoint)).await {
+            let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(Status::failed_precondition(format!(
+                "could not plumb container {} into {}: {}",
+                endpoint.container_id,
+                netns.display(),
+                if why.is_empty() { "the interface did not come up".to_string() } else { why.join("; ") }
+            )));
+        }
+        Ok(self.attachment(endpoint, &sandbox, &network))
+    }
+
+    /// The mirror learns of a network a moment after it is created; an endpoint can name one
+    /// the watch has not brought yet.
+    async fn wait_for_network(&self, id: &str) -> Result<NetworkView, Status> {
+        let deadline = tokio::time::Instant::now() + self.settings.request_timeout;
+        loop {
+            if let Some(network) = self.shared().mirror.networks.get(id).cloned() {
+                return Ok(network);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "network {id} has not reached this host from the controllers yet; retry"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn forget(&self, endpoint_id: &str) {
+        let sandboxes = {
+            let mut shared = self.shared();
+            shared.mirror.endpoints.remove(endpoint_id);
+            shared.sandboxes.endpoints.remove(endpoint_id).map(|_| shared.sandboxes.clone())
+        };
+        if let Some(sandboxes) = sandboxes {
+            if let Err(e) = self.save_sandboxes(&sandboxes) {
+                tracing::error!(error = %e, "saving sandboxes");
+            }
+        }
+    }
+
+    async fn release(&self, network: &str, container_id: &str) -> Result<(), Status> {
+        let request = pb::RemoveEndpointRequest {
+            target: Some(pb::remove_endpoint_request::Target::Container(pb::ContainerOnNetwork {
+                network: network.to_string(),
+                container_id: container_id.to_string(),
+            })),
+        };
+        let result = self
+            .controllers
+            .call(|c| {
+                let request = request.clone();
+                async move { EndpointServiceClient::new(c).remove_endpoint(request).await }
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            Err(status) => Err(status),
+        }
+    }
+
+    /// Detaches a container from a network: releases the endpoint and removes its interface.
+    pub async fn detach(&self, request: agent::DetachRequest) -> Result<agent::Attachment, Status> {
+        let found = {
+            let shared = self.shared();
+            shared.mirror.find_network(&request.network).cloned().and_then(|network| {
+                let (id, sandbox) = shared.sandboxes.find(&network.id, &request.container_id)?;
+                let endpoint = shared.mirror.endpoints.get(id)?.clone();
+                Some((network, sandbox.clone(), endpoint))
+            })
+        };
+        let Some((network, sandbox, endpoint)) = found else {
+            return Err(Status::not_found(format!(
+                "container {:?} is not attached to network {:?} on this host",
+                request.container_id, request.network
+            )));
+        };
+        self.release(&network.id, &endpoint.container_id).await?;
+        self.forget(&endpoint.id);
+        let errors = self.reconcile().await;
+        if let Some(e) = errors.first() {
+            tracing::warn!(error = %e, "detach left something behind; the next resync retries");
+        }
+        Ok(self.attachment(&endpoint, &sandbox, &network))
+    }
+
+    pub fn list(&self) -> agent::ListResponse {
+        let shared = self.shared();
+        let attachments = shared
+            .sandboxes
+            .endpoints
+            .iter()
+            .filter_map(|(id, sandbox)| {
+                let endpoint = shared.mirror.endpoints.get(id)?;
+                let network = shared.mirror.networks.get(&endpoint.network_id)?;
+                Some(self.attachment(endpoint, sandbox, network))
+            })
+            .collect();
+        agent::ListResponse { attachments, applied_revision: self.applied_revision() }
+    }
+
+    fn attachment(
+        &self,
+        endpoint: &EndpointView,
+        sandbox: &Sandbox,
+        network: &NetworkView,
+    ) -> agent::Attachment {
+        let gateway = |v6: bool| {
+            network
+                .gateways
+                .iter()
+                .find(|g| g.ip.is_ipv6() == v6)
+                .map(|g| g.ip.to_string())
+                .unwrap_or_default()
+        };
+        let mtu = network
+            .mtu
+            .unwrap_or(self.settings.host.underlay_mtu.saturating_sub(crate::desired::VXLAN_OVERHEAD));
+        agent::Attachment {
+            endpoint_id: endpoint.id.clone(),
+            network_id: network.id.clone(),
+            network_name: network.name.clone(),
+            container_id: endpoint.container_id.clone(),
+            container_name: endpoint.container_name.clone(),
+            aliases: endpoint.aliases.clone(),
+            interface: sandbox.ifname.clone(),
+            netns: sandbox.netns.display().to_string(),
+            mac_address: endpoint.mac.to_string(),
+            ipv4_address: endpoint.ipv4.map(|a| a.to_string()).unwrap_or_default(),
+            ipv6_address: endpoint.ipv6.map(|a| a.to_string()).unwrap_or_default(),
+            ipv4_gateway: gateway(false),
+            ipv6_gateway: gateway(true),
+            mtu,
+            revision: endpoint.revision,
+        }
+    }
+}

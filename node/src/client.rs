@@ -1,0 +1,23 @@
+//! A client for the attach API over its unix socket (for the CLI and tests).
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+use weft_api::agent::agent_service_client::AgentServiceClient;
+
+/// Connects to the agent listening on `socket`.
+pub async fn connect(socket: &Path) -> Result<AgentServiceClient<Channel>, tonic::transport::Error> {
+    let socket: PathBuf = socket.to_path_buf();
+    // The URI is required by the API but unused: every connection goes to the socket.
+    let channel =
+        Endpoint::from_static("http://weft-node.local")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+                }
+            }))
+            .await?;
+    Ok(AgentServiceClient::new(channel))
+}

@@ -1,0 +1,230 @@
+//! What this host's kernel should hold, from the registry mirror and the local sandboxes.
+//! Pure: the reconciler hands the result to `weft_dataplane::plan`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use weft_dataplane::rules::NetworkRules;
+use weft_dataplane::{Desired, LocalEndpoint, NetworkDevices, RemoteEndpoint};
+
+use crate::mirror::{EndpointView, Mirror};
+use crate::sandboxes::Sandboxes;
+
+/// VXLAN over IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// This host, as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub vtep: IpAddr,
+    pub underlay_mtu: u32,
+}
+
+/// The name of an endpoint's host-side veth: unique per host because revisions are unique,
+/// and within the 15 characters Linux allows up to revision 2^40.
+pub fn host_veth(endpoint: &EndpointView) -> String {
+    format!("weftp{:x}", endpoint.revision)
+}
+
+/// Networks with at least one container on this host get devices; each gets an entry for
+/// every endpoint of that network on other hosts. Local endpoints without a sandbox record
+/// (made through the API by someone else, say) have nowhere to go and are left out.
+pub fn desired(mirror: &Mirror, host: &Host, sandboxes: &Sandboxes) -> Desired {
+    let mut networks: BTreeMap<String, NetworkDevices> = BTreeMap::new();
+    let mut by_network: BTreeMap<&str, Vec<&EndpointView>> = BTreeMap::new();
+    for endpoint in mirror.endpoints.values() {
+        by_network.entry(endpoint.network_id.as_str()).or_default().push(endpoint);
+    }
+    for (network_id, endpoints) in by_network {
+        let Some(network) = mirror.networks.get(network_id) else { continue };
+        let local: Vec<(&EndpointView, _)> = endpoints
+            .iter()
+            .filter(|e| e.node == host.name)
+            .filter_map(|e| sandboxes.endpoints.get(&e.id).map(|s| (*e, s)))
+            .collect();
+        if local.is_empty() {
+            continue;
+        }
+        let mtu = network.mtu.unwrap_or(host.underlay_mtu.saturating_sub(VXLAN_OVERHEAD));
+        let gateways: Vec<IpAddr> = network.gateways.iter().map(|g| g.ip).collect();
+        let local = local
+            .into_iter()
+            .map(|(e, sandbox)| {
+                let endpoint = LocalEndpoint {
+                    endpoint_id: e.id.clone(),
+                    host_veth: host_veth(e),
+                    netns: sandbox.netns.clone(),
+                    ifname: sandbox.ifname.clone(),
+                    mac: e.mac,
+                    addresses: e.ipv4.iter().chain(e.ipv6.iter()).copied().collect(),
+                    default_routes: if sandbox.default_route { gateways.clone() } else { Vec::new() },
+                    mtu,
+                };
+                (endpoint.host_veth.clone(), endpoint)
+            })
+            .collect();
+        let remote = endpoints
+            .iter()
+            .filter(|e| e.node != host.name)
+            .filter_map(|e| {
+                let node = mirror.nodes.get(&e.node)?;
+                let ips = e.ipv4.iter().chain(e.ipv6.iter()).map(|a| a.ip).collect();
+                Some((e.mac, RemoteEndpoint { mac: e.mac, ips, vtep: node.underlay }))
+            })
+            .collect();
+        let devices = NetworkDevices {
+            network_id: network.id.clone(),
+            bridge: network.bridge(),
+            vxlan: network.vxlan(),
+            vni: network.vni,
+            port: mirror.vxlan_port,
+            local_vtep: host.vtep,
+            mtu,
+            gateway_mac: network.gateway_mac(),
+            gateway_addresses: network.gateways.iter().copied().collect(),
+            local,
+            remote,
+        };
+        networks.insert(devices.bridge.clone(), devices);
+    }
+    Desired { networks }
+}
+
+/// The host rules for the networks present on this host.
+pub fn rules(mirror: &Mirror, desired: &Desired) -> Vec<NetworkRules> {
+    desired
+        .networks
+        .values()
+        .filter_map(|devices| {
+            let network = mirror.networks.get(&devices.network_id)?;
+            Some(NetworkRules {
+                bridge: devices.bridge.clone(),
+                subnets: network.gateways.clone(),
+                internal: network.internal,
+                masquerade: network.settings.masquerade,
+                icc: network.settings.icc,
+                ports: std::iter::once(devices.vxlan.clone()).chain(devices.local.keys().cloned()).collect(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use weft_api::pb;
+
+    use super::*;
+    use crate::mirror::{endpoint_view, network_view};
+    use crate::sandboxes::Sandbox;
+
+    fn mirror() -> Mirror {
+        let mut m = Mirror { revision: 10, vxlan_port: 4789, ..Mirror::default() };
+        for (id, name, vni, mtu, subnet, gateway) in [
+            ("n1", "blue", 4096, 0, "10.0.1.0/24", "10.0.1.1"),
+            ("n2", "red", 4097, 1400, "10.0.2.0/24", "10.0.2.1"),
+        ] {
+            let net = pb::Network {
+                id: id.into(),
+                name: name.into(),
+                vni,
+                mtu,
+                ipam_config: vec![pb::IpamConfig {
+                    subnet: subnet.into(),
+                    gateway: gateway.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            m.networks.insert(id.into(), network_view(&net).unwrap());
+        }
+        for (id, network, node, ip, rev) in [
+            ("e1", "n1", "h1", "10.0.1.2", 3),
+            ("e2", "n1", "h2", "10.0.1.3", 4),
+            ("e3", "n2", "h2", "10.0.2.2", 5),
+            ("e4", "n1", "h3", "10.0.1.4", 6),
+        ] {
+            let octets: Vec<u8> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+            let ep = pb::Endpoint {
+                id: id.into(),
+                network_id: network.into(),
+                node: node.into(),
+                mac_address: format!(
+                    "02:42:{:02x}:{:02x}:{:02x}:{:02x}",
+                    octets[0], octets[1], octets[2], octets[3]
+                ),
+                ipv4_address: format!("{ip}/24"),
+                created_revision: rev,
+                ..Default::default()
+            };
+            m.endpoints.insert(id.into(), endpoint_view(&ep).unwrap());
+        }
+        for (name, addr) in [("h1", "192.0.2.1"), ("h2", "192.0.2.2")] {
+            m.nodes.insert(
+                name.into(),
+                crate::mirror::NodeView { name: name.into(), underlay: addr.parse().unwrap(), mtu: 1500 },
+            );
+        }
+        m
+    }
+
+    fn host() -> Host {
+        Host { name: "h1".into(), vtep: "192.0.2.1".parse().unwrap(), underlay_mtu: 1500 }
+    }
+
+    fn sandboxes() -> Sandboxes {
+        let mut s = Sandboxes::default();
+        s.endpoints.insert(
+            "e1".into(),
+            Sandbox {
+                network_id: "n1".into(),
+                container_id: "c1".into(),
+                netns: PathBuf::from("/run/netns/c1"),
+                ifname: "eth0".into(),
+                default_route: true,
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn only_networks_with_a_local_container_get_devices() {
+        let d = desired(&mirror(), &host(), &sandboxes());
+        assert_eq!(d.networks.keys().collect::<Vec<_>>(), vec!["weft4096"], "red has no container on h1");
+        let blue = &d.networks["weft4096"];
+        assert_eq!(blue.vxlan, "weftx4096");
+        assert_eq!(blue.mtu, 1450, "underlay 1500 minus VXLAN");
+        let local = &blue.local["weftp3"];
+        assert_eq!(local.ifname, "eth0");
+        assert_eq!(local.default_routes, vec!["10.0.1.1".parse::<IpAddr>().unwrap()]);
+        // e2 is on h2; e4's host never registered, so there is nowhere to send its traffic.
+        assert_eq!(blue.remote.len(), 1);
+        let remote = blue.remote.values().next().unwrap();
+        assert_eq!(remote.vtep, "192.0.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!(remote.ips, vec!["10.0.1.3".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn a_network_mtu_wins_and_no_sandbox_means_no_devices() {
+        let mut s = sandboxes();
+        assert!(desired(&mirror(), &host(), &Sandboxes::default()).networks.is_empty());
+        let mut m = mirror();
+        m.endpoints.get_mut("e3").unwrap().node = "h1".into();
+        s.endpoints.insert(
+            "e3".into(),
+            Sandbox {
+                network_id: "n2".into(),
+                container_id: "c1".into(),
+                netns: PathBuf::from("/run/netns/c1"),
+                ifname: "eth1".into(),
+                default_route: false,
+            },
+        );
+        let d = desired(&m, &host(), &s);
+        let red = &d.networks["weft4097"];
+        assert_eq!(red.mtu, 1400);
+        assert!(red.local["weftp5"].default_routes.is_empty(), "only the first network routes by default");
+    }
+}

@@ -1,0 +1,14 @@
+//! weft-node, the host agent: registers the host with the controllers, follows the registry's
+//! watch stream into a local [`mirror`], computes what the kernel should hold ([`desired`],
+//! pure) and has `weft-dataplane` plan and apply the difference; serves the local attach API
+//! ([`service`]) that plugs containers in.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod agent;
+pub mod client;
+pub mod controllers;
+pub mod desired;
+pub mod mirror;
+pub mod sandboxes;
+pub mod service;

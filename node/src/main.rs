@@ -1,0 +1,113 @@
+//! `weft-node`: parses flags, finds the underlay, and runs the agent's loops and its attach API.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use weft_dataplane::Kernel;
+use weft_node::agent::{Agent, Settings};
+use weft_node::controllers::Controllers;
+use weft_node::desired::Host;
+
+/// weft's host agent: registers this host with the controllers, keeps its bridges, VXLAN
+/// devices, veths and forwarding entries in line with the registry, and attaches containers
+/// through a local unix socket.
+///
+/// Example:
+///   weft-node --controllers 10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Flags {
+    /// Controller members (host:port, comma separated); the agent moves to the next when one
+    /// does not answer.
+    #[arg(long, env = "WEFT_CONTROLLERS", value_delimiter = ',', required = true)]
+    controllers: Vec<String>,
+    /// This host's name in the cluster (default: the kernel's hostname).
+    #[arg(long)]
+    name: Option<String>,
+    /// The address other hosts send VXLAN to (default: the IPv4 address of the default
+    /// route's interface).
+    #[arg(long)]
+    underlay_address: Option<IpAddr>,
+    /// The attach API's unix socket.
+    #[arg(long, default_value = "/run/weft/agent.sock")]
+    socket: PathBuf,
+    /// Where the agent keeps what only this host knows (container namespaces, interface names).
+    #[arg(long, default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// Heartbeat period.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Full resync period: drift (an entry deleted by hand) is repaired within it.
+    #[arg(long, default_value_t = 10_000)]
+    resync_ms: u64,
+    /// Deadline of every request to the controllers.
+    #[arg(long, default_value_t = 5000)]
+    request_timeout_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn hostname() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the hostname")?;
+    Ok(name.trim().to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if flags.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let kernel = Kernel::connect().context("connecting to the kernel")?;
+    let (vtep, interface, underlay_mtu) =
+        kernel.underlay(flags.underlay_address).await.context("finding the underlay")?;
+    let name = match flags.name {
+        Some(name) => name,
+        None => hostname()?,
+    };
+    tracing::info!(%name, %vtep, %interface, underlay_mtu, "starting");
+    let timeout = Duration::from_millis(flags.request_timeout_ms);
+    let controllers = Controllers::new(flags.controllers, timeout)?;
+    let settings = Settings {
+        host: Host { name, vtep, underlay_mtu },
+        state_dir: flags.state_dir,
+        heartbeat: Duration::from_millis(flags.heartbeat_ms),
+        resync: Duration::from_millis(flags.resync_ms),
+        request_timeout: timeout,
+    };
+    let agent = Arc::new(Agent::new(settings, controllers, kernel)?);
+
+    agent.register().await;
+    let tasks = [
+        tokio::spawn({
+            let agent = agent.clone();
+            async move { agent.follow().await }
+        }),
+        tokio::spawn({
+            let agent = agent.clone();
+            async move { agent.heartbeat().await }
+        }),
+        tokio::spawn({
+            let agent = agent.clone();
+            async move { agent.reconcile_forever().await }
+        }),
+    ];
+    let serve = weft_node::service::serve(agent.clone(), &flags.socket);
+    tokio::select! {
+        result = serve => result?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; leaving the data plane as it is"),
+    }
+    for task in tasks {
+        task.abort();
+    }
+    Ok(())
+}

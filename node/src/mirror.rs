@@ -1,0 +1,346 @@
+//! The agent's read-only copy of the registry, kept from the watch stream: a full snapshot
+//! replaces it, events update it. Only what the host needs is kept, parsed once on arrival.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use weft_api::pb;
+use weft_api::pb::event::Kind;
+use weft_core::options::NetworkSettings;
+use weft_dataplane::{IfAddr, Mac};
+
+/// A network as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkView {
+    pub id: String,
+    pub name: String,
+    pub vni: u32,
+    /// Asked for by the user; `None` computes it from the underlay.
+    pub mtu: Option<u32>,
+    pub internal: bool,
+    pub encrypted: bool,
+    pub settings: NetworkSettings,
+    /// Subnets with the gateway address in each: IPv4 first.
+    pub gateways: Vec<IfAddr>,
+}
+
+impl NetworkView {
+    pub fn bridge(&self) -> String {
+        self.settings.bridge_name.clone().unwrap_or_else(|| format!("weft{}", self.vni))
+    }
+
+    pub fn vxlan(&self) -> String {
+        format!("weftx{}", self.vni)
+    }
+
+    /// The gateway's MAC, the same on every host: 02:42 and the gateway's IPv4 octets, as
+    /// Docker derives container MACs.
+    pub fn gateway_mac(&self) -> Mac {
+        let v4 = self.gateways.iter().find_map(|g| match g.ip {
+            IpAddr::V4(v4) => Some(v4.octets()),
+            IpAddr::V6(_) => None,
+        });
+        let [a, b, c, d] = v4.unwrap_or([0, 0, 0, 1]);
+        Mac([0x02, 0x42, a, b, c, d])
+    }
+}
+
+/// An endpoint as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointView {
+    pub id: String,
+    pub network_id: String,
+    pub node: String,
+    pub container_id: String,
+    pub container_name: String,
+    pub aliases: Vec<String>,
+    pub mac: Mac,
+    pub ipv4: Option<IfAddr>,
+    pub ipv6: Option<IfAddr>,
+    pub revision: u64,
+}
+
+/// A host as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub underlay: IpAddr,
+    pub mtu: u32,
+}
+
+/// The registry as this host last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Mirror {
+    /// The revision everything here reflects (0: nothing heard yet).
+    pub revision: u64,
+    /// A snapshot has arrived: until then the mirror knows nothing, and acting on it would
+    /// tear down a restarted host's working plumbing.
+    pub synced: bool,
+    pub vxlan_port: u16,
+    pub networks: BTreeMap<String, NetworkView>,
+    pub endpoints: BTreeMap<String, EndpointView>,
+    pub nodes: BTreeMap<String, NodeView>,
+}
+
+/// A record the agent could not make sense of (it keeps going without it).
+#[derive(Debug, thiserror::Error)]
+#[error("unusable {what} from the controllers: {why}")]
+pub struct Unusable {
+    what: String,
+    why: String,
+}
+
+fn unusable(what: &str, why: impl std::fmt::Display) -> Unusable {
+    Unusable { what: what.to_string(), why: why.to_string() }
+}
+
+fn if_addr(with_prefix: &str) -> Result<Option<IfAddr>, Unusable> {
+    if with_prefix.is_empty() {
+        return Ok(None);
+    }
+    let (ip, prefix) = with_prefix.split_once('/').ok_or_else(|| unusable("address", with_prefix))?;
+    let ip = ip.parse().map_err(|_| unusable("address", with_prefix))?;
+    let prefix = prefix.parse().map_err(|_| unusable("address", with_prefix))?;
+    Ok(Some(IfAddr { ip, prefix }))
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff".
+pub fn parse_mac(text: &str) -> Option<Mac> {
+    let mut bytes = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut bytes {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(Mac(bytes))
+}
+
+pub fn network_view(n: &pb::Network) -> Result<NetworkView, Unusable> {
+    let settings = NetworkSettings::parse(&n.options, n.encrypted, n.enable_ipv6)
+        .map_err(|e| unusable(&format!("network {}", n.name), e))?;
+    let mut gateways = Vec::new();
+    for ipam in &n.ipam_config {
+        let (_, prefix) = ipam.subnet.split_once('/').ok_or_else(|| unusable("subnet", &ipam.subnet))?;
+        if let Some(gateway) = if_addr(&format!("{}/{prefix}", ipam.gateway))? {
+            gateways.push(gateway);
+        }
+    }
+    gateways.sort_by_key(|g| g.ip.is_ipv6());
+    Ok(NetworkView {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        vni: n.vni,
+        mtu: (n.mtu != 0).then_some(n.mtu),
+        internal: n.internal,
+        encrypted: n.encrypted,
+        settings,
+        gateways,
+    })
+}
+
+pub fn endpoint_view(e: &pb::Endpoint) -> Result<EndpointView, Unusable> {
+    Ok(EndpointView {
+        id: e.id.clone(),
+        network_id: e.network_id.clone(),
+        node: e.node.clone(),
+        container_id: e.container_id.clone(),
+        container_name: e.container_name.clone(),
+        aliases: e.aliases.clone(),
+        mac: parse_mac(&e.mac_address).ok_or_else(|| unusable("MAC address", &e.mac_address))?,
+        ipv4: if_addr(&e.ipv4_address)?,
+        ipv6: if_addr(&e.ipv6_address)?,
+        revision: e.created_revision,
+    })
+}
+
+fn node_view(n: &pb::Node) -> Result<NodeView, Unusable> {
+    let underlay =
+        n.underlay_address.parse().map_err(|_| unusable("underlay address", &n.underlay_address))?;
+    Ok(NodeView { name: n.name.clone(), underlay, mtu: n.underlay_mtu })
+}
+
+impl Mirror {
+    /// Replaces everything with a snapshot. Records that cannot be parsed are skipped and
+    /// returned, so one bad record never blinds the host to the rest.
+    pub fn reset(&mut self, state: &pb::FullState) -> Vec<Unusable> {
+        let mut problems = Vec::new();
+        *self = Mirror { revision: state.revision, synced: true, ..Mirror::default() };
+        self.vxlan_port = state
+            .config
+            .as_ref()
+            .and_then(|c| u16::try_from(c.vxlan_port).ok())
+            .filter(|p| *p != 0)
+            .unwrap_or(4789);
+        for n in &state.networks {
+            match network_view(n) {
+                Ok(view) => {
+                    self.networks.insert(view.id.clone(), view);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        for e in &state.endpoints {
+            match endpoint_view(e) {
+                Ok(view) => {
+                    self.endpoints.insert(view.id.clone(), view);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        for n in &state.nodes {
+            match node_view(n) {
+                Ok(view) => {
+                    self.nodes.insert(view.name.clone(), view);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        problems
+    }
+
+    /// Applies one event. Events at or below the mirror's revision were already seen (a
+    /// resumed stream may repeat the edge) and change nothing.
+    pub fn apply(&mut self, event: &pb::Event) -> Result<(), Unusable> {
+        if event.revision <= self.revision {
+            return Ok(());
+        }
+        self.revision = event.revision;
+        match &event.kind {
+            Some(Kind::NetworkCreated(n)) => {
+                let view = network_view(n)?;
+                self.networks.insert(view.id.clone(), view);
+            }
+            Some(Kind::NetworkRemoved(n)) => {
+                self.networks.remove(&n.id);
+            }
+            Some(Kind::EndpointCreated(e)) => self.insert_endpoint(endpoint_view(e)?),
+            Some(Kind::EndpointRemoved(e)) => {
+                self.endpoints.remove(&e.id);
+            }
+            Some(Kind::NodeRegistered(n) | Kind::NodeStatusChanged(n)) => {
+                let view = node_view(n)?;
+                self.nodes.insert(view.name.clone(), view);
+            }
+            Some(Kind::NodeRemoved(n)) => {
+                self.nodes.remove(&n.name);
+            }
+            Some(Kind::ClusterConfigured(c)) => {
+                self.vxlan_port = u16::try_from(c.vxlan_port).ok().filter(|p| *p != 0).unwrap_or(4789);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Records an endpoint this agent just created, before the watch stream brings it.
+    pub fn insert_endpoint(&mut self, view: EndpointView) {
+        self.endpoints.insert(view.id.clone(), view);
+    }
+
+    /// Finds a network by name, full id or unique id prefix, as the controllers do.
+    pub fn find_network(&self, reference: &str) -> Option<&NetworkView> {
+        if let Some(n) = self.networks.get(reference) {
+            return Some(n);
+        }
+        if let Some(n) = self.networks.values().find(|n| n.name.eq_ignore_ascii_case(reference)) {
+            return Some(n);
+        }
+        let mut by_prefix = self.networks.values().filter(|n| n.id.starts_with(reference));
+        match (by_prefix.next(), by_prefix.next()) {
+            (Some(n), None) if !reference.is_empty() => Some(n),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(id: &str, name: &str, vni: u32) -> pb::Network {
+        pb::Network {
+            id: id.into(),
+            name: name.into(),
+            vni,
+            ipam_config: vec![pb::IpamConfig {
+                subnet: "10.0.1.0/24".into(),
+                gateway: "10.0.1.1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn endpoint(id: &str, network: &str, node: &str, ip: &str) -> pb::Endpoint {
+        pb::Endpoint {
+            id: id.into(),
+            network_id: network.into(),
+            node: node.into(),
+            container_id: format!("c-{id}"),
+            container_name: format!("n-{id}"),
+            mac_address: "02:42:0a:00:01:02".into(),
+            ipv4_address: format!("{ip}/24"),
+            ..Default::default()
+        }
+    }
+
+    fn event(revision: u64, kind: Kind) -> pb::Event {
+        pb::Event { revision, kind: Some(kind) }
+    }
+
+    #[test]
+    fn a_snapshot_then_events_build_the_view() {
+        let mut mirror = Mirror::default();
+        let problems = mirror.reset(&pb::FullState {
+            revision: 5,
+            networks: vec![network("aa11", "blue", 4096)],
+            nodes: vec![pb::Node {
+                name: "h1".into(),
+                underlay_address: "192.0.2.1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert!(problems.is_empty());
+        assert_eq!(mirror.vxlan_port, 4789);
+        let blue = &mirror.networks["aa11"];
+        assert_eq!(blue.bridge(), "weft4096");
+        assert_eq!(blue.gateways, vec![IfAddr { ip: "10.0.1.1".parse().unwrap(), prefix: 24 }]);
+        assert_eq!(blue.gateway_mac(), Mac([2, 0x42, 10, 0, 1, 1]));
+
+        mirror.apply(&event(6, Kind::EndpointCreated(endpoint("e1", "aa11", "h1", "10.0.1.2")))).unwrap();
+        assert_eq!(mirror.endpoints["e1"].ipv4, Some(IfAddr { ip: "10.0.1.2".parse().unwrap(), prefix: 24 }));
+        // A repeated event (a resumed stream) changes nothing; a later removal does.
+        mirror.apply(&event(6, Kind::EndpointRemoved(endpoint("e1", "aa11", "h1", "10.0.1.2")))).unwrap();
+        assert!(mirror.endpoints.contains_key("e1"));
+        mirror.apply(&event(7, Kind::EndpointRemoved(endpoint("e1", "aa11", "h1", "10.0.1.2")))).unwrap();
+        assert!(mirror.endpoints.is_empty());
+        assert_eq!(mirror.revision, 7);
+    }
+
+    #[test]
+    fn networks_are_found_by_name_id_or_unique_prefix() {
+        let mut mirror = Mirror::default();
+        mirror.reset(&pb::FullState {
+            networks: vec![network("aa11", "blue", 4096), network("aa22", "red", 4097)],
+            ..Default::default()
+        });
+        assert_eq!(mirror.find_network("BLUE").map(|n| n.vni), Some(4096));
+        assert_eq!(mirror.find_network("aa22").map(|n| n.vni), Some(4097));
+        assert_eq!(mirror.find_network("aa2").map(|n| n.vni), Some(4097));
+        assert_eq!(mirror.find_network("aa"), None, "ambiguous prefix");
+        assert_eq!(mirror.find_network(""), None);
+    }
+
+    #[test]
+    fn a_bad_record_is_reported_and_the_rest_kept() {
+        let mut mirror = Mirror::default();
+        let mut bad = endpoint("e2", "aa11", "h1", "10.0.1.3");
+        bad.mac_address = "nonsense".into();
+        let problems = mirror.reset(&pb::FullState {
+            endpoints: vec![endpoint("e1", "aa11", "h1", "10.0.1.2"), bad],
+            ..Default::default()
+        });
+        assert_eq!(problems.len(), 1);
+        assert!(mirror.endpoints.contains_key("e1"));
+    }
+}

@@ -1,0 +1,61 @@
+//! The local attach API on a unix socket.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+use weft_api::agent;
+use weft_api::agent::agent_service_server::{AgentService, AgentServiceServer};
+
+use crate::agent::Agent;
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    agent: Arc<Agent>,
+}
+
+#[tonic::async_trait]
+impl AgentService for Service {
+    async fn attach(
+        &self,
+        request: Request<agent::AttachRequest>,
+    ) -> Result<Response<agent::AttachResponse>, Status> {
+        let attachment = self.agent.attach(request.into_inner()).await?;
+        Ok(Response::new(agent::AttachResponse { attachment: Some(attachment) }))
+    }
+
+    async fn detach(
+        &self,
+        request: Request<agent::DetachRequest>,
+    ) -> Result<Response<agent::DetachResponse>, Status> {
+        let attachment = self.agent.detach(request.into_inner()).await?;
+        Ok(Response::new(agent::DetachResponse { attachment: Some(attachment) }))
+    }
+
+    async fn list(&self, _: Request<agent::ListRequest>) -> Result<Response<agent::ListResponse>, Status> {
+        Ok(Response::new(self.agent.list()))
+    }
+}
+
+/// Serves the attach API on `socket` until the process ends. A stale socket file from an
+/// earlier run is replaced.
+pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("removing the old socket {}: {e}", socket.display()),
+    }
+    let listener =
+        UnixListener::bind(socket).map_err(|e| anyhow::anyhow!("listening on {}: {e}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "attach API listening");
+    tonic::transport::Server::builder()
+        .add_service(AgentServiceServer::new(Service { agent }))
+        .serve_with_incoming(UnixListenerStream::new(listener))
+        .await?;
+    Ok(())
+}
