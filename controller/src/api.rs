@@ -23,7 +23,7 @@ use weft_api::pb::{
 use weft_core::{Command, Endpoint, Response as Done, State};
 
 use crate::cluster::Controller;
-use crate::raft_network::MembershipChange;
+use crate::raft_network::{AwaitApplied, MembershipChange};
 use crate::registry::{Published, WatchStart};
 
 /// How often an idle watch stream says the revision it has reached is still current.
@@ -228,6 +228,28 @@ impl NodeService for Controller {
                 u32::try_from(seconds).unwrap_or(u32::MAX)
             },
         }))
+    }
+
+    async fn await_applied(
+        &self,
+        request: Request<pb::AwaitAppliedRequest>,
+    ) -> Result<Response<pb::AwaitAppliedResponse>, Status> {
+        let req = request.into_inner();
+        let wait = AwaitApplied {
+            network: req.network,
+            revision: req.revision,
+            except_node: req.except_node,
+            timeout_ms: u64::from(req.timeout_ms),
+        };
+        let answer = Controller::await_applied(self, wait).await?;
+        if !answer.behind.is_empty() {
+            return Err(Status::deadline_exceeded(format!(
+                "hosts {} have not programmed revision {} yet (heartbeats report what each host applied)",
+                answer.behind.join(", "),
+                req.revision
+            )));
+        }
+        Ok(Response::new(pb::AwaitAppliedResponse { nodes: answer.waited_for }))
     }
 
     async fn list_nodes(

@@ -13,7 +13,9 @@ use weft_core::{Command, NodeStatus, Proposal, Response};
 use crate::batcher::Batcher;
 use crate::liveness::Liveness;
 use crate::metrics::{Gauges, Metrics, Timer};
-use crate::raft_network::{ForwardError, HeartbeatAnswer, MembershipChange, Peers};
+use crate::raft_network::{
+    AppliedAnswer, AwaitApplied, ForwardError, HeartbeatAnswer, MembershipChange, Peers,
+};
 use crate::raft_types::{NodeId, Outcome, Raft};
 use crate::registry::Registry;
 
@@ -188,6 +190,59 @@ impl Controller {
             },
         )
         .await
+    }
+
+    /// The applied-everywhere barrier, answered by the leader wherever the request arrived.
+    pub async fn await_applied(&self, wait: AwaitApplied) -> Result<AppliedAnswer, Status> {
+        let limit = self.request_timeout;
+        let wanted =
+            if wait.timeout_ms == 0 { limit } else { Duration::from_millis(wait.timeout_ms).min(limit) };
+        let wait = AwaitApplied { timeout_ms: u64::try_from(wanted.as_millis()).unwrap_or(u64::MAX), ..wait };
+        // The leader waits up to `wanted`; forwarding gets a little more so its answer arrives.
+        let deadline = Instant::now() + wanted + Duration::from_millis(500);
+        self.on_leader(
+            "the applied-everywhere wait",
+            deadline,
+            || self.await_applied_as_leader(&wait),
+            |addr, remaining| {
+                let wait = &wait;
+                async move { self.peers.await_applied(&addr, wait, remaining).await }
+            },
+        )
+        .await
+    }
+
+    /// The leader's side of the barrier: waits for heartbeats until every host that is up and
+    /// has an endpoint on the network (but the excepted one) reports the revision.
+    pub async fn await_applied_as_leader(&self, wait: &AwaitApplied) -> Result<AppliedAnswer, ForwardError> {
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
+        let hosts: Vec<String> = self
+            .registry
+            .with_state(|s| {
+                let network = s.resolve_network(&wait.network)?;
+                let mut hosts: Vec<String> = s
+                    .network_endpoints(&network.id)
+                    .map(|e| e.node.clone())
+                    .filter(|n| *n != wait.except_node)
+                    .filter(|n| s.node(n).is_some_and(|node| node.status == NodeStatus::Up))
+                    .collect();
+                hosts.sort();
+                hosts.dedup();
+                Ok(hosts)
+            })
+            .map_err(ForwardError::Refused)?;
+        let deadline = Instant::now() + Duration::from_millis(wait.timeout_ms);
+        loop {
+            let heard = self.liveness.next_heartbeat();
+            let behind: Vec<String> =
+                hosts.iter().filter(|h| self.liveness.applied_revision(h) < wait.revision).cloned().collect();
+            if behind.is_empty() || Instant::now() >= deadline {
+                return Ok(AppliedAnswer { waited_for: hosts, behind });
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), heard).await;
+        }
     }
 
     /// Runs a request on the leader: `local` when this member leads, else `remote` with the

@@ -22,11 +22,13 @@ struct Seen {
 pub struct Liveness {
     timeout: Duration,
     seen: Mutex<HashMap<String, Seen>>,
+    /// Woken on every heartbeat, for those waiting on hosts' applied revisions.
+    heard: tokio::sync::Notify,
 }
 
 impl Liveness {
     pub fn new(timeout: Duration) -> Liveness {
-        Liveness { timeout, seen: Mutex::new(HashMap::new()) }
+        Liveness { timeout, seen: Mutex::new(HashMap::new()), heard: tokio::sync::Notify::new() }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -39,6 +41,12 @@ impl Liveness {
 
     pub fn record(&self, name: &str, applied_revision: u64, now: Instant) {
         self.seen().insert(name.to_string(), Seen { at: now, applied_revision });
+        self.heard.notify_waiters();
+    }
+
+    /// Resolves at the next heartbeat (create it before checking, so none is missed).
+    pub fn next_heartbeat(&self) -> tokio::sync::futures::Notified<'_> {
+        self.heard.notified()
     }
 
     /// The revision the host last reported as programmed; 0 when unknown here.

@@ -61,6 +61,22 @@ pub enum MembershipChange {
     },
 }
 
+/// An applied-everywhere wait, as one member hands it to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AwaitApplied {
+    pub network: String,
+    pub revision: u64,
+    pub except_node: String,
+    pub timeout_ms: u64,
+}
+
+/// The hosts waited for, and those still behind when the wait ran out (empty on success).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppliedAnswer {
+    pub waited_for: Vec<String>,
+    pub behind: Vec<String>,
+}
+
 /// What the leader answers a heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatAnswer {
@@ -123,6 +139,16 @@ impl Peers {
         self.forward(addr, Forwarded::ChangeMembership, change, timeout).await
     }
 
+    /// Hands an applied-everywhere wait to the member at `addr` (the leader).
+    pub async fn await_applied(
+        &self,
+        addr: &str,
+        wait: &AwaitApplied,
+        timeout: Duration,
+    ) -> Result<Result<AppliedAnswer, ForwardError>, Status> {
+        self.forward(addr, Forwarded::AwaitApplied, wait, timeout).await
+    }
+
     /// Asks the member at `addr` for a read index.
     pub async fn read_index(
         &self,
@@ -149,6 +175,7 @@ impl Peers {
             Forwarded::Heartbeat => client.heartbeat(request).await?,
             Forwarded::ChangeMembership => client.change_membership(request).await?,
             Forwarded::ReadIndex => client.read_index(request).await?,
+            Forwarded::AwaitApplied => client.await_applied(request).await?,
         };
         decode(&reply.into_inner().data)
             .map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
@@ -162,6 +189,7 @@ enum Forwarded {
     Heartbeat,
     ChangeMembership,
     ReadIndex,
+    AwaitApplied,
 }
 
 // === client side: openraft's network ===
@@ -342,6 +370,11 @@ impl pb::raft_service_server::RaftService for RaftServer {
     ) -> Result<Response<pb::Payload>, Status> {
         let change: MembershipChange = decode_request(request)?;
         reply(&self.controller.change_membership_as_leader(&change).await)
+    }
+
+    async fn await_applied(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        let wait: AwaitApplied = decode_request(request)?;
+        reply(&self.controller.await_applied_as_leader(&wait).await)
     }
 
     async fn read_index(&self, _request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {

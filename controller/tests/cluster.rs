@@ -574,6 +574,59 @@ async fn silent_hosts_are_marked_down_and_come_back_with_a_heartbeat() {
 }
 
 /// A plain HTTP GET over loopback; the body after the headers.
+/// The barrier behind `attach --wait`: asked through a follower, answered by the leader from
+/// the hosts' heartbeats; a host that has not applied the revision is named when time runs out.
+#[tokio::test]
+async fn await_applied_waits_for_every_other_host_with_the_network() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_ready(0, Duration::from_secs(30)).await;
+    let follower = (cluster.index_of(leader) + 1) % 3;
+    for (i, name) in ["h1", "h2", "h3"].into_iter().enumerate() {
+        register(&cluster, 0, name, u8::try_from(i + 1).unwrap()).await;
+    }
+    cluster
+        .networks(0)
+        .create_network(pb::CreateNetworkRequest { name: "n".into(), ..Default::default() })
+        .await
+        .unwrap();
+    cluster.endpoints(0).create_endpoint(attach("n", "h2", "c2")).await.unwrap();
+    let created = cluster.endpoints(0).create_endpoint(attach("n", "h1", "c1")).await.unwrap().into_inner();
+    let revision = created.created_revision;
+    let beat = |name: &str, applied: u64| {
+        let mut client = cluster.nodes(follower);
+        let request = pb::HeartbeatRequest { name: name.into(), applied_revision: applied };
+        async move { client.heartbeat(request).await.unwrap() }
+    };
+    let wait = |timeout_ms: u32| {
+        let mut client = cluster.nodes(follower);
+        let request =
+            pb::AwaitAppliedRequest { network: "n".into(), revision, except_node: "h1".into(), timeout_ms };
+        async move { client.await_applied(request).await }
+    };
+
+    // h2 has a container on n and is behind; h3 has none and is not waited for.
+    beat("h2", revision - 1).await;
+    let began = Instant::now();
+    let behind = wait(300).await.unwrap_err();
+    assert_eq!(behind.code(), Code::DeadlineExceeded, "{behind:?}");
+    assert!(behind.message().contains("h2") && !behind.message().contains("h3"), "{}", behind.message());
+    assert!(began.elapsed() < Duration::from_secs(3), "the wait must end at its timeout");
+
+    // A heartbeat with the revision releases a waiter at once.
+    let waiting = tokio::spawn(wait(5000));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    beat("h2", revision).await;
+    let done = waiting.await.unwrap().unwrap().into_inner();
+    assert_eq!(done.nodes, vec!["h2".to_string()]);
+
+    let unknown = cluster
+        .nodes(follower)
+        .await_applied(pb::AwaitAppliedRequest { network: "nope".into(), revision, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+}
+
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();

@@ -47,6 +47,9 @@ pub struct Agent {
     reconciling: tokio::sync::Mutex<Option<String>>,
     wake: Notify,
     applied: watch::Sender<u64>,
+    /// Sends a heartbeat at once: the controllers learn a new applied revision without
+    /// waiting a period (the applied-everywhere barrier waits on it).
+    beat_now: Notify,
 }
 
 impl std::fmt::Debug for Agent {
@@ -77,6 +80,7 @@ impl Agent {
             reconciling: tokio::sync::Mutex::new(None),
             wake: Notify::new(),
             applied,
+            beat_now: Notify::new(),
         })
     }
 
@@ -127,7 +131,10 @@ impl Agent {
     pub async fn heartbeat(&self) {
         let mut tick = tokio::time::interval(self.settings.heartbeat);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.beat_now.notified() => {}
+            }
             let request = pb::HeartbeatRequest {
                 name: self.settings.host.name.clone(),
                 applied_revision: self.applied_revision(),
@@ -265,8 +272,8 @@ impl Agent {
                 }
             }
         }
-        if errors.is_empty() {
-            self.applied.send_replace(revision);
+        if errors.is_empty() && self.applied.send_replace(revision) != revision {
+            self.beat_now.notify_one();
         }
         errors
     }
@@ -278,11 +285,6 @@ impl Agent {
     /// Attaches a container: allocates through the controllers, records the sandbox, plumbs
     /// it, and returns once the interface is up. Anything that fails half-way is undone.
     pub async fn attach(&self, request: agent::AttachRequest) -> Result<agent::Attachment, Status> {
-        if request.wait_everywhere {
-            return Err(Status::unimplemented(
-                "wait_everywhere is not available yet: attach returns once this host is programmed",
-            ));
-        }
         let netns = PathBuf::from(&request.netns);
         if request.netns.is_empty() {
             return Err(Status::invalid_argument(
@@ -335,6 +337,7 @@ impl Agent {
             .into_inner();
         let endpoint = endpoint_view(&created).map_err(internal)?;
         match self.plumb(&endpoint, &netns).await {
+            Ok(attachment) if request.wait_everywhere => self.await_everywhere(attachment).await,
             Ok(attachment) => Ok(attachment),
             Err(status) => {
                 self.forget(&endpoint.id);
@@ -342,6 +345,41 @@ impl Agent {
                 let _ = self.reconcile().await;
                 Err(status)
             }
+        }
+    }
+
+    /// Waits until every other host with a container on the network has programmed the new
+    /// endpoint. When they do not in time, the container stays attached here and the error
+    /// says so.
+    async fn await_everywhere(&self, attachment: agent::Attachment) -> Result<agent::Attachment, Status> {
+        let request = pb::AwaitAppliedRequest {
+            network: attachment.network_id.clone(),
+            revision: attachment.revision,
+            except_node: self.settings.host.name.clone(),
+            // Inside this agent's own deadline towards the controllers, so the answer arrives.
+            timeout_ms: u32::try_from(
+                self.settings.request_timeout.saturating_sub(Duration::from_millis(500)).as_millis(),
+            )
+            .unwrap_or(u32::MAX),
+        };
+        let waited = self
+            .controllers
+            .call(|c| {
+                let request = request.clone();
+                async move { NodeServiceClient::new(c).await_applied(request).await }
+            })
+            .await;
+        match waited {
+            Ok(_) => Ok(attachment),
+            Err(status) => Err(Status::new(
+                status.code(),
+                format!(
+                    "container {} is attached here as {}, but not confirmed on every host: {}",
+                    attachment.container_id,
+                    attachment.interface,
+                    status.message()
+                ),
+            )),
         }
     }
 

@@ -20,7 +20,8 @@ pub struct Controllers {
 
 /// Worth asking another member: this one is down, cut off, or without a quorum.
 fn try_another(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled)
+    // (DeadlineExceeded is an answer: the request's own wait ran out, e.g. a barrier.)
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
 }
 
 impl Controllers {

@@ -267,7 +267,13 @@ async fn three_hosts_two_networks_isolation_egress_and_cleanup() {
         (Netns::new("c"), Netns::new("c"), Netns::new("c"), Netns::new("c"), Netns::new("c"));
     let (i1, i2) = (Netns::new("c"), Netns::new("c"));
     let a1_blue = attach(&mut h1, &a1, "blue", "a1").await;
-    let a2_blue = attach(&mut h2, &a2, "blue", "a2").await;
+    // With the barrier, h1 (which has a blue container) has a2's entries when attach returns.
+    let mut waiting = attach_request(&a2, "blue", "a2");
+    waiting.wait_everywhere = true;
+    let a2_blue = h2.attach(waiting).await.unwrap().into_inner().attachment.unwrap();
+    let fdb = lab.hosts[0].ns.exec(&["bridge", "fdb", "show", "dev", &format!("weftx{}", blue.vni)]);
+    assert!(fdb.contains(&a2_blue.mac_address), "h1 lacks a2's FDB entry after a waiting attach: {fdb}");
+    assert!(a1.pings(&ip_of(&a2_blue)), "a1 cannot reach a2 right after a waiting attach");
     let b1_red = attach(&mut h1, &b1, "red", "b1").await;
     let b3_red = attach(&mut h3, &b3, "red", "b3").await;
     let m3_blue = attach(&mut h3, &m3, "blue", "m3").await;
