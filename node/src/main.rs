@@ -23,8 +23,12 @@ use weft_node::desired::Host;
 struct Flags {
     /// Controller members (host:port, comma separated); the agent moves to the next when one
     /// does not answer.
-    #[arg(long, env = "WEFT_CONTROLLERS", value_delimiter = ',', required = true)]
+    #[arg(long, env = "WEFT_CONTROLLERS", value_delimiter = ',', required_unless_present = "uninstall")]
     controllers: Vec<String>,
+    /// Remove everything weft made on this host (its links, its nftables tables, the state
+    /// file) and exit. Containers lose their weft interfaces; stop the agent first.
+    #[arg(long)]
+    uninstall: bool,
     /// This host's name in the cluster (default: the kernel's hostname).
     #[arg(long)]
     name: Option<String>,
@@ -57,6 +61,25 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_string())
 }
 
+/// Removes weft's links and tables from this host, and its state file.
+async fn uninstall(kernel: &Kernel, state_dir: &std::path::Path) -> anyhow::Result<()> {
+    let observed = kernel.observe().await.context("listing links")?;
+    let ops = weft_dataplane::plan(&weft_dataplane::Desired::default(), &observed);
+    let errors = kernel.apply(&ops).await;
+    weft_dataplane::rules::load(&weft_dataplane::rules::removal())
+        .context("removing weft's nftables tables")?;
+    if let Some(first) = errors.first() {
+        anyhow::bail!("removing weft's links: {first} ({} problems)", errors.len());
+    }
+    match std::fs::remove_file(state_dir.join("sandboxes.json")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("removing the state file"),
+    }
+    println!("removed {} links and weft's nftables tables", ops.len());
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -68,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let kernel = Kernel::connect().context("connecting to the kernel")?;
+    if flags.uninstall {
+        return uninstall(&kernel, &flags.state_dir).await;
+    }
     let (vtep, interface, underlay_mtu) =
         kernel.underlay(flags.underlay_address).await.context("finding the underlay")?;
     let name = match flags.name {

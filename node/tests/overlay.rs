@@ -407,4 +407,17 @@ async fn drift_is_repaired_and_restarts_or_outages_do_not_stop_traffic() {
     assert!(reaches(&c1, &target).await, "agent on h2 down");
     lab.stop_controller();
     assert!(reaches(&c1, &target).await, "controllers down");
+
+    // Uninstall removes weft's links and tables, and nothing else.
+    lab.kill_agent(0);
+    let h1ns = &lab.hosts[0].ns;
+    h1ns.exec(&["nft", "add", "table", "inet", "someone_elses"]);
+    let state = lab.hosts[0].state.to_str().unwrap().to_string();
+    h1ns.exec(&[NODE, "--uninstall", "--state-dir", &state]);
+    let links = h1ns.exec(&["ip", "-o", "link"]);
+    assert!(!links.contains("weft"), "{links}");
+    assert!(links.contains("ul0"), "{links}");
+    let tables = h1ns.exec(&["nft", "list", "tables"]);
+    assert!(!tables.contains("weft") && tables.contains("someone_elses"), "{tables}");
+    assert!(!lab.hosts[0].state.join("sandboxes.json").exists());
 }
