@@ -1,256 +1,17 @@
-//! The data plane end to end: a controller and one `weft-node` per host, every host a network
-//! namespace on a shared underlay, containers further namespaces. Traffic never leaves the
-//! namespaces built here; everything is torn down when a test ends, failed or not.
-//! Needs root; skips loudly otherwise.
+//! The data plane end to end: a three-member controller cluster and one `weft-node` per host,
+//! every host a network namespace on a shared underlay, containers further namespaces.
+//! Traffic never leaves the namespaces built here; everything is torn down when a test ends,
+//! failed or not. Needs root; skips loudly otherwise.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod lab;
 
-use tonic::transport::Channel;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use lab::*;
 use weft_api::agent;
-use weft_api::agent::agent_service_client::AgentServiceClient;
 use weft_api::pb;
-use weft_api::pb::cluster_service_client::ClusterServiceClient;
-use weft_api::pb::network_service_client::NetworkServiceClient;
-use weft_testbed::{Netns, Underlay, root_or_skip};
-
-type Boxed<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-const NODE: &str = env!("CARGO_BIN_EXE_weft-node");
-const UNDERLAY: &str = "192.168.77";
-const OUTSIDE: &str = "192.168.77.254";
-const CONTROLLER: &str = "192.168.77.250:7001";
-
-/// `weft-controller`, built next to `weft-node` when the workspace is built.
-fn controller_binary() -> PathBuf {
-    let path = Path::new(NODE).with_file_name("weft-controller");
-    assert!(
-        path.exists(),
-        "{} is missing: build the whole workspace first (cargo build --workspace)",
-        path.display()
-    );
-    path
-}
-
-struct Host {
-    ns: Netns,
-    name: String,
-    socket: PathBuf,
-    state: PathBuf,
-    agent: Option<Child>,
-}
-
-/// Hosts on an underlay with an "outside" namespace standing in for the internet (it has no
-/// route back to container subnets, so a reply reaches a container only through NAT), and a
-/// controller in a namespace of its own.
-struct Lab {
-    hosts: Vec<Host>,
-    controller: Option<Child>,
-    ctl: Netns,
-    outside: Netns,
-    _underlay: Underlay,
-    tmp: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new(hosts: usize) -> Lab {
-        let underlay = Underlay::new(UNDERLAY);
-        let tmp = tempfile::tempdir().unwrap();
-        let outside = Netns::new("o");
-        underlay.join(&outside, 254, 1500);
-        let ctl = Netns::new("k");
-        underlay.join(&ctl, 250, 1500);
-        let hosts = (1..=hosts)
-            .map(|i| {
-                let ns = Netns::new("h");
-                underlay.join(&ns, u8::try_from(i).unwrap(), 1500);
-                ns.exec(&["ip", "route", "add", "default", "via", OUTSIDE]);
-                Host {
-                    ns,
-                    name: format!("h{i}"),
-                    socket: tmp.path().join(format!("h{i}.sock")),
-                    state: tmp.path().join(format!("h{i}")),
-                    agent: None,
-                }
-            })
-            .collect();
-        let mut lab = Lab { hosts, controller: None, ctl, outside, _underlay: underlay, tmp };
-        lab.start_controller();
-        for i in 0..lab.hosts.len() {
-            lab.start_agent(i);
-        }
-        lab
-    }
-
-    fn start_controller(&mut self) {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ctl.name])
-            .arg(controller_binary())
-            .args(["--id", "1", "--listen", CONTROLLER, "--data-dir"])
-            .arg(self.tmp.path().join("controller"))
-            .env("RUST_LOG", "warn,openraft=off")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.controller = Some(child);
-    }
-
-    fn stop_controller(&mut self) {
-        if let Some(mut child) = self.controller.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn start_agent(&mut self, i: usize) {
-        let host = &mut self.hosts[i];
-        let child = Command::new("ip")
-            .args(["netns", "exec", &host.ns.name, NODE, "--controllers", CONTROLLER, "--name", &host.name])
-            .arg("--socket")
-            .arg(&host.socket)
-            .arg("--state-dir")
-            .arg(&host.state)
-            .args(["--resync-ms", "500", "--heartbeat-ms", "300", "--request-timeout-ms", "3000"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        host.agent = Some(child);
-    }
-
-    /// `kill -9` of a host's agent: its kernel state stays as it was.
-    fn kill_agent(&mut self, i: usize) {
-        if let Some(mut child) = self.hosts[i].agent.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn agent(&self, i: usize) -> AgentServiceClient<Channel> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut client) = weft_node::client::connect(&self.hosts[i].socket).await {
-                if client.list(agent::ListRequest {}).await.is_ok() {
-                    return client;
-                }
-            }
-            assert!(Instant::now() < deadline, "agent on {} did not come up", self.hosts[i].name);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Runs a request against the controller from inside its namespace.
-    fn networks<T: Send>(&self, call: impl FnOnce(NetworkServiceClient<Channel>) -> Boxed<T> + Send) -> T {
-        tokio::task::block_in_place(|| {
-            self.ctl.run_in(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                runtime.block_on(async {
-                    let deadline = Instant::now() + Duration::from_secs(30);
-                    // Connected, and past its first configuration (writes are refused before).
-                    let channel = loop {
-                        let problem = match Channel::from_shared(format!("http://{CONTROLLER}"))
-                            .unwrap()
-                            .connect()
-                            .await
-                        {
-                            Ok(channel) => {
-                                let status = ClusterServiceClient::new(channel.clone())
-                                    .status(pb::StatusRequest {})
-                                    .await;
-                                match status {
-                                    Ok(s) if !s.get_ref().cluster_id.is_empty() => break channel,
-                                    Ok(_) => "not configured yet".to_string(),
-                                    Err(e) => e.to_string(),
-                                }
-                            }
-                            Err(e) => e.to_string(),
-                        };
-                        assert!(Instant::now() < deadline, "controller not ready: {problem}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    };
-                    call(NetworkServiceClient::new(channel)).await
-                })
-            })
-        })
-    }
-
-    fn create_network(&self, name: &str, internal: bool) -> pb::Network {
-        let request = pb::CreateNetworkRequest { name: name.into(), internal, ..Default::default() };
-        self.networks(move |mut client| {
-            Box::pin(async move { client.create_network(request).await.unwrap().into_inner() })
-        })
-    }
-
-    fn remove_network(&self, name: &str) {
-        let request = pb::RemoveNetworkRequest { network: name.into(), force: false };
-        self.networks(move |mut client| {
-            Box::pin(async move { client.remove_network(request).await.unwrap() })
-        });
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for i in 0..self.hosts.len() {
-            self.kill_agent(i);
-        }
-        self.stop_controller();
-        // The namespaces (and everything in them) go as their guards drop.
-    }
-}
-
-fn attach_request(container: &Netns, network: &str, name: &str) -> agent::AttachRequest {
-    agent::AttachRequest {
-        netns: container.path(),
-        network: network.into(),
-        container_id: format!("{name}-{}", container.name),
-        container_name: name.into(),
-        ..Default::default()
-    }
-}
-
-async fn attach(
-    client: &mut AgentServiceClient<Channel>,
-    container: &Netns,
-    network: &str,
-    name: &str,
-) -> agent::Attachment {
-    client.attach(attach_request(container, network, name)).await.unwrap().into_inner().attachment.unwrap()
-}
-
-fn ip_of(attachment: &agent::Attachment) -> String {
-    attachment.ipv4_address.split('/').next().unwrap().to_string()
-}
-
-/// Waits until `check` holds, up to `timeout`.
-async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A ping that must succeed; retried briefly, as the remote host programs its side within the
-/// convergence bound rather than before our attach returns.
-async fn reaches(from: &Netns, ip: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if from.try_exec(&["ping", "-c", "1", "-W", "1", "-q", ip]).status.success() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A ping that must fail: a few probes, none answered.
-fn blocked(from: &Netns, ip: &str) -> bool {
-    !from.try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", ip]).status.success()
-}
+use weft_testbed::{Netns, root_or_skip};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_two_networks_isolation_egress_and_cleanup() {
@@ -405,7 +166,9 @@ async fn drift_is_repaired_and_restarts_or_outages_do_not_stop_traffic() {
     // With the agent down, or every controller down, traffic keeps flowing.
     lab.kill_agent(1);
     assert!(reaches(&c1, &target).await, "agent on h2 down");
-    lab.stop_controller();
+    for i in 0..lab::CONTROLLERS.len() {
+        lab.stop_controller(i);
+    }
     assert!(reaches(&c1, &target).await, "controllers down");
 
     // Uninstall removes weft's links and tables, and nothing else.
@@ -420,4 +183,26 @@ async fn drift_is_repaired_and_restarts_or_outages_do_not_stop_traffic() {
     let tables = h1ns.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("weft") && tables.contains("someone_elses"), "{tables}");
     assert!(!lab.hosts[0].state.join("sandboxes.json").exists());
+}
+
+/// Agents know every controller: when the one they watch and write through dies, they carry
+/// on through the others, and what one host attaches reaches the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_carry_on_when_a_controller_dies() {
+    if !root_or_skip("agents_carry_on_when_a_controller_dies") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    lab.create_network("amber", false);
+    let (c1, c2) = (Netns::new("c"), Netns::new("c"));
+    let mut h1 = lab.agent(0).await;
+    let e1 = attach(&mut h1, &c1, "amber", "c1").await;
+    // The first member is every agent's first choice; without it, watch and writes move on.
+    lab.stop_controller(0);
+    let mut h2 = lab.agent(1).await;
+    let mut waiting = attach_request(&c2, "amber", "c2");
+    waiting.wait_everywhere = true;
+    let e2 = h2.attach(waiting).await.unwrap().into_inner().attachment.unwrap();
+    assert!(c1.pings(&ip_of(&e2)), "h1 did not learn of c2 after losing its controller");
+    assert!(c2.pings(&ip_of(&e1)));
 }

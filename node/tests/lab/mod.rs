@@ -1,0 +1,286 @@
+//! The lab the agent's tests and benchmarks run in: hosts as network namespaces on a shared
+//! underlay, each with its own `weft-node`; a three-member controller cluster in a namespace
+//! of its own; and an "outside" namespace standing in for the internet. Everything is torn
+//! down when the lab drops, failed test or not.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use weft_api::agent;
+use weft_api::agent::agent_service_client::AgentServiceClient;
+use weft_api::pb;
+use weft_api::pb::cluster_service_client::ClusterServiceClient;
+use weft_api::pb::network_service_client::NetworkServiceClient;
+use weft_testbed::{Netns, Underlay};
+
+pub type Boxed<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+pub const NODE: &str = env!("CARGO_BIN_EXE_weft-node");
+pub const UNDERLAY: &str = "192.168.77";
+pub const OUTSIDE: &str = "192.168.77.254";
+/// The controllers' addresses: one namespace, three ports.
+pub const CONTROLLERS: [&str; 3] = ["192.168.77.250:7001", "192.168.77.250:7002", "192.168.77.250:7003"];
+
+/// `weft-controller`, built next to `weft-node` when the workspace is built.
+fn controller_binary() -> PathBuf {
+    let path = Path::new(NODE).with_file_name("weft-controller");
+    assert!(
+        path.exists(),
+        "{} is missing: build the whole workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+pub struct Host {
+    pub ns: Netns,
+    pub name: String,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub agent: Option<Child>,
+}
+
+/// Hosts on an underlay with an "outside" namespace standing in for the internet (it has no
+/// route back to container subnets, so a reply reaches a container only through NAT), and a
+/// controller in a namespace of its own.
+pub struct Lab {
+    pub hosts: Vec<Host>,
+    controllers: Vec<Option<Child>>,
+    pub ctl: Netns,
+    pub outside: Netns,
+    _underlay: Underlay,
+    tmp: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new(hosts: usize) -> Lab {
+        let underlay = Underlay::new(UNDERLAY);
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = Netns::new("o");
+        underlay.join(&outside, 254, 1500);
+        let ctl = Netns::new("k");
+        underlay.join(&ctl, 250, 1500);
+        let hosts = (1..=hosts)
+            .map(|i| {
+                let ns = Netns::new("h");
+                underlay.join(&ns, u8::try_from(i).unwrap(), 1500);
+                ns.exec(&["ip", "route", "add", "default", "via", OUTSIDE]);
+                Host {
+                    ns,
+                    name: format!("h{i}"),
+                    socket: tmp.path().join(format!("h{i}.sock")),
+                    state: tmp.path().join(format!("h{i}")),
+                    agent: None,
+                }
+            })
+            .collect();
+        let manifest = tmp.path().join("cluster.toml");
+        let members: Vec<String> = CONTROLLERS
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ id = {}, address = \"{a}\" }}", i + 1))
+            .collect();
+        std::fs::write(&manifest, format!("cluster_id = \"lab\"\nmembers = [{}]\n", members.join(", ")))
+            .unwrap();
+        let mut lab =
+            Lab { hosts, controllers: vec![None, None, None], ctl, outside, _underlay: underlay, tmp };
+        for i in 0..CONTROLLERS.len() {
+            lab.start_controller(i);
+        }
+        for i in 0..lab.hosts.len() {
+            lab.start_agent(i);
+        }
+        lab
+    }
+
+    pub fn start_controller(&mut self, i: usize) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ctl.name])
+            .arg(controller_binary())
+            .args(["--id", &(i + 1).to_string(), "--listen", CONTROLLERS[i], "--data-dir"])
+            .arg(self.tmp.path().join(format!("controller{}", i + 1)))
+            .arg("--manifest")
+            .arg(self.tmp.path().join("cluster.toml"))
+            .env("RUST_LOG", "warn,openraft=off")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.controllers[i] = Some(child);
+    }
+
+    /// `kill -9` of one controller.
+    pub fn stop_controller(&mut self, i: usize) {
+        if let Some(mut child) = self.controllers[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn start_agent(&mut self, i: usize) {
+        let host = &mut self.hosts[i];
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &host.ns.name,
+                NODE,
+                "--controllers",
+                &CONTROLLERS.join(","),
+                "--name",
+                &host.name,
+            ])
+            .arg("--socket")
+            .arg(&host.socket)
+            .arg("--state-dir")
+            .arg(&host.state)
+            .args(["--resync-ms", "500", "--heartbeat-ms", "300", "--request-timeout-ms", "3000"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        host.agent = Some(child);
+    }
+
+    /// `kill -9` of a host's agent: its kernel state stays as it was.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut child) = self.hosts[i].agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn agent(&self, i: usize) -> AgentServiceClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut client) = weft_node::client::connect(&self.hosts[i].socket).await {
+                if client.list(agent::ListRequest {}).await.is_ok() {
+                    return client;
+                }
+            }
+            assert!(Instant::now() < deadline, "agent on {} did not come up", self.hosts[i].name);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs a request against the controller from inside its namespace.
+    pub fn networks<T: Send>(
+        &self,
+        call: impl FnOnce(NetworkServiceClient<Channel>) -> Boxed<T> + Send,
+    ) -> T {
+        tokio::task::block_in_place(|| {
+            self.ctl.run_in(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    // A member that answers, past the cluster's first configuration (writes
+                    // are refused before it).
+                    let channel = 'found: loop {
+                        let mut problem = String::new();
+                        for address in CONTROLLERS {
+                            let Ok(channel) =
+                                Channel::from_shared(format!("http://{address}")).unwrap().connect().await
+                            else {
+                                continue;
+                            };
+                            match ClusterServiceClient::new(channel.clone())
+                                .status(pb::StatusRequest {})
+                                .await
+                            {
+                                Ok(s) if !s.get_ref().cluster_id.is_empty() && s.get_ref().leader_id != 0 => {
+                                    break 'found channel;
+                                }
+                                Ok(_) => problem = format!("{address}: not ready"),
+                                Err(e) => problem = format!("{address}: {e}"),
+                            }
+                        }
+                        assert!(Instant::now() < deadline, "no controller ready: {problem}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    };
+                    call(NetworkServiceClient::new(channel)).await
+                })
+            })
+        })
+    }
+
+    pub fn create_network(&self, name: &str, internal: bool) -> pb::Network {
+        let request = pb::CreateNetworkRequest { name: name.into(), internal, ..Default::default() };
+        self.networks(move |mut client| {
+            Box::pin(async move { client.create_network(request).await.unwrap().into_inner() })
+        })
+    }
+
+    pub fn remove_network(&self, name: &str) {
+        let request = pb::RemoveNetworkRequest { network: name.into(), force: false };
+        self.networks(move |mut client| {
+            Box::pin(async move { client.remove_network(request).await.unwrap() })
+        });
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.hosts.len() {
+            self.kill_agent(i);
+        }
+        for i in 0..CONTROLLERS.len() {
+            self.stop_controller(i);
+        }
+        // The namespaces (and everything in them) go as their guards drop.
+    }
+}
+
+pub fn attach_request(container: &Netns, network: &str, name: &str) -> agent::AttachRequest {
+    agent::AttachRequest {
+        netns: container.path(),
+        network: network.into(),
+        container_id: format!("{name}-{}", container.name),
+        container_name: name.into(),
+        ..Default::default()
+    }
+}
+
+pub async fn attach(
+    client: &mut AgentServiceClient<Channel>,
+    container: &Netns,
+    network: &str,
+    name: &str,
+) -> agent::Attachment {
+    client.attach(attach_request(container, network, name)).await.unwrap().into_inner().attachment.unwrap()
+}
+
+pub fn ip_of(attachment: &agent::Attachment) -> String {
+    attachment.ipv4_address.split('/').next().unwrap().to_string()
+}
+
+/// Waits until `check` holds, up to `timeout`.
+pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A ping that must succeed; retried briefly, as the remote host programs its side within the
+/// convergence bound rather than before our attach returns.
+pub async fn reaches(from: &Netns, ip: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if from.try_exec(&["ping", "-c", "1", "-W", "1", "-q", ip]).status.success() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A ping that must fail: a few probes, none answered.
+pub fn blocked(from: &Netns, ip: &str) -> bool {
+    !from.try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", ip]).status.success()
+}
