@@ -19,6 +19,11 @@ use crate::desired::{Host, desired, host_veth, rules};
 use crate::mirror::{EndpointView, Mirror, NetworkView, endpoint_view};
 use crate::sandboxes::{Sandbox, Sandboxes};
 
+/// Largest watch message the agent accepts: a full snapshot arrives as one message, about
+/// 220 bytes per endpoint (100,000 endpoints: ~22 MB). gRPC's default of 4 MiB broke the
+/// stream at ~20,000 endpoints.
+const MAX_SNAPSHOT_BYTES: usize = 512 * 1024 * 1024;
+
 /// How the agent is run.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -162,7 +167,8 @@ impl Agent {
             let (i, address) = self.controllers.preferred();
             let address = address.to_string();
             let from_revision = self.shared().mirror.revision;
-            let mut client = WatchServiceClient::new(self.controllers.channel(i));
+            let mut client = WatchServiceClient::new(self.controllers.channel(i))
+                .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
             match client.watch(pb::WatchRequest { from_revision }).await {
                 Ok(response) => {
                     let mut stream = response.into_inner();

@@ -206,3 +206,69 @@ async fn agents_carry_on_when_a_controller_dies() {
     assert!(c1.pings(&ip_of(&e2)), "h1 did not learn of c2 after losing its controller");
     assert!(c2.pings(&ip_of(&e1)));
 }
+
+/// A registry whose snapshot is larger than gRPC's default 4 MiB message limit still reaches
+/// an agent (it broke the watch stream at about 20,000 endpoints once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_the_default_grpc_limit_reaches_the_agent() {
+    use weft_api::pb::endpoint_service_client::EndpointServiceClient;
+    use weft_api::pb::node_service_client::NodeServiceClient;
+    if !root_or_skip("a_snapshot_larger_than_the_default_grpc_limit_reaches_the_agent") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    let network = lab.create(pb::CreateNetworkRequest {
+        name: "wide".into(),
+        ipam_config: vec![pb::IpamConfig { subnet: "100.64.0.0/20".into(), ..Default::default() }],
+        ..Default::default()
+    });
+    lab.kill_agent(0);
+    let count = 2500;
+    lab.with_controller(move |channel| {
+        Box::pin(async move {
+            NodeServiceClient::new(channel.clone())
+                .register_node(pb::RegisterNodeRequest {
+                    name: "far".into(),
+                    underlay_address: format!("{UNDERLAY}.200"),
+                    underlay_mtu: 1500,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let tasks: Vec<_> = (0..16)
+                .map(|w| {
+                    let mut client = EndpointServiceClient::new(channel.clone());
+                    tokio::spawn(async move {
+                        for k in (w..count).step_by(16) {
+                            // ~2 KB per endpoint: 32 long aliases.
+                            let aliases =
+                                (0..32).map(|a| format!("alias-{k}-{a}-{}", "x".repeat(48))).collect();
+                            let request = pb::CreateEndpointRequest {
+                                network: "wide".into(),
+                                node: "far".into(),
+                                container_id: format!("r{k}"),
+                                container_name: format!("r{k}"),
+                                aliases,
+                                ..Default::default()
+                            };
+                            client.create_endpoint(request).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+    });
+    lab.start_agent(0);
+    let mut h1 = lab.agent(0).await;
+    let c1 = Netns::new("c");
+    attach(&mut h1, &c1, "wide", "c1").await;
+    let vxlan = format!("weftx{}", network.vni);
+    eventually("every remote endpoint programmed", Duration::from_secs(20), || {
+        let fdb = lab.hosts[0].ns.exec(&["bridge", "fdb", "show", "dev", &vxlan]);
+        fdb.lines().filter(|l| l.contains(&format!("dst {UNDERLAY}.200"))).count() == count
+    })
+    .await;
+}

@@ -171,6 +171,12 @@ impl Lab {
         &self,
         call: impl FnOnce(NetworkServiceClient<Channel>) -> Boxed<T> + Send,
     ) -> T {
+        self.with_controller(|channel| call(NetworkServiceClient::new(channel)))
+    }
+
+    /// Runs requests against a ready controller from inside the controllers' namespace (on a
+    /// runtime of its own there, so its sockets belong to that namespace).
+    pub fn with_controller<T: Send>(&self, call: impl FnOnce(Channel) -> Boxed<T> + Send) -> T {
         tokio::task::block_in_place(|| {
             self.ctl.run_in(|| {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -200,14 +206,17 @@ impl Lab {
                         assert!(Instant::now() < deadline, "no controller ready: {problem}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     };
-                    call(NetworkServiceClient::new(channel)).await
+                    call(channel).await
                 })
             })
         })
     }
 
     pub fn create_network(&self, name: &str, internal: bool) -> pb::Network {
-        let request = pb::CreateNetworkRequest { name: name.into(), internal, ..Default::default() };
+        self.create(pb::CreateNetworkRequest { name: name.into(), internal, ..Default::default() })
+    }
+
+    pub fn create(&self, request: pb::CreateNetworkRequest) -> pb::Network {
         self.networks(move |mut client| {
             Box::pin(async move { client.create_network(request).await.unwrap().into_inner() })
         })

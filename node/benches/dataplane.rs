@@ -1,0 +1,262 @@
+//! Data-plane benchmarks in the namespace lab (needs root):
+//! - how fast one agent programs remote endpoints (FDB + neighbour entries) from a snapshot;
+//! - convergence: from an attach returning on one host to another host's entries being in
+//!   place, with 10 hosts;
+//! - TCP throughput container to container across hosts against the bare underlay (iperf3).
+//!
+//! `cargo bench -p weft-node --bench dataplane` (release build). Prints Markdown for
+//! BENCHMARKS.md. `WEFT_BENCH_REMOTES` sets the remote endpoint count (default 20000),
+//! `WEFT_BENCH_ATTACHES` the convergence samples (default 200).
+
+#[path = "../tests/lab/mod.rs"]
+mod lab;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lab::*;
+use weft_api::agent;
+use weft_api::pb;
+use weft_api::pb::endpoint_service_client::EndpointServiceClient;
+use weft_api::pb::node_service_client::NodeServiceClient;
+use weft_dataplane::Kernel;
+use weft_testbed::{Netns, root_or_skip};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The nearest-rank percentile, given in thousandths.
+fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[(((sorted.len() - 1) * per_mille + 500) / 1000).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Registers a host that has no agent and creates `count` endpoints on it, 64 at a time.
+fn remote_endpoints(lab: &Lab, network: &str, count: usize) -> u64 {
+    let network = network.to_string();
+    lab.with_controller(move |channel| {
+        Box::pin(async move {
+            NodeServiceClient::new(channel.clone())
+                .register_node(pb::RegisterNodeRequest {
+                    name: "elsewhere".into(),
+                    underlay_address: format!("{UNDERLAY}.200"),
+                    underlay_mtu: 1500,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let workers = 64;
+            let tasks: Vec<_> = (0..workers)
+                .map(|w| {
+                    let mut client = EndpointServiceClient::new(channel.clone());
+                    let network = network.clone();
+                    tokio::spawn(async move {
+                        let mut last = 0;
+                        for k in (w..count).step_by(workers) {
+                            let request = pb::CreateEndpointRequest {
+                                network: network.clone(),
+                                node: "elsewhere".into(),
+                                container_id: format!("r{k}"),
+                                container_name: format!("r{k}"),
+                                ..Default::default()
+                            };
+                            last = last.max(
+                                client.create_endpoint(request).await.unwrap().into_inner().created_revision,
+                            );
+                        }
+                        last
+                    })
+                })
+                .collect();
+            let mut last = 0;
+            for task in tasks {
+                last = last.max(task.await.unwrap());
+            }
+            last
+        })
+    })
+}
+
+async fn wait_applied(lab: &Lab, host: usize, revision: u64, timeout: Duration) -> Instant {
+    let mut client = lab.agent(host).await;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let applied = client.list(agent::ListRequest {}).await.unwrap().into_inner().applied_revision;
+        if applied >= revision {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "host {host} stuck at revision {applied} < {revision}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn programming_rate() {
+    let remotes = env_or("WEFT_BENCH_REMOTES", 20_000);
+    let mut lab = Lab::new(1);
+    let network = lab.create(pb::CreateNetworkRequest {
+        name: "big".into(),
+        ipam_config: vec![pb::IpamConfig { subnet: "100.64.0.0/14".into(), ..Default::default() }],
+        ..Default::default()
+    });
+    let container = Netns::new("c");
+    let mut h1 = lab.agent(0).await;
+    attach(&mut h1, &container, "big", "local").await;
+    drop(h1);
+
+    // From a snapshot: the agent restarts to find every remote endpoint missing.
+    lab.kill_agent(0);
+    let revision = remote_endpoints(&lab, &network.id, remotes);
+    let began = Instant::now();
+    lab.start_agent(0);
+    let done = wait_applied(&lab, 0, revision, Duration::from_secs(300)).await;
+    let cold = done - began;
+    let fdb = lab.hosts[0].ns.exec(&["bridge", "fdb", "show", "dev", &format!("weftx{}", network.vni)]);
+    let programmed = fdb.lines().filter(|l| l.contains(&format!("dst {UNDERLAY}.200"))).count();
+    assert_eq!(programmed, remotes, "every remote endpoint has its FDB entry");
+
+    println!("| remote endpoints | how | time | endpoints/s (FDB + neighbour entry each) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {remotes} | agent start (snapshot, one pass; includes process start and registration) | {} | {:.0} |",
+        ms(cold),
+        remotes as f64 / cold.as_secs_f64()
+    );
+    let kernel = Kernel::connect_in(&PathBuf::from(lab.hosts[0].ns.path())).await.unwrap();
+    let began = Instant::now();
+    let observed = kernel.observe().await.unwrap();
+    let dump = began.elapsed();
+    println!(
+        "| {remotes} | one full dump for a resync ({} FDB + {} neighbour entries) | {} | — |",
+        observed.fdb.values().map(|m| m.len()).sum::<usize>(),
+        observed.neighbours.values().map(|m| m.len()).sum::<usize>(),
+        ms(dump)
+    );
+    println!();
+}
+
+async fn convergence() {
+    let samples = env_or("WEFT_BENCH_ATTACHES", 200);
+    let hosts = 10;
+    let lab = Lab::new(hosts);
+    let network = lab.create_network("conv", false);
+    let vxlan = format!("weftx{}", network.vni);
+    let mut agents = Vec::new();
+    let mut kernels = Vec::new();
+    let mut containers = Vec::new();
+    for i in 0..hosts {
+        let mut client = lab.agent(i).await;
+        // One container per host first, so every host has the network's devices.
+        let c = Netns::new("c");
+        attach(&mut client, &c, "conv", &format!("base{i}")).await;
+        containers.push(c);
+        agents.push(client);
+        kernels.push(Kernel::connect_in(&PathBuf::from(lab.hosts[i].ns.path())).await.unwrap());
+    }
+    let mut latencies = Vec::with_capacity(samples);
+    let mut attach_times = Vec::with_capacity(samples);
+    for k in 0..samples {
+        let (from, to) = (k % hosts, (k + 1) % hosts);
+        let c = Netns::new("c");
+        let began = Instant::now();
+        let attachment = attach(&mut agents[from], &c, "conv", &format!("s{k}")).await;
+        let returned = Instant::now();
+        attach_times.push(returned - began);
+        let mac = weft_node::mirror::parse_mac(&attachment.mac_address).unwrap();
+        let deadline = returned + Duration::from_secs(10);
+        loop {
+            let observed = kernels[to].observe().await.unwrap();
+            if observed.fdb.get(&vxlan).is_some_and(|f| f.contains_key(&mac)) {
+                latencies.push(returned.elapsed());
+                break;
+            }
+            assert!(Instant::now() < deadline, "host {to} never programmed {mac}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Keep namespace count bounded: detach and drop the container again.
+        agents[from]
+            .detach(agent::DetachRequest { network: "conv".into(), container_id: attachment.container_id })
+            .await
+            .unwrap();
+    }
+    latencies.sort();
+    attach_times.sort();
+    println!("| {hosts} hosts, {samples} attaches | p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    println!(
+        "| attach returns (allocate + plumb locally) | {} | {} | {} |",
+        ms(percentile(&attach_times, 500)),
+        ms(percentile(&attach_times, 990)),
+        ms(*attach_times.last().unwrap())
+    );
+    println!(
+        "| attach returned on A → FDB entry on B | {} | {} | {} |",
+        ms(percentile(&latencies, 500)),
+        ms(percentile(&latencies, 990)),
+        ms(*latencies.last().unwrap())
+    );
+    println!();
+}
+
+/// iperf3 for `seconds` from `client` to `server_ip` (a server started in `server`); Gbit/s.
+fn iperf(client: &Netns, server: &Netns, server_ip: &str, seconds: u32) -> f64 {
+    server.exec(&["iperf3", "-s", "-D", "-1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client.exec(&["iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"]);
+    let key = "\"bits_per_second\":";
+    // The receiver's summary is the last bits_per_second in the report.
+    let bits: f64 = out
+        .rmatch_indices(key)
+        .next()
+        .and_then(|(i, _)| out[i + key.len()..].trim_start().split([',', '\n']).next()?.trim().parse().ok())
+        .expect("iperf3 report");
+    bits / 1e9
+}
+
+async fn throughput() {
+    if weft_testbed::output("sh", &["-c", "command -v iperf3"]).stdout.is_empty() {
+        println!("(iperf3 not installed: throughput skipped; apt-get install iperf3)\n");
+        return;
+    }
+    let lab = Lab::new(2);
+    lab.create_network("fast", false);
+    let (c1, c2) = (Netns::new("c"), Netns::new("c"));
+    let mut h1 = lab.agent(0).await;
+    let mut h2 = lab.agent(1).await;
+    attach(&mut h1, &c1, "fast", "c1").await;
+    let mut waiting = attach_request(&c2, "fast", "c2");
+    waiting.wait_everywhere = true;
+    let e2 = h2.attach(waiting).await.unwrap().into_inner().attachment.unwrap();
+    let seconds = 5;
+    let underlay = iperf(&lab.hosts[0].ns, &lab.hosts[1].ns, &format!("{UNDERLAY}.2"), seconds);
+    let overlay = iperf(&c1, &c2, &ip_of(&e2), seconds);
+    println!("| TCP, {seconds} s, iperf3 | Gbit/s |");
+    println!("|---|---|");
+    println!("| bare underlay, host 1 → host 2 (MTU 1500) | {underlay:.2} |");
+    println!("| container → container over VXLAN (MTU {}) | {overlay:.2} |", e2.mtu);
+    println!("| ratio | **{:.0} %** |", overlay / underlay * 100.0);
+    println!();
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if !root_or_skip("the data-plane benchmarks") {
+        return;
+    }
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
+    if only.is_empty() || only == "programming" {
+        programming_rate().await;
+    }
+    if only.is_empty() || only == "convergence" {
+        convergence().await;
+    }
+    if only.is_empty() || only == "throughput" {
+        throughput().await;
+    }
+}
