@@ -272,3 +272,30 @@ async fn a_snapshot_larger_than_the_default_grpc_limit_reaches_the_agent() {
     })
     .await;
 }
+
+/// A dual-stack network: containers on two hosts reach each other and their gateway over IPv6
+/// too (neighbour entries answer neighbour discovery locally, as ARP for IPv4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_networks_carry_ipv6_across_hosts() {
+    if !root_or_skip("dual_stack_networks_carry_ipv6_across_hosts") {
+        return;
+    }
+    let lab = Lab::new(2);
+    let network =
+        lab.create(pb::CreateNetworkRequest { name: "both".into(), enable_ipv6: true, ..Default::default() });
+    assert_eq!(network.ipam_config.len(), 2, "{network:?}");
+    let (c1, c2) = (Netns::new("c"), Netns::new("c"));
+    let mut h1 = lab.agent(0).await;
+    let mut h2 = lab.agent(1).await;
+    let e1 = attach(&mut h1, &c1, "both", "c1").await;
+    let mut waiting = attach_request(&c2, "both", "c2");
+    waiting.wait_everywhere = true;
+    let e2 = h2.attach(waiting).await.unwrap().into_inner().attachment.unwrap();
+    let v6 = |a: &agent::Attachment| a.ipv6_address.split('/').next().unwrap().to_string();
+    assert!(!e2.ipv6_address.is_empty() && !e2.ipv6_gateway.is_empty(), "{e2:?}");
+    assert!(reaches(&c1, &v6(&e2)).await, "c1 -> c2 over IPv6");
+    assert!(reaches(&c2, &v6(&e1)).await, "c2 -> c1 over IPv6");
+    assert!(reaches(&c1, &e1.ipv6_gateway).await, "the IPv6 gateway");
+    let routes = c1.exec(&["ip", "-6", "route"]);
+    assert!(routes.contains(&format!("default via {}", e1.ipv6_gateway)), "{routes}");
+}
