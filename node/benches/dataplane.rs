@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 use lab::*;
 use weft_api::agent;
 use weft_api::pb;
-use weft_api::pb::endpoint_service_client::EndpointServiceClient;
-use weft_api::pb::node_service_client::NodeServiceClient;
 use weft_dataplane::Kernel;
 use weft_testbed::{Netns, root_or_skip};
 
@@ -36,52 +34,6 @@ fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// Registers a host that has no agent and creates `count` endpoints on it, 64 at a time.
-fn remote_endpoints(lab: &Lab, network: &str, count: usize) -> u64 {
-    let network = network.to_string();
-    lab.with_controller(move |channel| {
-        Box::pin(async move {
-            NodeServiceClient::new(channel.clone())
-                .register_node(pb::RegisterNodeRequest {
-                    name: "elsewhere".into(),
-                    underlay_address: format!("{UNDERLAY}.200"),
-                    underlay_mtu: 1500,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let workers = 64;
-            let tasks: Vec<_> = (0..workers)
-                .map(|w| {
-                    let mut client = EndpointServiceClient::new(channel.clone());
-                    let network = network.clone();
-                    tokio::spawn(async move {
-                        let mut last = 0;
-                        for k in (w..count).step_by(workers) {
-                            let request = pb::CreateEndpointRequest {
-                                network: network.clone(),
-                                node: "elsewhere".into(),
-                                container_id: format!("r{k}"),
-                                container_name: format!("r{k}"),
-                                ..Default::default()
-                            };
-                            last = last.max(
-                                client.create_endpoint(request).await.unwrap().into_inner().created_revision,
-                            );
-                        }
-                        last
-                    })
-                })
-                .collect();
-            let mut last = 0;
-            for task in tasks {
-                last = last.max(task.await.unwrap());
-            }
-            last
-        })
-    })
 }
 
 async fn wait_applied(lab: &Lab, host: usize, revision: u64, timeout: Duration) -> Instant {
@@ -112,7 +64,7 @@ async fn programming_rate() {
 
     // From a snapshot: the agent restarts to find every remote endpoint missing.
     lab.kill_agent(0);
-    let revision = remote_endpoints(&lab, &network.id, remotes);
+    let revision = lab.remote_endpoints(&network.id, remotes, 0);
     let began = Instant::now();
     lab.start_agent(0);
     let done = wait_applied(&lab, 0, revision, Duration::from_secs(300)).await;

@@ -211,8 +211,6 @@ async fn agents_carry_on_when_a_controller_dies() {
 /// an agent (it broke the watch stream at about 20,000 endpoints once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_larger_than_the_default_grpc_limit_reaches_the_agent() {
-    use weft_api::pb::endpoint_service_client::EndpointServiceClient;
-    use weft_api::pb::node_service_client::NodeServiceClient;
     if !root_or_skip("a_snapshot_larger_than_the_default_grpc_limit_reaches_the_agent") {
         return;
     }
@@ -224,43 +222,8 @@ async fn a_snapshot_larger_than_the_default_grpc_limit_reaches_the_agent() {
     });
     lab.kill_agent(0);
     let count = 2500;
-    lab.with_controller(move |channel| {
-        Box::pin(async move {
-            NodeServiceClient::new(channel.clone())
-                .register_node(pb::RegisterNodeRequest {
-                    name: "far".into(),
-                    underlay_address: format!("{UNDERLAY}.200"),
-                    underlay_mtu: 1500,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let tasks: Vec<_> = (0..16)
-                .map(|w| {
-                    let mut client = EndpointServiceClient::new(channel.clone());
-                    tokio::spawn(async move {
-                        for k in (w..count).step_by(16) {
-                            // ~2 KB per endpoint: 32 long aliases.
-                            let aliases =
-                                (0..32).map(|a| format!("alias-{k}-{a}-{}", "x".repeat(48))).collect();
-                            let request = pb::CreateEndpointRequest {
-                                network: "wide".into(),
-                                node: "far".into(),
-                                container_id: format!("r{k}"),
-                                container_name: format!("r{k}"),
-                                aliases,
-                                ..Default::default()
-                            };
-                            client.create_endpoint(request).await.unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for task in tasks {
-                task.await.unwrap();
-            }
-        })
-    });
+    // ~2 KB per endpoint: 32 long aliases.
+    lab.remote_endpoints("wide", count, 32);
     lab.start_agent(0);
     let mut h1 = lab.agent(0).await;
     let c1 = Netns::new("c");

@@ -14,7 +14,9 @@ use weft_api::agent;
 use weft_api::agent::agent_service_client::AgentServiceClient;
 use weft_api::pb;
 use weft_api::pb::cluster_service_client::ClusterServiceClient;
+use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_api::pb::network_service_client::NetworkServiceClient;
+use weft_api::pb::node_service_client::NodeServiceClient;
 use weft_testbed::{Netns, Underlay};
 
 pub type Boxed<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -219,6 +221,62 @@ impl Lab {
     pub fn create(&self, request: pb::CreateNetworkRequest) -> pb::Network {
         self.networks(move |mut client| {
             Box::pin(async move { client.create_network(request).await.unwrap().into_inner() })
+        })
+    }
+
+    /// Registers a host (`elsewhere`, VTEP `.200`) that runs no agent and creates `count`
+    /// endpoints on it, 64 at a time, each with `aliases` long aliases (to make the registry
+    /// big); returns the last revision.
+    pub fn remote_endpoints(&self, network: &str, count: usize, aliases: usize) -> u64 {
+        let network = network.to_string();
+        self.with_controller(move |channel| {
+            Box::pin(async move {
+                NodeServiceClient::new(channel.clone())
+                    .register_node(pb::RegisterNodeRequest {
+                        name: "elsewhere".into(),
+                        underlay_address: format!("{UNDERLAY}.200"),
+                        underlay_mtu: 1500,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                let workers = 64;
+                let tasks: Vec<_> = (0..workers)
+                    .map(|w| {
+                        let mut client = EndpointServiceClient::new(channel.clone());
+                        let network = network.clone();
+                        tokio::spawn(async move {
+                            let mut last = 0;
+                            for k in (w..count).step_by(workers) {
+                                let request = pb::CreateEndpointRequest {
+                                    network: network.clone(),
+                                    node: "elsewhere".into(),
+                                    container_id: format!("r{k}"),
+                                    container_name: format!("r{k}"),
+                                    aliases: (0..aliases)
+                                        .map(|a| format!("alias-{k}-{a}-{}", "x".repeat(48)))
+                                        .collect(),
+                                    ..Default::default()
+                                };
+                                last = last.max(
+                                    client
+                                        .create_endpoint(request)
+                                        .await
+                                        .unwrap()
+                                        .into_inner()
+                                        .created_revision,
+                                );
+                            }
+                            last
+                        })
+                    })
+                    .collect();
+                let mut last = 0;
+                for task in tasks {
+                    last = last.max(task.await.unwrap());
+                }
+                last
+            })
         })
     }
 
