@@ -1,8 +1,11 @@
 //! The agent: registers its host, follows the registry, keeps the kernel in line with it, and
 //! attaches and detaches containers for the local API.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -12,7 +15,9 @@ use weft_api::pb;
 use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_api::pb::node_service_client::NodeServiceClient;
 use weft_api::pb::watch_service_client::WatchServiceClient;
-use weft_dataplane::{Kernel, KernelError, plan};
+use weft_dataplane::{Desired, Kernel, KernelError, plan};
+use weft_dns::server::Dns;
+use weft_dns::{EndpointRecord, NameTable};
 
 use crate::controllers::Controllers;
 use crate::desired::{Host, desired, host_veth, rules};
@@ -34,6 +39,8 @@ pub struct Settings {
     /// Full resync period: drift is repaired within it.
     pub resync: Duration,
     pub request_timeout: Duration,
+    /// Port of the DNS server on each local network's gateway.
+    pub dns_port: u16,
 }
 
 struct Shared {
@@ -55,6 +62,11 @@ pub struct Agent {
     /// Sends a heartbeat at once: the controllers learn a new applied revision without
     /// waiting a period (the applied-everywhere barrier waits on it).
     beat_now: Notify,
+    dns: Arc<Dns>,
+    /// DNS listeners by address, one per local network's gateway.
+    dns_listeners: Mutex<HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
+    /// The registry revision the DNS table was built from.
+    dns_revision: AtomicU64,
 }
 
 impl std::fmt::Debug for Agent {
@@ -72,7 +84,12 @@ fn internal(what: impl std::fmt::Display) -> Status {
 }
 
 impl Agent {
-    pub fn new(settings: Settings, controllers: Controllers, kernel: Kernel) -> anyhow::Result<Agent> {
+    pub fn new(
+        settings: Settings,
+        controllers: Controllers,
+        kernel: Kernel,
+        dns: Arc<Dns>,
+    ) -> anyhow::Result<Agent> {
         std::fs::create_dir_all(&settings.state_dir)
             .map_err(|e| anyhow::anyhow!("creating state directory {}: {e}", settings.state_dir.display()))?;
         let sandboxes = Sandboxes::load(&sandbox_file(&settings.state_dir))?;
@@ -86,6 +103,9 @@ impl Agent {
             wake: Notify::new(),
             applied,
             beat_now: Notify::new(),
+            dns,
+            dns_listeners: Mutex::new(HashMap::new()),
+            dns_revision: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -267,6 +287,7 @@ impl Agent {
             tracing::debug!(ops = ops.len(), revision, "reconciling");
         }
         let mut errors = self.kernel.apply(&ops).await;
+        self.refresh_dns(&want, revision).await;
         if full || loaded_rules.as_deref() != Some(script.as_str()) {
             let loaded = weft_dataplane::rules::enable_forwarding()
                 .and_then(|()| weft_dataplane::rules::load(&script));
@@ -282,6 +303,65 @@ impl Agent {
             self.beat_now.notify_one();
         }
         errors
+    }
+
+    /// Rebuilds the name table when the registry moved, and listens on the gateway of every
+    /// network present here (a gateway whose address is not usable yet is retried next pass).
+    async fn refresh_dns(&self, want: &Desired, revision: u64) {
+        if self.dns_revision.swap(revision, Ordering::Relaxed) != revision {
+            let table = {
+                let shared = self.shared();
+                let mirror = &shared.mirror;
+                NameTable::build(mirror.endpoints.values().filter_map(|e| {
+                    let network = mirror.networks.get(&e.network_id)?;
+                    Some(EndpointRecord {
+                        network_id: e.network_id.clone(),
+                        network_name: network.name.clone(),
+                        node: e.node.clone(),
+                        container_id: e.container_id.clone(),
+                        name: e.container_name.clone(),
+                        aliases: e.aliases.clone(),
+                        ipv4: e.ipv4.and_then(|a| match a.ip {
+                            std::net::IpAddr::V4(v4) => Some(v4),
+                            std::net::IpAddr::V6(_) => None,
+                        }),
+                        ipv6: e.ipv6.and_then(|a| match a.ip {
+                            std::net::IpAddr::V6(v6) => Some(v6),
+                            std::net::IpAddr::V4(_) => None,
+                        }),
+                    })
+                }))
+            };
+            self.dns.set_table(table);
+        }
+        let wanted: Vec<SocketAddr> = want
+            .networks
+            .values()
+            .flat_map(|n| n.gateway_addresses.iter().map(|g| SocketAddr::new(g.ip, self.settings.dns_port)))
+            .collect();
+        let missing: Vec<SocketAddr> = {
+            let mut listeners = self.dns_listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            listeners.retain(|address, task| {
+                let keep = wanted.contains(address);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            wanted.iter().filter(|a| !listeners.contains_key(a)).copied().collect()
+        };
+        for address in missing {
+            match weft_dns::server::listen(self.dns.clone(), address).await {
+                Ok(task) => {
+                    tracing::info!(%address, "DNS listening");
+                    self.dns_listeners
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(address, task);
+                }
+                Err(e) => tracing::debug!(%address, error = %e, "DNS cannot listen yet; retrying next pass"),
+            }
+        }
     }
 
     fn save_sandboxes(&self, sandboxes: &Sandboxes) -> Result<(), Status> {
@@ -342,7 +422,7 @@ impl Agent {
             .await?
             .into_inner();
         let endpoint = endpoint_view(&created).map_err(internal)?;
-        match self.plumb(&endpoint, &netns).await {
+        match self.plumb(&endpoint, &netns, request.write_resolv_conf).await {
             Ok(attachment) if request.wait_everywhere => self.await_everywhere(attachment).await,
             Ok(attachment) => Ok(attachment),
             Err(status) => {
@@ -389,7 +469,12 @@ impl Agent {
         }
     }
 
-    async fn plumb(&self, endpoint: &EndpointView, netns: &Path) -> Result<agent::Attachment, Status> {
+    async fn plumb(
+        &self,
+        endpoint: &EndpointView,
+        netns: &Path,
+        resolv_conf: bool,
+    ) -> Result<agent::Attachment, Status> {
         let network = self.wait_for_network(&endpoint.network_id).await?;
         let (sandbox, sandboxes) = {
             let mut shared = self.shared();
@@ -411,6 +496,10 @@ impl Agent {
         };
         self.save_sandboxes(&sandboxes)?;
         let errors = self.reconcile().await;
+        let attachment = self.attachment(endpoint, &sandbox, &network);
+        if resolv_conf && sandbox.default_route {
+            write_resolv_conf(netns, &attachment)?;
+        }
         if !self.kernel.link_is_up(&host_veth(endpoint)).await {
             let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
             return Err(Status::failed_precondition(format!(
@@ -420,7 +509,7 @@ impl Agent {
                 if why.is_empty() { "the interface did not come up".to_string() } else { why.join("; ") }
             )));
         }
-        Ok(self.attachment(endpoint, &sandbox, &network))
+        Ok(attachment)
     }
 
     /// The mirror learns of a network a moment after it is created; an endpoint can name one
@@ -547,6 +636,38 @@ impl Agent {
             ipv6_gateway: gateway(true),
             mtu,
             revision: endpoint.revision,
+            dns_servers: network
+                .gateways
+                .iter()
+                .filter(|g| g.ip.is_ipv4())
+                .map(|g| g.ip.to_string())
+                .collect(),
+            dns_search: vec![network.name.clone()],
         }
     }
+}
+
+/// `/etc/netns/NAME/resolv.conf` for a namespace at `/run/netns/NAME`, which `ip netns exec`
+/// shows the container as its resolv.conf.
+fn write_resolv_conf(netns: &Path, attachment: &agent::Attachment) -> Result<(), Status> {
+    let name = netns
+        .strip_prefix("/run/netns")
+        .ok()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "write_resolv_conf needs a namespace made with `ip netns add` (/run/netns/NAME), not {}",
+                netns.display()
+            ))
+        })?;
+    let dir = Path::new("/etc/netns").join(name);
+    let mut text = String::from("# written by weft-node\n");
+    for server in &attachment.dns_servers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    text.push_str(&format!("search {}\noptions ndots:0\n", attachment.dns_search.join(" ")));
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join("resolv.conf"), text))
+        .map_err(|e| internal(format!("writing {}/resolv.conf: {e}", dir.display())))
 }

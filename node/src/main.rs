@@ -51,6 +51,22 @@ struct Flags {
     /// Deadline of every request to the controllers.
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
+    /// Port of the DNS server on each local network's gateway.
+    #[arg(long, default_value_t = 53)]
+    dns_port: u16,
+    /// Resolvers for names that are not containers' (ip or ip:port, comma separated; default:
+    /// the nameservers of /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<String>,
+    /// TTL of weft's DNS answers, in seconds: short, since they follow the registry.
+    #[arg(long, default_value_t = 5)]
+    dns_ttl: u32,
+    /// How long one upstream resolver gets before the next is asked.
+    #[arg(long, default_value_t = 1000)]
+    dns_upstream_timeout_ms: u64,
+    /// Forwards to upstream resolvers in flight at once; beyond that, queries get REFUSED.
+    #[arg(long, default_value_t = 1024)]
+    dns_max_forwards: usize,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -109,8 +125,30 @@ async fn main() -> anyhow::Result<()> {
         heartbeat: Duration::from_millis(flags.heartbeat_ms),
         resync: Duration::from_millis(flags.resync_ms),
         request_timeout: timeout,
+        dns_port: flags.dns_port,
     };
-    let agent = Arc::new(Agent::new(settings, controllers, kernel)?);
+    let upstreams = if flags.dns_upstream.is_empty() {
+        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        weft_dns::server::upstreams_from_resolv_conf(&conf)
+    } else {
+        flags
+            .dns_upstream
+            .iter()
+            .map(|u| {
+                u.parse::<std::net::SocketAddr>()
+                    .or_else(|_| u.parse::<IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+                    .map_err(|_| anyhow::anyhow!("--dns-upstream {u:?}: expected an IP address or ip:port"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    tracing::info!(?upstreams, "DNS upstream resolvers");
+    let dns = weft_dns::server::Dns::new(weft_dns::server::Settings {
+        ttl: flags.dns_ttl,
+        upstreams,
+        upstream_timeout: Duration::from_millis(flags.dns_upstream_timeout_ms),
+        max_forwards: flags.dns_max_forwards,
+    });
+    let agent = Arc::new(Agent::new(settings, controllers, kernel, dns)?);
 
     agent.register().await;
     let tasks = [

@@ -80,7 +80,8 @@ pub fn answer(packet: &[u8], asker: IpAddr, table: &NameTable, ttl: u32, udp: bo
 /// A REFUSED answer to `packet` (when forwarding is saturated), or nothing for garbage.
 pub fn refused(packet: &[u8]) -> Option<Vec<u8>> {
     let request = Message::from_vec(packet).ok()?;
-    let mut response = Message::error_msg(request.metadata.id, request.metadata.op_code, ResponseCode::Refused);
+    let mut response =
+        Message::error_msg(request.metadata.id, request.metadata.op_code, ResponseCode::Refused);
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.add_queries(request.queries);
     response.to_vec().ok()
@@ -89,7 +90,8 @@ pub fn refused(packet: &[u8]) -> Option<Vec<u8>> {
 /// A SERVFAIL answer to `packet` (when every upstream failed), or nothing for garbage.
 pub fn server_failure(packet: &[u8]) -> Option<Vec<u8>> {
     let request = Message::from_vec(packet).ok()?;
-    let mut response = Message::error_msg(request.metadata.id, request.metadata.op_code, ResponseCode::ServFail);
+    let mut response =
+        Message::error_msg(request.metadata.id, request.metadata.op_code, ResponseCode::ServFail);
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.metadata.recursion_available = true;
     response.add_queries(request.queries);

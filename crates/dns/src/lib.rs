@@ -10,6 +10,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod answer;
+pub mod server;
 pub mod table;
 
 pub use table::{EndpointRecord, Lookup, NameTable};

@@ -28,6 +28,9 @@ struct NetworkNames {
     reverse: HashMap<IpAddr, String>,
 }
 
+/// A sandbox's addresses and the networks they are on.
+type Sandbox = (Vec<IpAddr>, Vec<Arc<str>>);
+
 /// What a lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -61,9 +64,11 @@ impl NameTable {
     pub fn build(records: impl IntoIterator<Item = EndpointRecord>) -> NameTable {
         let mut table = NameTable::default();
         let mut ids: HashMap<String, Arc<str>> = HashMap::new();
-        let mut sandboxes: HashMap<(String, String), (Vec<IpAddr>, Vec<Arc<str>>)> = HashMap::new();
+        // (host, container) → the sandbox's addresses and networks.
+        let mut sandboxes: HashMap<(String, String), Sandbox> = HashMap::new();
         for r in records {
-            let id = ids.entry(r.network_id.clone()).or_insert_with(|| Arc::from(r.network_id.as_str())).clone();
+            let id =
+                ids.entry(r.network_id.clone()).or_insert_with(|| Arc::from(r.network_id.as_str())).clone();
             let network = lower(&r.network_name);
             table.network_names.insert(network.clone());
             let names = table.networks.entry(id.clone()).or_default();
@@ -170,7 +175,14 @@ pub fn parse_reverse(name: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    fn record(network: &str, node: &str, container: &str, name: &str, aliases: &[&str], ip: &str) -> EndpointRecord {
+    fn record(
+        network: &str,
+        node: &str,
+        container: &str,
+        name: &str,
+        aliases: &[&str],
+        ip: &str,
+    ) -> EndpointRecord {
         EndpointRecord {
             network_id: format!("id-{network}"),
             network_name: network.into(),

@@ -145,6 +145,8 @@ impl Drop for Netns {
             let _ = output("kill", &["-9", pid]);
         }
         let _ = output("ip", &["netns", "del", &self.name]);
+        // Files `ip netns exec` shows inside (resolv.conf written by weft-node).
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
     }
 }
 

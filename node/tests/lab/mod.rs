@@ -24,6 +24,12 @@ pub type Boxed<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 pub const NODE: &str = env!("CARGO_BIN_EXE_weft-node");
 pub const UNDERLAY: &str = "192.168.77";
 pub const OUTSIDE: &str = "192.168.77.254";
+/// An underlay address nobody holds: an upstream resolver that never answers.
+pub const DEAD_UPSTREAM: &str = "192.168.77.252";
+/// The stub upstream resolver answers this name (and NXDOMAIN for anything else).
+pub const OUTSIDE_NAME: &str = "outside.example.";
+pub const OUTSIDE_NAME_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 80);
+
 /// The controllers' addresses: one namespace, three ports.
 pub const CONTROLLERS: [&str; 3] = ["192.168.77.250:7001", "192.168.77.250:7002", "192.168.77.250:7003"];
 
@@ -140,6 +146,13 @@ impl Lab {
             .arg("--state-dir")
             .arg(&host.state)
             .args(["--resync-ms", "500", "--heartbeat-ms", "300", "--request-timeout-ms", "3000"])
+            // A dead upstream first (nothing answers at .252), then the lab's stub.
+            .args([
+                "--dns-upstream",
+                &format!("{DEAD_UPSTREAM},{OUTSIDE}"),
+                "--dns-upstream-timeout-ms",
+                "300",
+            ])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .spawn()
@@ -350,4 +363,66 @@ pub async fn reaches(from: &Netns, ip: &str) -> bool {
 /// A ping that must fail: a few probes, none answered.
 pub fn blocked(from: &Netns, ip: &str) -> bool {
     !from.try_exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", ip]).status.success()
+}
+
+/// A stub upstream resolver in the outside namespace (port 53 of the outside address): it
+/// answers [`OUTSIDE_NAME`] and NXDOMAIN for the rest, and counts queries. Stops on drop.
+pub struct StubUpstream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lab {
+    pub fn stub_upstream(&self) -> StubUpstream {
+        use hickory_proto::op::{Message, ResponseCode};
+        use hickory_proto::rr::{RData, Record, rdata::A};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let path = self.outside.path();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn({
+            let (stop, queries) = (stop.clone(), queries.clone());
+            move || {
+                let ns = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let socket = std::net::UdpSocket::bind((OUTSIDE, 53)).unwrap();
+                socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut buffer = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((len, peer)) = socket.recv_from(&mut buffer) else { continue };
+                    let Ok(request) = Message::from_vec(&buffer[..len]) else { continue };
+                    queries.fetch_add(1, Ordering::Relaxed);
+                    let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+                    response.metadata.recursion_desired = request.metadata.recursion_desired;
+                    response.metadata.recursion_available = true;
+                    response.add_queries(request.queries.clone());
+                    match request.queries.first() {
+                        Some(q) if q.name().to_ascii().eq_ignore_ascii_case(OUTSIDE_NAME) => {
+                            response.add_answer(Record::from_rdata(
+                                q.name().clone(),
+                                60,
+                                RData::A(A(OUTSIDE_NAME_ADDRESS)),
+                            ));
+                        }
+                        _ => response.metadata.response_code = ResponseCode::NXDomain,
+                    }
+                    let _ = socket.send_to(&response.to_vec().unwrap(), peer);
+                }
+            }
+        });
+        ready.recv().unwrap();
+        StubUpstream { stop, queries, thread: Some(thread) }
+    }
+}
+
+impl Drop for StubUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -1,0 +1,205 @@
+//! The sockets: UDP and TCP listeners on each local network's gateway, answering from the
+//! current name table and forwarding the rest to upstream resolvers. Local names never wait
+//! on an upstream: forwards run in their own tasks, bounded in number; when all slots are
+//! taken the asker gets REFUSED at once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+
+use crate::answer::{Outcome, answer, refused, server_failure};
+use crate::table::NameTable;
+
+/// How the server answers and forwards.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// TTL of weft's answers: short, since records follow the registry.
+    pub ttl: u32,
+    /// Upstream resolvers, tried in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// How long one upstream gets before the next is tried.
+    pub upstream_timeout: Duration,
+    /// Forwards in flight at once; beyond that, REFUSED.
+    pub max_forwards: usize,
+}
+
+#[derive(Debug)]
+pub struct Dns {
+    settings: Settings,
+    table: RwLock<Arc<NameTable>>,
+    forwards: Arc<Semaphore>,
+}
+
+/// The resolvers named in a resolv.conf, on port 53.
+pub fn upstreams_from_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().split('%').next()?.parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+impl Dns {
+    pub fn new(settings: Settings) -> Arc<Dns> {
+        let forwards = Arc::new(Semaphore::new(settings.max_forwards.max(1)));
+        Arc::new(Dns { settings, table: RwLock::new(Arc::new(NameTable::default())), forwards })
+    }
+
+    /// Swaps in a new table; queries in flight finish with the old one.
+    pub fn set_table(&self, table: NameTable) {
+        *self.table.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(table);
+    }
+
+    fn table(&self) -> Arc<NameTable> {
+        self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Answers queries on `socket` until the task is dropped.
+    pub async fn serve_udp(self: Arc<Self>, socket: UdpSocket) {
+        let socket = Arc::new(socket);
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            let (len, peer) = match socket.recv_from(&mut buffer).await {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::debug!(error = %e, "DNS receive failed");
+                    continue;
+                }
+            };
+            let packet = &buffer[..len];
+            match answer(packet, peer.ip(), &self.table(), self.settings.ttl, true) {
+                Outcome::Reply(bytes) => {
+                    let _ = socket.send_to(&bytes, peer).await;
+                }
+                Outcome::Drop => {}
+                Outcome::Forward => {
+                    let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
+                        if let Some(bytes) = refused(packet) {
+                            let _ = socket.send_to(&bytes, peer).await;
+                        }
+                        continue;
+                    };
+                    let (dns, socket, packet) = (self.clone(), socket.clone(), packet.to_vec());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let reply = match dns.forward_udp(&packet).await {
+                            Some(reply) => Some(reply),
+                            None => server_failure(&packet),
+                        };
+                        if let Some(reply) = reply {
+                            let _ = socket.send_to(&reply, peer).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Answers queries over TCP (for answers too big for UDP) until the task is dropped.
+    pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let dns = self.clone();
+            tokio::spawn(async move {
+                // An idle or stuck client cannot hold the connection forever.
+                let _ = tokio::time::timeout(Duration::from_secs(10), dns.tcp_connection(stream, peer)).await;
+            });
+        }
+    }
+
+    async fn tcp_connection(&self, mut stream: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+        loop {
+            let length = usize::from(stream.read_u16().await?);
+            let mut packet = vec![0u8; length];
+            stream.read_exact(&mut packet).await?;
+            let reply = match answer(&packet, peer.ip(), &self.table(), self.settings.ttl, false) {
+                Outcome::Reply(bytes) => Some(bytes),
+                Outcome::Drop => return Ok(()),
+                Outcome::Forward => match self.forwards.clone().try_acquire_owned() {
+                    Ok(_permit) => self.forward_tcp(&packet).await.or_else(|| server_failure(&packet)),
+                    Err(_) => refused(&packet),
+                },
+            };
+            if let Some(reply) = reply {
+                let length = u16::try_from(reply.len()).unwrap_or(u16::MAX);
+                stream.write_u16(length).await?;
+                stream.write_all(&reply[..usize::from(length)]).await?;
+            }
+        }
+    }
+
+    /// Asks each upstream in turn over UDP; the first answer with the query's id wins.
+    async fn forward_udp(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        let id = packet.get(..2)?;
+        for upstream in &self.settings.upstreams {
+            let local: SocketAddr =
+                if upstream.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+            let Ok(socket) = UdpSocket::bind(local).await else { continue };
+            if socket.send_to(packet, upstream).await.is_err() {
+                continue;
+            }
+            let mut buffer = vec![0u8; 4096];
+            let deadline = tokio::time::Instant::now() + self.settings.upstream_timeout;
+            while let Ok(Ok((len, from))) =
+                tokio::time::timeout_at(deadline, socket.recv_from(&mut buffer)).await
+            {
+                if from == *upstream && buffer.get(..2) == Some(id) {
+                    buffer.truncate(len);
+                    return Some(buffer);
+                }
+            }
+            tracing::debug!(%upstream, "upstream resolver did not answer in time; trying the next");
+        }
+        None
+    }
+
+    /// Asks each upstream in turn over TCP.
+    async fn forward_tcp(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        for upstream in &self.settings.upstreams {
+            let attempt = async {
+                let mut stream = TcpStream::connect(upstream).await?;
+                stream.write_u16(u16::try_from(packet.len()).unwrap_or(u16::MAX)).await?;
+                stream.write_all(packet).await?;
+                let length = usize::from(stream.read_u16().await?);
+                let mut reply = vec![0u8; length];
+                stream.read_exact(&mut reply).await?;
+                Ok::<_, std::io::Error>(reply)
+            };
+            if let Ok(Ok(reply)) = tokio::time::timeout(self.settings.upstream_timeout, attempt).await {
+                return Some(reply);
+            }
+        }
+        None
+    }
+}
+
+/// Binds UDP and TCP on `address` and serves both until the returned task is aborted.
+pub async fn listen(dns: Arc<Dns>, address: SocketAddr) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let udp = UdpSocket::bind(address).await?;
+    let tcp = TcpListener::bind(address).await?;
+    Ok(tokio::spawn(async move {
+        tokio::join!(dns.clone().serve_udp(udp), dns.serve_tcp(tcp));
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_come_from_nameserver_lines() {
+        let conf = "# generated\nsearch example.org\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n  nameserver 2001:db8::53\noptions ndots:1\nnameserver bogus\n";
+        assert_eq!(
+            upstreams_from_resolv_conf(conf),
+            vec![
+                "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
+                "[fe80::1]:53".parse().unwrap(),
+                "[2001:db8::53]:53".parse().unwrap()
+            ]
+        );
+    }
+}
