@@ -11,8 +11,9 @@ say() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages the build and the tests use. Installed only when missing.
 # iproute2, iputils-ping, nftables and procps: the kernel tests build hosts and containers as
-# namespaces, ping across them, load nftables rules and clean up processes.
-packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables procps)
+# namespaces, ping across them, load nftables rules and clean up processes; bind9-dnsutils
+# gives the DNS tests dig.
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables procps bind9-dnsutils)
 
 missing=()
 for pkg in "${packages[@]}"; do

@@ -2,11 +2,13 @@
 //! - how fast one agent programs remote endpoints (FDB + neighbour entries) from a snapshot;
 //! - convergence: from an attach returning on one host to another host's entries being in
 //!   place, with 10 hosts;
-//! - TCP throughput container to container across hosts against the bare underlay (iperf3).
+//! - TCP throughput container to container across hosts against the bare underlay (iperf3);
+//! - DNS queries/s and latency from a container (dnsperf).
 //!
 //! `cargo bench -p weft-node --bench dataplane` (release build). Prints Markdown for
 //! BENCHMARKS.md. `WEFT_BENCH_REMOTES` sets the remote endpoint count (default 20000),
-//! `WEFT_BENCH_ATTACHES` the convergence samples (default 200).
+//! `WEFT_BENCH_ATTACHES` the convergence samples (default 200). A name (`programming`,
+//! `convergence`, `throughput`, `dns`) runs one part.
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -196,6 +198,68 @@ async fn throughput() {
     println!();
 }
 
+/// dnsperf from a container: `WEFT_BENCH_DNS_SECONDS` (default 10) at full speed for
+/// queries/s, then at a fixed rate with per-query output for the latency percentiles.
+async fn dns() {
+    if weft_testbed::output("sh", &["-c", "command -v dnsperf"]).stdout.is_empty() {
+        println!("(dnsperf not installed: DNS skipped; apt-get install dnsperf)\n");
+        return;
+    }
+    let seconds = env_or("WEFT_BENCH_DNS_SECONDS", 10).to_string();
+    let mut lab = Lab::new(2);
+    lab.create(pb::CreateNetworkRequest {
+        name: "names".into(),
+        ipam_config: vec![pb::IpamConfig { subnet: "100.64.0.0/16".into(), ..Default::default() }],
+        ..Default::default()
+    });
+    let asker = Netns::new("c");
+    let mut h1 = lab.agent(0).await;
+    let me = attach(&mut h1, &asker, "names", "asker").await;
+    // 1,000 containers on another host (registered without an agent), queried by name.
+    lab.kill_agent(1);
+    let revision = lab.remote_endpoints("names", 1000, 0);
+    wait_applied(&lab, 0, revision, Duration::from_secs(60)).await;
+    let queries = (0..1000).map(|k| format!("r{k} A\n")).collect::<String>();
+    let file = lab.tmp_path().join("queries.txt");
+    std::fs::write(&file, queries).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let server = me.ipv4_gateway.clone();
+    let full = asker
+        .exec(&["dnsperf", "-s", &server, "-d", &file, "-l", &seconds, "-c", "8", "-T", "1", "-q", "200"]);
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let qps = field(&full, "Queries per second:");
+    let lost = field(&full, "Queries lost:");
+    // Latency at a rate the machine sustains: every answer's time, from dnsperf -v.
+    let rate = "20000";
+    let verbose = asker
+        .exec(&["dnsperf", "-s", &server, "-d", &file, "-l", "5", "-Q", rate, "-c", "8", "-T", "1", "-v"]);
+    let mut latencies: Vec<f64> = verbose
+        .lines()
+        .filter(|l| l.starts_with("> NOERROR"))
+        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: usize| {
+        latencies.get((latencies.len().saturating_sub(1) * p + 500) / 1000).copied().unwrap_or(0.0)
+    };
+    println!("| DNS, dnsperf from a container, 1,000 names on another host | value |");
+    println!("|---|---|");
+    println!("| queries/s, full speed, {seconds} s (lost: {lost}) | **{qps}** |");
+    println!(
+        "| latency at {rate} queries/s: p50 / p99 / max ({} answers) | {:.3} ms / {:.3} ms / {:.3} ms |",
+        latencies.len(),
+        pct(500) * 1000.0,
+        pct(990) * 1000.0,
+        latencies.last().copied().unwrap_or(0.0) * 1000.0
+    );
+    println!();
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if !root_or_skip("the data-plane benchmarks") {
@@ -210,5 +274,8 @@ async fn main() {
     }
     if only.is_empty() || only == "throughput" {
         throughput().await;
+    }
+    if only.is_empty() || only == "dns" {
+        dns().await;
     }
 }

@@ -58,47 +58,6 @@ impl Dns {
         self.table.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Answers queries on `socket` until the task is dropped.
-    pub async fn serve_udp(self: Arc<Self>, socket: UdpSocket) {
-        let socket = Arc::new(socket);
-        let mut buffer = vec![0u8; 4096];
-        loop {
-            let (len, peer) = match socket.recv_from(&mut buffer).await {
-                Ok(received) => received,
-                Err(e) => {
-                    tracing::debug!(error = %e, "DNS receive failed");
-                    continue;
-                }
-            };
-            let packet = &buffer[..len];
-            match answer(packet, peer.ip(), &self.table(), self.settings.ttl, true) {
-                Outcome::Reply(bytes) => {
-                    let _ = socket.send_to(&bytes, peer).await;
-                }
-                Outcome::Drop => {}
-                Outcome::Forward => {
-                    let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
-                        if let Some(bytes) = refused(packet) {
-                            let _ = socket.send_to(&bytes, peer).await;
-                        }
-                        continue;
-                    };
-                    let (dns, socket, packet) = (self.clone(), socket.clone(), packet.to_vec());
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        let reply = match dns.forward_udp(&packet).await {
-                            Some(reply) => Some(reply),
-                            None => server_failure(&packet),
-                        };
-                        if let Some(reply) = reply {
-                            let _ = socket.send_to(&reply, peer).await;
-                        }
-                    });
-                }
-            }
-        }
-    }
-
     /// Answers queries over TCP (for answers too big for UDP) until the task is dropped.
     pub async fn serve_tcp(self: Arc<Self>, listener: TcpListener) {
         loop {
@@ -177,13 +136,76 @@ impl Dns {
     }
 }
 
+/// UDP threads per listening address: blocking loops answer local names without a trip
+/// through the async runtime (fewer wake-ups per query); forwards go to the runtime.
+const UDP_THREADS: usize = 2;
+
 /// Binds UDP and TCP on `address` and serves both until the returned task is aborted.
 pub async fn listen(dns: Arc<Dns>, address: SocketAddr) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let udp = UdpSocket::bind(address).await?;
+    let udp = std::net::UdpSocket::bind(address)?;
+    // Wakes the loops now and then to notice they should stop.
+    udp.set_read_timeout(Some(Duration::from_millis(200)))?;
     let tcp = TcpListener::bind(address).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runtime = tokio::runtime::Handle::current();
+    for _ in 0..UDP_THREADS {
+        let (dns, socket, stop, runtime) = (dns.clone(), udp.try_clone()?, stop.clone(), runtime.clone());
+        std::thread::Builder::new()
+            .name(format!("dns {address}"))
+            .spawn(move || dns.serve_udp_blocking(&socket, &stop, &runtime))?;
+    }
     Ok(tokio::spawn(async move {
-        tokio::join!(dns.clone().serve_udp(udp), dns.serve_tcp(tcp));
+        let _stop = StopOnDrop(stop);
+        dns.serve_tcp(tcp).await;
     }))
+}
+
+/// Tells the UDP threads to stop when the listener's task ends (is aborted).
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Dns {
+    fn serve_udp_blocking(
+        self: Arc<Self>,
+        socket: &std::net::UdpSocket,
+        stop: &std::sync::atomic::AtomicBool,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        let mut buffer = vec![0u8; 4096];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((len, peer)) = socket.recv_from(&mut buffer) else { continue };
+            let packet = &buffer[..len];
+            match answer(packet, peer.ip(), &self.table(), self.settings.ttl, true) {
+                Outcome::Reply(bytes) => {
+                    let _ = socket.send_to(&bytes, peer);
+                }
+                Outcome::Drop => {}
+                Outcome::Forward => {
+                    let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
+                        if let Some(bytes) = refused(packet) {
+                            let _ = socket.send_to(&bytes, peer);
+                        }
+                        continue;
+                    };
+                    let Ok(reply_socket) = socket.try_clone() else { continue };
+                    let (dns, packet) = (self.clone(), packet.to_vec());
+                    runtime.spawn(async move {
+                        let _permit = permit;
+                        if let Some(reply) =
+                            dns.forward_udp(&packet).await.or_else(|| server_failure(&packet))
+                        {
+                            let _ = reply_socket.send_to(&reply, peer);
+                        }
+                    });
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

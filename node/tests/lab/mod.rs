@@ -374,6 +374,11 @@ pub struct StubUpstream {
 }
 
 impl Lab {
+    /// A directory that lives as long as the lab.
+    pub fn tmp_path(&self) -> &Path {
+        self.tmp.path()
+    }
+
     pub fn stub_upstream(&self) -> StubUpstream {
         use hickory_proto::op::{Message, ResponseCode};
         use hickory_proto::rr::{RData, Record, rdata::A};
