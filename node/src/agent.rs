@@ -581,6 +581,11 @@ impl Agent {
         };
         self.release(&network.id, &endpoint.container_id).await?;
         self.forget(&endpoint.id);
+        let still_attached =
+            self.shared().sandboxes.endpoints.values().any(|s| s.container_id == endpoint.container_id);
+        if !still_attached {
+            remove_resolv_conf(&sandbox.netns);
+        }
         let errors = self.reconcile().await;
         if let Some(e) = errors.first() {
             tracing::warn!(error = %e, "detach left something behind; the next resync retries");
@@ -662,7 +667,7 @@ fn write_resolv_conf(netns: &Path, attachment: &agent::Attachment) -> Result<(),
             ))
         })?;
     let dir = Path::new("/etc/netns").join(name);
-    let mut text = String::from("# written by weft-node\n");
+    let mut text = String::from(RESOLV_CONF_MARK);
     for server in &attachment.dns_servers {
         text.push_str(&format!("nameserver {server}\n"));
     }
@@ -670,4 +675,23 @@ fn write_resolv_conf(netns: &Path, attachment: &agent::Attachment) -> Result<(),
     std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(dir.join("resolv.conf"), text))
         .map_err(|e| internal(format!("writing {}/resolv.conf: {e}", dir.display())))
+}
+
+/// First line of every resolv.conf weft writes: only those are ever removed.
+const RESOLV_CONF_MARK: &str = "# written by weft-node\n";
+
+/// Removes the resolv.conf weft wrote for an `ip netns` namespace once the container has left
+/// its last network (and the directory, when nothing else is in it).
+fn remove_resolv_conf(netns: &Path) {
+    let Some(name) =
+        netns.strip_prefix("/run/netns").ok().and_then(|n| n.to_str()).filter(|n| !n.contains('/'))
+    else {
+        return;
+    };
+    let dir = Path::new("/etc/netns").join(name);
+    let file = dir.join("resolv.conf");
+    if std::fs::read_to_string(&file).is_ok_and(|t| t.starts_with(RESOLV_CONF_MARK)) {
+        let _ = std::fs::remove_file(&file);
+        let _ = std::fs::remove_dir(&dir);
+    }
 }

@@ -113,4 +113,15 @@ async fn containers_resolve_each_other_by_name_across_hosts() {
     .await
     .unwrap();
     eventually("db gone from DNS", Duration::from_secs(5), || status(&c1, "db") == "NXDOMAIN").await;
+
+    // Leaving its last network removes the resolv.conf weft wrote for the container.
+    let resolv_conf = format!("/etc/netns/{}/resolv.conf", c1.name);
+    assert!(std::path::Path::new(&resolv_conf).exists());
+    h1.detach(weft_api::agent::DetachRequest {
+        network: "blue".into(),
+        container_id: web.container_id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(!std::path::Path::new(&resolv_conf).exists(), "{resolv_conf} left behind");
 }

@@ -259,6 +259,9 @@ async fn dual_stack_networks_carry_ipv6_across_hosts() {
     assert!(reaches(&c1, &v6(&e2)).await, "c1 -> c2 over IPv6");
     assert!(reaches(&c2, &v6(&e1)).await, "c2 -> c1 over IPv6");
     assert!(reaches(&c1, &e1.ipv6_gateway).await, "the IPv6 gateway");
+    // DNS answers AAAA for the IPv6 address.
+    let aaaa = c1.exec(&["dig", "+short", &format!("@{}", e1.ipv4_gateway), "AAAA", "c2"]);
+    assert_eq!(aaaa.trim(), v6(&e2), "{aaaa}");
     let routes = c1.exec(&["ip", "-6", "route"]);
     assert!(routes.contains(&format!("default via {}", e1.ipv6_gateway)), "{routes}");
 }
