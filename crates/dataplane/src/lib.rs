@@ -8,6 +8,7 @@ pub mod kernel;
 pub mod model;
 pub mod plan;
 pub mod rules;
+pub mod wireguard;
 
 pub use kernel::{Kernel, KernelError};
 pub use model::{

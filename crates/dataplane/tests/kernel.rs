@@ -143,3 +143,86 @@ fn the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone() {
     assert!(!listed.contains("weft"), "{listed}");
     assert!(listed.contains("table inet mine"), "{listed}");
 }
+
+/// The userspace backend end to end: wireguard-go in two host namespaces, configured only
+/// through weft's UAPI client, carries a ping between the tunnel addresses.
+#[test]
+fn wireguard_go_configured_over_uapi_carries_a_ping() {
+    use weft_dataplane::wireguard::{Key, Peer, Update, apply, get, socket_path};
+    if !root_or_skip("wireguard_go_configured_over_uapi_carries_a_ping") {
+        return;
+    }
+    if weft_testbed::output("sh", &["-c", "command -v wireguard-go"]).stdout.is_empty() {
+        panic!("wireguard-go is not installed (apt-get install wireguard-go)");
+    }
+    let underlay = Underlay::new("192.168.78");
+    let (h1, h2) = (Netns::new("h"), Netns::new("h"));
+    let a = underlay.join(&h1, 1, 1500);
+    let b = underlay.join(&h2, 2, 1500);
+    // Interface names are machine-wide (the UAPI sockets share one directory).
+    let (w1, w2) = (weft_testbed::unique("wg"), weft_testbed::unique("wg"));
+    let mut daemons: Vec<std::process::Child> = [(&h1, &w1), (&h2, &w2)]
+        .into_iter()
+        .map(|(host, name)| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &host.name, "wireguard-go", "-f", name])
+                .env("WG_PROCESS_FOREGROUND", "1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // The daemons and their sockets go even when the test fails.
+    struct Kill<'a>(&'a mut Vec<std::process::Child>, [&'a str; 2]);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            for child in self.0.iter_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            for name in self.1 {
+                let _ = std::fs::remove_file(socket_path(name));
+            }
+        }
+    }
+    let _kill = Kill(&mut daemons, [w1.as_str(), w2.as_str()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(socket_path(&w1).exists() && socket_path(&w2).exists()) {
+        assert!(std::time::Instant::now() < deadline, "wireguard-go did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (k1, k2) = (Key([0x11; 32]), Key([0x22; 32]));
+    let configure = |me: &str, key: Key, peer: Key, peer_at: &str, peer_tunnel: &str| {
+        apply(
+            &socket_path(me),
+            &Update {
+                private_key: Some(key),
+                listen_port: Some(51820),
+                replace_peers: true,
+                peers: vec![Peer {
+                    public_key: peer.public(),
+                    endpoint: Some(format!("{peer_at}:51820").parse().unwrap()),
+                    allowed_ips: vec![(peer_tunnel.parse().unwrap(), 32)],
+                    keepalive_seconds: None,
+                }],
+                remove: vec![],
+            },
+        )
+        .unwrap();
+    };
+    configure(&w1, k1, k2, &b, "10.255.0.2");
+    configure(&w2, k2, k1, &a, "10.255.0.1");
+    for (host, name, me, peer) in
+        [(&h1, &w1, "10.255.0.1", "10.255.0.2"), (&h2, &w2, "10.255.0.2", "10.255.0.1")]
+    {
+        host.exec(&["ip", "addr", "add", &format!("{me}/32"), "dev", name]);
+        host.exec(&["ip", "link", "set", name, "up"]);
+        host.exec(&["ip", "route", "add", &format!("{peer}/32"), "dev", name]);
+    }
+    assert!(h1.pings("10.255.0.2"), "no ping through the tunnel");
+    let device = get(&socket_path(&w1)).unwrap();
+    assert_eq!(device.public_key, Some(k1.public()));
+    assert_eq!(device.peers.len(), 1);
+    assert!(device.peers[0].last_handshake_seconds > 0 && device.peers[0].rx_bytes > 0, "{device:?}");
+}

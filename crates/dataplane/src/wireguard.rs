@@ -1,0 +1,318 @@
+//! WireGuard for encrypted networks: the host's keypair (private key on disk, mode 0600,
+//! never sent anywhere) and a client for WireGuard's cross-platform configuration protocol
+//! (UAPI), which the userspace implementation (`wireguard-go`) serves on a unix socket.
+//! Request building and answer parsing are pure; only [`uapi`] touches the socket.
+//!
+//! weft speaks UAPI itself rather than through wireguard-control: the protocol is a few
+//! lines of text, and it keeps an LGPL dependency and a second netlink stack out of weft.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// A Curve25519 key, as WireGuard uses them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(pub [u8; 32]);
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material; the first bytes of the base64 form are enough to tell
+        // public keys apart in logs.
+        write!(f, "Key({}…)", &self.to_base64()[..8])
+    }
+}
+
+impl Key {
+    /// The base64 form `wg` prints and weft registers.
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+
+    pub fn from_base64(text: &str) -> Option<Key> {
+        let bytes = STANDARD.decode(text.trim()).ok()?;
+        Some(Key(<[u8; 32]>::try_from(bytes.as_slice()).ok()?))
+    }
+
+    /// The hex form UAPI uses.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+
+    pub fn from_hex(text: &str) -> Option<Key> {
+        if text.len() != 64 {
+            return None;
+        }
+        let mut key = [0u8; 32];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Key(key))
+    }
+
+    /// The public key of this private key.
+    pub fn public(&self) -> Key {
+        let secret = x25519_dalek::StaticSecret::from(self.0);
+        Key(x25519_dalek::PublicKey::from(&secret).to_bytes())
+    }
+}
+
+/// Loads the host's private key from `path`, or creates one (mode 0600, created exclusively,
+/// so a concurrent start cannot interleave two keys). Refuses a key file others can read.
+pub fn load_or_create_private_key(path: &Path) -> std::io::Result<Key> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(invalid(format!(
+                    "{} is readable by others (mode {:o}); it must be 0600: chmod 600 it or remove it to make a new key",
+                    path.display(),
+                    mode & 0o777
+                )));
+            }
+            Key::from_base64(&text)
+                .ok_or_else(|| invalid(format!("{} does not hold a base64 WireGuard key", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut random = [0u8; 32];
+            std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+            // Clamped as X25519 requires, so `wg` shows the same key.
+            random[0] &= 248;
+            random[31] = (random[31] & 127) | 64;
+            let key = Key(random);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+            file.write_all(format!("{}\n", key.to_base64()).as_bytes())?;
+            file.sync_all()?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// One peer as weft configures it: another host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub public_key: Key,
+    pub endpoint: Option<SocketAddr>,
+    /// Replaces whatever allowed IPs the peer had.
+    pub allowed_ips: Vec<(IpAddr, u8)>,
+    pub keepalive_seconds: Option<u16>,
+}
+
+/// A change to a WireGuard device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Update {
+    pub private_key: Option<Key>,
+    pub listen_port: Option<u16>,
+    /// Drop every peer not listed in `peers`.
+    pub replace_peers: bool,
+    pub peers: Vec<Peer>,
+    pub remove: Vec<Key>,
+}
+
+/// The `set=1` request for `update`.
+pub fn set_request(update: &Update) -> String {
+    let mut s = String::from("set=1\n");
+    if let Some(key) = &update.private_key {
+        let _ = writeln!(s, "private_key={}", key.to_hex());
+    }
+    if let Some(port) = update.listen_port {
+        let _ = writeln!(s, "listen_port={port}");
+    }
+    if update.replace_peers {
+        s.push_str("replace_peers=true\n");
+    }
+    for peer in &update.peers {
+        let _ = writeln!(s, "public_key={}", peer.public_key.to_hex());
+        if let Some(endpoint) = peer.endpoint {
+            let _ = writeln!(s, "endpoint={endpoint}");
+        }
+        if let Some(seconds) = peer.keepalive_seconds {
+            let _ = writeln!(s, "persistent_keepalive_interval={seconds}");
+        }
+        s.push_str("replace_allowed_ips=true\n");
+        for (ip, prefix) in &peer.allowed_ips {
+            let _ = writeln!(s, "allowed_ip={ip}/{prefix}");
+        }
+    }
+    for key in &update.remove {
+        let _ = writeln!(s, "public_key={}\nremove=true", key.to_hex());
+    }
+    s.push('\n');
+    s
+}
+
+/// A peer as the device reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerState {
+    pub public_key: Option<Key>,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<(IpAddr, u8)>,
+    /// Seconds since the epoch of the last handshake (0: none yet).
+    pub last_handshake_seconds: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// A device as `get=1` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceState {
+    pub public_key: Option<Key>,
+    pub listen_port: u16,
+    pub peers: Vec<PeerState>,
+}
+
+/// Parses the answer to `get=1`; an `errno` other than 0 is an error.
+pub fn parse_get(text: &str) -> Result<DeviceState, String> {
+    let mut device = DeviceState::default();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let (key, value) = line.split_once('=').ok_or_else(|| format!("malformed UAPI line {line:?}"))?;
+        match key {
+            "errno" if value != "0" => return Err(format!("the device answered errno {value}")),
+            "private_key" => device.public_key = Key::from_hex(value).map(|k| k.public()),
+            "listen_port" => device.listen_port = value.parse().unwrap_or(0),
+            "public_key" => {
+                device.peers.push(PeerState { public_key: Key::from_hex(value), ..PeerState::default() })
+            }
+            _ => {
+                let Some(peer) = device.peers.last_mut() else { continue };
+                match key {
+                    "endpoint" => peer.endpoint = value.parse().ok(),
+                    "allowed_ip" => {
+                        if let Some((ip, prefix)) = value.split_once('/') {
+                            if let (Ok(ip), Ok(prefix)) = (ip.parse(), prefix.parse()) {
+                                peer.allowed_ips.push((ip, prefix));
+                            }
+                        }
+                    }
+                    "last_handshake_time_sec" => peer.last_handshake_seconds = value.parse().unwrap_or(0),
+                    "rx_bytes" => peer.rx_bytes = value.parse().unwrap_or(0),
+                    "tx_bytes" => peer.tx_bytes = value.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(device)
+}
+
+/// Where wireguard-go serves UAPI for `interface`. The directory is shared by every network
+/// namespace, so interface names must be unique on the machine.
+pub fn socket_path(interface: &str) -> PathBuf {
+    PathBuf::from(format!("/var/run/wireguard/{interface}.sock"))
+}
+
+/// Sends one UAPI request and returns the answer (up to the blank line that ends it).
+pub fn uapi(socket: &Path, request: &str) -> std::io::Result<String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.ends_with(b"\n\n") {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// Applies `update` to the device behind `socket`.
+pub fn apply(socket: &Path, update: &Update) -> std::io::Result<()> {
+    let answer = uapi(socket, &set_request(update))?;
+    match answer.lines().find_map(|l| l.strip_prefix("errno=")) {
+        Some("0") => Ok(()),
+        Some(errno) => {
+            Err(std::io::Error::other(format!("WireGuard refused the configuration (errno {errno})")))
+        }
+        None => Err(std::io::Error::other("WireGuard gave no answer to the configuration")),
+    }
+}
+
+/// Reads the device behind `socket`.
+pub fn get(socket: &Path) -> std::io::Result<DeviceState> {
+    parse_get(&uapi(socket, "get=1\n\n")?).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_convert_and_derive_the_public_key_as_wg_does() {
+        // `wg pubkey` of this private key (RFC 7748 test vector, as base64).
+        let private = Key::from_base64("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=").unwrap();
+        assert_eq!(private.public().to_base64(), "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=");
+        assert_eq!(Key::from_hex(&private.to_hex()), Some(private));
+        assert_eq!(Key::from_base64("short"), None);
+        assert_eq!(Key::from_hex("zz"), None);
+        assert!(!format!("{private:?}").contains(&private.to_base64()), "Debug never prints a whole key");
+    }
+
+    #[test]
+    fn a_private_key_is_made_once_with_mode_0600_and_refused_when_others_can_read_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wireguard.key");
+        let made = load_or_create_private_key(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create_private_key(&path).unwrap(), made);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = load_or_create_private_key(&path).unwrap_err();
+        assert!(refused.to_string().contains("must be 0600"), "{refused}");
+    }
+
+    #[test]
+    fn a_set_request_replaces_peers_and_their_allowed_ips() {
+        let peer = Key([1; 32]);
+        let gone = Key([2; 32]);
+        let request = set_request(&Update {
+            private_key: Some(Key([3; 32])),
+            listen_port: Some(51820),
+            replace_peers: true,
+            peers: vec![Peer {
+                public_key: peer,
+                endpoint: Some("192.0.2.2:51820".parse().unwrap()),
+                allowed_ips: vec![("10.255.0.2".parse().unwrap(), 32)],
+                keepalive_seconds: Some(25),
+            }],
+            remove: vec![gone],
+        });
+        let expected = format!(
+            "set=1\nprivate_key={}\nlisten_port=51820\nreplace_peers=true\npublic_key={}\nendpoint=192.0.2.2:51820\npersistent_keepalive_interval=25\nreplace_allowed_ips=true\nallowed_ip=10.255.0.2/32\npublic_key={}\nremove=true\n\n",
+            "03".repeat(32),
+            "01".repeat(32),
+            "02".repeat(32)
+        );
+        assert_eq!(request, expected);
+    }
+
+    #[test]
+    fn a_get_answer_parses_and_errors_are_errors() {
+        let text = format!(
+            "private_key={}\nlisten_port=51820\npublic_key={}\nendpoint=192.0.2.2:51820\nallowed_ip=10.255.0.2/32\nlast_handshake_time_sec=1700000000\nrx_bytes=10\ntx_bytes=20\nerrno=0\n\n",
+            "03".repeat(32),
+            "01".repeat(32)
+        );
+        let device = parse_get(&text).unwrap();
+        assert_eq!(device.listen_port, 51820);
+        assert_eq!(device.public_key, Some(Key([3; 32]).public()));
+        assert_eq!(device.peers.len(), 1);
+        assert_eq!(device.peers[0].allowed_ips, vec![("10.255.0.2".parse().unwrap(), 32)]);
+        assert_eq!((device.peers[0].rx_bytes, device.peers[0].tx_bytes), (10, 20));
+        assert!(parse_get("errno=22\n\n").is_err());
+    }
+}
