@@ -96,6 +96,7 @@ mod tests {
             status,
             labels: BTreeMap::new(),
             agent_version: String::new(),
+            wireguard_backend: String::new(),
             registered_ms: 0,
             status_changed_ms: 0,
         }

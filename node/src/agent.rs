@@ -20,9 +20,13 @@ use weft_dns::server::Dns;
 use weft_dns::{EndpointRecord, NameTable};
 
 use crate::controllers::Controllers;
-use crate::desired::{Host, desired, host_veth, rules};
+use crate::desired::{
+    Host, desired, encrypted_vxlan, host_veth, network_mtu, rules, tunnel_address, wireguard_overhead,
+    wireguard_peers,
+};
 use crate::mirror::{EndpointView, Mirror, NetworkView, endpoint_view};
 use crate::sandboxes::{Sandbox, Sandboxes};
+use crate::tunnel::Tunnel;
 
 /// Largest watch message the agent accepts: a full snapshot arrives as one message, about
 /// 220 bytes per endpoint (100,000 endpoints: ~22 MB). gRPC's default of 4 MiB broke the
@@ -41,6 +45,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Port of the DNS server on each local network's gateway.
     pub dns_port: u16,
+    /// The WireGuard interface's name, even when WireGuard is off: encrypted networks'
+    /// VXLAN may leave and enter only through it.
+    pub wireguard_interface: String,
 }
 
 struct Shared {
@@ -63,6 +70,8 @@ pub struct Agent {
     /// waiting a period (the applied-everywhere barrier waits on it).
     beat_now: Notify,
     dns: Arc<Dns>,
+    /// The host's WireGuard interface (none when the operator turned WireGuard off).
+    tunnel: Option<Tunnel>,
     /// DNS listeners by address, one per local network's gateway.
     dns_listeners: Mutex<HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
     /// The registry revision the DNS table was built from.
@@ -89,6 +98,7 @@ impl Agent {
         controllers: Controllers,
         kernel: Kernel,
         dns: Arc<Dns>,
+        tunnel: Option<Tunnel>,
     ) -> anyhow::Result<Agent> {
         std::fs::create_dir_all(&settings.state_dir)
             .map_err(|e| anyhow::anyhow!("creating state directory {}: {e}", settings.state_dir.display()))?;
@@ -104,6 +114,7 @@ impl Agent {
             applied,
             beat_now: Notify::new(),
             dns,
+            tunnel,
             dns_listeners: Mutex::new(HashMap::new()),
             dns_revision: AtomicU64::new(u64::MAX),
         })
@@ -118,16 +129,28 @@ impl Agent {
         *self.applied.borrow()
     }
 
-    /// Registers this host, retrying until some controller accepts it.
-    pub async fn register(&self) {
+    fn registration(&self) -> pb::RegisterNodeRequest {
         let host = &self.settings.host;
-        let request = pb::RegisterNodeRequest {
+        let public_key = self.tunnel.as_ref().and_then(Tunnel::public_key);
+        pb::RegisterNodeRequest {
             name: host.name.clone(),
             underlay_address: host.vtep.to_string(),
             underlay_mtu: host.underlay_mtu,
             agent_version: env!("CARGO_PKG_VERSION").into(),
+            wireguard_public_key: public_key.map(|k| k.to_base64()).unwrap_or_default(),
+            wireguard_port: match (&self.tunnel, public_key) {
+                (Some(tunnel), Some(_)) => u32::from(tunnel.port()),
+                _ => 0,
+            },
+            wireguard_backend: self.tunnel.as_ref().map_or_else(|| "off".to_string(), Tunnel::backend_label),
             ..Default::default()
-        };
+        }
+    }
+
+    /// Registers this host, retrying until some controller accepts it.
+    pub async fn register(&self) {
+        let host = &self.settings.host;
+        let request = self.registration();
         let mut delay = Duration::from_millis(100);
         loop {
             let result = self
@@ -227,10 +250,8 @@ impl Agent {
                     true
                 }
                 Some(Kind::Events(batch)) => {
-                    for event in &batch.events {
-                        if let Err(problem) = shared.mirror.apply(event) {
-                            tracing::warn!(%problem, revision = event.revision, "skipped");
-                        }
+                    for (revision, problem) in shared.mirror.apply(&batch.events) {
+                        tracing::warn!(%problem, revision, "skipped");
                     }
                     shared.mirror.revision != before
                 }
@@ -269,14 +290,19 @@ impl Agent {
 
     async fn reconcile_pass(&self, full: bool) -> Vec<KernelError> {
         let mut loaded_rules = self.reconciling.lock().await;
-        let (want, script, revision) = {
+        let host = &self.settings.host;
+        let (want, script, revision, peers, tunnel_address) = {
             let shared = self.shared();
             if !shared.mirror.synced {
                 return Vec::new();
             }
-            let want = desired(&shared.mirror, &self.settings.host, &shared.sandboxes);
-            let script = weft_dataplane::rules::ruleset(&rules(&shared.mirror, &want));
-            (want, script, shared.mirror.revision)
+            let want = desired(&shared.mirror, host, &shared.sandboxes);
+            let script = weft_dataplane::rules::ruleset(
+                &rules(&shared.mirror, &want),
+                &encrypted_vxlan(&shared.mirror, &self.settings.wireguard_interface),
+            );
+            let peers = wireguard_peers(&shared.mirror, host);
+            (want, script, shared.mirror.revision, peers, tunnel_address(&shared.mirror, host))
         };
         let observed = match self.kernel.observe().await {
             Ok(observed) => observed,
@@ -287,6 +313,10 @@ impl Agent {
             tracing::debug!(ops = ops.len(), revision, "reconciling");
         }
         let mut errors = self.kernel.apply(&ops).await;
+        if let Some(tunnel) = &self.tunnel {
+            let mtu = host.underlay_mtu.saturating_sub(wireguard_overhead(host.vtep));
+            errors.extend(tunnel.sync(&self.kernel, &observed, tunnel_address, mtu, peers).await);
+        }
         self.refresh_dns(&want, revision).await;
         if full || loaded_rules.as_deref() != Some(script.as_str()) {
             let loaded = weft_dataplane::rules::enable_forwarding()
@@ -593,6 +623,38 @@ impl Agent {
         Ok(self.attachment(&endpoint, &sandbox, &network))
     }
 
+    /// Replaces the host's WireGuard key, puts it on the device and registers it. Peers lose
+    /// this host only until they see the new key: one watch event and one handshake.
+    pub async fn rotate_key(&self) -> Result<agent::RotateKeyResponse, Status> {
+        let Some(tunnel) = self.tunnel.as_ref().filter(|t| t.public_key().is_some()) else {
+            return Err(Status::failed_precondition(format!(
+                "this host has no working WireGuard to rotate a key for ({})",
+                self.tunnel.as_ref().map_or_else(|| "off".to_string(), Tunnel::backend_label)
+            )));
+        };
+        let key = tunnel.rotate().map_err(|e| internal(format!("writing the new WireGuard key: {e}")))?;
+        for e in self.reconcile().await {
+            tracing::warn!(error = %e, "after key rotation");
+        }
+        let request = self.registration();
+        self.controllers
+            .call(|c| {
+                let request = request.clone();
+                async move { NodeServiceClient::new(c).register_node(request).await }
+            })
+            .await
+            .map_err(|status| {
+                Status::new(
+                    status.code(),
+                    format!(
+                        "the new key is in place here but not registered ({}); the agent registers it again when it restarts",
+                        status.message()
+                    ),
+                )
+            })?;
+        Ok(agent::RotateKeyResponse { public_key: key.public().to_base64() })
+    }
+
     pub fn list(&self) -> agent::ListResponse {
         let shared = self.shared();
         let attachments = shared
@@ -622,9 +684,7 @@ impl Agent {
                 .map(|g| g.ip.to_string())
                 .unwrap_or_default()
         };
-        let mtu = network
-            .mtu
-            .unwrap_or(self.settings.host.underlay_mtu.saturating_sub(crate::desired::VXLAN_OVERHEAD));
+        let mtu = network_mtu(network, &self.settings.host);
         agent::Attachment {
             endpoint_id: endpoint.id.clone(),
             network_id: network.id.clone(),

@@ -2,16 +2,22 @@
 //! Pure: the reconciler hands the result to `weft_dataplane::plan`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use weft_dataplane::rules::NetworkRules;
-use weft_dataplane::{Desired, LocalEndpoint, NetworkDevices, RemoteEndpoint};
+use weft_dataplane::rules::{EncryptedVxlan, NetworkRules};
+use weft_dataplane::wireguard::Peer;
+use weft_dataplane::{Desired, IfAddr, LocalEndpoint, NetworkDevices, RemoteEndpoint};
 
-use crate::mirror::{EndpointView, Mirror};
+use crate::mirror::{EndpointView, Mirror, NetworkView};
 use crate::sandboxes::Sandboxes;
 
 /// VXLAN over IPv4: outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14.
 pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// WireGuard over an IPv4 underlay: outer IP 20 + UDP 8 + header 16 + tag 16 (80 over IPv6).
+pub fn wireguard_overhead(underlay: IpAddr) -> u32 {
+    if underlay.is_ipv4() { 60 } else { 80 }
+}
 
 /// This host, as the data plane needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +52,17 @@ pub fn desired(mirror: &Mirror, host: &Host, sandboxes: &Sandboxes) -> Desired {
         if local.is_empty() {
             continue;
         }
-        let mtu = network.mtu.unwrap_or(host.underlay_mtu.saturating_sub(VXLAN_OVERHEAD));
+        // An encrypted network's VXLAN runs between tunnel addresses, inside WireGuard. Until
+        // this host has its tunnel address it cannot carry the network at all: nothing is
+        // set up rather than something unencrypted.
+        let tunnel = mirror.nodes.get(&host.name).and_then(|n| n.tunnel);
+        let (local_vtep, overhead) = match (network.encrypted, tunnel) {
+            (false, _) => (host.vtep, VXLAN_OVERHEAD),
+            (true, Some(tunnel)) => (tunnel, VXLAN_OVERHEAD + wireguard_overhead(host.vtep)),
+            (true, None) => continue,
+        };
+        let mtu = network.mtu.unwrap_or(host.underlay_mtu.saturating_sub(overhead));
+        debug_assert_eq!(mtu, network_mtu(network, host));
         let gateways: Vec<IpAddr> = network.gateways.iter().map(|g| g.ip).collect();
         let local = local
             .into_iter()
@@ -69,8 +85,9 @@ pub fn desired(mirror: &Mirror, host: &Host, sandboxes: &Sandboxes) -> Desired {
             .filter(|e| e.node != host.name)
             .filter_map(|e| {
                 let node = mirror.nodes.get(&e.node)?;
+                let vtep = if network.encrypted { node.tunnel? } else { node.underlay };
                 let ips = e.ipv4.iter().chain(e.ipv6.iter()).map(|a| a.ip).collect();
-                Some((e.mac, RemoteEndpoint { mac: e.mac, ips, vtep: node.underlay }))
+                Some((e.mac, RemoteEndpoint { mac: e.mac, ips, vtep }))
             })
             .collect();
         let devices = NetworkDevices {
@@ -79,7 +96,7 @@ pub fn desired(mirror: &Mirror, host: &Host, sandboxes: &Sandboxes) -> Desired {
             vxlan: network.vxlan(),
             vni: network.vni,
             port: mirror.vxlan_port,
-            local_vtep: host.vtep,
+            local_vtep,
             mtu,
             gateway_mac: network.gateway_mac(),
             gateway_addresses: network.gateways.iter().copied().collect(),
@@ -89,6 +106,48 @@ pub fn desired(mirror: &Mirror, host: &Host, sandboxes: &Sandboxes) -> Desired {
         networks.insert(devices.bridge.clone(), devices);
     }
     Desired { networks }
+}
+
+/// A network's MTU on this host: what the user set, or the underlay's less VXLAN (and
+/// WireGuard, for encrypted networks).
+pub fn network_mtu(network: &NetworkView, host: &Host) -> u32 {
+    let overhead = VXLAN_OVERHEAD + if network.encrypted { wireguard_overhead(host.vtep) } else { 0 };
+    network.mtu.unwrap_or(host.underlay_mtu.saturating_sub(overhead))
+}
+
+/// This host's WireGuard peers: every other host that registered a key, reached at its
+/// underlay address, allowed to send from its tunnel address only.
+pub fn wireguard_peers(mirror: &Mirror, host: &Host) -> Vec<Peer> {
+    mirror
+        .nodes
+        .values()
+        .filter(|n| n.name != host.name)
+        .filter_map(|n| {
+            let (public_key, port) = n.wireguard?;
+            let tunnel = n.tunnel?;
+            Some(Peer {
+                public_key,
+                endpoint: Some(SocketAddr::new(n.underlay, port)),
+                allowed_ips: vec![(tunnel, if tunnel.is_ipv4() { 32 } else { 128 })],
+                keepalive_seconds: None,
+            })
+        })
+        .collect()
+}
+
+/// This host's own address on its WireGuard interface.
+pub fn tunnel_address(mirror: &Mirror, host: &Host) -> Option<IfAddr> {
+    let ip = mirror.nodes.get(&host.name)?.tunnel?;
+    Some(IfAddr { ip, prefix: mirror.tunnel_prefix })
+}
+
+/// What keeps encrypted networks' VXLAN inside WireGuard: all of them, present here or not.
+pub fn encrypted_vxlan(mirror: &Mirror, tunnel_interface: &str) -> EncryptedVxlan {
+    EncryptedVxlan {
+        port: mirror.vxlan_port,
+        vnis: mirror.networks.values().filter(|n| n.encrypted).map(|n| n.vni).collect(),
+        tunnel: tunnel_interface.to_string(),
+    }
 }
 
 /// The host rules for the networks present on this host.
@@ -115,6 +174,8 @@ mod tests {
     use std::path::PathBuf;
 
     use weft_api::pb;
+
+    use weft_dataplane::wireguard::Key;
 
     use super::*;
     use crate::mirror::{endpoint_view, network_view};
@@ -161,12 +222,20 @@ mod tests {
             };
             m.endpoints.insert(id.into(), endpoint_view(&ep).unwrap());
         }
-        for (name, addr) in [("h1", "192.0.2.1"), ("h2", "192.0.2.2")] {
+        for (i, (name, addr)) in [("h1", "192.0.2.1"), ("h2", "192.0.2.2")].into_iter().enumerate() {
+            let byte = u8::try_from(i).unwrap() + 1;
             m.nodes.insert(
                 name.into(),
-                crate::mirror::NodeView { name: name.into(), underlay: addr.parse().unwrap(), mtu: 1500 },
+                crate::mirror::NodeView {
+                    name: name.into(),
+                    underlay: addr.parse().unwrap(),
+                    mtu: 1500,
+                    tunnel: Some(format!("10.255.0.{byte}").parse().unwrap()),
+                    wireguard: Some((Key([byte; 32]).public(), 51820)),
+                },
             );
         }
+        m.tunnel_prefix = 16;
         m
     }
 
@@ -226,5 +295,37 @@ mod tests {
         let red = &d.networks["weft4097"];
         assert_eq!(red.mtu, 1400);
         assert!(red.local["weftp5"].default_routes.is_empty(), "only the first network routes by default");
+    }
+
+    #[test]
+    fn an_encrypted_network_runs_between_tunnel_addresses_with_room_for_wireguard() {
+        let mut m = mirror();
+        m.networks.get_mut("n1").unwrap().encrypted = true;
+        let d = desired(&m, &host(), &sandboxes());
+        let blue = &d.networks["weft4096"];
+        assert_eq!(blue.local_vtep, "10.255.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(blue.mtu, 1500 - 60 - 50);
+        assert_eq!(blue.remote.values().next().unwrap().vtep, "10.255.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(encrypted_vxlan(&m, "weftwg").vnis, vec![4096]);
+        assert_eq!(
+            tunnel_address(&m, &host()),
+            Some(IfAddr { ip: "10.255.0.1".parse().unwrap(), prefix: 16 })
+        );
+
+        // Without its own tunnel address the host sets up nothing for it, never cleartext.
+        m.nodes.get_mut("h1").unwrap().tunnel = None;
+        assert!(desired(&m, &host(), &sandboxes()).networks.is_empty());
+    }
+
+    #[test]
+    fn every_other_host_with_a_key_is_a_peer() {
+        let mut m = mirror();
+        let peers = wireguard_peers(&m, &host());
+        assert_eq!(peers.len(), 1, "h1 is not its own peer");
+        assert_eq!(peers[0].public_key, Key([2; 32]).public());
+        assert_eq!(peers[0].endpoint, Some("192.0.2.2:51820".parse().unwrap()));
+        assert_eq!(peers[0].allowed_ips, vec![("10.255.0.2".parse().unwrap(), 32)]);
+        m.nodes.get_mut("h2").unwrap().wireguard = None;
+        assert!(wireguard_peers(&m, &host()).is_empty(), "a host without WireGuard is no peer");
     }
 }

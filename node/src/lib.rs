@@ -12,3 +12,4 @@ pub mod desired;
 pub mod mirror;
 pub mod sandboxes;
 pub mod service;
+pub mod tunnel;

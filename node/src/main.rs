@@ -11,6 +11,7 @@ use weft_dataplane::Kernel;
 use weft_node::agent::{Agent, Settings};
 use weft_node::controllers::Controllers;
 use weft_node::desired::Host;
+use weft_node::tunnel::{Mode, Tunnel};
 
 /// weft's host agent: registers this host with the controllers, keeps its bridges, VXLAN
 /// devices, veths and forwarding entries in line with the registry, and attaches containers
@@ -67,6 +68,17 @@ struct Flags {
     /// Forwards to upstream resolvers in flight at once; beyond that, queries get REFUSED.
     #[arg(long, default_value_t = 1024)]
     dns_max_forwards: usize,
+    /// How to run WireGuard for encrypted networks: the kernel module where it exists and
+    /// wireguard-go otherwise (auto), one of them only, or not at all.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    wireguard: Mode,
+    /// The WireGuard interface. wireguard-go's control sockets share one directory on the
+    /// machine, so hosts sharing a machine (namespaces) need different names.
+    #[arg(long, default_value = "weftwg0")]
+    wireguard_interface: String,
+    /// UDP port WireGuard listens on; other hosts send to it on the underlay.
+    #[arg(long, default_value_t = 51820)]
+    wireguard_port: u16,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -77,20 +89,27 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_string())
 }
 
-/// Removes weft's links and tables from this host, and its state file.
-async fn uninstall(kernel: &Kernel, state_dir: &std::path::Path) -> anyhow::Result<()> {
+/// Removes weft's links, WireGuard interface and tables from this host, and its state files.
+async fn uninstall(
+    kernel: &Kernel,
+    state_dir: &std::path::Path,
+    wireguard_interface: &str,
+) -> anyhow::Result<()> {
     let observed = kernel.observe().await.context("listing links")?;
     let ops = weft_dataplane::plan(&weft_dataplane::Desired::default(), &observed);
     let errors = kernel.apply(&ops).await;
     weft_dataplane::rules::load(&weft_dataplane::rules::removal())
         .context("removing weft's nftables tables")?;
+    Tunnel::remove(wireguard_interface, kernel).await.context("removing the WireGuard interface")?;
     if let Some(first) = errors.first() {
         anyhow::bail!("removing weft's links: {first} ({} problems)", errors.len());
     }
-    match std::fs::remove_file(state_dir.join("sandboxes.json")) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).context("removing the state file"),
+    for file in ["sandboxes.json", "wireguard.key"] {
+        match std::fs::remove_file(state_dir.join(file)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context(format!("removing {}", state_dir.join(file).display())),
+        }
     }
     println!("removed {} links and weft's nftables tables", ops.len());
     Ok(())
@@ -108,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
 
     let kernel = Kernel::connect().context("connecting to the kernel")?;
     if flags.uninstall {
-        return uninstall(&kernel, &flags.state_dir).await;
+        return uninstall(&kernel, &flags.state_dir, &flags.wireguard_interface).await;
     }
     let (vtep, interface, underlay_mtu) =
         kernel.underlay(flags.underlay_address).await.context("finding the underlay")?;
@@ -121,11 +140,12 @@ async fn main() -> anyhow::Result<()> {
     let controllers = Controllers::new(flags.controllers, timeout)?;
     let settings = Settings {
         host: Host { name, vtep, underlay_mtu },
-        state_dir: flags.state_dir,
+        state_dir: flags.state_dir.clone(),
         heartbeat: Duration::from_millis(flags.heartbeat_ms),
         resync: Duration::from_millis(flags.resync_ms),
         request_timeout: timeout,
         dns_port: flags.dns_port,
+        wireguard_interface: flags.wireguard_interface.clone(),
     };
     let upstreams = if flags.dns_upstream.is_empty() {
         let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -148,7 +168,15 @@ async fn main() -> anyhow::Result<()> {
         upstream_timeout: Duration::from_millis(flags.dns_upstream_timeout_ms),
         max_forwards: flags.dns_max_forwards,
     });
-    let agent = Arc::new(Agent::new(settings, controllers, kernel, dns)?);
+    let tunnel = Tunnel::open(
+        flags.wireguard,
+        &flags.wireguard_interface,
+        flags.wireguard_port,
+        &flags.state_dir,
+        &kernel,
+    )
+    .await?;
+    let agent = Arc::new(Agent::new(settings, controllers, kernel, dns, tunnel)?);
 
     agent.register().await;
     let tasks = [

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use weft_api::pb;
 use weft_api::pb::event::Kind;
 use weft_core::options::NetworkSettings;
+use weft_dataplane::wireguard::Key;
 use weft_dataplane::{IfAddr, Mac};
 
 /// A network as the data plane needs it.
@@ -66,6 +67,10 @@ pub struct NodeView {
     pub name: String,
     pub underlay: IpAddr,
     pub mtu: u32,
+    /// The host's address in the WireGuard mesh.
+    pub tunnel: Option<IpAddr>,
+    /// Its WireGuard public key and port, when it runs WireGuard.
+    pub wireguard: Option<(Key, u16)>,
 }
 
 /// The registry as this host last heard of it.
@@ -77,6 +82,9 @@ pub struct Mirror {
     /// tear down a restarted host's working plumbing.
     pub synced: bool,
     pub vxlan_port: u16,
+    /// Prefix length of the cluster's tunnel pool: tunnel addresses carry it, so every other
+    /// host's tunnel address is on-link through the WireGuard interface.
+    pub tunnel_prefix: u8,
     pub networks: BTreeMap<String, NetworkView>,
     pub endpoints: BTreeMap<String, EndpointView>,
     pub nodes: BTreeMap<String, NodeView>,
@@ -155,7 +163,26 @@ pub fn endpoint_view(e: &pb::Endpoint) -> Result<EndpointView, Unusable> {
 fn node_view(n: &pb::Node) -> Result<NodeView, Unusable> {
     let underlay =
         n.underlay_address.parse().map_err(|_| unusable("underlay address", &n.underlay_address))?;
-    Ok(NodeView { name: n.name.clone(), underlay, mtu: n.underlay_mtu })
+    let tunnel = if n.tunnel_address.is_empty() {
+        None
+    } else {
+        Some(n.tunnel_address.parse().map_err(|_| unusable("tunnel address", &n.tunnel_address))?)
+    };
+    let wireguard = if n.wireguard_public_key.is_empty() {
+        None
+    } else {
+        let key = Key::from_base64(&n.wireguard_public_key)
+            .ok_or_else(|| unusable("WireGuard public key", &n.wireguard_public_key))?;
+        let port =
+            u16::try_from(n.wireguard_port).map_err(|_| unusable("WireGuard port", n.wireguard_port))?;
+        Some((key, port))
+    };
+    Ok(NodeView { name: n.name.clone(), underlay, mtu: n.underlay_mtu, tunnel, wireguard })
+}
+
+/// The prefix length of a pool such as "10.255.0.0/16" (a host route when unreadable).
+fn tunnel_prefix(pool: &str) -> u8 {
+    pool.split_once('/').and_then(|(_, p)| p.parse().ok()).unwrap_or(32)
 }
 
 impl Mirror {
@@ -170,6 +197,7 @@ impl Mirror {
             .and_then(|c| u16::try_from(c.vxlan_port).ok())
             .filter(|p| *p != 0)
             .unwrap_or(4789);
+        self.tunnel_prefix = state.config.as_ref().map_or(32, |c| tunnel_prefix(&c.tunnel_pool));
         for n in &state.networks {
             match network_view(n) {
                 Ok(view) => {
@@ -197,13 +225,24 @@ impl Mirror {
         problems
     }
 
-    /// Applies one event. Events at or below the mirror's revision were already seen (a
-    /// resumed stream may repeat the edge) and change nothing.
-    pub fn apply(&mut self, event: &pb::Event) -> Result<(), Unusable> {
-        if event.revision <= self.revision {
-            return Ok(());
+    /// Applies one batch of events: everything one revision changed (removing a host also
+    /// removes its endpoints, all at one revision). Events at or below the revision the mirror
+    /// had before the batch were already seen (a resumed stream may repeat the edge) and
+    /// change nothing. Events that cannot be used are skipped and returned with their
+    /// revision.
+    pub fn apply(&mut self, events: &[pb::Event]) -> Vec<(u64, Unusable)> {
+        let seen = self.revision;
+        let mut problems = Vec::new();
+        for event in events.iter().filter(|e| e.revision > seen) {
+            self.revision = self.revision.max(event.revision);
+            if let Err(problem) = self.apply_one(event) {
+                problems.push((event.revision, problem));
+            }
         }
-        self.revision = event.revision;
+        problems
+    }
+
+    fn apply_one(&mut self, event: &pb::Event) -> Result<(), Unusable> {
         match &event.kind {
             Some(Kind::NetworkCreated(n)) => {
                 let view = network_view(n)?;
@@ -225,6 +264,7 @@ impl Mirror {
             }
             Some(Kind::ClusterConfigured(c)) => {
                 self.vxlan_port = u16::try_from(c.vxlan_port).ok().filter(|p| *p != 0).unwrap_or(4789);
+                self.tunnel_prefix = tunnel_prefix(&c.tunnel_pool);
             }
             None => {}
         }
@@ -307,14 +347,24 @@ mod tests {
         assert_eq!(blue.gateways, vec![IfAddr { ip: "10.0.1.1".parse().unwrap(), prefix: 24 }]);
         assert_eq!(blue.gateway_mac(), Mac([2, 0x42, 10, 0, 1, 1]));
 
-        mirror.apply(&event(6, Kind::EndpointCreated(endpoint("e1", "aa11", "h1", "10.0.1.2")))).unwrap();
+        mirror.apply(&[event(6, Kind::EndpointCreated(endpoint("e1", "aa11", "h1", "10.0.1.2")))]);
         assert_eq!(mirror.endpoints["e1"].ipv4, Some(IfAddr { ip: "10.0.1.2".parse().unwrap(), prefix: 24 }));
         // A repeated event (a resumed stream) changes nothing; a later removal does.
-        mirror.apply(&event(6, Kind::EndpointRemoved(endpoint("e1", "aa11", "h1", "10.0.1.2")))).unwrap();
+        mirror.apply(&[event(6, Kind::EndpointRemoved(endpoint("e1", "aa11", "h1", "10.0.1.2")))]);
         assert!(mirror.endpoints.contains_key("e1"));
-        mirror.apply(&event(7, Kind::EndpointRemoved(endpoint("e1", "aa11", "h1", "10.0.1.2")))).unwrap();
+        mirror.apply(&[event(7, Kind::EndpointRemoved(endpoint("e1", "aa11", "h1", "10.0.1.2")))]);
         assert!(mirror.endpoints.is_empty());
         assert_eq!(mirror.revision, 7);
+
+        // Removing a host removes its endpoints at the same revision: one batch, all applied.
+        mirror.apply(&[event(8, Kind::EndpointCreated(endpoint("e2", "aa11", "h1", "10.0.1.3")))]);
+        let h1 = pb::Node { name: "h1".into(), underlay_address: "192.0.2.1".into(), ..Default::default() };
+        mirror.apply(&[
+            event(9, Kind::EndpointRemoved(endpoint("e2", "aa11", "h1", "10.0.1.3"))),
+            event(9, Kind::NodeRemoved(h1)),
+        ]);
+        assert!(mirror.endpoints.is_empty() && mirror.nodes.is_empty(), "{mirror:?}");
+        assert_eq!(mirror.revision, 9);
     }
 
     #[test]

@@ -37,6 +37,13 @@ impl AgentService for Service {
     async fn list(&self, _: Request<agent::ListRequest>) -> Result<Response<agent::ListResponse>, Status> {
         Ok(Response::new(self.agent.list()))
     }
+
+    async fn rotate_key(
+        &self,
+        _: Request<agent::RotateKeyRequest>,
+    ) -> Result<Response<agent::RotateKeyResponse>, Status> {
+        Ok(Response::new(self.agent.rotate_key().await?))
+    }
 }
 
 /// Serves the attach API on `socket` until the process ends. A stale socket file from an

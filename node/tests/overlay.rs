@@ -176,9 +176,13 @@ async fn drift_is_repaired_and_restarts_or_outages_do_not_stop_traffic() {
     let h1ns = &lab.hosts[0].ns;
     h1ns.exec(&["nft", "add", "table", "inet", "someone_elses"]);
     let state = lab.hosts[0].state.to_str().unwrap().to_string();
-    h1ns.exec(&[NODE, "--uninstall", "--state-dir", &state]);
+    let wireguard = lab.hosts[0].wireguard_interface.clone();
+    assert!(lab.hosts[0].state.join("wireguard.key").exists());
+    h1ns.exec(&[NODE, "--uninstall", "--state-dir", &state, "--wireguard-interface", &wireguard]);
     let links = h1ns.exec(&["ip", "-o", "link"]);
     assert!(!links.contains("weft"), "{links}");
+    assert!(!links.contains(&wireguard), "the WireGuard interface outlived uninstall: {links}");
+    assert!(!lab.hosts[0].state.join("wireguard.key").exists());
     assert!(links.contains("ul0"), "{links}");
     let tables = h1ns.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("weft") && tables.contains("someone_elses"), "{tables}");

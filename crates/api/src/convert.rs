@@ -243,6 +243,7 @@ pub fn node_request(req: &pb::RegisterNodeRequest) -> Result<NodeRequest, Error>
         wireguard_port: port,
         labels: req.labels.clone(),
         agent_version: req.agent_version.clone(),
+        wireguard_backend: req.wireguard_backend.clone(),
     })
 }
 
@@ -270,6 +271,7 @@ pub fn node(n: &Node, endpoint_count: usize, applied_revision: u64) -> pb::Node 
         agent_version: n.agent_version.clone(),
         applied_revision,
         endpoint_count: u32::try_from(endpoint_count).unwrap_or(u32::MAX),
+        wireguard_backend: n.wireguard_backend.clone(),
     }
 }
 

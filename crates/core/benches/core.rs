@@ -54,6 +54,7 @@ fn registry(n: usize) -> State {
         wireguard_port: 0,
         labels: Default::default(),
         agent_version: String::new(),
+        wireguard_backend: String::new(),
     };
     state.apply(&proposal(Command::RegisterNode(node))).expect("register");
     let network = NetworkRequest {

@@ -99,6 +99,8 @@ pub struct NodeRequest {
     pub wireguard_port: u16,
     pub labels: BTreeMap<String, String>,
     pub agent_version: String,
+    /// How the host runs WireGuard, as its agent reports it (free text, for people).
+    pub wireguard_backend: String,
 }
 
 /// `docker network prune --filter ...`.

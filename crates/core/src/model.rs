@@ -215,6 +215,9 @@ pub struct Node {
     pub status: NodeStatus,
     pub labels: BTreeMap<String, String>,
     pub agent_version: String,
+    /// How the host runs WireGuard ("kernel", "userspace (wireguard-go)", "off", or why it
+    /// cannot), as its agent reported it.
+    pub wireguard_backend: String,
     pub registered_ms: u64,
     pub status_changed_ms: u64,
 }

@@ -103,7 +103,8 @@ impl Default for State {
 
 /// Snapshot header: refuses to restore bytes that are not a weft snapshot of a known version.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNAP";
-const SNAPSHOT_VERSION: u32 = 1;
+/// 2: nodes carry their WireGuard backend.
+const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotV1 {
@@ -797,12 +798,13 @@ impl State {
                 format_args!("an underlay MTU is {MIN_UNDERLAY_MTU} to {MAX_UNDERLAY_MTU}"),
             ));
         }
-        if request.agent_version.len() > 64 || request.agent_version.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "agent version",
-                &request.agent_version,
-                "at most 64 printable characters",
-            ));
+        for (what, text, limit) in [
+            ("agent version", &request.agent_version, 64),
+            ("WireGuard backend", &request.wireguard_backend, 256),
+        ] {
+            if text.len() > limit || text.chars().any(char::is_control) {
+                return Err(Error::invalid(what, text, format_args!("at most {limit} printable characters")));
+            }
         }
         if let Some(key) = &request.wireguard_public_key {
             let ok = key.len() == 44
@@ -843,6 +845,7 @@ impl State {
             node.wireguard_port = request.wireguard_port;
             node.labels = request.labels.clone();
             node.agent_version = request.agent_version.clone();
+            node.wireguard_backend = request.wireguard_backend.clone();
             let came_up = node.status == NodeStatus::Down;
             if came_up {
                 node.status = NodeStatus::Up;
@@ -886,6 +889,7 @@ impl State {
             status: NodeStatus::Up,
             labels: request.labels.clone(),
             agent_version: request.agent_version.clone(),
+            wireguard_backend: request.wireguard_backend.clone(),
             registered_ms: at,
             status_changed_ms: at,
         };

@@ -51,6 +51,7 @@ fn node_request(name: &str, last_octet: u8) -> NodeRequest {
         wireguard_port: 0,
         labels: BTreeMap::new(),
         agent_version: "test".into(),
+        wireguard_backend: "off".into(),
     }
 }
 
@@ -506,6 +507,7 @@ fn bad_registrations_are_refused() {
         (NodeRequest { underlay_mtu: 100, ..node_request("h", 1) }, "underlay MTU"),
         (NodeRequest { underlay: IpAddr::V4(Ipv4Addr::UNSPECIFIED), ..node_request("h", 1) }, "unicast"),
         (NodeRequest { name: "h_ 1".into(), ..node_request("h", 1) }, "node name"),
+        (NodeRequest { wireguard_backend: "bad\nline".into(), ..node_request("h", 1) }, "WireGuard backend"),
         (NodeRequest { wireguard_public_key: Some("short".into()), ..node_request("h", 1) }, "44 characters"),
         (NodeRequest { wireguard_public_key: Some(key.clone()), ..node_request("h", 1) }, "UDP port"),
     ];

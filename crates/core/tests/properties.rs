@@ -132,6 +132,7 @@ fn command(op: &Op) -> Command {
             wireguard_port: 0,
             labels: BTreeMap::new(),
             agent_version: String::new(),
+            wireguard_backend: String::new(),
         }),
         Op::SetStatus { node, up } => Command::SetNodeStatus {
             name: format!("h{node}"),

@@ -18,7 +18,7 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::RouteType;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard, RouteMessageBuilder};
 
 use crate::model::{IfAddr, Link, LinkKind, LocalEndpoint, Mac, Observed, endpoint_alias};
 use crate::plan::Op;
@@ -174,6 +174,27 @@ impl Kernel {
         let link = observed.links.values().find(|l| l.index == oif).ok_or_else(not_found)?;
         let ip = link.addresses.iter().map(|a| a.ip).find(IpAddr::is_ipv4).ok_or_else(not_found)?;
         Ok((ip, link.name.clone(), link.mtu))
+    }
+
+    /// Creates a kernel WireGuard link (down; the caller configures it first). Fails where
+    /// the kernel has no WireGuard module, which is how the agent finds out.
+    pub async fn create_wireguard(&self, name: &str) -> Result<(), KernelError> {
+        self.handle
+            .link()
+            .add(LinkWireguard::new(name).build())
+            .execute()
+            .await
+            .map_err(failed(format!("creating WireGuard link {name}")))
+    }
+
+    /// Deletes a link by name, if it exists (for links weft made outside its plan).
+    pub async fn delete_link(&self, name: &str) -> Result<(), KernelError> {
+        match link_index(&self.handle, name).await {
+            Ok(index) => {
+                self.handle.link().del(index).execute().await.map_err(failed(format!("deleting link {name}")))
+            }
+            Err(_) => Ok(()),
+        }
     }
 
     /// Whether a link of that name exists and is up.

@@ -28,6 +28,19 @@ pub struct NetworkRules {
     pub ports: Vec<String>,
 }
 
+/// Encrypted networks' VXLAN may only travel inside WireGuard: their VNIs are dropped on any
+/// other interface, in and out, so a mistake (a peer missing, a device with the wrong local
+/// address) loses packets instead of sending them in the clear.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncryptedVxlan {
+    /// The cluster's VXLAN UDP port.
+    pub port: u16,
+    /// The VNIs of every encrypted network in the cluster.
+    pub vnis: Vec<u32>,
+    /// The host's WireGuard interface: the only way in or out for those VNIs.
+    pub tunnel: String,
+}
+
 fn network_of(address: &IfAddr) -> String {
     match address.ip {
         std::net::IpAddr::V4(v4) => {
@@ -45,7 +58,7 @@ fn network_of(address: &IfAddr) -> String {
 
 /// The nft script that makes weft's tables exactly this: each table is created (so the
 /// delete cannot fail), deleted and written anew in one transaction.
-pub fn ruleset(networks: &[NetworkRules]) -> String {
+pub fn ruleset(networks: &[NetworkRules], encrypted: &EncryptedVxlan) -> String {
     let mut s = String::new();
     let quoted = |names: &mut dyn Iterator<Item = &String>| -> String {
         names.map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
@@ -77,7 +90,20 @@ pub fn ruleset(networks: &[NetworkRules]) -> String {
             );
         }
     }
-    let _ = writeln!(s, "  }}\n}}");
+    let _ = writeln!(s, "  }}");
+    if !encrypted.vnis.is_empty() {
+        // The VNI is the 24 bits after the VXLAN flags: bits 96..120 of the UDP header on.
+        let vnis = encrypted.vnis.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+        for (chain, hook, direction) in [("input", "input", "iifname"), ("output", "output", "oifname")] {
+            let _ = writeln!(
+                s,
+                "  chain {chain} {{\n    type filter hook {hook} priority filter; policy accept;\n    \
+                 {direction} != \"{}\" udp dport {} @th,96,24 {{ {vnis} }} drop\n  }}",
+                encrypted.tunnel, encrypted.port
+            );
+        }
+    }
+    let _ = writeln!(s, "}}");
 
     let _ = writeln!(s, "table bridge {TABLE}\ndelete table bridge {TABLE}\ntable bridge {TABLE} {{");
     let _ = writeln!(s, "  chain forward {{\n    type filter hook forward priority filter; policy accept;");
@@ -155,11 +181,14 @@ mod tests {
 
     #[test]
     fn networks_are_isolated_masqueraded_and_internal_ones_closed() {
-        let script = ruleset(&[
-            net("weft4096", "10.0.1.1/24", false, true),
-            net("weft4097", "10.0.2.1/24", true, false),
-            net("mybr", "fd00:1::1/64", false, true),
-        ]);
+        let script = ruleset(
+            &[
+                net("weft4096", "10.0.1.1/24", false, true),
+                net("weft4097", "10.0.2.1/24", true, false),
+                net("mybr", "fd00:1::1/64", false, true),
+            ],
+            &EncryptedVxlan::default(),
+        );
         assert!(script.starts_with("table inet weft\ndelete table inet weft\n"), "{script}");
         assert!(script.contains("iifname \"weft4096\" oifname { \"weft4097\", \"mybr\" } drop"), "{script}");
         assert!(script.contains("iifname \"mybr\" oifname { \"weft4096\", \"weft4097\" } drop"), "{script}");
@@ -177,8 +206,22 @@ mod tests {
 
     #[test]
     fn no_networks_leave_empty_tables() {
-        let script = ruleset(&[]);
+        let script = ruleset(&[], &EncryptedVxlan { port: 4789, vnis: vec![], tunnel: "weftwg".into() });
         assert!(!script.contains("drop"), "{script}");
         assert!(!script.contains("masquerade"), "{script}");
+    }
+
+    #[test]
+    fn encrypted_vnis_pass_only_through_the_tunnel() {
+        let encrypted = EncryptedVxlan { port: 4789, vnis: vec![4096, 4098], tunnel: "weftwg".into() };
+        let script = ruleset(&[], &encrypted);
+        assert!(
+            script.contains("iifname != \"weftwg\" udp dport 4789 @th,96,24 { 4096, 4098 } drop"),
+            "{script}"
+        );
+        assert!(
+            script.contains("oifname != \"weftwg\" udp dport 4789 @th,96,24 { 4096, 4098 } drop"),
+            "{script}"
+        );
     }
 }

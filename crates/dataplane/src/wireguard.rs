@@ -57,16 +57,35 @@ impl Key {
     }
 
     /// The public key of this private key.
+    /// A fresh private key from the kernel's random source, clamped as X25519 requires (so
+    /// `wg` shows the same key).
+    pub fn generate() -> std::io::Result<Key> {
+        let mut random = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+        random[0] &= 248;
+        random[31] = (random[31] & 127) | 64;
+        Ok(Key(random))
+    }
+
     pub fn public(&self) -> Key {
         let secret = x25519_dalek::StaticSecret::from(self.0);
         Key(x25519_dalek::PublicKey::from(&secret).to_bytes())
     }
 }
 
+/// Writes a private key to a new file with mode 0600 (created exclusively: an existing file
+/// is an error, never overwritten half-way).
+pub fn write_private_key(path: &Path, key: &Key) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(format!("{}\n", key.to_base64()).as_bytes())?;
+    file.sync_all()
+}
+
 /// Loads the host's private key from `path`, or creates one (mode 0600, created exclusively,
 /// so a concurrent start cannot interleave two keys). Refuses a key file others can read.
 pub fn load_or_create_private_key(path: &Path) -> std::io::Result<Key> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
     match std::fs::read_to_string(path) {
         Ok(text) => {
@@ -82,18 +101,11 @@ pub fn load_or_create_private_key(path: &Path) -> std::io::Result<Key> {
                 .ok_or_else(|| invalid(format!("{} does not hold a base64 WireGuard key", path.display())))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut random = [0u8; 32];
-            std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
-            // Clamped as X25519 requires, so `wg` shows the same key.
-            random[0] &= 248;
-            random[31] = (random[31] & 127) | 64;
-            let key = Key(random);
+            let key = Key::generate()?;
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-            file.write_all(format!("{}\n", key.to_base64()).as_bytes())?;
-            file.sync_all()?;
+            write_private_key(path, &key)?;
             Ok(key)
         }
         Err(e) => Err(e),
@@ -247,6 +259,191 @@ pub fn get(socket: &Path) -> std::io::Result<DeviceState> {
     parse_get(&uapi(socket, "get=1\n\n")?).map_err(std::io::Error::other)
 }
 
+/// How a host runs WireGuard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The kernel module: the device is a `wireguard` link, configured over generic netlink
+    /// (through `wg`, which speaks it).
+    Kernel,
+    /// `wireguard-go`: the device is a TUN link served by a daemon, configured over UAPI.
+    Userspace,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace (wireguard-go)",
+        })
+    }
+}
+
+impl Backend {
+    /// Applies `update` to `interface`.
+    pub fn apply(self, interface: &str, update: &Update) -> std::io::Result<()> {
+        match self {
+            Backend::Userspace => apply(&socket_path(interface), update),
+            Backend::Kernel => {
+                let mut update = update.clone();
+                if update.replace_peers {
+                    // `wg set` has no "replace peers": remove the ones not listed.
+                    let keep: Vec<Key> = update.peers.iter().map(|p| p.public_key).collect();
+                    let current = self.get(interface)?;
+                    update.remove.extend(
+                        current.peers.iter().filter_map(|p| p.public_key).filter(|k| !keep.contains(k)),
+                    );
+                }
+                let (args, stdin) = wg_set_args(interface, &update);
+                run_wg(&args, stdin.as_deref()).map(drop)
+            }
+        }
+    }
+
+    /// Reads `interface`.
+    pub fn get(self, interface: &str) -> std::io::Result<DeviceState> {
+        match self {
+            Backend::Userspace => get(&socket_path(interface)),
+            Backend::Kernel => parse_dump(&run_wg(&["show".into(), interface.into(), "dump".into()], None)?)
+                .map_err(std::io::Error::other),
+        }
+    }
+}
+
+/// Runs `wg` with `args`, feeding `stdin`, and returns its output.
+fn run_wg(args: &[String], stdin: Option<&str>) -> std::io::Result<String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("wg")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| std::io::Error::other(format!("cannot run wg ({e}); install wireguard-tools")))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.unwrap_or_default().as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(std::io::Error::other(format!(
+            "wg {}: {}",
+            args.first().map(String::as_str).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// `wg set` arguments for `update`; the private key, if any, travels on standard input so it
+/// never shows in a process listing.
+pub fn wg_set_args(interface: &str, update: &Update) -> (Vec<String>, Option<String>) {
+    let mut args = vec!["set".to_string(), interface.to_string()];
+    let mut stdin = None;
+    if let Some(key) = &update.private_key {
+        args.extend(["private-key".into(), "/dev/stdin".into()]);
+        stdin = Some(format!("{}\n", key.to_base64()));
+    }
+    if let Some(port) = update.listen_port {
+        args.extend(["listen-port".into(), port.to_string()]);
+    }
+    for peer in &update.peers {
+        args.extend(["peer".into(), peer.public_key.to_base64()]);
+        if let Some(endpoint) = peer.endpoint {
+            args.extend(["endpoint".into(), endpoint.to_string()]);
+        }
+        if let Some(seconds) = peer.keepalive_seconds {
+            args.extend(["persistent-keepalive".into(), seconds.to_string()]);
+        }
+        let allowed: Vec<String> =
+            peer.allowed_ips.iter().map(|(ip, prefix)| format!("{ip}/{prefix}")).collect();
+        args.extend(["allowed-ips".into(), allowed.join(",")]);
+    }
+    for key in &update.remove {
+        args.extend(["peer".into(), key.to_base64(), "remove".into()]);
+    }
+    (args, stdin)
+}
+
+/// Parses `wg show IFACE dump`: the device on the first line (private key, public key,
+/// listen port, fwmark), then one line per peer (public key, preshared key, endpoint,
+/// allowed IPs, latest handshake, rx, tx, keepalive), tab separated.
+pub fn parse_dump(text: &str) -> Result<DeviceState, String> {
+    let mut lines = text.lines().filter(|l| !l.is_empty());
+    let first = lines.next().ok_or("wg printed nothing for the device")?;
+    let fields: Vec<&str> = first.split('\t').collect();
+    let [_, public, port, ..] = fields[..] else { return Err(format!("unexpected device line {first:?}")) };
+    let mut device = DeviceState {
+        public_key: Key::from_base64(public),
+        listen_port: port.parse().unwrap_or(0),
+        peers: Vec::new(),
+    };
+    for line in lines {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [public, _, endpoint, allowed, handshake, rx, tx, ..] = fields[..] else {
+            return Err(format!("unexpected peer line {line:?}"));
+        };
+        let allowed_ips = allowed
+            .split(',')
+            .filter_map(|a| {
+                let (ip, prefix) = a.split_once('/')?;
+                Some((ip.parse().ok()?, prefix.parse().ok()?))
+            })
+            .collect();
+        device.peers.push(PeerState {
+            public_key: Key::from_base64(public),
+            endpoint: endpoint.parse().ok(),
+            allowed_ips,
+            last_handshake_seconds: handshake.parse().unwrap_or(0),
+            rx_bytes: rx.parse().unwrap_or(0),
+            tx_bytes: tx.parse().unwrap_or(0),
+        });
+    }
+    Ok(device)
+}
+
+/// What a host's WireGuard device should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub private_key: Key,
+    pub listen_port: u16,
+    pub peers: Vec<Peer>,
+}
+
+/// The smallest update that makes `have` into `want`, or `None` when it already is. Peers
+/// that are right are left alone, so their sessions carry on; a peer whose key changed is a
+/// new peer (and the old key is removed).
+pub fn changes(want: &DeviceConfig, have: &DeviceState) -> Option<Update> {
+    let mut update = Update::default();
+    if have.public_key != Some(want.private_key.public()) {
+        update.private_key = Some(want.private_key);
+    }
+    if have.listen_port != want.listen_port {
+        update.listen_port = Some(want.listen_port);
+    }
+    let sorted = |ips: &[(IpAddr, u8)]| {
+        let mut ips = ips.to_vec();
+        ips.sort();
+        ips
+    };
+    for peer in &want.peers {
+        let current = have.peers.iter().find(|p| p.public_key == Some(peer.public_key));
+        let right = current.is_some_and(|c| {
+            c.endpoint == peer.endpoint && sorted(&c.allowed_ips) == sorted(&peer.allowed_ips)
+        });
+        if !right {
+            update.peers.push(peer.clone());
+        }
+    }
+    for current in &have.peers {
+        match current.public_key {
+            Some(key) if want.peers.iter().any(|p| p.public_key == key) => {}
+            Some(key) => update.remove.push(key),
+            None => {}
+        }
+    }
+    (update != Update::default()).then_some(update)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +511,107 @@ mod tests {
         assert_eq!(device.peers[0].allowed_ips, vec![("10.255.0.2".parse().unwrap(), 32)]);
         assert_eq!((device.peers[0].rx_bytes, device.peers[0].tx_bytes), (10, 20));
         assert!(parse_get("errno=22\n\n").is_err());
+    }
+
+    fn peer(byte: u8, endpoint: &str, tunnel: &str) -> Peer {
+        Peer {
+            public_key: Key([byte; 32]).public(),
+            endpoint: Some(endpoint.parse().unwrap()),
+            allowed_ips: vec![(tunnel.parse().unwrap(), 32)],
+            keepalive_seconds: None,
+        }
+    }
+
+    fn state_of(config: &DeviceConfig) -> DeviceState {
+        DeviceState {
+            public_key: Some(config.private_key.public()),
+            listen_port: config.listen_port,
+            peers: config
+                .peers
+                .iter()
+                .map(|p| PeerState {
+                    public_key: Some(p.public_key),
+                    endpoint: p.endpoint,
+                    allowed_ips: p.allowed_ips.clone(),
+                    ..PeerState::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_device_in_line_needs_nothing_and_drift_is_one_peer_at_a_time() {
+        let want = DeviceConfig {
+            private_key: Key([1; 32]),
+            listen_port: 51820,
+            peers: vec![peer(2, "192.0.2.2:51820", "10.255.0.2"), peer(3, "192.0.2.3:51820", "10.255.0.3")],
+        };
+        let mut have = state_of(&want);
+        assert_eq!(changes(&want, &have), None);
+
+        // A fresh device gets everything.
+        let fresh = changes(&want, &DeviceState::default()).unwrap();
+        assert_eq!(fresh.private_key, Some(Key([1; 32])));
+        assert_eq!((fresh.listen_port, fresh.peers.len(), fresh.remove.len()), (Some(51820), 2, 0));
+
+        // A moved peer is rewritten, a stranger removed; the peer that is right is untouched.
+        have.peers[1].endpoint = Some("192.0.2.99:51820".parse().unwrap());
+        have.peers.push(PeerState { public_key: Some(Key([9; 32]).public()), ..PeerState::default() });
+        let update = changes(&want, &have).unwrap();
+        assert_eq!(update.private_key, None);
+        assert_eq!(update.peers, vec![want.peers[1].clone()]);
+        assert_eq!(update.remove, vec![Key([9; 32]).public()]);
+        assert!(!update.replace_peers, "replacing peers would drop every session");
+    }
+
+    #[test]
+    fn a_rotated_key_is_a_new_peer_and_the_old_one_goes() {
+        let before = DeviceConfig {
+            private_key: Key([1; 32]),
+            listen_port: 51820,
+            peers: vec![peer(2, "192.0.2.2:51820", "10.255.0.2")],
+        };
+        let after = DeviceConfig { peers: vec![peer(7, "192.0.2.2:51820", "10.255.0.2")], ..before.clone() };
+        let update = changes(&after, &state_of(&before)).unwrap();
+        assert_eq!(update.peers, after.peers);
+        assert_eq!(update.remove, vec![Key([2; 32]).public()]);
+        // Our own rotation: only the private key changes.
+        let own = DeviceConfig { private_key: Key([5; 32]), ..before.clone() };
+        let update = changes(&own, &state_of(&before)).unwrap();
+        assert_eq!((update.private_key, update.peers.len(), update.remove.len()), (Some(Key([5; 32])), 0, 0));
+    }
+
+    #[test]
+    fn wg_arguments_keep_the_private_key_off_the_command_line_and_dumps_parse() {
+        let update = Update {
+            private_key: Some(Key([1; 32])),
+            listen_port: Some(51820),
+            peers: vec![peer(2, "192.0.2.2:51820", "10.255.0.2")],
+            remove: vec![Key([3; 32])],
+            replace_peers: false,
+        };
+        let (args, stdin) = wg_set_args("weftwg", &update);
+        let key = Key([2; 32]).public().to_base64();
+        let removed = Key([3; 32]).to_base64();
+        assert_eq!(
+            args.join(" "),
+            format!(
+                "set weftwg private-key /dev/stdin listen-port 51820 peer {key} endpoint 192.0.2.2:51820 allowed-ips 10.255.0.2/32 peer {removed} remove"
+            )
+        );
+        assert_eq!(stdin, Some(format!("{}\n", Key([1; 32]).to_base64())));
+        assert!(!args.iter().any(|a| a.contains(&Key([1; 32]).to_base64())));
+
+        let private = Key([1; 32]);
+        let dump = format!(
+            "{}\t{}\t51820\toff\n{key}\t(none)\t192.0.2.2:51820\t10.255.0.2/32\t1700000000\t10\t20\toff\n",
+            private.to_base64(),
+            private.public().to_base64()
+        );
+        let device = parse_dump(&dump).unwrap();
+        assert_eq!((device.public_key, device.listen_port), (Some(private.public()), 51820));
+        assert_eq!(device.peers[0].allowed_ips, vec![("10.255.0.2".parse().unwrap(), 32)]);
+        assert_eq!((device.peers[0].last_handshake_seconds, device.peers[0].tx_bytes), (1_700_000_000, 20));
+        assert!(parse_dump("").is_err());
     }
 }

@@ -113,7 +113,7 @@ async fn two_hosts_carry_a_ping_and_drift_is_repaired() {
 
 #[test]
 fn the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone() {
-    use weft_dataplane::rules::{NetworkRules, removal, ruleset};
+    use weft_dataplane::rules::{EncryptedVxlan, NetworkRules, removal, ruleset};
     if !root_or_skip("the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone") {
         return;
     }
@@ -131,8 +131,14 @@ fn the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone() {
         let out = host.try_exec_with_stdin(&["nft", "-f", "-"], &script);
         assert!(out.status.success(), "{script}\n{}", String::from_utf8_lossy(&out.stderr));
     };
-    load(ruleset(&[net("weft4096", "10.0.1.1", false, true), net("weft4097", "10.0.2.1", true, false)]));
-    load(ruleset(&[net("weft4096", "10.0.1.1", false, true)]));
+    let encrypted = EncryptedVxlan { port: 4789, vnis: vec![4097], tunnel: "weftwg".into() };
+    load(ruleset(
+        &[net("weft4096", "10.0.1.1", false, true), net("weft4097", "10.0.2.1", true, false)],
+        &encrypted,
+    ));
+    let listed = host.exec(&["nft", "list", "chain", "inet", "weft", "output"]);
+    assert!(listed.contains("oifname != \"weftwg\" udp dport 4789 @th,96,24 0x1001 drop"), "{listed}");
+    load(ruleset(&[net("weft4096", "10.0.1.1", false, true)], &EncryptedVxlan::default()));
     let listed = host.exec(&["nft", "list", "ruleset"]);
     assert!(listed.contains("table inet mine"), "{listed}");
     assert!(listed.contains("10.0.1.0/24"), "{listed}");
@@ -147,9 +153,9 @@ fn the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone() {
 /// The userspace backend end to end: wireguard-go in two host namespaces, configured only
 /// through weft's UAPI client, carries a ping between the tunnel addresses.
 #[test]
-fn wireguard_go_configured_over_uapi_carries_a_ping() {
-    use weft_dataplane::wireguard::{Key, Peer, Update, apply, get, socket_path};
-    if !root_or_skip("wireguard_go_configured_over_uapi_carries_a_ping") {
+fn wireguard_go_configured_through_uapi_and_wg_carries_a_ping() {
+    use weft_dataplane::wireguard::{Backend, Key, Peer, Update, get, socket_path};
+    if !root_or_skip("wireguard_go_configured_through_uapi_and_wg_carries_a_ping") {
         return;
     }
     if weft_testbed::output("sh", &["-c", "command -v wireguard-go"]).stdout.is_empty() {
@@ -193,26 +199,25 @@ fn wireguard_go_configured_over_uapi_carries_a_ping() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let (k1, k2) = (Key([0x11; 32]), Key([0x22; 32]));
-    let configure = |me: &str, key: Key, peer: Key, peer_at: &str, peer_tunnel: &str| {
-        apply(
-            &socket_path(me),
-            &Update {
-                private_key: Some(key),
-                listen_port: Some(51820),
-                replace_peers: true,
-                peers: vec![Peer {
-                    public_key: peer.public(),
-                    endpoint: Some(format!("{peer_at}:51820").parse().unwrap()),
-                    allowed_ips: vec![(peer_tunnel.parse().unwrap(), 32)],
-                    keepalive_seconds: None,
-                }],
-                remove: vec![],
-            },
-        )
-        .unwrap();
+    // One side through weft's UAPI client, the other through `wg` (the path the kernel
+    // backend takes; `wg` reaches wireguard-go through the same socket).
+    let configure = |backend: Backend, me: &str, key: Key, peer: Key, peer_at: &str, peer_tunnel: &str| {
+        let update = Update {
+            private_key: Some(key),
+            listen_port: Some(51820),
+            replace_peers: true,
+            peers: vec![Peer {
+                public_key: peer.public(),
+                endpoint: Some(format!("{peer_at}:51820").parse().unwrap()),
+                allowed_ips: vec![(peer_tunnel.parse().unwrap(), 32)],
+                keepalive_seconds: None,
+            }],
+            remove: vec![],
+        };
+        backend.apply(me, &update).unwrap();
     };
-    configure(&w1, k1, k2, &b, "10.255.0.2");
-    configure(&w2, k2, k1, &a, "10.255.0.1");
+    configure(Backend::Userspace, &w1, k1, k2, &b, "10.255.0.2");
+    configure(Backend::Kernel, &w2, k2, k1, &a, "10.255.0.1");
     for (host, name, me, peer) in
         [(&h1, &w1, "10.255.0.1", "10.255.0.2"), (&h2, &w2, "10.255.0.2", "10.255.0.1")]
     {
@@ -225,4 +230,9 @@ fn wireguard_go_configured_over_uapi_carries_a_ping() {
     assert_eq!(device.public_key, Some(k1.public()));
     assert_eq!(device.peers.len(), 1);
     assert!(device.peers[0].last_handshake_seconds > 0 && device.peers[0].rx_bytes > 0, "{device:?}");
+    let other = Backend::Kernel.get(&w2).unwrap();
+    assert_eq!(other.public_key, Some(k2.public()));
+    assert_eq!(other.peers[0].public_key, Some(k1.public()));
+    assert_eq!(other.peers[0].allowed_ips, vec![("10.255.0.1".parse().unwrap(), 32)]);
+    assert!(other.peers[0].rx_bytes > 0, "{other:?}");
 }

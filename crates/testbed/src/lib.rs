@@ -54,6 +54,22 @@ fn sweep_stale() {
         }
         drop(Netns { name: name.to_string() });
     }
+    remove_dead_wireguard_sockets("w");
+}
+
+/// wireguard-go leaves its UAPI socket behind when it is killed; the sockets of the tests'
+/// interfaces (named by [`unique`]) that nobody answers any more are removed.
+fn remove_dead_wireguard_sockets(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir("/var/run/wireguard") else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix)
+            && name.ends_with(".sock")
+            && std::os::unix::net::UnixStream::connect(entry.path()).is_err()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A name unique to this test process: `w<pid><tag><n>`, at most 15 characters so that it
@@ -145,6 +161,7 @@ impl Drop for Netns {
             let _ = output("kill", &["-9", pid]);
         }
         let _ = output("ip", &["netns", "del", &self.name]);
+        remove_dead_wireguard_sockets(&format!("w{}", std::process::id() % 100_000));
         // Files `ip netns exec` shows inside (resolv.conf written by weft-node).
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
     }

@@ -50,6 +50,8 @@ pub struct Host {
     pub socket: PathBuf,
     pub state: PathBuf,
     pub agent: Option<Child>,
+    /// Unique on the machine: wireguard-go's control sockets share one directory.
+    pub wireguard_interface: String,
 }
 
 /// Hosts on an underlay with an "outside" namespace standing in for the internet (it has no
@@ -83,6 +85,7 @@ impl Lab {
                     socket: tmp.path().join(format!("h{i}.sock")),
                     state: tmp.path().join(format!("h{i}")),
                     agent: None,
+                    wireguard_interface: weft_testbed::unique("wg"),
                 }
             })
             .collect();
@@ -146,6 +149,7 @@ impl Lab {
             .arg("--state-dir")
             .arg(&host.state)
             .args(["--resync-ms", "500", "--heartbeat-ms", "300", "--request-timeout-ms", "3000"])
+            .args(["--wireguard-interface", &host.wireguard_interface])
             // A dead upstream first (nothing answers at .252), then the lab's stub.
             .args([
                 "--dns-upstream",
