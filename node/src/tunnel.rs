@@ -295,10 +295,12 @@ impl Tunnel {
     /// Takes the interface down for good (uninstall): the kernel link is deleted, and
     /// wireguard-go exits when its socket goes.
     pub async fn remove(interface: &str, kernel: &Kernel) -> Result<(), KernelError> {
+        kernel.delete_link(interface).await?;
         let socket = wireguard::socket_path(interface);
-        if socket.exists() {
-            let _ = std::fs::remove_file(&socket);
+        match std::fs::remove_file(&socket) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(failed(format!("removing {}", socket.display()), e)),
         }
-        kernel.delete_link(interface).await
     }
 }

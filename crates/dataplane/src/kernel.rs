@@ -189,11 +189,12 @@ impl Kernel {
 
     /// Deletes a link by name, if it exists (for links weft made outside its plan).
     pub async fn delete_link(&self, name: &str) -> Result<(), KernelError> {
-        match link_index(&self.handle, name).await {
-            Ok(index) => {
-                self.handle.link().del(index).execute().await.map_err(failed(format!("deleting link {name}")))
-            }
-            Err(_) => Ok(()),
+        let Ok(index) = link_index(&self.handle, name).await else { return Ok(()) };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            // Gone meanwhile (wireguard-go removes its link as it exits): what was wanted.
+            Err(_) if link_index(&self.handle, name).await.is_err() => Ok(()),
+            Err(e) => Err(failed(format!("deleting link {name}"))(e)),
         }
     }
 
