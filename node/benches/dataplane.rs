@@ -2,7 +2,8 @@
 //! - how fast one agent programs remote endpoints (FDB + neighbour entries) from a snapshot;
 //! - convergence: from an attach returning on one host to another host's entries being in
 //!   place, with 10 hosts;
-//! - TCP throughput container to container across hosts against the bare underlay (iperf3);
+//! - TCP throughput container to container across hosts against the bare underlay, and over
+//!   an encrypted network against the bare WireGuard tunnel between the same hosts (iperf3);
 //! - DNS queries/s and latency from a container (dnsperf).
 //!
 //! `cargo bench -p weft-node --bench dataplane` (release build). Prints Markdown for
@@ -180,6 +181,11 @@ async fn throughput() {
     }
     let lab = Lab::new(2);
     lab.create_network("fast", false);
+    lab.create(pb::CreateNetworkRequest {
+        name: "sealed".into(),
+        options: [("encrypted".to_string(), "true".to_string())].into(),
+        ..Default::default()
+    });
     let (c1, c2) = (Netns::new("c"), Netns::new("c"));
     let mut h1 = lab.agent(0).await;
     let mut h2 = lab.agent(1).await;
@@ -187,14 +193,49 @@ async fn throughput() {
     let mut waiting = attach_request(&c2, "fast", "c2");
     waiting.wait_everywhere = true;
     let e2 = h2.attach(waiting).await.unwrap().into_inner().attachment.unwrap();
+    let (s1, s2) = (Netns::new("c"), Netns::new("c"));
+    attach(&mut h1, &s1, "sealed", "s1").await;
+    let mut waiting = attach_request(&s2, "sealed", "s2");
+    waiting.wait_everywhere = true;
+    let sealed2 = h2.attach(waiting).await.unwrap().into_inner().attachment.unwrap();
+    // The hosts' own WireGuard interfaces (wireguard-go here) are the bare tunnel: the same
+    // daemons, keys and namespaces, without VXLAN or a container in between.
+    let h2_tunnel = lab.with_controller(|channel| {
+        Box::pin(async move {
+            weft_api::pb::node_service_client::NodeServiceClient::new(channel)
+                .inspect_node(pb::InspectNodeRequest { name: "h2".into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .node
+                .unwrap()
+                .tunnel_address
+        })
+    });
+    assert!(reaches(&s1, &ip_of(&sealed2)).await, "the encrypted network does not carry traffic");
     let seconds = 5;
     let underlay = iperf(&lab.hosts[0].ns, &lab.hosts[1].ns, &format!("{UNDERLAY}.2"), seconds);
     let overlay = iperf(&c1, &c2, &ip_of(&e2), seconds);
-    println!("| TCP, {seconds} s, iperf3 | Gbit/s |");
-    println!("|---|---|");
-    println!("| bare underlay, host 1 → host 2 (MTU 1500) | {underlay:.2} |");
-    println!("| container → container over VXLAN (MTU {}) | {overlay:.2} |", e2.mtu);
-    println!("| ratio | **{:.0} %** |", overlay / underlay * 100.0);
+    let tunnel = iperf(&lab.hosts[0].ns, &lab.hosts[1].ns, &h2_tunnel, seconds);
+    let encrypted = iperf(&s1, &s2, &ip_of(&sealed2), seconds);
+    println!("| TCP, {seconds} s, iperf3 | Gbit/s | ratio |");
+    println!("|---|---|---|");
+    println!("| bare underlay, host 1 → host 2 (MTU 1500) | {underlay:.2} | |");
+    println!(
+        "| container → container over VXLAN (MTU {}) | {overlay:.2} | **{:.0} %** of the underlay |",
+        e2.mtu,
+        overlay / underlay * 100.0
+    );
+    println!(
+        "| bare WireGuard tunnel (wireguard-go), host 1 → host 2 (MTU 1440) | {tunnel:.2} | {:.0} % of the underlay |",
+        tunnel / underlay * 100.0
+    );
+    println!(
+        "| container → container, encrypted network (MTU {}) | {encrypted:.2} | **{:.0} %** of the bare tunnel, {:.0} % of the plain overlay |",
+        sealed2.mtu,
+        encrypted / tunnel * 100.0,
+        encrypted / overlay * 100.0
+    );
     println!();
 }
 
