@@ -1,0 +1,207 @@
+//! The `weft` binary against a real single-member controller on loopback: what it prints,
+//! what it says on bad input, and its exit codes. (Connecting containers needs a node agent
+//! and root: node/tests/cli.rs.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// A one-member cluster from a data directory alone, killed on drop.
+struct Controller {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn controller_binary() -> PathBuf {
+    let path = Path::new(WEFT).with_file_name("weft-controller");
+    assert!(
+        path.exists(),
+        "{} is missing: build the whole workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+fn start() -> Controller {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let child = Command::new(controller_binary())
+        .args(["--listen", &address, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn,openraft=off")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let controller = Controller { child, address, _dir: dir };
+    // Ready when `cluster status` names a leader and the cluster's configuration is in
+    // (it carries the cluster id).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = weft(&controller, &["cluster", "status"]);
+        let status = String::from_utf8_lossy(&out.stdout);
+        let configured = status.lines().next().is_some_and(|l| l.trim() != "Cluster:");
+        if out.status.success() && configured && !status.contains("none") {
+            return controller;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller did not come up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn weft(controller: &Controller, args: &[&str]) -> Output {
+    Command::new(WEFT)
+        .args(args)
+        .env("WEFT_CONTROLLER", &controller.address)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+/// Runs `weft`, expects success, returns stdout.
+fn ok(controller: &Controller, args: &[&str]) -> String {
+    let out = weft(controller, args);
+    assert!(out.status.success(), "weft {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `weft`, expects failure with one line on stderr containing every one of `words`.
+fn fails(controller: &Controller, args: &[&str], words: &[&str]) {
+    let out = weft(controller, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "weft {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(stderr.lines().count(), 1, "weft {args:?}: not one line: {stderr}");
+    assert!(stderr.starts_with("weft: "), "{stderr}");
+    for word in words {
+        assert!(stderr.contains(word), "weft {args:?}: {word:?} missing from {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn networks_are_created_listed_inspected_and_removed_like_docker_networks() {
+    let c = start();
+    let id = ok(
+        &c,
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.30.0.0/24",
+            "--gateway",
+            "10.30.0.254",
+            "--label",
+            "team=web",
+            "backend",
+        ],
+    );
+    let id = id.trim();
+    assert_eq!(id.len(), 64, "create prints the full id: {id}");
+    ok(&c, &["network", "create", "-o", "encrypted=true", "--ipv6", "secrets"]);
+
+    let table = ok(&c, &["network", "ls"]);
+    let mut lines = table.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("NETWORK ID") && header.contains("NAME") && header.contains("DRIVER"),
+        "{table}"
+    );
+    let backend = table.lines().find(|l| l.contains("backend")).unwrap();
+    assert!(
+        backend.starts_with(&id[..12]) && !backend.contains(id) && backend.contains("overlay"),
+        "{table}"
+    );
+    assert!(table.lines().any(|l| l.contains("secrets") && l.ends_with("true")), "{table}");
+
+    assert_eq!(ok(&c, &["network", "ls", "-q", "--no-trunc", "--filter", "label=team=web"]).trim(), id);
+    assert_eq!(
+        ok(&c, &["network", "ls", "--filter", "name=sec", "--format", "{{.Name}} {{.Encrypted}}"]),
+        "secrets true\n"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        ok(&c, &["network", "ls", "--filter", "name=backend", "--format", "json"]).trim(),
+    )
+    .unwrap();
+    assert_eq!(json["Subnet"], "10.30.0.0/24");
+
+    let inspected: serde_json::Value =
+        serde_json::from_str(&ok(&c, &["network", "inspect", "backend", &id[..16]])).unwrap();
+    let docs = inspected.as_array().unwrap();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(docs[0]["Id"], id);
+    assert_eq!(docs[0]["IPAM"]["Config"][0]["Gateway"], "10.30.0.254");
+    assert_eq!(docs[0]["Labels"]["team"], "web");
+    assert_eq!(docs[0]["Scope"], "global");
+    assert!(docs[0]["Containers"].as_object().unwrap().is_empty());
+
+    assert_eq!(ok(&c, &["network", "rm", "backend"]), "backend\n");
+    fails(&c, &["network", "rm", "backend"], &["backend"]);
+    assert_eq!(ok(&c, &["network", "prune", "-f"]), "Deleted Networks:\nsecrets\n");
+    assert_eq!(ok(&c, &["network", "ls", "-q"]), "");
+
+    let status = ok(&c, &["cluster", "status"]);
+    assert!(status.contains("Leader:         1 (") && status.contains("MEMBER ID"), "{status}");
+    assert!(ok(&c, &["node", "ls"]).starts_with("NAME"));
+    assert!(ok(&c, &["completion", "bash"]).contains("weft"));
+}
+
+#[test]
+fn bad_input_gets_one_readable_line_and_a_failing_exit() {
+    let c = start();
+    ok(&c, &["network", "create", "--subnet", "10.40.0.0/24", "taken"]);
+    fails(&c, &["network", "create", "--subnet", "10.40.0.999/24", "bad"], &["10.40.0.999/24"]);
+    fails(&c, &["network", "create", "--subnet", "10.40.0.128/25", "overlap"], &["overlaps", "taken"]);
+    fails(&c, &["network", "create", "taken"], &["already exists"]);
+    fails(
+        &c,
+        &["network", "create", "--gateway", "10.50.0.1", "--subnet", "fd00::/64", "v6only"],
+        &["gateway", "explicit IPv4 subnet"],
+    );
+    fails(&c, &["network", "create", "-o", "nonsense=1", "opts"], &["nonsense", "encrypted"]);
+    fails(&c, &["network", "create", "--label", "novalue", "labels"], &["--label", "KEY=VALUE"]);
+    fails(&c, &["network", "inspect", "nowhere"], &["nowhere"]);
+    fails(&c, &["network", "ls", "--filter", "colour=red"], &["colour", "name="]);
+    fails(&c, &["network", "ls", "--format", "{{.Colour}}"], &["Colour", "Name"]);
+    fails(&c, &["node", "inspect", "ghost"], &["ghost"]);
+    // Nothing listens there.
+    let out = Command::new(WEFT).args(["--controller", "127.0.0.1:1", "network", "ls"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach a controller") && stderr.contains("127.0.0.1:1"), "{stderr}");
+    // A missing agent socket is named.
+    let out = Command::new(WEFT)
+        .args([
+            "--node-socket",
+            "/nonexistent/agent.sock",
+            "network",
+            "connect",
+            "taken",
+            "c1",
+            "--netns",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.sock"));
+    // Usage errors are clap's: non-zero, with the usage line.
+    let out = weft(&c, &["network", "create"]);
+    assert_eq!(out.status.code(), Some(2));
+    // --debug adds the gRPC status.
+    let out = weft(&c, &["--debug", "network", "inspect", "nowhere"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+}
