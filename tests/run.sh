@@ -12,8 +12,9 @@ say() { printf '\n==> %s\n' "$*"; }
 # Debian packages the build and the tests use. Installed only when missing.
 # iproute2, iputils-ping, nftables and procps: the kernel tests build hosts and containers as
 # namespaces, ping across them, load nftables rules and clean up processes; bind9-dnsutils
-# gives the DNS tests dig; wireguard-go is the userspace WireGuard the encryption tests run.
-packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables procps bind9-dnsutils wireguard-go wireguard-tools)
+# gives the DNS tests dig; wireguard-go is the userspace WireGuard the encryption tests run,
+# and tcpdump captures the underlay to show nothing of an encrypted network crosses in the clear.
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables procps bind9-dnsutils wireguard-go wireguard-tools tcpdump)
 
 missing=()
 for pkg in "${packages[@]}"; do

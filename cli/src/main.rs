@@ -496,8 +496,15 @@ async fn run(cli: Cli) -> Result<()> {
                 })
                 .await?
                 .into_inner();
-            let rows: Vec<Row> =
-                listed.endpoints.iter().map(|e| output::endpoint_row(e, !no_trunc)).collect();
+            let mut endpoints = listed.endpoints;
+            endpoints.sort_by(|a, b| {
+                (&a.network_name, &a.node, &a.container_name).cmp(&(
+                    &b.network_name,
+                    &b.node,
+                    &b.container_name,
+                ))
+            });
+            let rows: Vec<Row> = endpoints.iter().map(|e| output::endpoint_row(e, !no_trunc)).collect();
             rows_or_format("endpoint", &format, output::ENDPOINT_COLUMNS, &rows)?;
         }
         Command::Cluster(command) => cluster(&target, command).await?,
@@ -516,7 +523,9 @@ async fn network(target: &Target, command: NetworkCommand) -> Result<()> {
         NetworkCommand::Ls(args) => {
             let request = list_request(&args.filter)?;
             let mut client = NetworkServiceClient::new(target.controller().await?);
-            let listed = client.list_networks(request).await?.into_inner();
+            let mut listed = client.list_networks(request).await?.into_inner();
+            // By name, as `docker network ls` sorts.
+            listed.networks.sort_by(|a, b| a.name.cmp(&b.name));
             if args.quiet {
                 for n in &listed.networks {
                     print(&format!("{}\n", output::short(&n.id, !args.no_trunc)));
@@ -655,7 +664,8 @@ async fn node(target: &Target, command: NodeCommand) -> Result<()> {
     match command {
         NodeCommand::Ls { format } => {
             let mut client = NodeServiceClient::new(target.controller().await?);
-            let listed = client.list_nodes(pb::ListNodesRequest {}).await?.into_inner();
+            let mut listed = client.list_nodes(pb::ListNodesRequest {}).await?.into_inner();
+            listed.nodes.sort_by(|a, b| a.name.cmp(&b.name));
             let rows: Vec<Row> = listed.nodes.iter().map(output::node_row).collect();
             rows_or_format("node", &format, output::NODE_COLUMNS, &rows)?;
         }

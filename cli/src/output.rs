@@ -124,8 +124,10 @@ pub const MEMBER_COLUMNS: &[&str] = &["ID", "Address", "Role", "Reachable", "Mat
 /// Header text of a field: `Name` → `NAME`, `CreatedAt` → `CREATED AT`, with Docker's
 /// `NETWORK ID` for a network's id.
 fn header(field: &str, kind: &str) -> String {
-    if field == "ID" {
-        return format!("{} ID", kind.to_uppercase());
+    match field {
+        "ID" => return format!("{} ID", kind.to_uppercase()),
+        "WireGuard" | "IPv4" | "IPv6" => return field.to_uppercase(),
+        _ => {}
     }
     let mut out = String::new();
     let mut previous_upper = true;

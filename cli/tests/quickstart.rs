@@ -1,0 +1,81 @@
+//! The README's first command end to end: `deploy/quickstart.sh` brings up three controllers,
+//! three hosts and five containers that reach each other by name, and `down` removes all of
+//! it. Runs the script with this build's binaries (WEFT_BIN_DIR) under a prefix and underlay
+//! of its own, so a quickstart someone left running is not touched. Needs root.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+struct Quickstart {
+    prefix: String,
+}
+
+impl Quickstart {
+    fn run(&self, args: &[&str]) -> Output {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/quickstart.sh");
+        let bin_dir = Path::new(WEFT).parent().unwrap();
+        assert!(
+            bin_dir.join("weft-node").exists(),
+            "build the whole workspace first (cargo build --workspace)"
+        );
+        Command::new("bash")
+            .arg(script)
+            .args(args)
+            .env("WEFT_BIN_DIR", bin_dir)
+            .env("WEFT_QS_PREFIX", &self.prefix)
+            .env("WEFT_QS_UNDERLAY", "10.217.0")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Quickstart {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+#[test]
+fn the_quickstart_brings_up_a_working_cluster_and_down_removes_it() {
+    if !weft_testbed::root_or_skip("the_quickstart_brings_up_a_working_cluster_and_down_removes_it") {
+        return;
+    }
+    let quickstart = Quickstart { prefix: format!("wq{}", std::process::id() % 100_000) };
+    let prefix = quickstart.prefix.clone();
+    let up = quickstart.run(&[]);
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert!(up.status.success(), "quickstart failed:\n{stdout}\n{}", String::from_utf8_lossy(&up.stderr));
+    for line in ["web1 -> web2 ok", "web1 -> web3 ok", "web3 -> web2 ok", "db1  -> db3  ok"] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
+    assert!(stdout.contains("Tear it all down"), "{stdout}");
+
+    // It is left running, and usable as the instructions say.
+    let controllers = "10.217.0.254:7001,10.217.0.254:7002,10.217.0.254:7003";
+    let listed = Command::new(WEFT)
+        .args(["--controller", controllers, "network", "ls", "--format", "{{.Name}} {{.Encrypted}}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "frontend false\nsecrets true\n");
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &format!("{prefix}-db1"), "ping", "-c", "1", "-W", "2", "db3"])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stderr));
+
+    let down = quickstart.run(&["down"]);
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let namespaces =
+        String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+    assert!(!namespaces.contains(&format!("{prefix}-")), "namespaces left: {namespaces}");
+    let links = String::from_utf8(Command::new("ip").args(["-o", "link"]).output().unwrap().stdout).unwrap();
+    assert!(!links.contains(&format!("{prefix}-")), "links left: {links}");
+    assert!(!Path::new(&format!("/run/{prefix}")).exists());
+    let processes = String::from_utf8(
+        Command::new("pgrep").args(["-af", &format!("/run/{prefix}/")]).output().unwrap().stdout,
+    )
+    .unwrap();
+    assert!(processes.lines().all(|l| l.contains("pgrep")), "processes left: {processes}");
+}

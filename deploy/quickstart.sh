@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# weft on one machine, in one command (as root, on Debian):
+#
+#   bash deploy/quickstart.sh        # build, start a cluster, connect containers, show them talk
+#   bash deploy/quickstart.sh down   # remove everything the quickstart made
+#
+# It installs the Debian packages it needs, builds weft, starts three weft-controller
+# processes (a Raft cluster) in this machine's root namespace, makes three "hosts" as network
+# namespaces joined by an underlay switch, runs weft-node on each, creates a plain and an
+# encrypted network, connects containers (more namespaces) on every host and shows them reach
+# each other by name across hosts. Then it leaves everything running and says how to use it.
+#
+# Nothing leaves the machine: the underlay is a bridge in a namespace of its own, with one
+# leg into the root namespace where the controllers listen.
+#
+# Settings (environment): WEFT_QS_PREFIX names every namespace, link and file (default
+# weftqs); WEFT_QS_UNDERLAY is the underlay /24 (default 10.213.0); WEFT_BIN_DIR uses built
+# binaries from there instead of building (the CI test does, with a debug build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prefix="${WEFT_QS_PREFIX:-weftqs}"
+underlay="${WEFT_QS_UNDERLAY:-10.213.0}"
+state="/run/$prefix"
+controller_ip="$underlay.254"
+controllers="$controller_ip:7001,$controller_ip:7002,$controller_ip:7003"
+hosts=(1 2 3)
+
+say() { printf '\n==> %s\n' "$*"; }
+die() { printf 'quickstart: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root: it creates network namespaces, links and nftables rules"
+[ "${#prefix}" -le 8 ] || die "WEFT_QS_PREFIX is at most 8 characters (interface names are 15)"
+
+down() {
+    # Agents first, so nothing reprograms what is being removed; then what they made.
+    for pidfile in "$state"/*.pid; do
+        [ -e "$pidfile" ] || continue
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    for i in "${hosts[@]}"; do
+        ns="$prefix-h$i"
+        if ip netns list | grep -qw "^$ns"; then
+            if [ -x "$state/bin/weft-node" ]; then
+                ip netns exec "$ns" "$state/bin/weft-node" --uninstall --state-dir "$state/host$i" \
+                    --wireguard-interface "$prefix-wg$i" >/dev/null 2>&1 || true
+            fi
+        fi
+    done
+    for ns in $(ip netns list | awk '{print $1}' | grep "^$prefix-" || true); do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+        rm -rf "/etc/netns/$ns"
+    done
+    ip link del "$prefix-up" 2>/dev/null || true
+    for i in "${hosts[@]}"; do rm -f "/var/run/wireguard/$prefix-wg$i.sock"; done
+    rm -rf "$state"
+}
+
+if [ "${1:-up}" = "down" ]; then
+    down
+    echo "quickstart removed: namespaces, links, processes and $state"
+    exit 0
+fi
+[ "${1:-up}" = "up" ] || die "usage: bash deploy/quickstart.sh [up|down]"
+
+packages=(ca-certificates gcc libc6-dev pkg-config iproute2 iputils-ping nftables procps bind9-dnsutils wireguard-go wireguard-tools)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ -n "${WEFT_BIN_DIR:-}" ]; then
+    bin="$WEFT_BIN_DIR"
+else
+    command -v cargo >/dev/null 2>&1 || die "weft needs a Rust toolchain (cargo, rustc 1.85 or newer): install it with rustup"
+    say "building weft (release)"
+    cargo build --release --locked --bins
+    bin="target/release"
+fi
+for b in weft weft-controller weft-node; do
+    [ -x "$bin/$b" ] || die "$bin/$b is missing"
+done
+
+say "clearing an earlier quickstart"
+down
+mkdir -p "$state/bin"
+cp "$bin/weft" "$bin/weft-controller" "$bin/weft-node" "$state/bin/"
+weft=("$state/bin/weft" --controller "$controllers")
+
+say "underlay $underlay.0/24: a switch namespace, three hosts, a leg into this namespace for the controllers"
+ip netns add "$prefix-sw"
+ip -n "$prefix-sw" link add br0 type bridge
+ip -n "$prefix-sw" link set br0 up
+join() { # join NAMESPACE|root ADDRESS LINK
+    local where="$1" address="$2" link="$3"
+    ip link add "$link" type veth peer name "$link-s"
+    ip link set "$link-s" netns "$prefix-sw"
+    ip -n "$prefix-sw" link set "$link-s" master br0 up
+    if [ "$where" = root ]; then
+        ip addr add "$address/24" dev "$link"
+        ip link set "$link" up
+    else
+        ip link set "$link" netns "$where" name ul0
+        ip -n "$where" addr add "$address/24" dev ul0
+        ip -n "$where" link set ul0 up
+        ip -n "$where" link set lo up
+    fi
+}
+join root "$controller_ip" "$prefix-up"
+for i in "${hosts[@]}"; do
+    ip netns add "$prefix-h$i"
+    join "$prefix-h$i" "$underlay.$i" "$prefix-l$i"
+done
+
+say "3 controllers (Raft) on $controllers"
+cat >"$state/cluster.toml" <<EOF
+cluster_id = "$prefix"
+members = [
+  { id = 1, address = "$controller_ip:7001" },
+  { id = 2, address = "$controller_ip:7002" },
+  { id = 3, address = "$controller_ip:7003" },
+]
+EOF
+for i in 1 2 3; do
+    RUST_LOG="warn,openraft=off" nohup "$state/bin/weft-controller" --id "$i" --listen "$controller_ip:700$i" \
+        --data-dir "$state/controller$i" --manifest "$state/cluster.toml" \
+        >"$state/controller$i.log" 2>&1 &
+    echo $! >"$state/controller$i.pid"
+done
+for _ in $(seq 300); do
+    status="$("${weft[@]}" cluster status 2>/dev/null || true)"
+    if grep -q "^Cluster: *$prefix" <<<"$status" && ! grep -q "none" <<<"$status"; then break; fi
+    sleep 0.1
+done
+grep -q "^Leader: *[1-3]" <<<"$status" || die "the controllers did not elect a leader; see $state/controller*.log"
+
+say "weft-node on host1, host2, host3"
+for i in "${hosts[@]}"; do
+    RUST_LOG=info nohup ip netns exec "$prefix-h$i" "$state/bin/weft-node" --controllers "$controllers" \
+        --name "host$i" --underlay-address "$underlay.$i" --socket "$state/host$i.sock" --state-dir "$state/host$i" \
+        --wireguard-interface "$prefix-wg$i" >"$state/host$i.log" 2>&1 &
+    echo $! >"$state/host$i.pid"
+done
+for i in "${hosts[@]}"; do
+    for _ in $(seq 300); do [ -S "$state/host$i.sock" ] && break; sleep 0.1; done
+    [ -S "$state/host$i.sock" ] || die "weft-node on host$i did not start; see $state/host$i.log"
+done
+
+say "two networks: frontend (plain) and secrets (encrypted with WireGuard)"
+"${weft[@]}" network create --subnet 10.214.1.0/24 frontend >/dev/null
+"${weft[@]}" network create --subnet 10.214.2.0/24 -o encrypted=true secrets >/dev/null
+"${weft[@]}" network ls
+
+say "containers: web1, web2, web3 on frontend (one per host); db1 and db3 on secrets"
+connect() { # connect HOST NETWORK CONTAINER
+    local ns="$prefix-$3"
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    "${weft[@]}" --node-socket "$state/host$1.sock" network connect --wait "$2" "$3" --netns "$ns"
+}
+connect 1 frontend web1
+connect 2 frontend web2
+connect 3 frontend web3
+connect 1 secrets db1
+connect 3 secrets db3
+"${weft[@]}" endpoint ls
+
+say "reaching each other by name, across hosts"
+check() { # check FROM NAME
+    if ip netns exec "$prefix-$1" ping -c 1 -W 2 -q "$2" >/dev/null; then
+        printf '  %-4s -> %-4s ok (%s)\n' "$1" "$2" "$(ip netns exec "$prefix-$1" dig +short +time=2 "$2" | head -1)"
+    else
+        die "$1 cannot reach $2 by name"
+    fi
+}
+check web1 web2
+check web1 web3
+check web3 web2
+check db1 db3
+
+cat <<EOF
+
+weft is running: 3 controllers, 3 hosts, 5 containers. Try:
+
+  export WEFT_CONTROLLER=$controllers
+  $state/bin/weft network ls
+  $state/bin/weft network inspect secrets
+  $state/bin/weft node ls
+  $state/bin/weft cluster status
+  ip netns exec $prefix-web1 ping web3                 # a container on host1 to one on host3
+  ip netns exec $prefix-db1 ping db3                   # inside WireGuard between host1 and host3
+  ip netns add $prefix-web4 && $state/bin/weft --node-socket $state/host2.sock \\
+      network connect frontend web4 --netns $prefix-web4
+
+Logs: $state/*.log. Tear it all down: bash deploy/quickstart.sh down
+EOF
