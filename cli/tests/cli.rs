@@ -34,8 +34,10 @@ fn controller_binary() -> PathBuf {
 
 fn start() -> Controller {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let address = format!("127.0.0.1:{port}");
+    // 127.0.0.2, not .1: the controller tests pick ports on 127.0.0.1 by bind-and-release,
+    // and running at the same time, one could take the port the other just chose.
+    let port = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
+    let address = format!("127.0.0.2:{port}");
     let child = Command::new(controller_binary())
         .args(["--listen", &address, "--data-dir"])
         .arg(dir.path().join("data"))
