@@ -537,26 +537,17 @@ async fn network(target: &Target, command: NetworkCommand) -> Result<()> {
             }
         }
         NetworkCommand::Inspect { networks } => {
-            let mut client = NetworkServiceClient::new(target.controller().await?);
-            let mut documents = Vec::new();
-            let mut missing = Vec::new();
-            for reference in networks {
-                match client.inspect_network(pb::InspectNetworkRequest { network: reference.clone() }).await {
-                    Ok(found) => {
-                        let found = found.into_inner();
-                        if let Some(network) = &found.network {
-                            documents.push(output::inspect_network(network, &found.endpoints));
-                        }
-                    }
-                    Err(status) if status.code() == Code::NotFound => missing.push(status),
-                    Err(status) => return Err(status.into()),
+            let client = NetworkServiceClient::new(target.controller().await?);
+            inspect_each(networks, |reference| {
+                let mut client = client.clone();
+                async move {
+                    let found =
+                        client.inspect_network(pb::InspectNetworkRequest { network: reference }).await?;
+                    let found = found.into_inner();
+                    Ok(found.network.map(|n| output::inspect_network(&n, &found.endpoints)))
                 }
-            }
-            // As Docker: what was found is printed, and each miss makes the command fail.
-            print_json(&serde_json::Value::Array(documents));
-            if !missing.is_empty() {
-                return Err(Failure::missing(&missing));
-            }
+            })
+            .await?;
         }
         NetworkCommand::Rm { networks } => {
             let mut client = NetworkServiceClient::new(target.controller().await?);
@@ -638,6 +629,26 @@ async fn network(target: &Target, command: NetworkCommand) -> Result<()> {
     Ok(())
 }
 
+/// Looks each reference up and prints what was found as one JSON array; as with Docker, each
+/// one not found makes the command fail after the rest are printed.
+async fn inspect_each<F, Fut>(references: Vec<String>, inspect: F) -> Result<()>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<Option<serde_json::Value>, Status>>,
+{
+    let mut documents = Vec::new();
+    let mut missing = Vec::new();
+    for reference in references {
+        match inspect(reference).await {
+            Ok(found) => documents.extend(found),
+            Err(status) if status.code() == Code::NotFound => missing.push(status),
+            Err(status) => return Err(status.into()),
+        }
+    }
+    print_json(&serde_json::Value::Array(documents));
+    if missing.is_empty() { Ok(()) } else { Err(Failure::missing(&missing)) }
+}
+
 /// `--filter label=…` / `label!=…` as the controllers take them ("key", "key=value",
 /// "key!=value", "!key").
 fn labels_for_prune(filters: &[String]) -> Result<Vec<String>> {
@@ -670,25 +681,15 @@ async fn node(target: &Target, command: NodeCommand) -> Result<()> {
             rows_or_format("node", &format, output::NODE_COLUMNS, &rows)?;
         }
         NodeCommand::Inspect { nodes } => {
-            let mut client = NodeServiceClient::new(target.controller().await?);
-            let mut documents = Vec::new();
-            let mut missing = Vec::new();
-            for name in nodes {
-                match client.inspect_node(pb::InspectNodeRequest { name }).await {
-                    Ok(found) => {
-                        let found = found.into_inner();
-                        if let Some(node) = &found.node {
-                            documents.push(output::inspect_node(node, &found.endpoints));
-                        }
-                    }
-                    Err(status) if status.code() == Code::NotFound => missing.push(status),
-                    Err(status) => return Err(status.into()),
+            let client = NodeServiceClient::new(target.controller().await?);
+            inspect_each(nodes, |name| {
+                let mut client = client.clone();
+                async move {
+                    let found = client.inspect_node(pb::InspectNodeRequest { name }).await?.into_inner();
+                    Ok(found.node.map(|n| output::inspect_node(&n, &found.endpoints)))
                 }
-            }
-            print_json(&serde_json::Value::Array(documents));
-            if !missing.is_empty() {
-                return Err(Failure::missing(&missing));
-            }
+            })
+            .await?;
         }
         NodeCommand::Rm { nodes } => {
             let mut client = NodeServiceClient::new(target.controller().await?);

@@ -2,7 +2,7 @@
 //! what it says on bad input, and its exit codes. (Connecting containers needs a node agent
 //! and root: node/tests/cli.rs.)
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,13 +23,7 @@ impl Drop for Controller {
 }
 
 fn controller_binary() -> PathBuf {
-    let path = Path::new(WEFT).with_file_name("weft-controller");
-    assert!(
-        path.exists(),
-        "{} is missing: build the whole workspace first (cargo build --workspace)",
-        path.display()
-    );
-    path
+    weft_testbed::workspace_binary(WEFT, "weft-controller")
 }
 
 fn start() -> Controller {

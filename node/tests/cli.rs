@@ -5,20 +5,14 @@
 
 mod lab;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use lab::*;
 use weft_testbed::{Netns, root_or_skip};
 
 fn weft_binary() -> PathBuf {
-    let path = Path::new(NODE).with_file_name("weft");
-    assert!(
-        path.exists(),
-        "{} is missing: build the whole workspace first (cargo build --workspace)",
-        path.display()
-    );
-    path
+    weft_testbed::workspace_binary(NODE, "weft")
 }
 
 fn weft(lab: &Lab, host: usize, args: &[&str]) -> Output {

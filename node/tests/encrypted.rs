@@ -221,11 +221,7 @@ async fn key_rotation_keeps_a_running_ping_and_a_removed_host_loses_its_peers() 
     assert!(reaches(&s1, &s2_ip).await);
 
     // 100 pings over 5 s; h2 rotates its key one second in.
-    let ping = Command::new("ip")
-        .args(["netns", "exec", &s1.name, "ping", "-c", "100", "-i", "0.05", "-W", "1", &s2_ip])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let ping = BackgroundPing::start(&s1, &s2_ip, 100);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let old_key = device(&lab, 1).public_key.unwrap();
     let rotated = h2.rotate_key(agent::RotateKeyRequest {}).await.unwrap().into_inner();
@@ -239,13 +235,7 @@ async fn key_rotation_keeps_a_running_ping_and_a_removed_host_loses_its_peers() 
         })
     })
     .await;
-    let out = ping.wait_with_output().unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
-    let received: u32 = summary
-        .split(", ")
-        .find_map(|part| part.strip_suffix(" received"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no ping summary: {summary}"));
+    let (summary, received) = ping.finish().await;
     // A handshake's worth of loss at most: 20 pings is one second.
     assert!(received >= 80, "only {received}/100 pings answered across the rotation:\n{summary}");
     let key_file = std::fs::read_to_string(lab.hosts[1].state.join("wireguard.key")).unwrap();

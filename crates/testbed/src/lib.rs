@@ -72,6 +72,18 @@ fn remove_dead_wireguard_sockets(prefix: &str) {
     }
 }
 
+/// A binary of this workspace built next to `sibling` (a test's own `CARGO_BIN_EXE_…`): tests
+/// of one package run binaries of others, which a workspace build puts in the same directory.
+pub fn workspace_binary(sibling: &str, name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(sibling).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the whole workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
 /// A name unique to this test process: `w<pid><tag><n>`, at most 15 characters so that it
 /// also works as an interface name.
 pub fn unique(tag: &str) -> String {

@@ -33,15 +33,8 @@ pub const OUTSIDE_NAME_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192
 /// The controllers' addresses: one namespace, three ports.
 pub const CONTROLLERS: [&str; 3] = ["192.168.77.250:7001", "192.168.77.250:7002", "192.168.77.250:7003"];
 
-/// `weft-controller`, built next to `weft-node` when the workspace is built.
 fn controller_binary() -> PathBuf {
-    let path = Path::new(NODE).with_file_name("weft-controller");
-    assert!(
-        path.exists(),
-        "{} is missing: build the whole workspace first (cargo build --workspace)",
-        path.display()
-    );
-    path
+    weft_testbed::workspace_binary(NODE, "weft-controller")
 }
 
 pub struct Host {
@@ -361,6 +354,45 @@ pub async fn reaches(from: &Netns, ip: &str) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `count` pings 50 ms apart from `from` to `ip`, running while the test does something else;
+/// [`BackgroundPing::finish`] waits for them and returns ping's summary and how many were
+/// answered.
+pub struct BackgroundPing(Child);
+
+impl BackgroundPing {
+    pub fn start(from: &Netns, ip: &str, count: u32) -> BackgroundPing {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &from.name,
+                "ping",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.05",
+                "-W",
+                "1",
+                ip,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        BackgroundPing(child)
+    }
+
+    pub async fn finish(self) -> (String, u32) {
+        let out = tokio::task::spawn_blocking(move || self.0.wait_with_output().unwrap()).await.unwrap();
+        let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+        let received = summary
+            .split(", ")
+            .find_map(|part| part.strip_suffix(" received"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no ping summary: {summary}"));
+        (summary, received)
     }
 }
 
