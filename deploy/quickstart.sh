@@ -91,7 +91,14 @@ say "clearing an earlier quickstart"
 down
 mkdir -p "$state/bin"
 cp "$bin/weft" "$bin/weft-controller" "$bin/weft-node" "$state/bin/"
-weft=("$state/bin/weft" --controller "$controllers")
+weft=("$state/bin/weft" --controller "$controllers" --tls-dir "$state/pki/admin")
+
+say "certificates: a cluster CA, one credential per controller and host, and an admin's"
+"$state/bin/weft" pki init --dir "$state/pki" --cluster "$prefix" \
+    --controller "1=$controller_ip" --controller "2=$controller_ip" --controller "3=$controller_ip" >/dev/null
+for i in "${hosts[@]}"; do
+    "$state/bin/weft" pki issue --dir "$state/pki" --node "host$i" --out "$state/pki/host$i"
+done
 
 say "underlay $underlay.0/24: a switch namespace, three hosts, a leg into this namespace for the controllers"
 ip netns add "$prefix-sw"
@@ -129,7 +136,7 @@ members = [
 EOF
 for i in 1 2 3; do
     RUST_LOG="warn,openraft=off" nohup "$state/bin/weft-controller" --id "$i" --listen "$controller_ip:700$i" \
-        --data-dir "$state/controller$i" --manifest "$state/cluster.toml" \
+        --data-dir "$state/controller$i" --manifest "$state/cluster.toml" --tls-dir "$state/pki/controller-$i" \
         >"$state/controller$i.log" 2>&1 &
     echo $! >"$state/controller$i.pid"
 done
@@ -144,7 +151,7 @@ say "weft-node on host1, host2, host3"
 for i in "${hosts[@]}"; do
     RUST_LOG=info nohup ip netns exec "$prefix-h$i" "$state/bin/weft-node" --controllers "$controllers" \
         --name "host$i" --underlay-address "$underlay.$i" --socket "$state/host$i.sock" --state-dir "$state/host$i" \
-        --wireguard-interface "$prefix-wg$i" >"$state/host$i.log" 2>&1 &
+        --wireguard-interface "$prefix-wg$i" --tls-dir "$state/pki/host$i" >"$state/host$i.log" 2>&1 &
     echo $! >"$state/host$i.pid"
 done
 for i in "${hosts[@]}"; do
@@ -188,7 +195,7 @@ cat <<EOF
 
 weft is running: 3 controllers, 3 hosts, 5 containers. Try:
 
-  export WEFT_CONTROLLER=$controllers
+  export WEFT_CONTROLLER=$controllers WEFT_TLS_DIR=$state/pki/admin
   $state/bin/weft network ls
   $state/bin/weft network inspect secrets
   $state/bin/weft node ls

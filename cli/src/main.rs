@@ -61,6 +61,11 @@ struct Connection {
     /// (default: ~/.config/weft/config.toml when it exists).
     #[arg(long, global = true, env = "WEFT_CONFIG")]
     config: Option<PathBuf>,
+    /// TLS credentials for the controllers (ca.pem, cert.pem, key.pem), e.g. the admin
+    /// directory `weft pki init` made. Without, weft talks plaintext (controllers started
+    /// with --insecure).
+    #[arg(long, global = true, env = "WEFT_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
     /// Deadline of each request, in seconds.
     #[arg(long, global = true, default_value_t = 10)]
     timeout: u64,
@@ -80,6 +85,9 @@ enum Command {
     /// The controller cluster: status and membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The cluster's certificates: a CA and credentials for controllers, admins and hosts.
+    #[command(subcommand)]
+    Pki(PkiCommand),
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion { shell: clap_complete::Shell },
 }
@@ -243,6 +251,39 @@ enum EndpointCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Make a cluster CA in DIR (ca.pem, ca-key.pem), credentials for each controller
+    /// (DIR/controller-ID) and an admin credential (DIR/admin).
+    #[command(
+        after_help = "Example:\n  weft pki init --dir /etc/weft/pki --cluster prod --controller 1=10.0.0.1 --controller 2=10.0.0.2 --controller 3=10.0.0.3"
+    )]
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        cluster: String,
+        /// ID=HOST: a controller's id and the address or name clients dial it by (repeat).
+        #[arg(long, required = true)]
+        controller: Vec<String>,
+        /// The admin credential's name.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+    },
+    /// Issue a credential from the CA in DIR: for a host (--node NAME) or an admin.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+        node: Option<String>,
+        #[arg(long)]
+        admin: Option<String>,
+        /// Where to write ca.pem, cert.pem and key.pem.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ClusterCommand {
     /// Leader, term, revision and the health of each member.
     Status,
@@ -298,11 +339,13 @@ type Result<T> = std::result::Result<T, Failure>;
 struct ConfigFile {
     controller: Option<Vec<String>>,
     node_socket: Option<PathBuf>,
+    tls_dir: Option<PathBuf>,
 }
 
 /// Where to reach the cluster, with flags over environment over the config file.
 struct Target {
     controllers: Vec<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     node_socket: PathBuf,
     timeout: Duration,
 }
@@ -330,7 +373,16 @@ impl Target {
         } else {
             c.controller.clone()
         };
+        let tls = match c.tls_dir.clone().or(config.tls_dir) {
+            Some(dir) => Some(
+                weft_pki::Credentials::load(&dir)
+                    .map_err(|e| Failure::new(format!("--tls-dir: {e}")))?
+                    .client(),
+            ),
+            None => None,
+        };
         Ok(Target {
+            tls,
             controllers: controllers.into_iter().filter(|a| !a.trim().is_empty()).collect(),
             node_socket: c
                 .node_socket
@@ -345,14 +397,18 @@ impl Target {
     async fn controller(&self) -> Result<Channel> {
         let mut problems = Vec::new();
         for address in &self.controllers {
-            let uri = if address.contains("://") { address.clone() } else { format!("http://{address}") };
-            let endpoint = match Channel::from_shared(uri) {
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            let uri = if address.contains("://") { address.clone() } else { format!("{scheme}://{address}") };
+            let mut endpoint = match Channel::from_shared(uri) {
                 Ok(e) => e.connect_timeout(Duration::from_secs(2)).timeout(self.timeout),
                 Err(_) => {
                     problems.push(format!("{address}: not a host:port"));
                     continue;
                 }
             };
+            if let Some(tls) = &self.tls {
+                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| Failure::new(format!("TLS: {e}")))?;
+            }
             match endpoint.connect().await {
                 Ok(channel) => return Ok(channel),
                 Err(e) => problems.push(format!("{address}: {}", source_text(&e))),
@@ -508,6 +564,7 @@ async fn run(cli: Cli) -> Result<()> {
             rows_or_format("endpoint", &format, output::ENDPOINT_COLUMNS, &rows)?;
         }
         Command::Cluster(command) => cluster(&target, command).await?,
+        Command::Pki(command) => pki(command)?,
     }
     Ok(())
 }
@@ -647,6 +704,53 @@ where
     }
     print_json(&serde_json::Value::Array(documents));
     if missing.is_empty() { Ok(()) } else { Err(Failure::missing(&missing)) }
+}
+
+fn pki(command: PkiCommand) -> Result<()> {
+    use weft_pki::{Authority, Role};
+    let failed = |e: weft_pki::PkiError| Failure::new(e.to_string());
+    match command {
+        PkiCommand::Init { dir, cluster, controller, admin } => {
+            if dir.join("ca-key.pem").exists() {
+                return Err(Failure::new(format!(
+                    "{} already holds a CA; use `weft pki issue` to add credentials",
+                    dir.display()
+                )));
+            }
+            let members = controller
+                .iter()
+                .map(|c| {
+                    let (id, host) = key_value("--controller", c)?;
+                    let id: u64 = id
+                        .parse()
+                        .map_err(|_| Failure::new(format!("--controller {c:?}: the id is a number")))?;
+                    Ok((id, host))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let ca = Authority::create(&cluster).map_err(failed)?;
+            ca.save(&dir).map_err(failed)?;
+            for (id, host) in members {
+                let credentials = ca.issue(Role::Controller, &id.to_string(), &[host]).map_err(failed)?;
+                credentials.save(&dir.join(format!("controller-{id}"))).map_err(failed)?;
+            }
+            ca.issue(Role::Admin, &admin, &[]).map_err(failed)?.save(&dir.join("admin")).map_err(failed)?;
+            print(&format!(
+                "CA and credentials in {}: keep ca-key.pem safe; give each controller its controller-ID directory (--tls-dir); use admin/ with weft --tls-dir\n",
+                dir.display()
+            ));
+        }
+        PkiCommand::Issue { dir, node, admin, out } => {
+            let ca = Authority::load(&dir).map_err(failed)?;
+            let credentials = match (node, admin) {
+                (Some(node), None) => ca.issue(Role::Node, &node, &[]),
+                (None, Some(admin)) => ca.issue(Role::Admin, &admin, &[]),
+                _ => return Err(Failure::new("give --node NAME or --admin NAME")),
+            }
+            .map_err(failed)?;
+            credentials.save(&out).map_err(failed)?;
+        }
+    }
+    Ok(())
 }
 
 /// `--filter label=…` / `label!=…` as the controllers take them ("key", "key=value",

@@ -12,6 +12,8 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 struct Controller {
     child: Child,
     address: String,
+    /// The admin credential.
+    tls: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -32,14 +34,24 @@ fn start() -> Controller {
     // and running at the same time, one could take the port the other just chose.
     let port = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
     let address = format!("127.0.0.2:{port}");
+    // Credentials made the way an operator makes them.
+    let pki = dir.path().join("pki");
+    let init = Command::new(WEFT)
+        .args(["pki", "init", "--cluster", "test", "--controller", "1=127.0.0.2", "--dir"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let child = Command::new(controller_binary())
         .args(["--listen", &address, "--data-dir"])
         .arg(dir.path().join("data"))
+        .arg("--tls-dir")
+        .arg(pki.join("controller-1"))
         .env("RUST_LOG", "warn,openraft=off")
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let controller = Controller { child, address, _dir: dir };
+    let controller = Controller { child, address, tls: dir.path().join("pki/admin"), _dir: dir };
     // Ready when `cluster status` names a leader and the cluster's configuration is in
     // (it carries the cluster id).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -63,6 +75,7 @@ fn weft(controller: &Controller, args: &[&str]) -> Output {
     Command::new(WEFT)
         .args(args)
         .env("WEFT_CONTROLLER", &controller.address)
+        .env("WEFT_TLS_DIR", &controller.tls)
         .env("HOME", "/nonexistent")
         .output()
         .unwrap()

@@ -54,8 +54,18 @@ fn the_quickstart_brings_up_a_working_cluster_and_down_removes_it() {
 
     // It is left running, and usable as the instructions say.
     let controllers = "10.217.0.254:7001,10.217.0.254:7002,10.217.0.254:7003";
+    let admin = format!("/run/{prefix}/pki/admin");
     let listed = Command::new(WEFT)
-        .args(["--controller", controllers, "network", "ls", "--format", "{{.Name}} {{.Encrypted}}"])
+        .args([
+            "--controller",
+            controllers,
+            "--tls-dir",
+            &admin,
+            "network",
+            "ls",
+            "--format",
+            "{{.Name}} {{.Encrypted}}",
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&listed.stdout), "frontend false\nsecrets true\n");

@@ -51,7 +51,7 @@ fn start(dir: &Path) -> Members {
         .enumerate()
         .map(|(i, addr)| {
             Command::new(BIN)
-                .args(["--id", &(i + 1).to_string(), "--listen", addr, "--data-dir"])
+                .args(["--insecure", "--id", &(i + 1).to_string(), "--listen", addr, "--data-dir"])
                 .arg(dir.join(format!("m{}", i + 1)))
                 .arg("--manifest")
                 .arg(&manifest)

@@ -21,6 +21,7 @@ use weft_api::pb::{
     watch_service_server::WatchService,
 };
 use weft_core::{Command, Endpoint, Response as Done, State};
+use weft_pki::{Caller, Role};
 
 use crate::cluster::Controller;
 use crate::raft_network::{AwaitApplied, MembershipChange};
@@ -30,6 +31,18 @@ use crate::registry::{Published, WatchStart};
 const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// Messages buffered per watch stream before the watcher counts as slow.
 const WATCH_STREAM_BUFFER: usize = 64;
+
+/// A node's certificate lets it act for its own host only; admins act for any.
+fn acting_for<T>(request: &Request<T>, host: &str, what: &str) -> Result<(), Status> {
+    match request.extensions().get::<Caller>() {
+        Some(caller) if caller.role == Role::Node && caller.name != host => {
+            let message = format!("{caller} may {what} for its own host only, not for {host:?}");
+            tracing::warn!(%caller, host, "permission denied: {message}");
+            Err(Status::permission_denied(message))
+        }
+        _ => Ok(()),
+    }
+}
 
 fn invalid(err: weft_core::Error) -> Status {
     convert::status(&err)
@@ -140,6 +153,7 @@ impl EndpointService for Controller {
         request: Request<pb::CreateEndpointRequest>,
     ) -> Result<Response<pb::Endpoint>, Status> {
         let req = convert::endpoint_request(request.get_ref()).map_err(invalid)?;
+        acting_for(&request, &req.node, "create endpoints")?;
         match self.propose(Command::CreateEndpoint(req)).await? {
             (_, Done::Endpoint(endpoint)) => self
                 .registry
@@ -155,6 +169,13 @@ impl EndpointService for Controller {
         request: Request<pb::RemoveEndpointRequest>,
     ) -> Result<Response<pb::RemoveEndpointResponse>, Status> {
         let reference = convert::endpoint_ref(request.get_ref()).map_err(invalid)?;
+        if request.extensions().get::<Caller>().is_some_and(|c| c.role == Role::Node) {
+            let host = self
+                .registry
+                .with_state(|state| state.find_endpoint(&reference).map(|e| e.node.clone()))
+                .map_err(invalid)?;
+            acting_for(&request, &host, "remove endpoints")?;
+        }
         match self.propose(Command::RemoveEndpoint(reference)).await? {
             (revision, Done::EndpointRemoved(endpoint)) => Ok(Response::new(pb::RemoveEndpointResponse {
                 endpoint: self.registry.with_state(|state| endpoint_pb(state, &endpoint)),
@@ -203,6 +224,7 @@ impl NodeService for Controller {
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let req = convert::node_request(request.get_ref()).map_err(invalid)?;
+        acting_for(&request, &req.name, "register")?;
         match self.propose(Command::RegisterNode(req)).await? {
             (_, Done::Node(node)) => {
                 let count = self.registry.with_state(|s| s.node_endpoints(&node.name).count());
@@ -216,6 +238,7 @@ impl NodeService for Controller {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        acting_for(&request, &request.get_ref().name, "heartbeat")?;
         let req = request.into_inner();
         let answer = Controller::heartbeat(self, &req.name, req.applied_revision).await?;
         Ok(Response::new(pb::HeartbeatResponse {

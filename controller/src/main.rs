@@ -65,6 +65,13 @@ struct Args {
     /// Snapshot the registry and compact the log after this many log entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// This member's TLS credentials: ca.pem (the cluster CA), cert.pem and key.pem (0600),
+    /// as `weft pki init` writes them. Every connection is mutual TLS.
+    #[arg(long, env = "WEFT_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Serve plaintext gRPC with no authentication at all (trusted test networks only).
+    #[arg(long)]
+    insecure: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -98,7 +105,19 @@ fn start(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let tls = match (&args.tls_dir, args.insecure) {
+        (Some(dir), false) => Some(
+            weft_pki::Credentials::load(dir)
+                .map_err(|e| anyhow::anyhow!("--tls-dir: {e} (make credentials with `weft pki init`)"))?,
+        ),
+        (None, true) => None,
+        (Some(_), true) => anyhow::bail!("--tls-dir and --insecure exclude each other"),
+        (None, false) => anyhow::bail!(
+            "give --tls-dir DIR (this member's ca.pem, cert.pem, key.pem from `weft pki init`), or --insecure to serve plaintext"
+        ),
+    };
     let opts = Options {
+        tls,
         id: args.id,
         listen: args.listen,
         advertise: args.advertise,

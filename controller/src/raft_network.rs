@@ -16,7 +16,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 use weft_core::Proposal;
 
@@ -88,17 +88,31 @@ pub struct HeartbeatAnswer {
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Mutual TLS towards other members (their certificates name their addresses); none
+    /// with `--insecure`.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Peers {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Peers {
+        Peers { channels: Arc::default(), tls }
+    }
+
     /// A client for the member at `addr` (host:port). Connection happens on first use.
     pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = channels.get(addr) {
             return Ok(RaftServiceClient::new(channel.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("bad member address {addr:?}: {e}")))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| Status::internal(format!("bad member address {addr:?}: {e}")))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Status::internal(format!("TLS towards member {addr}: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

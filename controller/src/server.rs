@@ -53,6 +53,9 @@ pub struct Options {
     pub join: bool,
     /// Build a snapshot (and compact the log) after this many new log entries.
     pub snapshot_every: u64,
+    /// This member's credentials from the cluster CA; `None` serves plaintext and lets
+    /// anyone do anything (`--insecure`).
+    pub tls: Option<weft_pki::Credentials>,
 }
 
 fn raft_config(opts: &Options) -> anyhow::Result<openraft::Config> {
@@ -110,7 +113,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
 
     let registry = Arc::new(Registry::new(opts.watch_retained_revisions, opts.watch_buffer));
     let state_machine = StateMachine::open(store.clone(), registry.clone())?;
-    let peers = Peers::default();
+    let peers = Peers::new(opts.tls.as_ref().map(weft_pki::Credentials::client));
     let raft = Raft::new(
         opts.id,
         Arc::new(raft_config(&opts)?),
@@ -180,8 +183,17 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         None => None,
     };
 
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &opts.tls {
+        builder = builder.tls_config(tls.server()).context("loading the TLS credentials")?;
+    } else {
+        tracing::warn!(
+            "--insecure: serving plaintext gRPC; anyone who can reach this port controls the cluster"
+        );
+    }
+    let serve = builder
         .layer(CountRequests { metrics: controller.metrics.clone() })
+        .layer(weft_pki::authorize::Authorize { insecure: opts.tls.is_none() })
         .add_service(raft_pb::raft_service_server::RaftServiceServer::new(RaftServer::new(
             controller.clone(),
         )))

@@ -91,7 +91,7 @@ impl Cluster {
     fn spawn(&mut self, i: usize) {
         let m = &mut self.members[i];
         let mut cmd = Command::new(BIN);
-        cmd.args(["--id", &m.id.to_string(), "--listen", &m.addr, "--data-dir"])
+        cmd.args(["--insecure", "--id", &m.id.to_string(), "--listen", &m.addr, "--data-dir"])
             .arg(&m.dir)
             .args([
                 "--request-timeout-ms",
@@ -355,7 +355,7 @@ fn a_data_directory_of_another_cluster_is_refused() {
     )
     .unwrap();
     let mut child = Command::new(BIN)
-        .args(["--id", "1", "--listen", &member.addr, "--data-dir"])
+        .args(["--insecure", "--id", "1", "--listen", &member.addr, "--data-dir"])
         .arg(&member.dir)
         .arg("--manifest")
         .arg(&manifest)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 #[derive(Clone, Debug)]
@@ -25,18 +25,24 @@ fn try_another(status: &Status) -> bool {
 }
 
 impl Controllers {
-    /// `addresses` as `host:port`; `timeout` bounds every request.
-    pub fn new(addresses: Vec<String>, timeout: Duration) -> anyhow::Result<Controllers> {
+    /// `addresses` as `host:port`; `timeout` bounds every request; `tls` is mutual TLS with
+    /// the host's credentials (none: plaintext, `--insecure`).
+    pub fn new(
+        addresses: Vec<String>,
+        timeout: Duration,
+        tls: Option<ClientTlsConfig>,
+    ) -> anyhow::Result<Controllers> {
         anyhow::ensure!(!addresses.is_empty(), "no controller addresses given");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let channels = addresses
             .iter()
             .map(|a| {
-                Ok(Endpoint::from_shared(format!("http://{a}"))
-                    .map_err(|e| anyhow::anyhow!("controller address {a:?}: {e}"))?
-                    .connect_timeout(timeout)
-                    .timeout(timeout)
-                    .tcp_nodelay(true)
-                    .connect_lazy())
+                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{a}"))
+                    .map_err(|e| anyhow::anyhow!("controller address {a:?}: {e}"))?;
+                if let Some(tls) = &tls {
+                    endpoint = endpoint.tls_config(tls.clone()).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+                }
+                Ok(endpoint.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true).connect_lazy())
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Controllers {

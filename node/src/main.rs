@@ -79,6 +79,13 @@ struct Flags {
     /// UDP port WireGuard listens on; other hosts send to it on the underlay.
     #[arg(long, default_value_t = 51820)]
     wireguard_port: u16,
+    /// This host's TLS credentials: ca.pem (the cluster CA), cert.pem and key.pem (0600) for
+    /// `node:NAME`, as `weft pki issue --node NAME` writes them.
+    #[arg(long, env = "WEFT_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Talk to the controllers in plaintext (controllers started with --insecure).
+    #[arg(long)]
+    insecure: bool,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -137,7 +144,20 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(%name, %vtep, %interface, underlay_mtu, "starting");
     let timeout = Duration::from_millis(flags.request_timeout_ms);
-    let controllers = Controllers::new(flags.controllers, timeout)?;
+    let tls = match (&flags.tls_dir, flags.insecure) {
+        (Some(dir), false) => {
+            Some(weft_pki::Credentials::load(dir).map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?.client())
+        }
+        (None, true) => {
+            tracing::warn!("--insecure: talking to the controllers in plaintext");
+            None
+        }
+        (Some(_), true) => anyhow::bail!("--tls-dir and --insecure exclude each other"),
+        (None, false) => anyhow::bail!(
+            "give --tls-dir DIR (this host's ca.pem, cert.pem, key.pem from `weft pki issue --node NAME`), or --insecure"
+        ),
+    };
+    let controllers = Controllers::new(flags.controllers, timeout, tls)?;
     let settings = Settings {
         host: Host { name, vtep, underlay_mtu },
         state_dir: flags.state_dir.clone(),

@@ -21,6 +21,8 @@ fn weft(lab: &Lab, host: usize, args: &[&str]) -> Output {
         .arg(weft_binary())
         .args(["--controller", &CONTROLLERS.join(","), "--node-socket"])
         .arg(&lab.hosts[host].socket)
+        .arg("--tls-dir")
+        .arg(lab.admin_tls())
         .args(args)
         .env("HOME", "/nonexistent")
         .output()

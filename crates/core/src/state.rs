@@ -245,6 +245,12 @@ impl State {
         (self.new_id(revision) == *id).then_some(revision)
     }
 
+    /// The endpoint `reference` names.
+    pub fn find_endpoint(&self, reference: &EndpointRef) -> Result<&Arc<Endpoint>> {
+        let key = self.resolve_endpoint(reference)?;
+        self.endpoints.get(&key).ok_or_else(|| Error::NotFound("the endpoint was just removed".into()))
+    }
+
     /// Endpoints are named by a full id or a prefix of at least 16 digits: those digits already
     /// determine the endpoint, so no search over every endpoint is ever needed. People name
     /// endpoints by network and container instead, as with Docker.

@@ -67,7 +67,7 @@ impl Lab {
         underlay.join(&outside, 254, 1500);
         let ctl = Netns::new("k");
         underlay.join(&ctl, 250, 1500);
-        let hosts = (1..=hosts)
+        let hosts: Vec<Host> = (1..=hosts)
             .map(|i| {
                 let ns = Netns::new("h");
                 underlay.join(&ns, u8::try_from(i).unwrap(), 1500);
@@ -82,6 +82,23 @@ impl Lab {
                 }
             })
             .collect();
+        // Mutual TLS everywhere, as in production: a CA for the lab, a credential for each
+        // controller, host and the test itself (admin).
+        let ca = weft_pki::Authority::create("lab").unwrap();
+        for i in 1..=CONTROLLERS.len() {
+            let host = CONTROLLERS[0].split(':').next().unwrap().to_string();
+            ca.issue(weft_pki::Role::Controller, &i.to_string(), &[host])
+                .unwrap()
+                .save(&tmp.path().join(format!("pki/controller{i}")))
+                .unwrap();
+        }
+        for i in 1..=hosts.len() {
+            ca.issue(weft_pki::Role::Node, &format!("h{i}"), &[])
+                .unwrap()
+                .save(&tmp.path().join(format!("pki/h{i}")))
+                .unwrap();
+        }
+        ca.issue(weft_pki::Role::Admin, "lab", &[]).unwrap().save(&tmp.path().join("pki/admin")).unwrap();
         let manifest = tmp.path().join("cluster.toml");
         let members: Vec<String> = CONTROLLERS
             .iter()
@@ -109,6 +126,8 @@ impl Lab {
             .arg(self.tmp.path().join(format!("controller{}", i + 1)))
             .arg("--manifest")
             .arg(self.tmp.path().join("cluster.toml"))
+            .arg("--tls-dir")
+            .arg(self.tmp.path().join(format!("pki/controller{}", i + 1)))
             .env("RUST_LOG", "warn,openraft=off")
             .stdin(Stdio::null())
             .spawn()
@@ -141,6 +160,8 @@ impl Lab {
             .arg(&host.socket)
             .arg("--state-dir")
             .arg(&host.state)
+            .arg("--tls-dir")
+            .arg(self.tmp.path().join(format!("pki/{}", host.name)))
             .args(["--resync-ms", "500", "--heartbeat-ms", "300", "--request-timeout-ms", "3000"])
             .args(["--wireguard-interface", &host.wireguard_interface])
             // A dead upstream first (nothing answers at .252), then the lab's stub.
@@ -189,6 +210,7 @@ impl Lab {
     /// Runs requests against a ready controller from inside the controllers' namespace (on a
     /// runtime of its own there, so its sockets belong to that namespace).
     pub fn with_controller<T: Send>(&self, call: impl FnOnce(Channel) -> Boxed<T> + Send) -> T {
+        let admin = weft_pki::Credentials::load(&self.admin_tls()).unwrap();
         tokio::task::block_in_place(|| {
             self.ctl.run_in(|| {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -199,8 +221,12 @@ impl Lab {
                     let channel = 'found: loop {
                         let mut problem = String::new();
                         for address in CONTROLLERS {
-                            let Ok(channel) =
-                                Channel::from_shared(format!("http://{address}")).unwrap().connect().await
+                            let Ok(channel) = Channel::from_shared(format!("https://{address}"))
+                                .unwrap()
+                                .tls_config(admin.client())
+                                .unwrap()
+                                .connect()
+                                .await
                             else {
                                 continue;
                             };
@@ -410,6 +436,11 @@ pub struct StubUpstream {
 }
 
 impl Lab {
+    /// The admin credential (for `weft --tls-dir`).
+    pub fn admin_tls(&self) -> PathBuf {
+        self.tmp.path().join("pki/admin")
+    }
+
     /// A directory that lives as long as the lab.
     pub fn tmp_path(&self) -> &Path {
         self.tmp.path()

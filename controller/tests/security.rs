@@ -1,0 +1,205 @@
+//! Who may talk to a controller: mutual TLS with the cluster CA's certificates, and each role
+//! only its own calls. A real controller process on loopback, real certificates.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::{Code, Status};
+use weft_api::pb;
+use weft_api::pb::endpoint_service_client::EndpointServiceClient;
+use weft_api::pb::network_service_client::NetworkServiceClient;
+use weft_api::pb::node_service_client::NodeServiceClient;
+use weft_pki::{Authority, Credentials, Role};
+
+struct Controller {
+    child: Child,
+    address: String,
+    log: PathBuf,
+    ca: Authority,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Controller {
+    fn start() -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        // 127.0.0.3: clear of the ports other controller tests pick on 127.0.0.1.
+        let port = std::net::TcpListener::bind("127.0.0.3:0").unwrap().local_addr().unwrap().port();
+        let address = format!("127.0.0.3:{port}");
+        let ca = Authority::create("secure").unwrap();
+        ca.issue(Role::Controller, "1", &["127.0.0.3".into()])
+            .unwrap()
+            .save(&dir.path().join("tls"))
+            .unwrap();
+        let log = dir.path().join("controller.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
+            .args(["--listen", &address, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--tls-dir")
+            .arg(dir.path().join("tls"))
+            .env("RUST_LOG", "warn,openraft=off")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Controller { child, address, log, ca, _dir: dir }
+    }
+
+    async fn channel(&self, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+        Channel::from_shared(format!("https://{}", self.address)).unwrap().tls_config(tls)?.connect().await
+    }
+
+    /// A channel as `role:name`, once the controller takes writes.
+    async fn as_(&self, role: Role, name: &str) -> Channel {
+        let credentials = self.ca.issue(role, name, &[]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = self.channel(credentials.client()).await {
+                let probe = NetworkServiceClient::new(channel.clone())
+                    .list_networks(pb::ListNetworksRequest::default())
+                    .await;
+                // Nodes may not list networks: a PermissionDenied answer proves the server is up.
+                match probe {
+                    Ok(_) => return channel,
+                    Err(s) if s.code() == Code::PermissionDenied => return channel,
+                    Err(_) => {}
+                }
+            }
+            assert!(Instant::now() < deadline, "controller did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn denied<T: std::fmt::Debug>(result: Result<T, Status>, words: &[&str]) {
+    let status = result.expect_err("the call was allowed");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    for word in words {
+        assert!(status.message().contains(word), "{word:?} missing from {status:?}");
+    }
+}
+
+#[tokio::test]
+async fn strangers_are_turned_away_at_the_handshake() {
+    let controller = Controller::start();
+    let _admin = controller.as_(Role::Admin, "ops").await;
+    let ca_only = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(controller.ca.certificate()));
+    let stranger = Authority::create("another").unwrap().issue(Role::Admin, "ops", &[]).unwrap();
+    let other_ca = Credentials { ca: controller.ca.certificate().to_string(), ..stranger };
+    for (what, tls) in
+        [("no client certificate", ca_only), ("a certificate from another CA", other_ca.client())]
+    {
+        let refused = match controller.channel(tls).await {
+            Err(_) => true,
+            Ok(channel) => NetworkServiceClient::new(channel)
+                .list_networks(pb::ListNetworksRequest::default())
+                .await
+                .is_err(),
+        };
+        assert!(refused, "a client with {what} was served");
+    }
+    // Plaintext gets nowhere either.
+    let plain = Channel::from_shared(format!("http://{}", controller.address)).unwrap().connect().await;
+    if let Ok(channel) = plain {
+        assert!(
+            NetworkServiceClient::new(channel)
+                .list_networks(pb::ListNetworksRequest::default())
+                .await
+                .is_err()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_acts_for_its_own_host_only_and_denials_are_logged() {
+    let controller = Controller::start();
+    let admin = controller.as_(Role::Admin, "ops").await;
+    // Writes are taken once the cluster's configuration is in (it carries the cluster id).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pb::cluster_service_client::ClusterServiceClient::new(admin.clone())
+        .status(pb::StatusRequest {})
+        .await
+        .map_or(true, |s| s.into_inner().cluster_id.is_empty())
+    {
+        assert!(Instant::now() < deadline, "the cluster was never configured");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (a, b) = (controller.as_(Role::Node, "a").await, controller.as_(Role::Node, "b").await);
+    NetworkServiceClient::new(admin.clone())
+        .create_network(pb::CreateNetworkRequest { name: "shared".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let register = |name: &str, octet: u8| pb::RegisterNodeRequest {
+        name: name.into(),
+        underlay_address: format!("192.0.2.{octet}"),
+        underlay_mtu: 1500,
+        labels: BTreeMap::new(),
+        ..Default::default()
+    };
+    NodeServiceClient::new(a.clone()).register_node(register("a", 1)).await.unwrap();
+    NodeServiceClient::new(b.clone()).register_node(register("b", 2)).await.unwrap();
+    denied(NodeServiceClient::new(a.clone()).register_node(register("b", 3)).await, &["node:a", "\"b\""]);
+    denied(
+        NodeServiceClient::new(a.clone())
+            .heartbeat(pb::HeartbeatRequest { name: "b".into(), applied_revision: 0 })
+            .await,
+        &["node:a"],
+    );
+
+    let endpoint = |node: &str, container: &str| pb::CreateEndpointRequest {
+        network: "shared".into(),
+        node: node.into(),
+        container_id: container.into(),
+        container_name: container.into(),
+        ..Default::default()
+    };
+    EndpointServiceClient::new(a.clone()).create_endpoint(endpoint("a", "ca")).await.unwrap();
+    let on_b = EndpointServiceClient::new(b.clone())
+        .create_endpoint(endpoint("b", "cb"))
+        .await
+        .unwrap()
+        .into_inner();
+    denied(
+        EndpointServiceClient::new(a.clone()).create_endpoint(endpoint("b", "sneaky")).await,
+        &["node:a", "\"b\""],
+    );
+    let remove = |container: &str| pb::RemoveEndpointRequest {
+        target: Some(pb::remove_endpoint_request::Target::Container(pb::ContainerOnNetwork {
+            network: "shared".into(),
+            container_id: container.into(),
+        })),
+    };
+    denied(EndpointServiceClient::new(a.clone()).remove_endpoint(remove("cb")).await, &["node:a", "remove"]);
+    // Nodes do not manage networks or other nodes.
+    denied(
+        NetworkServiceClient::new(a.clone())
+            .create_network(pb::CreateNetworkRequest { name: "mine".into(), ..Default::default() })
+            .await,
+        &["node:a", "CreateNetwork"],
+    );
+    denied(
+        NodeServiceClient::new(a.clone()).remove_node(pb::RemoveNodeRequest { name: "b".into() }).await,
+        &["RemoveNode"],
+    );
+    // b's endpoint is still there; its own host and an admin may remove endpoints.
+    let listed = EndpointServiceClient::new(admin.clone())
+        .list_endpoints(pb::ListEndpointsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.endpoints.iter().any(|e| e.id == on_b.id));
+    EndpointServiceClient::new(b).remove_endpoint(remove("cb")).await.unwrap();
+    EndpointServiceClient::new(admin).remove_endpoint(remove("ca")).await.unwrap();
+
+    let log = std::fs::read_to_string(&controller.log).unwrap();
+    assert!(log.contains("permission denied") && log.contains("node:a"), "denials are not logged:\n{log}");
+}

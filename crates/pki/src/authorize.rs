@@ -1,0 +1,124 @@
+//! Authorization on the controllers' server: each role may call its methods only, decided
+//! from the certificate the peer presented and the gRPC method's path. A refusal is
+//! PermissionDenied, logged with who asked for what. The [`Caller`] rides along in the
+//! request's extensions for handlers that check more (a node acting for its own host only).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::{Caller, Role};
+
+/// What a host's agent calls: its registration, heartbeats, the watch, its own endpoints
+/// and the applied-everywhere barrier.
+const NODE_METHODS: &[&str] = &[
+    "/weft.v1.NodeService/RegisterNode",
+    "/weft.v1.NodeService/Heartbeat",
+    "/weft.v1.NodeService/AwaitApplied",
+    "/weft.v1.WatchService/Watch",
+    "/weft.v1.EndpointService/CreateEndpoint",
+    "/weft.v1.EndpointService/RemoveEndpoint",
+];
+
+/// Health checks and reflection: anyone the cluster CA vouches for.
+fn is_probe(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// Whether `role` may call the method at `path`.
+pub fn allowed(role: Role, path: &str) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::Controller => path.starts_with("/weft.raft.v1.") || is_probe(path),
+        Role::Node => NODE_METHODS.contains(&path) || is_probe(path),
+    }
+}
+
+/// The layer. With `insecure` (plaintext, no certificates) every caller is an admin.
+#[derive(Debug, Clone, Copy)]
+pub struct Authorize {
+    pub insecure: bool,
+}
+
+impl<S> tower::Layer<S> for Authorize {
+    type Service = Authorized<S>;
+
+    fn layer(&self, inner: S) -> Authorized<S> {
+        Authorized { inner, insecure: self.insecure }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authorized<S> {
+    inner: S,
+    insecure: bool,
+}
+
+/// Who presented the request's client certificate.
+fn caller_of<B>(request: &http::Request<B>) -> Result<Caller, String> {
+    let certs = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .ok_or("no client certificate")?;
+    let first = certs.first().ok_or("no client certificate")?;
+    Caller::from_certificate(first)
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for Authorized<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_string();
+        let caller = if self.insecure {
+            Ok(Caller { role: Role::Admin, name: "insecure".into() })
+        } else {
+            caller_of(&request)
+        };
+        let denied = match &caller {
+            Ok(caller) if allowed(caller.role, &path) => None,
+            Ok(caller) => Some(format!("{caller} may not call {path}")),
+            Err(why) => Some(format!("{why}: not allowed to call {path}")),
+        };
+        if let Some(message) = denied {
+            tracing::warn!(method = %path, %message, "permission denied");
+            let response = tonic::Status::permission_denied(message).into_http::<RB>();
+            return Box::pin(async move { Ok(response) });
+        }
+        if let Ok(caller) = caller {
+            request.extensions_mut().insert(caller);
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_role_calls_its_own_methods() {
+        assert!(allowed(Role::Admin, "/weft.v1.NetworkService/CreateNetwork"));
+        assert!(allowed(Role::Node, "/weft.v1.WatchService/Watch"));
+        assert!(allowed(Role::Node, "/weft.v1.EndpointService/CreateEndpoint"));
+        assert!(!allowed(Role::Node, "/weft.v1.NetworkService/CreateNetwork"));
+        assert!(!allowed(Role::Node, "/weft.v1.NodeService/RemoveNode"));
+        assert!(!allowed(Role::Node, "/weft.raft.v1.RaftService/AppendEntries"));
+        assert!(allowed(Role::Controller, "/weft.raft.v1.RaftService/AppendEntries"));
+        assert!(!allowed(Role::Controller, "/weft.v1.NetworkService/RemoveNetwork"));
+        assert!(allowed(Role::Node, "/grpc.health.v1.Health/Check"));
+    }
+}

@@ -1,0 +1,269 @@
+//! weft's certificates. Every cluster has its own CA; every gRPC connection is mutual TLS
+//! with credentials it issued; a certificate says who its holder is in its common name,
+//! `role:name` — `admin:ops`, `node:h1`, `controller:2` — which is all authorization needs.
+//!
+//! - [`Authority`]: the cluster CA (made once at bootstrap, key kept 0600), which issues
+//!   credentials for a role and name.
+//! - [`Credentials`]: the CA certificate, a certificate and its key, in a directory as
+//!   `ca.pem`, `cert.pem`, `key.pem` — what every process is started with (`--tls-dir`).
+//! - [`Caller`]: who a peer is, from the certificate it presented.
+//! - [`authorize`]: a tower layer for the controllers' server that lets each role call only
+//!   its methods and hands the [`Caller`] to the handlers.
+
+use std::fmt;
+use std::path::Path;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// How long issued certificates are valid.
+pub const VALIDITY_DAYS: i64 = 365;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("making a certificate: {0}")]
+    Certificate(String),
+}
+
+fn file_error(path: &Path, reason: impl fmt::Display) -> PkiError {
+    PkiError::File { path: path.display().to_string(), reason: reason.to_string() }
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|e| file_error(path, e))
+}
+
+/// Writes `text` to a new file (mode 0600 for keys, 0644 otherwise), replacing an old one.
+fn write(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let temporary = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&temporary)
+        .map_err(|e| file_error(&temporary, e))?;
+    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| file_error(&temporary, e))?;
+    std::fs::rename(&temporary, path).map_err(|e| file_error(path, e))
+}
+
+/// What a certificate's holder may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// A host's agent: register itself, heartbeat, watch, endpoints on its own host.
+    Node,
+    /// A controller: Raft between members.
+    Controller,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Node => "node",
+            Role::Controller => "controller",
+        }
+    }
+}
+
+/// Who is calling, as their certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub role: Role,
+    pub name: String,
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.role.as_str(), self.name)
+    }
+}
+
+impl Caller {
+    /// Reads `role:name` from a certificate's common name (DER).
+    pub fn from_certificate(der: &[u8]) -> Result<Caller, String> {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| format!("unreadable certificate: {e}"))?;
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or("the certificate has no common name")?;
+        Caller::parse(cn)
+    }
+
+    pub fn parse(common_name: &str) -> Result<Caller, String> {
+        let (role, name) = common_name
+            .split_once(':')
+            .ok_or_else(|| format!("common name {common_name:?} is not role:name"))?;
+        let role = match role {
+            "admin" => Role::Admin,
+            "node" => Role::Node,
+            "controller" => Role::Controller,
+            other => return Err(format!("unknown role {other:?} in certificate {common_name:?}")),
+        };
+        if name.is_empty() {
+            return Err(format!("certificate {common_name:?} names nobody"));
+        }
+        Ok(Caller { role, name: name.to_string() })
+    }
+}
+
+/// A CA certificate, a certificate and its private key, all PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials").finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// `ca.pem`, `cert.pem` and `key.pem` from `dir`; a key others can read is refused.
+    pub fn load(dir: &Path) -> Result<Credentials, PkiError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let key_path = dir.join("key.pem");
+        let mode = std::fs::metadata(&key_path).map_err(|e| file_error(&key_path, e))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(file_error(
+                &key_path,
+                format!("readable by others (mode {:o}); chmod 600 it", mode & 0o777),
+            ));
+        }
+        Ok(Credentials {
+            ca: read(&dir.join("ca.pem"))?,
+            cert: read(&dir.join("cert.pem"))?,
+            key: read(&key_path)?,
+        })
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+        write(&dir.join("ca.pem"), &self.ca, false)?;
+        write(&dir.join("cert.pem"), &self.cert, false)?;
+        write(&dir.join("key.pem"), &self.key, true)
+    }
+
+    /// For a server: present this certificate, demand one from the cluster CA.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(Certificate::from_pem(&self.ca))
+    }
+
+    /// For a client: trust only the cluster CA, present this certificate.
+    pub fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(Identity::from_pem(&self.cert, &self.key))
+    }
+}
+
+/// The cluster CA.
+pub struct Authority {
+    cert: String,
+    key: KeyPair,
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+fn cert_error(e: rcgen::Error) -> PkiError {
+    PkiError::Certificate(e.to_string())
+}
+
+impl Authority {
+    /// A new CA for the cluster `cluster`.
+    pub fn create(cluster: &str) -> Result<Authority, PkiError> {
+        let key = KeyPair::generate().map_err(cert_error)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("weft cluster CA {cluster}"));
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let cert = params.self_signed(&key).map_err(cert_error)?;
+        Ok(Authority { cert: cert.pem(), key })
+    }
+
+    /// `ca.pem` and `ca-key.pem` from `dir`.
+    pub fn load(dir: &Path) -> Result<Authority, PkiError> {
+        let key_path = dir.join("ca-key.pem");
+        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| file_error(&key_path, e))?;
+        Ok(Authority { cert: read(&dir.join("ca.pem"))?, key })
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
+        write(&dir.join("ca.pem"), &self.cert, false)?;
+        write(&dir.join("ca-key.pem"), &self.key.serialize_pem(), true)
+    }
+
+    pub fn certificate(&self) -> &str {
+        &self.cert
+    }
+
+    /// Credentials for `role:name`, valid for the host names and addresses in `sans` (what
+    /// clients dial a server by; empty for a client-only credential).
+    pub fn issue(&self, role: Role, name: &str, sans: &[String]) -> Result<Credentials, PkiError> {
+        let key = KeyPair::generate().map_err(cert_error)?;
+        let mut params = CertificateParams::new(sans.to_vec()).map_err(cert_error)?;
+        params.distinguished_name.push(DnType::CommonName, format!("{}:{name}", role.as_str()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(now);
+        params.not_before = now - std::time::Duration::from_secs(3600);
+        params.not_after = now + std::time::Duration::from_secs(86_400 * VALIDITY_DAYS.unsigned_abs());
+        let issuer = Issuer::from_ca_cert_pem(&self.cert, &self.key).map_err(cert_error)?;
+        let cert = params.signed_by(&key, &issuer).map_err(cert_error)?;
+        Ok(Credentials { ca: self.cert.clone(), cert: cert.pem(), key: key.serialize_pem() })
+    }
+}
+
+pub mod authorize;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_name_their_holder_and_role() {
+        let ca = Authority::create("test").unwrap();
+        let node = ca.issue(Role::Node, "h1", &[]).unwrap();
+        let der = x509_parser::pem::parse_x509_pem(node.cert.as_bytes()).unwrap().1.contents;
+        assert_eq!(Caller::from_certificate(&der).unwrap(), Caller { role: Role::Node, name: "h1".into() });
+        assert!(Caller::parse("nobody").is_err());
+        assert!(Caller::parse("root:x").unwrap_err().contains("unknown role"));
+        assert!(Caller::parse("node:").is_err());
+    }
+
+    #[test]
+    fn credentials_round_trip_and_a_readable_key_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::create("test").unwrap();
+        ca.save(dir.path()).unwrap();
+        let again = Authority::load(dir.path()).unwrap();
+        let admin = again.issue(Role::Admin, "ops", &["127.0.0.1".into()]).unwrap();
+        admin.save(&dir.path().join("admin")).unwrap();
+        assert_eq!(Credentials::load(&dir.path().join("admin")).unwrap(), admin);
+        let key = dir.path().join("admin/key.pem");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Credentials::load(&dir.path().join("admin")).unwrap_err().to_string().contains("chmod 600"));
+    }
+}
