@@ -27,6 +27,15 @@ use crate::store::Store;
 /// Which cluster a data directory belongs to; written at bootstrap, checked at every start.
 const KEY_IDENTITY: &str = "identity";
 
+/// Largest request a client may send: every public request is a few hundred bytes (names,
+/// addresses, labels); anything near this is refused before it is decoded.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Largest Raft message between members. Catch-up AppendEntries carry up to 300 entries, each
+/// a batch of proposals (tens of KB under load), and snapshot chunks are 3 MiB: gRPC's
+/// default of 4 MiB would stall a lagging member for good.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
 /// How to run one controller.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -194,14 +203,30 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
     let serve = builder
         .layer(CountRequests { metrics: controller.metrics.clone() })
         .layer(weft_pki::authorize::Authorize { insecure: opts.tls.is_none() })
-        .add_service(raft_pb::raft_service_server::RaftServiceServer::new(RaftServer::new(
-            controller.clone(),
-        )))
-        .add_service(pb::network_service_server::NetworkServiceServer::new(controller.clone()))
-        .add_service(pb::endpoint_service_server::EndpointServiceServer::new(controller.clone()))
-        .add_service(pb::node_service_server::NodeServiceServer::new(controller.clone()))
-        .add_service(pb::cluster_service_server::ClusterServiceServer::new(controller.clone()))
-        .add_service(pb::watch_service_server::WatchServiceServer::new(controller.clone()))
+        .add_service(
+            raft_pb::raft_service_server::RaftServiceServer::new(RaftServer::new(controller.clone()))
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::network_service_server::NetworkServiceServer::new(controller.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::endpoint_service_server::EndpointServiceServer::new(controller.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::node_service_server::NodeServiceServer::new(controller.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::cluster_service_server::ClusterServiceServer::new(controller.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::watch_service_server::WatchServiceServer::new(controller.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .add_service(health)
         .add_service(reflection)
         .serve_with_incoming_shutdown(

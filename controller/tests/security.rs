@@ -198,7 +198,18 @@ async fn a_node_acts_for_its_own_host_only_and_denials_are_logged() {
         .into_inner();
     assert!(listed.endpoints.iter().any(|e| e.id == on_b.id));
     EndpointServiceClient::new(b).remove_endpoint(remove("cb")).await.unwrap();
-    EndpointServiceClient::new(admin).remove_endpoint(remove("ca")).await.unwrap();
+    EndpointServiceClient::new(admin.clone()).remove_endpoint(remove("ca")).await.unwrap();
+
+    // An oversized request is refused before it is decoded, and the server carries on.
+    let huge = pb::CreateNetworkRequest {
+        name: "huge".into(),
+        labels: BTreeMap::from([("blob".to_string(), "x".repeat(2 << 20))]),
+        ..Default::default()
+    };
+    let refused = NetworkServiceClient::new(admin.clone()).create_network(huge).await.unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(refused.message().contains("too large"), "{refused:?}");
+    NetworkServiceClient::new(admin.clone()).list_networks(pb::ListNetworksRequest::default()).await.unwrap();
 
     let log = std::fs::read_to_string(&controller.log).unwrap();
     assert!(log.contains("permission denied") && log.contains("node:a"), "denials are not logged:\n{log}");

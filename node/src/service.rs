@@ -59,6 +59,13 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
     }
     let listener =
         UnixListener::bind(socket).map_err(|e| anyhow::anyhow!("listening on {}: {e}", socket.display()))?;
+    // Attaching puts interfaces into namespaces and rotates the host key: root's business
+    // only. (A group that should share it can be given access with chmod/chgrp afterwards.)
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| anyhow::anyhow!("restricting {}: {e}", socket.display()))?;
+    }
     tracing::info!(socket = %socket.display(), "attach API listening");
     tonic::transport::Server::builder()
         .add_service(AgentServiceServer::new(Service { agent }))
