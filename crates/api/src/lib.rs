@@ -11,6 +11,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod convert;
+#[doc(hidden)]
+pub mod fuzzing;
 
 /// Generated protobuf messages and gRPC services of the `weft.v1` package.
 #[allow(missing_debug_implementations, clippy::all)]

@@ -10,6 +10,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod answer;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 pub mod table;
 
