@@ -202,7 +202,13 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
     }
     let serve = builder
         .layer(CountRequests { metrics: controller.metrics.clone() })
-        .layer(weft_pki::authorize::Authorize { insecure: opts.tls.is_none() })
+        .layer(weft_pki::authorize::Authorize {
+            insecure: opts.tls.is_none(),
+            revoked: {
+                let registry = controller.registry.clone();
+                Arc::new(move |name: &str| registry.with_state(|state| state.node_revoked_at(name)))
+            },
+        })
         .add_service(
             raft_pb::raft_service_server::RaftServiceServer::new(RaftServer::new(controller.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES),

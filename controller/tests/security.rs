@@ -120,7 +120,7 @@ async fn strangers_are_turned_away_at_the_handshake() {
 }
 
 #[tokio::test]
-async fn a_node_acts_for_its_own_host_only_and_denials_are_logged() {
+async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged() {
     let controller = Controller::start();
     let admin = controller.as_(Role::Admin, "ops").await;
     // Writes are taken once the cluster's configuration is in (it carries the cluster id).
@@ -197,7 +197,7 @@ async fn a_node_acts_for_its_own_host_only_and_denials_are_logged() {
         .unwrap()
         .into_inner();
     assert!(listed.endpoints.iter().any(|e| e.id == on_b.id));
-    EndpointServiceClient::new(b).remove_endpoint(remove("cb")).await.unwrap();
+    EndpointServiceClient::new(b.clone()).remove_endpoint(remove("cb")).await.unwrap();
     EndpointServiceClient::new(admin.clone()).remove_endpoint(remove("ca")).await.unwrap();
 
     // An oversized request is refused before it is decoded, and the server carries on.
@@ -210,6 +210,23 @@ async fn a_node_acts_for_its_own_host_only_and_denials_are_logged() {
     assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
     assert!(refused.message().contains("too large"), "{refused:?}");
     NetworkServiceClient::new(admin.clone()).list_networks(pb::ListNetworksRequest::default()).await.unwrap();
+
+    // Removing host b revokes its credential: b's calls are refused from then on, while a
+    // credential issued after the removal is good.
+    NodeServiceClient::new(admin.clone())
+        .remove_node(pb::RemoveNodeRequest { name: "b".into() })
+        .await
+        .unwrap();
+    denied(NodeServiceClient::new(b.clone()).register_node(register("b", 2)).await, &["revoked", "node:b"]);
+    // Certificate times have one-second resolution: the new one must be issued in a later
+    // second than the removal to count as newer.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    tokio::time::sleep(
+        Duration::from_nanos(u64::from(1_000_000_000 - now.subsec_nanos())) + Duration::from_millis(20),
+    )
+    .await;
+    let b_again = controller.as_(Role::Node, "b").await;
+    NodeServiceClient::new(b_again).register_node(register("b", 2)).await.unwrap();
 
     let log = std::fs::read_to_string(&controller.log).unwrap();
     assert!(log.contains("permission denied") && log.contains("node:a"), "denials are not logged:\n{log}");

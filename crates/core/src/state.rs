@@ -93,6 +93,9 @@ pub struct State {
     wireguard_keys: FxHashMap<String, String>,
     /// underlay address -> node name.
     underlays: FxHashMap<IpAddr, String>,
+    /// Node name -> when it was removed (ms): credentials for that name issued before then
+    /// are revoked.
+    revoked_nodes: BTreeMap<String, u64>,
 }
 
 impl Default for State {
@@ -103,8 +106,8 @@ impl Default for State {
 
 /// Snapshot header: refuses to restore bytes that are not a weft snapshot of a known version.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNAP";
-/// 2: nodes carry their WireGuard backend.
-const SNAPSHOT_VERSION: u32 = 2;
+/// 2: nodes carry their WireGuard backend. 3: removed nodes' revocation times.
+const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotV1 {
@@ -113,6 +116,7 @@ struct SnapshotV1 {
     networks: Vec<Network>,
     nodes: Vec<Node>,
     endpoints: Vec<Arc<Endpoint>>,
+    revoked_nodes: BTreeMap<String, u64>,
 }
 
 /// Why a snapshot could not be restored.
@@ -148,6 +152,7 @@ impl State {
             subnets_v6: RangeIndex::default(),
             wireguard_keys: FxHashMap::default(),
             underlays: FxHashMap::default(),
+            revoked_nodes: BTreeMap::new(),
         };
         let pool = state.config.tunnel_pool;
         state.subnets_mut(pool.family()).insert(pool.first(), pool.last(), Owner::TunnelPool);
@@ -245,6 +250,12 @@ impl State {
         (self.new_id(revision) == *id).then_some(revision)
     }
 
+    /// When node `name` was last removed (ms since the epoch): its credentials issued before
+    /// then no longer count.
+    pub fn node_revoked_at(&self, name: &str) -> Option<u64> {
+        self.revoked_nodes.get(name).copied()
+    }
+
     /// The endpoint `reference` names.
     pub fn find_endpoint(&self, reference: &EndpointRef) -> Result<&Arc<Endpoint>> {
         let key = self.resolve_endpoint(reference)?;
@@ -321,7 +332,7 @@ impl State {
             Command::RemoveEndpoint(reference) => self.remove_endpoint(reference),
             Command::RegisterNode(request) => self.register_node(request, at),
             Command::SetNodeStatus { name, status } => self.set_node_status(name, *status, at),
-            Command::RemoveNode { name } => self.remove_node(name),
+            Command::RemoveNode { name } => self.remove_node(name, at),
         }
     }
 
@@ -924,7 +935,7 @@ impl State {
         self.changed(Response::Node(node.clone()), vec![EventKind::NodeStatusChanged(node)])
     }
 
-    fn remove_node(&mut self, name: &str) -> Result<Applied> {
+    fn remove_node(&mut self, name: &str, at: u64) -> Result<Applied> {
         let entry = self.node_entry(name)?;
         let endpoint_keys: Vec<EndpointKey> = entry.endpoints.iter().copied().collect();
         self.revision += 1;
@@ -942,6 +953,7 @@ impl State {
             self.wireguard_keys.remove(key);
         }
         self.underlays.remove(&node.underlay);
+        self.revoked_nodes.insert(node.name.clone(), at);
         kinds.push(EventKind::NodeRemoved(node.clone()));
         self.changed(Response::NodeRemoved { node, endpoints: removed }, kinds)
     }
@@ -959,6 +971,7 @@ impl State {
             networks: self.networks().cloned().collect(),
             nodes: self.nodes().cloned().collect(),
             endpoints: self.endpoints.values().cloned().collect(),
+            revoked_nodes: self.revoked_nodes.clone(),
         };
         let mut out = Vec::with_capacity(64 + self.endpoints.len() * 96);
         out.extend_from_slice(SNAPSHOT_MAGIC);
@@ -1010,6 +1023,7 @@ impl State {
             state.restore_endpoint(&endpoint).map_err(|e| bad(format!("endpoint {}: {e}", endpoint.id)))?;
             state.endpoints.insert(endpoint.created_revision, endpoint);
         }
+        state.revoked_nodes = snap.revoked_nodes;
         Ok(state)
     }
 
@@ -1080,6 +1094,8 @@ impl State {
                 .map_err(|e| format!("endpoint {} ({}): {e}", endpoint.id.short(), endpoint.ipv4))?;
             rebuilt.endpoints.insert(endpoint.created_revision, endpoint.clone());
         }
+        // Canonical, not derived: carried over as it is.
+        rebuilt.revoked_nodes = self.revoked_nodes.clone();
         if rebuilt != *self {
             return Err("derived state differs from a rebuild of the canonical records".into());
         }

@@ -710,6 +710,7 @@ fn inconsistent_snapshots_are_refused() {
         networks: s.networks().cloned().collect(),
         nodes: s.nodes().cloned().collect(),
         endpoints: vec![Arc::new(e.clone())],
+        revoked_nodes: BTreeMap::new(),
     };
     let mut twin = e.clone();
     twin.created_revision = forged.revision;
@@ -760,4 +761,15 @@ fn unmix_inverts_mix() {
     for x in [0u64, 1, 42, u64::MAX, 0x0123_4567_89ab_cdef, 1 << 63] {
         assert_eq!(unmix64(mix64(x)), x);
     }
+}
+
+#[test]
+fn removing_a_node_revokes_its_name_until_then_and_survives_a_snapshot() {
+    let mut s = cluster();
+    assert_eq!(s.node_revoked_at("h1"), None);
+    s.apply(&Proposal { at_ms: 777, command: Command::RemoveNode { name: "h1".into() } }).unwrap();
+    assert_eq!(s.node_revoked_at("h1"), Some(777));
+    let restored = State::restore(&s.snapshot()).unwrap();
+    assert_eq!(restored.node_revoked_at("h1"), Some(777));
+    assert_eq!(restored.snapshot(), s.snapshot());
 }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -36,24 +37,43 @@ pub fn allowed(role: Role, path: &str) -> bool {
     }
 }
 
+/// When a node's credentials were revoked (ms since the epoch), if they were.
+pub type Revocations = Arc<dyn Fn(&str) -> Option<u64> + Send + Sync>;
+
 /// The layer. With `insecure` (plaintext, no certificates) every caller is an admin.
-#[derive(Debug, Clone, Copy)]
+/// `revoked` tells when a node name's credentials were revoked (its removal from the
+/// cluster): certificates for it issued before then are refused.
+#[derive(Clone)]
 pub struct Authorize {
     pub insecure: bool,
+    pub revoked: Revocations,
+}
+
+impl std::fmt::Debug for Authorize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorize").field("insecure", &self.insecure).finish_non_exhaustive()
+    }
 }
 
 impl<S> tower::Layer<S> for Authorize {
     type Service = Authorized<S>;
 
     fn layer(&self, inner: S) -> Authorized<S> {
-        Authorized { inner, insecure: self.insecure }
+        Authorized { inner, insecure: self.insecure, revoked: self.revoked.clone() }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Authorized<S> {
     inner: S,
     insecure: bool,
+    revoked: Revocations,
+}
+
+impl<S> std::fmt::Debug for Authorized<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorized").field("insecure", &self.insecure).finish_non_exhaustive()
+    }
 }
 
 /// Who presented the request's client certificate.
@@ -84,11 +104,19 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_string();
         let caller = if self.insecure {
-            Ok(Caller { role: Role::Admin, name: "insecure".into() })
+            Ok(Caller { role: Role::Admin, name: "insecure".into(), issued_ms: 0 })
         } else {
             caller_of(&request)
         };
+        let revoked_at = match &caller {
+            Ok(c) if c.role == Role::Node => (self.revoked)(&c.name).filter(|at| c.issued_ms <= *at),
+            _ => None,
+        };
         let denied = match &caller {
+            Ok(caller) if revoked_at.is_some() => Some(format!(
+                "the credential of {caller} was revoked when the node was removed from the cluster; issue a new one (weft pki issue --node {})",
+                caller.name
+            )),
             Ok(caller) if allowed(caller.role, &path) => None,
             Ok(caller) => Some(format!("{caller} may not call {path}")),
             Err(why) => Some(format!("{why}: not allowed to call {path}")),

@@ -19,6 +19,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 /// How long issued certificates are valid.
 pub const VALIDITY_DAYS: i64 = 365;
 
+/// Certificates are valid from this long before they are issued, for clocks a little behind;
+/// the issue time is recovered from `not_before` by adding it back.
+pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{path}: {reason}")]
@@ -77,6 +81,8 @@ impl Role {
 pub struct Caller {
     pub role: Role,
     pub name: String,
+    /// When the certificate was issued, ms since the epoch (0 when unknown).
+    pub issued_ms: u64,
 }
 
 impl fmt::Display for Caller {
@@ -96,7 +102,9 @@ impl Caller {
             .next()
             .and_then(|cn| cn.as_str().ok())
             .ok_or("the certificate has no common name")?;
-        Caller::parse(cn)
+        let not_before = u64::try_from(cert.validity().not_before.timestamp()).unwrap_or(0);
+        let issued_ms = (not_before + CLOCK_SKEW.as_secs()) * 1000;
+        Ok(Caller { issued_ms, ..Caller::parse(cn)? })
     }
 
     pub fn parse(common_name: &str) -> Result<Caller, String> {
@@ -112,7 +120,7 @@ impl Caller {
         if name.is_empty() {
             return Err(format!("certificate {common_name:?} names nobody"));
         }
-        Ok(Caller { role, name: name.to_string() })
+        Ok(Caller { role, name: name.to_string(), issued_ms: 0 })
     }
 }
 
@@ -227,7 +235,7 @@ impl Authority {
             .map(|d| d.as_secs())
             .unwrap_or_default();
         let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(now);
-        params.not_before = now - std::time::Duration::from_secs(3600);
+        params.not_before = now - CLOCK_SKEW;
         params.not_after = now + std::time::Duration::from_secs(86_400 * VALIDITY_DAYS.unsigned_abs());
         let issuer = Issuer::from_ca_cert_pem(&self.cert, &self.key).map_err(cert_error)?;
         let cert = params.signed_by(&key, &issuer).map_err(cert_error)?;
@@ -246,7 +254,14 @@ mod tests {
         let ca = Authority::create("test").unwrap();
         let node = ca.issue(Role::Node, "h1", &[]).unwrap();
         let der = x509_parser::pem::parse_x509_pem(node.cert.as_bytes()).unwrap().1.contents;
-        assert_eq!(Caller::from_certificate(&der).unwrap(), Caller { role: Role::Node, name: "h1".into() });
+        let caller = Caller::from_certificate(&der).unwrap();
+        assert_eq!((caller.role, caller.name.as_str()), (Role::Node, "h1"));
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        assert!(
+            u128::from(caller.issued_ms).abs_diff(now_ms) < 2000,
+            "issued {} now {now_ms}",
+            caller.issued_ms
+        );
         assert!(Caller::parse("nobody").is_err());
         assert!(Caller::parse("root:x").unwrap_err().contains("unknown role"));
         assert!(Caller::parse("node:").is_err());
