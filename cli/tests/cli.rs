@@ -30,14 +30,16 @@ fn controller_binary() -> PathBuf {
 
 fn start() -> Controller {
     let dir = tempfile::tempdir().unwrap();
-    // 127.0.0.2, not .1: the controller tests pick ports on 127.0.0.1 by bind-and-release,
-    // and running at the same time, one could take the port the other just chose.
-    let port = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap().port();
-    let address = format!("127.0.0.2:{port}");
+    // A loopback IP of this test process's own: the port is picked by bind-and-release, and
+    // on a shared IP another test could take it in between.
+    let pid = std::process::id();
+    let ip = format!("127.{}.{}.2", (pid >> 8) & 0xff, pid & 0xff);
+    let port = std::net::TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
+    let address = format!("{ip}:{port}");
     // Credentials made the way an operator makes them.
     let pki = dir.path().join("pki");
     let init = Command::new(WEFT)
-        .args(["pki", "init", "--cluster", "test", "--controller", "1=127.0.0.2", "--dir"])
+        .args(["pki", "init", "--cluster", "test", "--controller", &format!("1={ip}"), "--dir"])
         .arg(&pki)
         .output()
         .unwrap();

@@ -36,6 +36,9 @@ pub struct Controller {
     pub liveness: Arc<Liveness>,
     pub metrics: Arc<Metrics>,
     pub request_timeout: Duration,
+    /// The cluster CA (and its key, on members that hold it), for join tokens; none with
+    /// `--insecure`.
+    pub signer: Option<Arc<crate::join::Signer>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -391,9 +394,31 @@ impl Controller {
         let refused = |message: String| ForwardError::Refused(weft_core::Error::Conflict(message));
         match change {
             MembershipChange::Add { id, address } => {
-                self.raft.add_learner(*id, BasicNode { addr: address.clone() }, true).await.map_err(|e| {
+                let added = self.raft.add_learner(*id, BasicNode { addr: address.clone() }, false).await.map_err(|e| {
                     refused(format!("adding member {id} at {address} as a learner failed: {e}"))
                 })?;
+                // openraft's own blocking wait gives up after 500 ms and reports success anyway;
+                // a member that is not running (or not caught up) must not become a voter.
+                let target = added.log_id.index;
+                let caught_up = self
+                    .raft
+                    .wait(Some(self.request_timeout))
+                    .metrics(
+                        |m| {
+                            m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(id).copied().flatten())
+                                .is_some_and(|matched| matched.index >= target)
+                        },
+                        "the new member to catch up",
+                    )
+                    .await;
+                if caught_up.is_err() {
+                    return Err(refused(format!(
+                        "member {id} at {address} did not catch up within {:?}: is it running with --join and reachable? It stays a learner (no vote) until added again",
+                        self.request_timeout
+                    )));
+                }
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds([*id].into()), false)
                     .await

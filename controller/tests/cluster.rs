@@ -20,8 +20,15 @@ use weft_api::pb::watch_service_client::WatchServiceClient;
 const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
 
 /// A free loopback port (bound and released; the controller binds it right after).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A free address on a loopback IP of this test process's own (127.A.B.1 from the process
+/// id; nextest runs each test in its own process). Ports are picked by bind-and-release; on a
+/// shared 127.0.0.1 another test could take the port between release and the controller's
+/// bind, and a member of its cluster would then answer this one's Raft traffic.
+fn free_address() -> String {
+    let pid = std::process::id();
+    let ip = format!("127.{}.{}.1", (pid >> 8) & 0xff, pid & 0xff);
+    let port = TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
+    format!("{ip}:{port}")
 }
 
 struct Member {
@@ -50,7 +57,7 @@ impl Cluster {
         let members: Vec<Member> = (1..=size as u64)
             .map(|id| Member {
                 id,
-                addr: format!("127.0.0.1:{}", free_port()),
+                addr: free_address(),
                 dir: tmp.path().join(format!("m{id}")),
                 child: None,
             })
@@ -74,7 +81,7 @@ impl Cluster {
     /// Starts one more member that joins rather than bootstraps; returns its index.
     fn spawn_joiner(&mut self, id: u64) -> usize {
         let dir = self.members[0].dir.with_file_name(format!("m{id}"));
-        self.members.push(Member { id, addr: format!("127.0.0.1:{}", free_port()), dir, child: None });
+        self.members.push(Member { id, addr: free_address(), dir, child: None });
         let i = self.members.len() - 1;
         let manifest = self.manifest.take();
         self.extra_args.push("--join".into());
@@ -639,7 +646,7 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[tokio::test]
 async fn metrics_show_leadership_commits_and_requests_by_code() {
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let metrics_addr = free_address();
     let cluster = Cluster::start_with(1, &["--metrics-listen", &metrics_addr]);
     cluster.wait_ready(0, Duration::from_secs(20)).await;
     let create = || pb::CreateNetworkRequest { name: "n".into(), ..Default::default() };

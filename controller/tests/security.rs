@@ -32,14 +32,13 @@ impl Drop for Controller {
 impl Controller {
     fn start() -> Controller {
         let dir = tempfile::tempdir().unwrap();
-        // 127.0.0.3: clear of the ports other controller tests pick on 127.0.0.1.
-        let port = std::net::TcpListener::bind("127.0.0.3:0").unwrap().local_addr().unwrap().port();
-        let address = format!("127.0.0.3:{port}");
+        // A loopback IP of this test process's own: no other test can take the port picked.
+        let pid = std::process::id();
+        let ip = format!("127.{}.{}.3", (pid >> 8) & 0xff, pid & 0xff);
+        let port = std::net::TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
+        let address = format!("{ip}:{port}");
         let ca = Authority::create("secure").unwrap();
-        ca.issue(Role::Controller, "1", &["127.0.0.3".into()])
-            .unwrap()
-            .save(&dir.path().join("tls"))
-            .unwrap();
+        ca.issue(Role::Controller, "1", &[ip]).unwrap().save(&dir.path().join("tls")).unwrap();
         let log = dir.path().join("controller.log");
         let child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
             .args(["--listen", &address, "--data-dir"])
