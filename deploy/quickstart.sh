@@ -93,12 +93,9 @@ mkdir -p "$state/bin"
 cp "$bin/weft" "$bin/weft-controller" "$bin/weft-node" "$state/bin/"
 weft=("$state/bin/weft" --controller "$controllers" --tls-dir "$state/pki/admin")
 
-say "certificates: a cluster CA, one credential per controller and host, and an admin's"
+say "certificates: a cluster CA, one credential per controller, and an admin's"
 "$state/bin/weft" pki init --dir "$state/pki" --cluster "$prefix" \
     --controller "1=$controller_ip" --controller "2=$controller_ip" --controller "3=$controller_ip" >/dev/null
-for i in "${hosts[@]}"; do
-    "$state/bin/weft" pki issue --dir "$state/pki" --node "host$i" --out "$state/pki/host$i"
-done
 
 say "underlay $underlay.0/24: a switch namespace, three hosts, a leg into this namespace for the controllers"
 ip netns add "$prefix-sw"
@@ -147,11 +144,18 @@ for _ in $(seq 300); do
 done
 grep -q "^Leader: *[1-3]" <<<"$status" || die "the controllers did not elect a leader; see $state/controller*.log"
 
+say "a join token: each host makes its own key and gets its certificate with it"
+token_out="$("${weft[@]}" token create --ttl 3600)"
+token="$(head -1 <<<"$token_out")"
+fingerprint="$(grep -o -- '--ca-fingerprint [0-9a-f]*' <<<"$token_out" | awk '{print $2}')"
+[ -n "$token" ] && [ -n "$fingerprint" ] || die "no join token: $token_out"
+
 say "weft-node on host1, host2, host3"
 for i in "${hosts[@]}"; do
     RUST_LOG=info nohup ip netns exec "$prefix-h$i" "$state/bin/weft-node" --controllers "$controllers" \
         --name "host$i" --underlay-address "$underlay.$i" --socket "$state/host$i.sock" --state-dir "$state/host$i" \
-        --wireguard-interface "$prefix-wg$i" --tls-dir "$state/pki/host$i" >"$state/host$i.log" 2>&1 &
+        --wireguard-interface "$prefix-wg$i" --tls-dir "$state/pki/host$i" \
+        --join-token "$token" --ca-fingerprint "$fingerprint" >"$state/host$i.log" 2>&1 &
     echo $! >"$state/host$i.pid"
 done
 for i in "${hosts[@]}"; do

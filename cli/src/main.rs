@@ -85,6 +85,9 @@ enum Command {
     /// The controller cluster: status and membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Join tokens: how a new host (or controller) gets its credential.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// The cluster's certificates: a CA and credentials for controllers, admins and hosts.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -248,6 +251,27 @@ enum EndpointCommand {
         #[arg(long, default_value = "table")]
         format: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token; prints it and the CA fingerprint a joining host checks.
+    #[command(
+        after_help = "Example:\n  weft token create --ttl 3600\n  weft-node --join-token weft1.… --ca-fingerprint … --tls-dir /etc/weft/tls …"
+    )]
+    Create {
+        /// node or controller.
+        #[arg(long, default_value = "node")]
+        role: String,
+        /// Lifetime in seconds (default 24 hours, at most 30 days).
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u32,
+    },
+    /// List tokens (never their secrets).
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Make a token unusable.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -565,6 +589,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Cluster(command) => cluster(&target, command).await?,
         Command::Pki(command) => pki(command)?,
+        Command::Token(command) => token(&target, command).await?,
     }
     Ok(())
 }
@@ -706,6 +731,54 @@ where
     if missing.is_empty() { Ok(()) } else { Err(Failure::missing(&missing)) }
 }
 
+async fn token(target: &Target, command: TokenCommand) -> Result<()> {
+    use weft_api::pb::token_service_client::TokenServiceClient;
+    let mut client = TokenServiceClient::new(target.controller().await?);
+    let row = |t: &pb::Token| -> Row {
+        let role = match pb::TokenRole::try_from(t.role) {
+            Ok(pb::TokenRole::Controller) => "controller",
+            _ => "node",
+        };
+        vec![
+            ("ID", t.id.clone()),
+            ("Role", role.to_string()),
+            ("Expires", output::time(t.expires.as_ref())),
+            ("Revoked", t.revoked.to_string()),
+        ]
+    };
+    match command {
+        TokenCommand::Create { role, ttl } => {
+            let role = match role.as_str() {
+                "node" => pb::TokenRole::Node,
+                "controller" => pb::TokenRole::Controller,
+                other => {
+                    return Err(Failure::new(format!(
+                        "--role {other:?}: a token is for a node or a controller"
+                    )));
+                }
+            };
+            let made = client
+                .create_token(pb::CreateTokenRequest { role: role.into(), ttl_seconds: ttl })
+                .await?
+                .into_inner();
+            print(&format!(
+                "{}\n\nOn the new host:\n  weft-node --join-token {} --ca-fingerprint {} --tls-dir /etc/weft/tls --controllers …\n",
+                made.secret_token, made.secret_token, made.ca_fingerprint
+            ));
+        }
+        TokenCommand::Ls => {
+            let listed = client.list_tokens(pb::ListTokensRequest {}).await?.into_inner();
+            let rows: Vec<Row> = listed.tokens.iter().map(row).collect();
+            print(&output::table("token", &["ID", "Role", "Expires", "Revoked"], &rows));
+        }
+        TokenCommand::Revoke { id } => {
+            client.revoke_token(pb::RevokeTokenRequest { id: id.clone() }).await?;
+            print(&format!("{id}\n"));
+        }
+    }
+    Ok(())
+}
+
 fn pki(command: PkiCommand) -> Result<()> {
     use weft_pki::{Authority, Role};
     let failed = |e: weft_pki::PkiError| Failure::new(e.to_string());
@@ -731,7 +804,10 @@ fn pki(command: PkiCommand) -> Result<()> {
             ca.save(&dir).map_err(failed)?;
             for (id, host) in members {
                 let credentials = ca.issue(Role::Controller, &id.to_string(), &[host]).map_err(failed)?;
-                credentials.save(&dir.join(format!("controller-{id}"))).map_err(failed)?;
+                let member_dir = dir.join(format!("controller-{id}"));
+                credentials.save(&member_dir).map_err(failed)?;
+                // Controllers sign joining hosts' requests (join tokens) with it.
+                ca.save(&member_dir).map_err(failed)?;
             }
             ca.issue(Role::Admin, &admin, &[]).map_err(failed)?.save(&dir.join("admin")).map_err(failed)?;
             print(&format!(

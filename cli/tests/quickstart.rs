@@ -52,6 +52,12 @@ fn the_quickstart_brings_up_a_working_cluster_and_down_removes_it() {
     }
     assert!(stdout.contains("Tear it all down"), "{stdout}");
 
+    // Each host got its credential with the join token, its key made on the host.
+    for host in 1..=3 {
+        let log = std::fs::read_to_string(format!("/run/{prefix}/host{host}.log")).unwrap();
+        assert!(log.contains("joined the cluster"), "host{host} did not join with the token:\n{log}");
+    }
+
     // It is left running, and usable as the instructions say.
     let controllers = "10.217.0.254:7001,10.217.0.254:7002,10.217.0.254:7003";
     let admin = format!("/run/{prefix}/pki/admin");

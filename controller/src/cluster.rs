@@ -394,9 +394,10 @@ impl Controller {
         let refused = |message: String| ForwardError::Refused(weft_core::Error::Conflict(message));
         match change {
             MembershipChange::Add { id, address } => {
-                let added = self.raft.add_learner(*id, BasicNode { addr: address.clone() }, false).await.map_err(|e| {
-                    refused(format!("adding member {id} at {address} as a learner failed: {e}"))
-                })?;
+                let added =
+                    self.raft.add_learner(*id, BasicNode { addr: address.clone() }, false).await.map_err(
+                        |e| refused(format!("adding member {id} at {address} as a learner failed: {e}")),
+                    )?;
                 // openraft's own blocking wait gives up after 500 ms and reports success anyway;
                 // a member that is not running (or not caught up) must not become a voter.
                 let target = added.log_id.index;

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod batcher;
 pub mod cluster;
+pub mod join;
 pub mod liveness;
 pub mod manifest;
 pub mod metrics;

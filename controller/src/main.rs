@@ -118,6 +118,7 @@ fn start(args: Args) -> anyhow::Result<()> {
     };
     let opts = Options {
         tls,
+        tls_dir: args.tls_dir.clone(),
         id: args.id,
         listen: args.listen,
         advertise: args.advertise,

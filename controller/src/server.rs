@@ -65,6 +65,8 @@ pub struct Options {
     /// This member's credentials from the cluster CA; `None` serves plaintext and lets
     /// anyone do anything (`--insecure`).
     pub tls: Option<weft_pki::Credentials>,
+    /// Where they came from; a `ca-key.pem` there lets this member sign joiners' requests.
+    pub tls_dir: Option<PathBuf>,
 }
 
 fn raft_config(opts: &Options) -> anyhow::Result<openraft::Config> {
@@ -141,6 +143,17 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         liveness: Arc::new(Liveness::new(opts.node_timeout)),
         metrics: Arc::new(Metrics::default()),
         request_timeout: opts.request_timeout,
+        signer: match (&opts.tls, &opts.tls_dir) {
+            (Some(tls), Some(dir)) => Some(Arc::new(crate::join::Signer {
+                ca_pem: tls.ca.clone(),
+                authority: if dir.join("ca-key.pem").exists() {
+                    Some(weft_pki::Authority::load(dir).context("loading the CA key for join tokens")?)
+                } else {
+                    None
+                },
+            })),
+            _ => None,
+        },
     };
     tokio::spawn(controller.clone().watch_liveness());
 
@@ -231,6 +244,14 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         )
         .add_service(
             pb::watch_service_server::WatchServiceServer::new(controller.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::token_service_server::TokenServiceServer::new(controller.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::join_service_server::JoinServiceServer::new(controller.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(health)

@@ -31,6 +31,12 @@ impl Drop for Controller {
 
 impl Controller {
     fn start() -> Controller {
+        Controller::start_with(false)
+    }
+
+    /// `signs`: the credential directory also holds the CA key, as `weft pki init` makes a
+    /// controller's: it signs joiners' certificate requests.
+    fn start_with(signs: bool) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         // A loopback IP of this test process's own: no other test can take the port picked.
         let pid = std::process::id();
@@ -39,6 +45,9 @@ impl Controller {
         let address = format!("{ip}:{port}");
         let ca = Authority::create("secure").unwrap();
         ca.issue(Role::Controller, "1", &[ip]).unwrap().save(&dir.path().join("tls")).unwrap();
+        if signs {
+            ca.save(&dir.path().join("tls")).unwrap();
+        }
         let log = dir.path().join("controller.log");
         let child = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
             .args(["--listen", &address, "--data-dir"])
@@ -87,8 +96,10 @@ fn denied<T: std::fmt::Debug>(result: Result<T, Status>, words: &[&str]) {
     }
 }
 
+/// A certificate from another CA fails the handshake; no certificate gets through it (joining
+/// needs that) but is refused every call.
 #[tokio::test]
-async fn strangers_are_turned_away_at_the_handshake() {
+async fn strangers_get_nothing() {
     let controller = Controller::start();
     let _admin = controller.as_(Role::Admin, "ops").await;
     let ca_only = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(controller.ca.certificate()));
@@ -229,4 +240,108 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
 
     let log = std::fs::read_to_string(&controller.log).unwrap();
     assert!(log.contains("permission denied") && log.contains("node:a"), "denials are not logged:\n{log}");
+}
+
+#[tokio::test]
+async fn a_host_joins_with_a_token_and_the_ca_fingerprint_and_its_key_never_leaves() {
+    let controller = Controller::start_with(true);
+    let admin = controller.as_(Role::Admin, "ops").await;
+    let mut tokens = pb::token_service_client::TokenServiceClient::new(admin.clone());
+    let made = tokens
+        .create_token(pb::CreateTokenRequest { role: pb::TokenRole::Node.into(), ttl_seconds: 600 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(made.secret_token.starts_with("weft1."), "{made:?}");
+    assert_eq!(made.ca_fingerprint, weft_pki::fingerprint(controller.ca.certificate()).unwrap());
+
+    // The joiner: a key made here, a request asking (in vain) to be an admin.
+    let (csr, key) = weft_pki::certificate_request(Role::Admin, "sneaky").unwrap();
+    let wrong = "0".repeat(64);
+    let refused = weft_pki::join::pinned_channel(&controller.address, &wrong, Duration::from_secs(5)).await;
+    assert!(refused.unwrap_err().contains("fingerprint"), "a controller with another CA was trusted");
+    let channel =
+        weft_pki::join::pinned_channel(&controller.address, &made.ca_fingerprint, Duration::from_secs(5))
+            .await
+            .unwrap();
+    let mut join = pb::join_service_client::JoinServiceClient::new(channel);
+    let joined = join
+        .join(pb::JoinRequest {
+            token: made.secret_token.clone(),
+            name: "h9".into(),
+            csr_pem: csr,
+            addresses: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let credentials = Credentials { ca: joined.ca_pem, cert: joined.certificate_pem, key };
+    let der = x509_parser_der(&credentials.cert);
+    let caller = weft_pki::Caller::from_certificate(&der).unwrap();
+    assert_eq!(
+        (caller.role, caller.name.as_str()),
+        (Role::Node, "h9"),
+        "the token, not the request, decides"
+    );
+    // The new credential works, as node h9 only.
+    let h9 = controller.channel(credentials.client()).await.unwrap();
+    NodeServiceClient::new(h9.clone())
+        .register_node(pb::RegisterNodeRequest {
+            name: "h9".into(),
+            underlay_address: "192.0.2.9".into(),
+            underlay_mtu: 1500,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    denied(
+        NetworkServiceClient::new(h9)
+            .create_network(pb::CreateNetworkRequest { name: "x".into(), ..Default::default() })
+            .await,
+        &["node:h9"],
+    );
+
+    // Every other call is refused without a certificate; a bad or revoked token gets nothing.
+    let anonymous =
+        weft_pki::join::pinned_channel(&controller.address, &made.ca_fingerprint, Duration::from_secs(5))
+            .await
+            .unwrap();
+    denied(
+        NetworkServiceClient::new(anonymous.clone()).list_networks(pb::ListNetworksRequest::default()).await,
+        &["no client certificate"],
+    );
+    let (csr, _) = weft_pki::certificate_request(Role::Node, "h10").unwrap();
+    let forged = format!("{}0", &made.secret_token[..made.secret_token.len() - 1]);
+    denied(
+        pb::join_service_client::JoinServiceClient::new(anonymous.clone())
+            .join(pb::JoinRequest {
+                token: forged,
+                name: "h10".into(),
+                csr_pem: csr.clone(),
+                addresses: vec![],
+            })
+            .await,
+        &["join token"],
+    );
+    let id = made.token.as_ref().unwrap().id.clone();
+    tokens.revoke_token(pb::RevokeTokenRequest { id }).await.unwrap();
+    denied(
+        pb::join_service_client::JoinServiceClient::new(anonymous)
+            .join(pb::JoinRequest {
+                token: made.secret_token,
+                name: "h10".into(),
+                csr_pem: csr,
+                addresses: vec![],
+            })
+            .await,
+        &["revoked"],
+    );
+    let listed = tokens.list_tokens(pb::ListTokensRequest {}).await.unwrap().into_inner();
+    assert!(listed.tokens.iter().all(|t| t.revoked) && listed.tokens.len() == 1);
+}
+
+fn x509_parser_der(pem: &str) -> Vec<u8> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
 }

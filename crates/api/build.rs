@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files: Vec<PathBuf> = ["types", "network", "endpoint", "node", "cluster", "watch"]
+    let files: Vec<PathBuf> = ["types", "network", "endpoint", "node", "cluster", "watch", "security"]
         .iter()
         .map(|name| proto_root.join(format!("weft/v1/{name}.proto")))
         .collect();

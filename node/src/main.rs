@@ -83,6 +83,14 @@ struct Flags {
     /// `node:NAME`, as `weft pki issue --node NAME` writes them.
     #[arg(long, env = "WEFT_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// With --tls-dir holding no credential yet: join the cluster with this token (from
+    /// `weft token create`). A key is made here and only its certificate request is sent.
+    #[arg(long, env = "WEFT_JOIN_TOKEN", requires = "ca_fingerprint", requires = "tls_dir")]
+    join_token: Option<String>,
+    /// SHA-256 of the cluster CA certificate (printed by `weft token create`): the controller
+    /// is checked against it before the token is sent.
+    #[arg(long, env = "WEFT_CA_FINGERPRINT")]
+    ca_fingerprint: Option<String>,
     /// Talk to the controllers in plaintext (controllers started with --insecure).
     #[arg(long)]
     insecure: bool,
@@ -122,6 +130,54 @@ async fn uninstall(
     Ok(())
 }
 
+/// Obtains this host's credential with a join token: the key is made here, the controller is
+/// checked against the CA fingerprint, and the signed certificate is written to `dir`.
+async fn join(
+    controllers: &[String],
+    name: &str,
+    token: &str,
+    fingerprint: &str,
+    dir: &std::path::Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use weft_api::pb::join_service_client::JoinServiceClient;
+    let (csr_pem, key) =
+        weft_pki::certificate_request(weft_pki::Role::Node, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut problems = Vec::new();
+    for address in controllers {
+        let channel = match weft_pki::join::pinned_channel(address, fingerprint, timeout).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        let request = weft_api::pb::JoinRequest {
+            token: token.to_string(),
+            name: name.to_string(),
+            csr_pem: csr_pem.clone(),
+            addresses: vec![],
+        };
+        match JoinServiceClient::new(channel).join(request).await {
+            Ok(joined) => {
+                let joined = joined.into_inner();
+                weft_pki::Credentials { ca: joined.ca_pem, cert: joined.certificate_pem, key }
+                    .save(dir)
+                    .map_err(|e| anyhow::anyhow!("saving the credential: {e}"))?;
+                tracing::info!(dir = %dir.display(), "joined the cluster: credential for node:{name} saved");
+                return Ok(());
+            }
+            Err(status)
+                if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::FailedPrecondition) =>
+            {
+                problems.push(format!("{address}: {}", status.message()));
+            }
+            Err(status) => anyhow::bail!("joining the cluster: {}", status.message()),
+        }
+    }
+    anyhow::bail!("joining the cluster: no controller took the token ({})", problems.join("; "))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -144,6 +200,13 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(%name, %vtep, %interface, underlay_mtu, "starting");
     let timeout = Duration::from_millis(flags.request_timeout_ms);
+    if let (Some(dir), Some(token), Some(fingerprint)) =
+        (&flags.tls_dir, &flags.join_token, &flags.ca_fingerprint)
+    {
+        if !dir.join("cert.pem").exists() {
+            join(&flags.controllers, &name, token, fingerprint, dir, timeout).await?;
+        }
+    }
     let tls = match (&flags.tls_dir, flags.insecure) {
         (Some(dir), false) => {
             Some(weft_pki::Credentials::load(dir).map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?.client())

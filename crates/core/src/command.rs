@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::ipam::SubnetRequest;
-use crate::model::{ClusterConfig, Endpoint, MacAddr, Network, Node, NodeStatus};
+use crate::model::{ClusterConfig, Endpoint, JoinToken, MacAddr, Network, Node, NodeStatus};
 
 /// One log entry's payload: a command and the time the leader proposed it. Time enters the
 /// state machine only here, so every replica records the same timestamps.
@@ -46,6 +46,12 @@ pub enum Command {
     /// Removes a host and releases every endpoint on it.
     RemoveNode {
         name: String,
+    },
+    /// Records a join token (its secret only as a SHA-256 hash).
+    CreateToken(JoinToken),
+    /// Makes a token unusable before it expires.
+    RevokeToken {
+        id: String,
     },
 }
 
@@ -180,6 +186,7 @@ pub enum Response {
     EndpointRemoved(Arc<Endpoint>),
     Node(Node),
     NodeRemoved { node: Node, endpoints: Vec<Arc<Endpoint>> },
+    Token(JoinToken),
 }
 
 /// The outcome of applying one command.

@@ -36,6 +36,9 @@ pub use command::{
 pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventKind};
 pub use ipam::SubnetRequest;
-pub use model::{AddressPool, ClusterConfig, Endpoint, Id, MacAddr, Network, Node, NodeStatus, SubnetConfig};
+pub use model::{
+    AddressPool, ClusterConfig, Endpoint, Id, JoinToken, MacAddr, Network, Node, NodeStatus, SubnetConfig,
+    TokenRole,
+};
 pub use options::NetworkSettings;
 pub use state::{SnapshotError, State};

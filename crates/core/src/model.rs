@@ -222,6 +222,29 @@ pub struct Node {
     pub status_changed_ms: u64,
 }
 
+/// Who a join token lets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenRole {
+    /// A host's agent, which gets a `node:NAME` certificate.
+    Node,
+    /// A new controller member, which gets a `controller:ID` certificate.
+    Controller,
+}
+
+/// A join token: presented with a certificate request by a host or controller joining the
+/// cluster. Only the SHA-256 of its secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// 16 lowercase hex digits, the public half of the token (`weft1.<id>.<secret>`).
+    pub id: String,
+    /// SHA-256 of the secret, 64 lowercase hex digits.
+    pub secret_sha256: String,
+    pub role: TokenRole,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    pub revoked: bool,
+}
+
 /// A range default subnets of one prefix length are carved from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressPool {

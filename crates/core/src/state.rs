@@ -29,7 +29,7 @@ use crate::command::{
 use crate::error::{Error, Result};
 use crate::event::{Event, EventKind};
 use crate::ipam::{SubnetAllocator, SubnetRequest, usable_range};
-use crate::model::{ClusterConfig, Endpoint, Id, MacAddr, Network, Node, NodeStatus};
+use crate::model::{ClusterConfig, Endpoint, Id, JoinToken, MacAddr, Network, Node, NodeStatus, TokenRole};
 use crate::options::NetworkSettings;
 use crate::ranges::{FreeRanges, RangeIndex};
 use crate::validate;
@@ -96,6 +96,9 @@ pub struct State {
     /// Node name -> when it was removed (ms): credentials for that name issued before then
     /// are revoked.
     revoked_nodes: BTreeMap<String, u64>,
+    /// Join tokens by id. Not part of the watched registry: creating or revoking one moves
+    /// no revision and sends no event.
+    tokens: BTreeMap<String, JoinToken>,
 }
 
 impl Default for State {
@@ -106,8 +109,8 @@ impl Default for State {
 
 /// Snapshot header: refuses to restore bytes that are not a weft snapshot of a known version.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNAP";
-/// 2: nodes carry their WireGuard backend. 3: removed nodes' revocation times.
-const SNAPSHOT_VERSION: u32 = 3;
+/// 2: nodes carry their WireGuard backend. 3: removed nodes' revocation times. 4: join tokens.
+const SNAPSHOT_VERSION: u32 = 4;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotV1 {
@@ -117,6 +120,7 @@ struct SnapshotV1 {
     nodes: Vec<Node>,
     endpoints: Vec<Arc<Endpoint>>,
     revoked_nodes: BTreeMap<String, u64>,
+    tokens: BTreeMap<String, JoinToken>,
 }
 
 /// Why a snapshot could not be restored.
@@ -153,6 +157,7 @@ impl State {
             wireguard_keys: FxHashMap::default(),
             underlays: FxHashMap::default(),
             revoked_nodes: BTreeMap::new(),
+            tokens: BTreeMap::new(),
         };
         let pool = state.config.tunnel_pool;
         state.subnets_mut(pool.family()).insert(pool.first(), pool.last(), Owner::TunnelPool);
@@ -250,6 +255,28 @@ impl State {
         (self.new_id(revision) == *id).then_some(revision)
     }
 
+    /// Every join token, revoked and expired ones included.
+    pub fn tokens(&self) -> impl Iterator<Item = &JoinToken> {
+        self.tokens.values()
+    }
+
+    /// The role a token grants, if `id` and the secret's hash match a token that is neither
+    /// revoked nor expired at `now_ms`; otherwise why not (without telling which part failed
+    /// to someone guessing).
+    pub fn admit(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        now_ms: u64,
+    ) -> std::result::Result<TokenRole, String> {
+        let refused = || "the join token is unknown, wrong, expired or revoked".to_string();
+        let token = self.tokens.get(id).ok_or_else(refused)?;
+        if token.revoked || now_ms >= token.expires_ms || token.secret_sha256 != secret_sha256 {
+            return Err(refused());
+        }
+        Ok(token.role)
+    }
+
     /// When node `name` was last removed (ms since the epoch): its credentials issued before
     /// then no longer count.
     pub fn node_revoked_at(&self, name: &str) -> Option<u64> {
@@ -333,6 +360,8 @@ impl State {
             Command::RegisterNode(request) => self.register_node(request, at),
             Command::SetNodeStatus { name, status } => self.set_node_status(name, *status, at),
             Command::RemoveNode { name } => self.remove_node(name, at),
+            Command::CreateToken(token) => self.create_token(token),
+            Command::RevokeToken { id } => self.revoke_token(id),
         }
     }
 
@@ -935,6 +964,40 @@ impl State {
         self.changed(Response::Node(node.clone()), vec![EventKind::NodeStatusChanged(node)])
     }
 
+    fn create_token(&mut self, token: &JoinToken) -> Result<Applied> {
+        let hex = |s: &str, len: usize| {
+            s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !hex(&token.id, 16) {
+            return Err(Error::invalid("token id", &token.id, "16 lowercase hex digits"));
+        }
+        if !hex(&token.secret_sha256, 64) {
+            return Err(Error::invalid("token secret hash", "(hidden)", "64 lowercase hex digits (SHA-256)"));
+        }
+        if token.expires_ms <= token.created_ms || token.revoked {
+            return Err(Error::invalid(
+                "token lifetime",
+                token.expires_ms,
+                "a new token expires after it is made",
+            ));
+        }
+        if self.tokens.contains_key(&token.id) {
+            return Err(Error::AlreadyExists(format!("a token with id {} exists", token.id)));
+        }
+        self.tokens.insert(token.id.clone(), token.clone());
+        self.unchanged(Response::Token(token.clone()))
+    }
+
+    fn revoke_token(&mut self, id: &str) -> Result<Applied> {
+        let token = self
+            .tokens
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("no join token with id {id:?}")))?;
+        token.revoked = true;
+        let token = token.clone();
+        self.unchanged(Response::Token(token))
+    }
+
     fn remove_node(&mut self, name: &str, at: u64) -> Result<Applied> {
         let entry = self.node_entry(name)?;
         let endpoint_keys: Vec<EndpointKey> = entry.endpoints.iter().copied().collect();
@@ -972,6 +1035,7 @@ impl State {
             nodes: self.nodes().cloned().collect(),
             endpoints: self.endpoints.values().cloned().collect(),
             revoked_nodes: self.revoked_nodes.clone(),
+            tokens: self.tokens.clone(),
         };
         let mut out = Vec::with_capacity(64 + self.endpoints.len() * 96);
         out.extend_from_slice(SNAPSHOT_MAGIC);
@@ -1024,6 +1088,7 @@ impl State {
             state.endpoints.insert(endpoint.created_revision, endpoint);
         }
         state.revoked_nodes = snap.revoked_nodes;
+        state.tokens = snap.tokens;
         Ok(state)
     }
 
@@ -1094,8 +1159,9 @@ impl State {
                 .map_err(|e| format!("endpoint {} ({}): {e}", endpoint.id.short(), endpoint.ipv4))?;
             rebuilt.endpoints.insert(endpoint.created_revision, endpoint.clone());
         }
-        // Canonical, not derived: carried over as it is.
+        // Canonical, not derived: carried over as they are.
         rebuilt.revoked_nodes = self.revoked_nodes.clone();
+        rebuilt.tokens = self.tokens.clone();
         if rebuilt != *self {
             return Err("derived state differs from a rebuild of the canonical records".into());
         }

@@ -711,6 +711,7 @@ fn inconsistent_snapshots_are_refused() {
         nodes: s.nodes().cloned().collect(),
         endpoints: vec![Arc::new(e.clone())],
         revoked_nodes: BTreeMap::new(),
+        tokens: BTreeMap::new(),
     };
     let mut twin = e.clone();
     twin.created_revision = forged.revision;
@@ -772,4 +773,37 @@ fn removing_a_node_revokes_its_name_until_then_and_survives_a_snapshot() {
     let restored = State::restore(&s.snapshot()).unwrap();
     assert_eq!(restored.node_revoked_at("h1"), Some(777));
     assert_eq!(restored.snapshot(), s.snapshot());
+}
+
+#[test]
+fn join_tokens_admit_until_they_expire_or_are_revoked_and_never_move_the_revision() {
+    let mut s = cluster();
+    let revision = s.revision();
+    let token = crate::JoinToken {
+        id: "0123456789abcdef".into(),
+        secret_sha256: "a".repeat(64),
+        role: crate::TokenRole::Node,
+        created_ms: 1_000,
+        expires_ms: 2_000,
+        revoked: false,
+    };
+    s.apply(&Proposal { at_ms: 1_000, command: Command::CreateToken(token.clone()) }).unwrap();
+    assert_eq!(s.revision(), revision, "tokens are not part of the watched registry");
+    assert_eq!(s.admit(&token.id, &token.secret_sha256, 1_500), Ok(crate::TokenRole::Node));
+    assert!(s.admit(&token.id, &"b".repeat(64), 1_500).is_err(), "wrong secret");
+    assert!(s.admit(&token.id, &token.secret_sha256, 2_000).is_err(), "expired");
+    assert!(s.admit("ffffffffffffffff", &token.secret_sha256, 1_500).is_err(), "unknown");
+    let again = s.apply(&Proposal { at_ms: 1_000, command: Command::CreateToken(token.clone()) });
+    assert_eq!(again.unwrap_err().kind(), ErrorKind::AlreadyExists);
+    let bad = crate::JoinToken { id: "XYZ".into(), ..token.clone() };
+    assert_eq!(
+        s.apply(&Proposal { at_ms: 1, command: Command::CreateToken(bad) }).unwrap_err().kind(),
+        ErrorKind::Invalid
+    );
+
+    s.apply(&Proposal { at_ms: 1_100, command: Command::RevokeToken { id: token.id.clone() } }).unwrap();
+    assert!(s.admit(&token.id, &token.secret_sha256, 1_500).is_err(), "revoked");
+    let restored = State::restore(&s.snapshot()).unwrap();
+    assert!(restored.tokens().all(|t| t.revoked));
+    s.check_invariants().unwrap();
 }

@@ -164,11 +164,14 @@ impl Credentials {
         write(&dir.join("key.pem"), &self.key, true)
     }
 
-    /// For a server: present this certificate, demand one from the cluster CA.
+    /// For a server: present this certificate with the CA's (so a joining machine can check
+    /// the CA against its pinned fingerprint), demand one from the cluster CA. Clients without
+    /// a certificate get through the handshake only to be refused everything but joining.
     pub fn server(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
+            .identity(Identity::from_pem(format!("{}\n{}", self.cert.trim_end(), self.ca), &self.key))
             .client_ca_root(Certificate::from_pem(&self.ca))
+            .client_auth_optional(true)
     }
 
     /// For a client: trust only the cluster CA, present this certificate.
@@ -224,26 +227,67 @@ impl Authority {
         &self.cert
     }
 
+    /// Signs a joiner's certificate request for `role:name`. Only the request's public key is
+    /// taken: the name, role and addresses are the ones the token and request vouch for here.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        role: Role,
+        name: &str,
+        sans: &[String],
+    ) -> Result<String, PkiError> {
+        let mut request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Certificate(format!("unreadable certificate request: {e}")))?;
+        request.params = leaf_params(role, name, sans)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert, &self.key).map_err(cert_error)?;
+        Ok(request.signed_by(&issuer).map_err(cert_error)?.pem())
+    }
+
     /// Credentials for `role:name`, valid for the host names and addresses in `sans` (what
     /// clients dial a server by; empty for a client-only credential).
     pub fn issue(&self, role: Role, name: &str, sans: &[String]) -> Result<Credentials, PkiError> {
         let key = KeyPair::generate().map_err(cert_error)?;
-        let mut params = CertificateParams::new(sans.to_vec()).map_err(cert_error)?;
-        params.distinguished_name.push(DnType::CommonName, format!("{}:{name}", role.as_str()));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(now);
-        params.not_before = now - CLOCK_SKEW;
-        params.not_after = now + std::time::Duration::from_secs(86_400 * VALIDITY_DAYS.unsigned_abs());
+        let params = leaf_params(role, name, sans)?;
         let issuer = Issuer::from_ca_cert_pem(&self.cert, &self.key).map_err(cert_error)?;
         let cert = params.signed_by(&key, &issuer).map_err(cert_error)?;
         Ok(Credentials { ca: self.cert.clone(), cert: cert.pem(), key: key.serialize_pem() })
     }
 }
 
+/// What an issued certificate says: `role:name`, the addresses, valid from now (less the
+/// clock skew) for [`VALIDITY_DAYS`].
+fn leaf_params(role: Role, name: &str, sans: &[String]) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(sans.to_vec()).map_err(cert_error)?;
+    params.distinguished_name.push(DnType::CommonName, format!("{}:{name}", role.as_str()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(now);
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now + std::time::Duration::from_secs(86_400 * VALIDITY_DAYS.unsigned_abs());
+    Ok(params)
+}
+
+/// SHA-256 of a PEM certificate's DER, lowercase hex: what a joining machine pins.
+pub fn fingerprint(cert_pem: &str) -> Result<String, PkiError> {
+    use sha2::Digest as _;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| PkiError::Certificate(format!("unreadable certificate: {e}")))?;
+    Ok(sha2::Sha256::digest(&pem.contents).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A new key and a certificate request for `role:name`, both PEM: the key stays here.
+pub fn certificate_request(role: Role, name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(cert_error)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_error)?;
+    params.distinguished_name.push(DnType::CommonName, format!("{}:{name}", role.as_str()));
+    let request = params.serialize_request(&key).map_err(cert_error)?;
+    Ok((request.pem().map_err(cert_error)?, key.serialize_pem()))
+}
+
 pub mod authorize;
+pub mod join;
 
 #[cfg(test)]
 mod tests {
