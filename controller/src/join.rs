@@ -189,4 +189,23 @@ impl pb::join_service_server::JoinService for Controller {
         tracing::info!(token = id, name = %req.name, ?role, "joined: credential issued");
         Ok(Response::new(pb::JoinResponse { certificate_pem, ca_pem: signer.ca_pem.clone() }))
     }
+
+    async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let caller = request.extensions().get::<weft_pki::Caller>().cloned();
+        let signer = self.signer()?;
+        let authority = signer.authority.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this controller holds no CA key (ca-key.pem in its --tls-dir); ask another member",
+            )
+        })?;
+        let caller = match caller {
+            Some(caller) if caller.role == Role::Node => caller,
+            _ => return Err(Status::failed_precondition("only hosts renew their credential this way")),
+        };
+        let certificate_pem = authority
+            .sign_request(&request.get_ref().csr_pem, Role::Node, &caller.name, &[])
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(%caller, "credential renewed");
+        Ok(Response::new(pb::JoinResponse { certificate_pem, ca_pem: signer.ca_pem.clone() }))
+    }
 }

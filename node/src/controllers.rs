@@ -13,7 +13,9 @@ use tonic::{Code, Status};
 #[derive(Clone, Debug)]
 pub struct Controllers {
     addresses: Arc<Vec<String>>,
-    channels: Arc<Vec<Channel>>,
+    /// Replaced whole when the host's credential is renewed; calls in flight keep theirs.
+    channels: Arc<std::sync::RwLock<Arc<Vec<Channel>>>>,
+    timeout: Duration,
     /// The member that answered last; tried first next time.
     preferred: Arc<AtomicUsize>,
 }
@@ -33,46 +35,53 @@ impl Controllers {
         tls: Option<ClientTlsConfig>,
     ) -> anyhow::Result<Controllers> {
         anyhow::ensure!(!addresses.is_empty(), "no controller addresses given");
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let channels = addresses
-            .iter()
-            .map(|a| {
-                let mut endpoint = Endpoint::from_shared(format!("{scheme}://{a}"))
-                    .map_err(|e| anyhow::anyhow!("controller address {a:?}: {e}"))?;
-                if let Some(tls) = &tls {
-                    endpoint = endpoint.tls_config(tls.clone()).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-                }
-                Ok(endpoint.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true).connect_lazy())
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let channels = connect(&addresses, timeout, tls)?;
         Ok(Controllers {
             addresses: Arc::new(addresses),
-            channels: Arc::new(channels),
+            channels: Arc::new(std::sync::RwLock::new(Arc::new(channels))),
+            timeout,
             preferred: Arc::new(AtomicUsize::new(0)),
         })
     }
 
+    /// New connections present `tls` from now on (a renewed credential).
+    pub fn reconnect_with(&self, tls: ClientTlsConfig) -> anyhow::Result<()> {
+        let channels = connect(&self.addresses, self.timeout, Some(tls))?;
+        *self.channels.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(channels);
+        Ok(())
+    }
+
+    fn channels(&self) -> Arc<Vec<Channel>> {
+        self.channels.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     pub fn len(&self) -> usize {
-        self.channels.len()
+        self.addresses.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.channels.is_empty()
+        self.addresses.is_empty()
+    }
+
+    /// The addresses of the members, as given.
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
     }
 
     /// The member to try first, and its address.
     pub fn preferred(&self) -> (usize, &str) {
-        let i = self.preferred.load(Ordering::Relaxed) % self.channels.len();
+        let i = self.preferred.load(Ordering::Relaxed) % self.addresses.len();
         (i, &self.addresses[i])
     }
 
     pub fn channel(&self, i: usize) -> Channel {
-        self.channels[i % self.channels.len()].clone()
+        let channels = self.channels();
+        channels[i % channels.len()].clone()
     }
 
     /// Makes `i` the member tried first.
     pub fn prefer(&self, i: usize) {
-        self.preferred.store(i % self.channels.len(), Ordering::Relaxed);
+        self.preferred.store(i % self.addresses.len(), Ordering::Relaxed);
     }
 
     /// Calls `request` on the preferred member, then on each other member while the answer
@@ -83,10 +92,11 @@ impl Controllers {
         Fut: Future<Output = Result<T, Status>>,
     {
         let (first, _) = self.preferred();
+        let channels = self.channels();
         let mut last = Status::unavailable("no controller answered");
-        for k in 0..self.channels.len() {
-            let i = (first + k) % self.channels.len();
-            match request(self.channels[i].clone()).await {
+        for k in 0..channels.len() {
+            let i = (first + k) % channels.len();
+            match request(channels[i].clone()).await {
                 Err(status) if try_another(&status) => {
                     tracing::debug!(controller = %self.addresses[i], %status, "trying the next controller");
                     last = Status::new(
@@ -102,4 +112,24 @@ impl Controllers {
         }
         Err(last)
     }
+}
+
+/// Lazily connected channels to each member.
+fn connect(
+    addresses: &[String],
+    timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+) -> anyhow::Result<Vec<Channel>> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    addresses
+        .iter()
+        .map(|a| {
+            let mut endpoint = Endpoint::from_shared(format!("{scheme}://{a}"))
+                .map_err(|e| anyhow::anyhow!("controller address {a:?}: {e}"))?;
+            if let Some(tls) = &tls {
+                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+            }
+            Ok(endpoint.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true).connect_lazy())
+        })
+        .collect()
 }

@@ -91,6 +91,13 @@ struct Flags {
     /// is checked against it before the token is sent.
     #[arg(long, env = "WEFT_CA_FINGERPRINT")]
     ca_fingerprint: Option<String>,
+    /// Renew the host's credential when it expires within this many days (the agent makes
+    /// a new key and asks a controller to sign it, presenting the current credential).
+    #[arg(long, default_value_t = 30)]
+    renew_within_days: u64,
+    /// How often to check the credential's expiry.
+    #[arg(long, default_value_t = 3_600_000)]
+    renew_check_ms: u64,
     /// Talk to the controllers in plaintext (controllers started with --insecure).
     #[arg(long)]
     insecure: bool,
@@ -128,6 +135,56 @@ async fn uninstall(
     }
     println!("removed {} links and weft's nftables tables", ops.len());
     Ok(())
+}
+
+/// Keeps the host's credential from expiring: when it has less than `within` left, a new key
+/// is made here, a controller signs it (the current credential vouching for the request), the
+/// files are replaced and new connections present it. Connections open meanwhile keep the
+/// old one, which is still valid: nothing is interrupted.
+async fn renew_forever(
+    controllers: &Controllers,
+    name: &str,
+    dir: &std::path::Path,
+    within: Duration,
+    period: Duration,
+) {
+    loop {
+        match renew_if_due(controllers, name, dir, within).await {
+            Ok(true) => tracing::info!(dir = %dir.display(), "credential renewed"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("renewing the credential: {e:#}; retrying in {period:?}"),
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+async fn renew_if_due(
+    controllers: &Controllers,
+    name: &str,
+    dir: &std::path::Path,
+    within: Duration,
+) -> anyhow::Result<bool> {
+    use weft_api::pb::join_service_client::JoinServiceClient;
+    let current = weft_pki::Credentials::load(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let expires_ms = current.expires_ms().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    if u128::from(expires_ms) > now_ms + within.as_millis() {
+        return Ok(false);
+    }
+    let (csr_pem, key) =
+        weft_pki::certificate_request(weft_pki::Role::Node, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let renewed = controllers
+        .call(|c| {
+            let request = weft_api::pb::RenewRequest { csr_pem: csr_pem.clone() };
+            async move { JoinServiceClient::new(c).renew(request).await }
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    let credentials = weft_pki::Credentials { ca: renewed.ca_pem, cert: renewed.certificate_pem, key };
+    credentials.save(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    controllers.reconnect_with(credentials.client())?;
+    Ok(true)
 }
 
 /// Obtains this host's credential with a join token: the key is made here, the controller is
@@ -220,7 +277,13 @@ async fn main() -> anyhow::Result<()> {
             "give --tls-dir DIR (this host's ca.pem, cert.pem, key.pem from `weft pki issue --node NAME`), or --insecure"
         ),
     };
-    let controllers = Controllers::new(flags.controllers, timeout, tls)?;
+    let controllers = Controllers::new(flags.controllers.clone(), timeout, tls)?;
+    if let Some(dir) = flags.tls_dir.clone() {
+        let (controllers, name) = (controllers.clone(), name.clone());
+        let within = Duration::from_secs(flags.renew_within_days.saturating_mul(86_400));
+        let period = Duration::from_millis(flags.renew_check_ms.max(100));
+        tokio::spawn(async move { renew_forever(&controllers, &name, &dir, within, period).await });
+    }
     let settings = Settings {
         host: Host { name, vtep, underlay_mtu },
         state_dir: flags.state_dir.clone(),

@@ -263,3 +263,41 @@ async fn dual_stack_networks_carry_ipv6_across_hosts() {
     let routes = c1.exec(&["ip", "-6", "route"]);
     assert!(routes.contains(&format!("default via {}", e1.ipv6_gateway)), "{routes}");
 }
+
+/// An agent whose credential is about to expire renews it (a new key made on the host, signed
+/// by a controller on the strength of the old credential) and carries on: traffic does not
+/// notice, and new requests to the controllers go out with the new credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_renews_its_credential_without_interrupting_anything() {
+    if !root_or_skip("an_agent_renews_its_credential_without_interrupting_anything") {
+        return;
+    }
+    let mut lab = Lab::new(2);
+    lab.create_network("steady", false);
+    let (c1, c2, c3) = (Netns::new("c"), Netns::new("c"), Netns::new("c"));
+    attach(&mut lab.agent(0).await, &c1, "steady", "c1").await;
+    let mut waiting = attach_request(&c2, "steady", "c2");
+    waiting.wait_everywhere = true;
+    let c2_at = lab.agent(1).await.attach(waiting).await.unwrap().into_inner().attachment.unwrap();
+    let target = ip_of(&c2_at);
+    assert!(reaches(&c1, &target).await);
+
+    // Credentials last a year; "renew within 400 days" makes h1's due at once.
+    let cert = lab.tmp_path().join("pki/h1/cert.pem");
+    let key = lab.tmp_path().join("pki/h1/key.pem");
+    let (old_cert, old_key) =
+        (std::fs::read_to_string(&cert).unwrap(), std::fs::read_to_string(&key).unwrap());
+    lab.kill_agent(0);
+    let ping = BackgroundPing::start(&c1, &target, 40);
+    lab.start_agent_with(0, &["--renew-within-days", "400", "--renew-check-ms", "60000"]);
+    eventually("h1 renews its credential", Duration::from_secs(20), || {
+        std::fs::read_to_string(&cert).is_ok_and(|c| c != old_cert)
+    })
+    .await;
+    assert_ne!(std::fs::read_to_string(&key).unwrap(), old_key, "the renewed credential has a new key");
+    // The renewed credential is what the agent now uses towards the controllers.
+    let c3_at = attach(&mut lab.agent(0).await, &c3, "steady", "c3").await;
+    assert!(reaches(&c3, &target).await, "{c3_at:?}");
+    let (summary, received) = ping.finish().await;
+    assert_eq!(received, 40, "{summary}");
+}

@@ -21,6 +21,7 @@ const NODE_METHODS: &[&str] = &[
     "/weft.v1.WatchService/Watch",
     "/weft.v1.EndpointService/CreateEndpoint",
     "/weft.v1.EndpointService/RemoveEndpoint",
+    "/weft.v1.JoinService/Renew",
 ];
 
 /// Served to callers without a certificate.

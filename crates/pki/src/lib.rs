@@ -164,6 +164,15 @@ impl Credentials {
         write(&dir.join("key.pem"), &self.key, true)
     }
 
+    /// When the certificate stops being valid, ms since the epoch.
+    pub fn expires_ms(&self) -> Result<u64, PkiError> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert.as_bytes())
+            .map_err(|e| PkiError::Certificate(format!("unreadable certificate: {e}")))?;
+        let cert =
+            pem.parse_x509().map_err(|e| PkiError::Certificate(format!("unreadable certificate: {e}")))?;
+        Ok(u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0) * 1000)
+    }
+
     /// For a server: present this certificate with the CA's (so a joining machine can check
     /// the CA against its pinned fingerprint), demand one from the cluster CA. Clients without
     /// a certificate get through the handshake only to be refused everything but joining.

@@ -87,10 +87,10 @@ impl Lab {
         let ca = weft_pki::Authority::create("lab").unwrap();
         for i in 1..=CONTROLLERS.len() {
             let host = CONTROLLERS[0].split(':').next().unwrap().to_string();
-            ca.issue(weft_pki::Role::Controller, &i.to_string(), &[host])
-                .unwrap()
-                .save(&tmp.path().join(format!("pki/controller{i}")))
-                .unwrap();
+            let dir = tmp.path().join(format!("pki/controller{i}"));
+            ca.issue(weft_pki::Role::Controller, &i.to_string(), &[host]).unwrap().save(&dir).unwrap();
+            // The CA key too, as `weft pki init` leaves it: controllers sign renewals.
+            ca.save(&dir).unwrap();
         }
         for i in 1..=hosts.len() {
             ca.issue(weft_pki::Role::Node, &format!("h{i}"), &[])
@@ -144,6 +144,11 @@ impl Lab {
     }
 
     pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// Starts host `i`'s agent with extra flags.
+    pub fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
         let host = &mut self.hosts[i];
         let child = Command::new("ip")
             .args([
@@ -164,6 +169,7 @@ impl Lab {
             .arg(self.tmp.path().join(format!("pki/{}", host.name)))
             .args(["--resync-ms", "500", "--heartbeat-ms", "300", "--request-timeout-ms", "3000"])
             .args(["--wireguard-interface", &host.wireguard_interface])
+            .args(extra)
             // A dead upstream first (nothing answers at .252), then the lab's stub.
             .args([
                 "--dns-upstream",
