@@ -69,6 +69,16 @@ struct Args {
     /// as `weft pki init` writes them. Every connection is mutual TLS.
     #[arg(long, env = "WEFT_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// With --tls-dir holding no credential yet: get this member's credential with a
+    /// controller join token (`weft token create --role controller`), from --join-via.
+    #[arg(long, env = "WEFT_JOIN_TOKEN")]
+    join_token: Option<String>,
+    /// SHA-256 of the cluster CA certificate, checked before the token is sent.
+    #[arg(long, env = "WEFT_CA_FINGERPRINT")]
+    ca_fingerprint: Option<String>,
+    /// A member (host:port) to join through.
+    #[arg(long)]
+    join_via: Option<String>,
     /// Serve plaintext gRPC with no authentication at all (trusted test networks only).
     #[arg(long)]
     insecure: bool,
@@ -96,6 +106,41 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Obtains this member's credential with a controller join token: the key is made here, the
+/// member asked is checked against the CA fingerprint, and the certificate names
+/// `controller:ID` for the address this member advertises.
+async fn join(
+    id: u64,
+    advertise: &str,
+    token: &str,
+    fingerprint: &str,
+    via: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    use weft_api::pb::join_service_client::JoinServiceClient;
+    let (csr_pem, key) = weft_pki::certificate_request(weft_pki::Role::Controller, &id.to_string())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let channel = weft_pki::join::pinned_channel(via, fingerprint, Duration::from_secs(10))
+        .await
+        .map_err(|e| anyhow::anyhow!("joining through {via}: {e}"))?;
+    let host = advertise.rsplit_once(':').map_or(advertise, |(host, _)| host).trim_matches(['[', ']']);
+    let joined = JoinServiceClient::new(channel)
+        .join(weft_api::pb::JoinRequest {
+            token: token.to_string(),
+            name: id.to_string(),
+            csr_pem,
+            addresses: vec![host.to_string()],
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("joining through {via}: {}", status.message()))?
+        .into_inner();
+    weft_pki::Credentials { ca: joined.ca_pem, cert: joined.certificate_pem, key }
+        .save(dir)
+        .map_err(|e| anyhow::anyhow!("saving the credential: {e}"))?;
+    tracing::info!(dir = %dir.display(), "joined: credential for controller:{id} saved");
+    Ok(())
+}
+
 fn start(args: Args) -> anyhow::Result<()> {
     let manifest = match &args.manifest {
         Some(path) => {
@@ -105,6 +150,16 @@ fn start(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    if let (Some(dir), Some(token)) = (&args.tls_dir, &args.join_token) {
+        if !dir.join("cert.pem").exists() {
+            let (Some(fingerprint), Some(via)) = (&args.ca_fingerprint, &args.join_via) else {
+                anyhow::bail!("--join-token needs --ca-fingerprint and --join-via (a member's address)");
+            };
+            let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
+            runtime.block_on(join(args.id, &advertise, token, fingerprint, via, dir))?;
+        }
+    }
     let tls = match (&args.tls_dir, args.insecure) {
         (Some(dir), false) => Some(
             weft_pki::Credentials::load(dir)
@@ -133,7 +188,6 @@ fn start(args: Args) -> anyhow::Result<()> {
         join: args.join,
         snapshot_every: args.snapshot_every,
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(run(opts, async {
         let _ = tokio::signal::ctrl_c().await;
     }))

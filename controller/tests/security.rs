@@ -66,7 +66,23 @@ impl Controller {
         Channel::from_shared(format!("https://{}", self.address)).unwrap().tls_config(tls)?.connect().await
     }
 
-    /// A channel as `role:name`, once the controller takes writes.
+    /// An admin's channel, once the cluster takes writes (its configuration, which carries
+    /// the cluster id, is in).
+    async fn admin(&self) -> Channel {
+        let admin = self.as_(Role::Admin, "ops").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pb::cluster_service_client::ClusterServiceClient::new(admin.clone())
+            .status(pb::StatusRequest {})
+            .await
+            .map_or(true, |s| s.into_inner().cluster_id.is_empty())
+        {
+            assert!(Instant::now() < deadline, "the cluster was never configured");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        admin
+    }
+
+    /// A channel as `role:name`, once the controller answers.
     async fn as_(&self, role: Role, name: &str) -> Channel {
         let credentials = self.ca.issue(role, name, &[]).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -132,17 +148,7 @@ async fn strangers_get_nothing() {
 #[tokio::test]
 async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged() {
     let controller = Controller::start();
-    let admin = controller.as_(Role::Admin, "ops").await;
-    // Writes are taken once the cluster's configuration is in (it carries the cluster id).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pb::cluster_service_client::ClusterServiceClient::new(admin.clone())
-        .status(pb::StatusRequest {})
-        .await
-        .map_or(true, |s| s.into_inner().cluster_id.is_empty())
-    {
-        assert!(Instant::now() < deadline, "the cluster was never configured");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let admin = controller.admin().await;
     let (a, b) = (controller.as_(Role::Node, "a").await, controller.as_(Role::Node, "b").await);
     NetworkServiceClient::new(admin.clone())
         .create_network(pb::CreateNetworkRequest { name: "shared".into(), ..Default::default() })
@@ -245,7 +251,7 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
 #[tokio::test]
 async fn a_host_joins_with_a_token_and_the_ca_fingerprint_and_its_key_never_leaves() {
     let controller = Controller::start_with(true);
-    let admin = controller.as_(Role::Admin, "ops").await;
+    let admin = controller.admin().await;
     let mut tokens = pb::token_service_client::TokenServiceClient::new(admin.clone());
     let made = tokens
         .create_token(pb::CreateTokenRequest { role: pb::TokenRole::Node.into(), ttl_seconds: 600 })
@@ -344,4 +350,63 @@ fn x509_parser_der(pem: &str) -> Vec<u8> {
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+}
+
+/// A new controller gets its credential with a controller token, joins over mutual TLS and
+/// becomes a member.
+#[tokio::test]
+async fn a_new_controller_joins_with_a_controller_token() {
+    let first = Controller::start_with(true);
+    let admin = first.admin().await;
+    let made = pb::token_service_client::TokenServiceClient::new(admin.clone())
+        .create_token(pb::CreateTokenRequest { role: pb::TokenRole::Controller.into(), ttl_seconds: 600 })
+        .await
+        .unwrap()
+        .into_inner();
+    let ip = first.address.rsplit_once(':').unwrap().0.to_string();
+    let port = std::net::TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
+    let second_address = format!("{ip}:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_weft-controller"))
+        .args(["--id", "2", "--join", "--listen", &second_address, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--tls-dir")
+        .arg(dir.path().join("tls"))
+        .args([
+            "--join-token",
+            &made.secret_token,
+            "--ca-fingerprint",
+            &made.ca_fingerprint,
+            "--join-via",
+            &first.address,
+        ])
+        .env("RUST_LOG", "warn,openraft=off")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _second = Kill(&mut second);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("tls/cert.pem").exists() {
+        assert!(Instant::now() < deadline, "the new controller got no credential");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let credentials = Credentials::load(&dir.path().join("tls")).unwrap();
+    let der = x509_parser_der(&credentials.cert);
+    let caller = weft_pki::Caller::from_certificate(&der).unwrap();
+    assert_eq!((caller.role, caller.name.as_str()), (Role::Controller, "2"));
+
+    let members = pb::cluster_service_client::ClusterServiceClient::new(admin)
+        .add_member(pb::AddMemberRequest { id: 2, address: second_address })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert!(members.iter().any(|m| m.id == 2 && m.voter), "{members:?}");
 }
