@@ -293,14 +293,18 @@ enum PkiCommand {
         #[arg(long, default_value = "admin")]
         admin: String,
     },
-    /// Issue a credential from the CA in DIR: for a host (--node NAME) or an admin.
+    /// Issue a credential from the CA in DIR: for a host (--node NAME), an admin, or a
+    /// controller (--controller ID=HOST, e.g. to renew one before it expires: issue, then
+    /// restart the members one at a time).
     Issue {
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long, conflicts_with = "admin", required_unless_present = "admin")]
+        #[arg(long, group = "holder")]
         node: Option<String>,
-        #[arg(long)]
+        #[arg(long, group = "holder")]
         admin: Option<String>,
+        #[arg(long, group = "holder")]
+        controller: Option<String>,
         /// Where to write ca.pem, cert.pem and key.pem.
         #[arg(long)]
         out: PathBuf,
@@ -815,12 +819,16 @@ fn pki(command: PkiCommand) -> Result<()> {
                 dir.display()
             ));
         }
-        PkiCommand::Issue { dir, node, admin, out } => {
+        PkiCommand::Issue { dir, node, admin, controller, out } => {
             let ca = Authority::load(&dir).map_err(failed)?;
-            let credentials = match (node, admin) {
-                (Some(node), None) => ca.issue(Role::Node, &node, &[]),
-                (None, Some(admin)) => ca.issue(Role::Admin, &admin, &[]),
-                _ => return Err(Failure::new("give --node NAME or --admin NAME")),
+            let credentials = match (node, admin, controller) {
+                (Some(node), None, None) => ca.issue(Role::Node, &node, &[]),
+                (None, Some(admin), None) => ca.issue(Role::Admin, &admin, &[]),
+                (None, None, Some(controller)) => {
+                    let (id, host) = key_value("--controller", &controller)?;
+                    ca.issue(Role::Controller, &id, &[host])
+                }
+                _ => return Err(Failure::new("give one of --node NAME, --admin NAME, --controller ID=HOST")),
             }
             .map_err(failed)?;
             credentials.save(&out).map_err(failed)?;
