@@ -31,7 +31,7 @@ struct Flags {
     #[arg(long)]
     uninstall: bool,
     /// This host's name in the cluster (default: the kernel's hostname).
-    #[arg(long)]
+    #[arg(long, env = "WEFT_NODE_NAME")]
     name: Option<String>,
     /// The address other hosts send VXLAN to (default: the IPv4 address of the default
     /// route's interface).
@@ -74,7 +74,7 @@ struct Flags {
     wireguard: Mode,
     /// The WireGuard interface. wireguard-go's control sockets share one directory on the
     /// machine, so hosts sharing a machine (namespaces) need different names.
-    #[arg(long, default_value = "weftwg0")]
+    #[arg(long, env = "WEFT_WIREGUARD_INTERFACE", default_value = "weftwg0")]
     wireguard_interface: String,
     /// UDP port WireGuard listens on; other hosts send to it on the underlay.
     #[arg(long, default_value_t = 51820)]

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Installs weft-node on this host as a systemd service that joins the cluster with a token,
+# or removes it again (its links, WireGuard interface, nftables tables, state and files).
+#
+#   bash deploy/install-node.sh --controllers 10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001 \
+#       --join-token weft1.… --ca-fingerprint 5d1c… [--name NAME] [--binary PATH]
+#   bash deploy/install-node.sh --uninstall
+#
+# The token and fingerprint come from `weft token create` on an admin's machine. The host
+# makes its own key on first start; only a certificate request leaves it.
+#
+# --root DIR installs under DIR instead of / and --no-start leaves systemd alone (packaging
+# and tests); --binary defaults to ./target/release/weft-node.
+set -euo pipefail
+
+root=""
+start=1
+uninstall=0
+binary="target/release/weft-node"
+controllers="" token="" fingerprint="" name=""
+die() { printf 'install-node: %s\n' "$*" >&2; exit 1; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --controllers) controllers="$2"; shift 2 ;;
+        --join-token) token="$2"; shift 2 ;;
+        --ca-fingerprint) fingerprint="$2"; shift 2 ;;
+        --name) name="$2"; shift 2 ;;
+        --binary) binary="$2"; shift 2 ;;
+        --root) root="$2"; shift 2 ;;
+        --no-start) start=0; shift ;;
+        --uninstall) uninstall=1; shift ;;
+        *) die "unknown argument $1 (see the top of this script)" ;;
+    esac
+done
+[ "$(id -u)" -eq 0 ] || die "run as root"
+here="$(cd "$(dirname "$0")" && pwd)"
+bin="$root/usr/local/bin/weft-node"
+unit="$root/etc/systemd/system/weft-node.service"
+env_file="$root/etc/weft/node.env"
+state="$root/var/lib/weft"
+have_systemd() { [ "$start" -eq 1 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; }
+
+if [ "$uninstall" -eq 1 ]; then
+    if have_systemd; then systemctl disable --now weft-node.service 2>/dev/null || true; fi
+    if [ -x "$bin" ]; then
+        iface=weftwg0
+        if [ -f "$env_file" ]; then
+            iface="$(sed -n 's/^WEFT_WIREGUARD_INTERFACE=//p' "$env_file")"
+            iface="${iface:-weftwg0}"
+        fi
+        "$bin" --uninstall --state-dir "$state" --wireguard-interface "$iface" || die "weft-node --uninstall failed"
+    fi
+    rm -rf "$state" "$env_file" "$unit" "$bin"
+    rmdir "$root/etc/weft" 2>/dev/null || true
+    if have_systemd; then systemctl daemon-reload; fi
+    echo "weft-node removed"
+    exit 0
+fi
+
+[ -n "$controllers" ] || die "--controllers host:port,… is required"
+[ -n "$token" ] && [ -n "$fingerprint" ] || die "--join-token and --ca-fingerprint are required (weft token create prints both)"
+[ -x "$binary" ] || die "$binary is not an executable weft-node (build it, or pass --binary)"
+if [ -z "$root" ]; then
+    missing=()
+    for pkg in iproute2 nftables wireguard-go; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+fi
+
+install -D -m 0755 "$binary" "$bin"
+install -D -m 0644 "$here/systemd/weft-node.service" "$unit"
+install -d -m 0700 "$state" "$state/tls"
+umask 077
+mkdir -p "$(dirname "$env_file")"
+{
+    echo "WEFT_CONTROLLERS=$controllers"
+    echo "WEFT_JOIN_TOKEN=$token"
+    echo "WEFT_CA_FINGERPRINT=$fingerprint"
+    if [ -n "$name" ]; then echo "WEFT_NODE_NAME=$name"; fi
+} >"$env_file"
+chmod 0600 "$env_file"
+if have_systemd; then
+    systemctl daemon-reload
+    systemctl enable --now weft-node.service
+    echo "weft-node installed and started: journalctl -u weft-node -f"
+else
+    echo "weft-node installed under ${root:-/} (not started)"
+fi
