@@ -15,6 +15,17 @@
 //! vxlan_port = 4789
 //! tunnel_pool = "10.255.0.0/16"
 //! encrypt_by_default = false
+//!
+//! # Networks the cluster starts with: created once, when the cluster is bootstrapped.
+//! # Starting a member again with the manifest changes nothing (networks removed since
+//! # stay removed).
+//! [[networks]]
+//! name = "frontend"
+//! subnet = "10.20.0.0/24"          # optional: carved from the pools otherwise
+//! ipv6 = false
+//! internal = false
+//! options = { encrypted = "true" }  # docker network create's -o
+//! labels = { team = "web" }
 //! ```
 
 use std::collections::BTreeMap;
@@ -38,6 +49,23 @@ struct ManifestFile {
     vxlan_port: Option<u32>,
     tunnel_pool: Option<String>,
     encrypt_by_default: Option<bool>,
+    #[serde(default)]
+    networks: Vec<NetworkFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    name: String,
+    subnet: Option<String>,
+    #[serde(default)]
+    ipv6: bool,
+    #[serde(default)]
+    internal: bool,
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,11 +83,13 @@ struct PoolFile {
 }
 
 /// A validated manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
     /// id -> host:port of each member's gRPC listener.
     pub members: BTreeMap<NodeId, String>,
     pub config: ClusterConfig,
+    /// Networks the cluster should have, as create requests.
+    pub networks: Vec<pb::CreateNetworkRequest>,
 }
 
 impl Manifest {
@@ -107,7 +137,32 @@ impl Manifest {
             encrypt_by_default: file.encrypt_by_default.unwrap_or(defaults.encrypt_by_default),
         };
         let config = convert::cluster_config_from_pb(&wire).map_err(|e| e.to_string())?;
-        Ok(Manifest { members, config })
+        let mut networks = Vec::new();
+        for (i, n) in file.networks.into_iter().enumerate() {
+            let request = pb::CreateNetworkRequest {
+                name: n.name,
+                ipam_config: n
+                    .subnet
+                    .map(|subnet| vec![pb::IpamConfig { subnet, ..Default::default() }])
+                    .unwrap_or_default(),
+                enable_ipv6: n.ipv6,
+                internal: n.internal,
+                options: n.options,
+                labels: n.labels,
+                ..Default::default()
+            };
+            // Checked here, so a bad entry stops the start with its place named.
+            convert::network_request(&request)
+                .map_err(|e| format!("networks[{i}] ({:?}): {e}", request.name))?;
+            if networks
+                .iter()
+                .any(|other: &pb::CreateNetworkRequest| other.name.eq_ignore_ascii_case(&request.name))
+            {
+                return Err(format!("networks[{i}]: the name {:?} appears twice", request.name));
+            }
+            networks.push(request);
+        }
+        Ok(Manifest { members, config, networks })
     }
 }
 
@@ -132,6 +187,25 @@ vni_min = 5000
         assert_eq!(m.config.cluster_id, "test");
         assert_eq!(m.config.vni_min, 5000);
         assert_eq!(m.config.vxlan_port, 4789);
+    }
+
+    #[test]
+    fn initial_networks_parse_and_bad_ones_are_named() {
+        let with = format!(
+            "{THREE}\n[[networks]]\nname = \"front\"\nsubnet = \"10.20.0.0/24\"\noptions = {{ encrypted = \"true\" }}\n"
+        );
+        let m = Manifest::parse(&with).unwrap();
+        assert_eq!(m.networks.len(), 1);
+        assert_eq!(m.networks[0].ipam_config[0].subnet, "10.20.0.0/24");
+        let bad = format!(
+            "{THREE}\n[[networks]]\nname = \"ok\"\n[[networks]]\nname = \"bad\"\nsubnet = \"10.20.0.1/24\"\n"
+        );
+        let err = Manifest::parse(&bad).unwrap_err();
+        assert!(err.starts_with("networks[1] (\"bad\")") && err.contains("10.20.0.1/24"), "{err}");
+        let twice = format!("{THREE}\n[[networks]]\nname = \"a\"\n[[networks]]\nname = \"A\"\n");
+        assert!(Manifest::parse(&twice).unwrap_err().contains("appears twice"));
+        let unknown = format!("{THREE}\n[[networks]]\nname = \"a\"\ncolour = \"red\"\n");
+        assert!(Manifest::parse(&unknown).unwrap_err().contains("colour"));
     }
 
     #[test]

@@ -180,7 +180,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
             // mistaken for another cluster's.
             store.put_meta(KEY_IDENTITY, &config.cluster_id)?;
         }
-        tokio::spawn(configure_when_leader(controller.clone(), config));
+        let networks = opts.manifest.as_ref().map(|m| m.networks.clone()).unwrap_or_default();
+        tokio::spawn(configure_when_leader(controller.clone(), config, networks));
     }
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -270,6 +271,39 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
     result
 }
 
+/// The manifest's networks, created once by the member that configured the new cluster (by
+/// name: one that exists already is left as it is).
+async fn create_missing_networks(controller: &Controller, networks: Vec<pb::CreateNetworkRequest>) {
+    for request in networks {
+        loop {
+            if controller.registry.with_state(|s| s.resolve_network(&request.name).is_ok()) {
+                break;
+            }
+            let command = match weft_api::convert::network_request(&request) {
+                Ok(req) => Command::CreateNetwork(req),
+                Err(e) => {
+                    tracing::error!(network = %request.name, "manifest network refused: {e}");
+                    break;
+                }
+            };
+            match controller.propose(command).await {
+                Ok(_) => {
+                    tracing::info!(network = %request.name, "created from the manifest");
+                    break;
+                }
+                Err(status) if status.code() == tonic::Code::AlreadyExists => break,
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(status) => {
+                    tracing::error!(network = %request.name, cause = %status.message(), "manifest network refused");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Serves `GET /metrics` in Prometheus' text format.
 async fn serve_metrics(listener: TcpListener, controller: Controller) {
     let app = axum::Router::new().route(
@@ -323,15 +357,30 @@ async fn record_identity_when_configured(controller: Controller, store: Store, i
 }
 
 /// Once a leader exists, makes sure the registry carries the bootstrap configuration.
-async fn configure_when_leader(controller: Controller, config: ClusterConfig) {
+async fn configure_when_leader(
+    controller: Controller,
+    config: ClusterConfig,
+    networks: Vec<pb::CreateNetworkRequest>,
+) {
     loop {
+        // Configured already (by another member, or before a restart): the manifest's
+        // networks were created then, and any removed since stay removed.
         if controller.registry.with_state(|s| !s.config().cluster_id.is_empty()) {
             return;
         }
         let leader = controller.raft.metrics().borrow().current_leader;
         if leader == Some(controller.id) {
             match controller.propose(Command::Configure(config.clone())).await {
-                Ok(_) => tracing::info!(cluster_id = %config.cluster_id, "cluster configured"),
+                Ok((revision, _)) => {
+                    tracing::info!(cluster_id = %config.cluster_id, "cluster configured");
+                    // Revision 1: this configuration was the cluster's first change, so the
+                    // cluster is new. (After a restart the same proposal is a no-op, applied
+                    // after the whole history, and the revision shows it.)
+                    if revision == 1 {
+                        create_missing_networks(&controller, networks).await;
+                    }
+                    return;
+                }
                 Err(status) => {
                     tracing::warn!(cause = %status.message(), "configuring the cluster failed; retrying")
                 }

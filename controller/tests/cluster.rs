@@ -53,6 +53,11 @@ impl Cluster {
     }
 
     fn start_with(size: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_full(size, extra_args, "")
+    }
+
+    /// `manifest_extra` is appended to the manifest (e.g. `[[networks]]` entries).
+    fn start_full(size: usize, extra_args: &[&str], manifest_extra: &str) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (1..=size as u64)
             .map(|id| Member {
@@ -66,8 +71,11 @@ impl Cluster {
             let path = tmp.path().join("cluster.toml");
             let list: Vec<String> =
                 members.iter().map(|m| format!("{{ id = {}, address = \"{}\" }}", m.id, m.addr)).collect();
-            std::fs::write(&path, format!("cluster_id = \"test\"\nmembers = [{}]\n", list.join(", ")))
-                .unwrap();
+            std::fs::write(
+                &path,
+                format!("cluster_id = \"test\"\nmembers = [{}]\n{manifest_extra}", list.join(", ")),
+            )
+            .unwrap();
             path
         });
         let extra_args = extra_args.iter().map(|a| a.to_string()).collect();
@@ -900,4 +908,51 @@ async fn a_watcher_that_stops_reading_is_reset_with_a_snapshot_without_slowing_w
     cluster.endpoints(0).create_endpoint(attach("big", "h1", "after-reset")).await.unwrap();
     let after = revisions(&next_change(&mut stream).await);
     assert_eq!(after, vec![reset.revision + 1], "live events continue right after the snapshot");
+}
+
+/// The manifest's networks exist once the cluster is bootstrapped; starting every member
+/// again with the same manifest changes nothing, and a network removed since stays removed.
+#[tokio::test]
+async fn manifest_networks_are_created_once_at_bootstrap() {
+    let mut cluster = Cluster::start_full(
+        3,
+        &[],
+        "[[networks]]\nname = \"front\"\nsubnet = \"10.30.0.0/24\"\nlabels = { team = \"web\" }\n",
+    );
+    cluster.wait_ready(0, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let front = loop {
+        let listed = cluster
+            .networks(0)
+            .list_networks(pb::ListNetworksRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .networks;
+        if let Some(front) = listed.into_iter().find(|n| n.name == "front") {
+            break front;
+        }
+        assert!(Instant::now() < deadline, "the manifest's network never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(front.ipam_config[0].subnet, "10.30.0.0/24");
+    assert_eq!(front.labels.get("team").map(String::as_str), Some("web"));
+
+    cluster
+        .networks(0)
+        .remove_network(pb::RemoveNetworkRequest { network: "front".into(), force: false })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    for i in 0..3 {
+        cluster.spawn(i);
+    }
+    for i in 0..3 {
+        cluster.wait_ready(i, Duration::from_secs(30)).await;
+    }
+    let listed =
+        cluster.networks(1).list_networks(pb::ListNetworksRequest::default()).await.unwrap().into_inner();
+    assert!(listed.networks.is_empty(), "a removed manifest network came back: {listed:?}");
 }
