@@ -190,6 +190,13 @@ vni_min = 5000
     }
 
     #[test]
+    fn the_shipped_example_manifest_parses() {
+        let text = include_str!("../../deploy/container/cluster.example.toml");
+        let m = Manifest::parse(text).unwrap();
+        assert_eq!((m.members.len(), m.networks.len()), (3, 1));
+    }
+
+    #[test]
     fn initial_networks_parse_and_bad_ones_are_named() {
         let with = format!(
             "{THREE}\n[[networks]]\nname = \"front\"\nsubnet = \"10.20.0.0/24\"\noptions = {{ encrypted = \"true\" }}\n"
