@@ -6,16 +6,15 @@
 
 use std::io::Read as _;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use sha2::Digest as _;
 use tonic::{Request, Response, Status};
 use weft_api::convert;
 use weft_api::pb;
 use weft_core::{Command, JoinToken, Response as Done, TokenRole};
 use weft_pki::{Authority, Role};
 
-use crate::cluster::Controller;
+use crate::cluster::{Controller, now_ms};
 
 /// Longest token lifetime.
 const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
@@ -30,12 +29,6 @@ pub struct Signer {
     pub authority: Option<Authority>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn random_hex(bytes: usize) -> Result<String, Status> {
     let mut buffer = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
@@ -45,7 +38,7 @@ fn random_hex(bytes: usize) -> Result<String, Status> {
 }
 
 fn sha256_hex(text: &str) -> String {
-    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    weft_pki::sha256_hex(text.as_bytes())
 }
 
 fn role_pb(role: TokenRole) -> pb::TokenRole {
@@ -70,6 +63,15 @@ impl Controller {
         self.signer.as_ref().ok_or_else(|| {
             Status::failed_precondition(
                 "this cluster runs without TLS (--insecure): there are no credentials to join with",
+            )
+        })
+    }
+
+    /// The CA's key, for signing; only members given `ca-key.pem` hold it.
+    fn authority(&self) -> Result<&Authority, Status> {
+        self.signer()?.authority.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this controller holds no CA key (ca-key.pem in its --tls-dir); ask another member",
             )
         })
     }
@@ -145,12 +147,7 @@ impl pb::token_service_server::TokenService for Controller {
 impl pb::join_service_server::JoinService for Controller {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let req = request.into_inner();
-        let signer = self.signer()?;
-        let authority = signer.authority.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "this controller holds no CA key (ca-key.pem in its --tls-dir); ask another member",
-            )
-        })?;
+        let (signer, authority) = (self.signer()?, self.authority()?);
         let refused = || Status::permission_denied("the join token is unknown, wrong, expired or revoked");
         let mut parts = req.token.trim().splitn(3, '.');
         let (Some("weft1"), Some(id), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
@@ -192,12 +189,7 @@ impl pb::join_service_server::JoinService for Controller {
 
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let caller = request.extensions().get::<weft_pki::Caller>().cloned();
-        let signer = self.signer()?;
-        let authority = signer.authority.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "this controller holds no CA key (ca-key.pem in its --tls-dir); ask another member",
-            )
-        })?;
+        let (signer, authority) = (self.signer()?, self.authority()?);
         let caller = match caller {
             Some(caller) if caller.role == Role::Node => caller,
             _ => return Err(Status::failed_precondition("only hosts renew their credential this way")),

@@ -14,17 +14,14 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::sha256_hex;
+
 /// Accepts a server whose chain carries the CA with the pinned fingerprint and whose
 /// certificate that CA signed for the name dialled.
 #[derive(Debug)]
 struct PinnedCa {
     fingerprint: String,
     provider: Arc<CryptoProvider>,
-}
-
-fn sha256_hex(der: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl ServerCertVerifier for PinnedCa {

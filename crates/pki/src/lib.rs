@@ -278,12 +278,17 @@ fn leaf_params(role: Role, name: &str, sans: &[String]) -> Result<CertificatePar
     Ok(params)
 }
 
+/// SHA-256 of `bytes`, lowercase hex (fingerprints, token secrets).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// SHA-256 of a PEM certificate's DER, lowercase hex: what a joining machine pins.
 pub fn fingerprint(cert_pem: &str) -> Result<String, PkiError> {
-    use sha2::Digest as _;
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
         .map_err(|e| PkiError::Certificate(format!("unreadable certificate: {e}")))?;
-    Ok(sha2::Sha256::digest(&pem.contents).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(sha256_hex(&pem.contents))
 }
 
 /// A new key and a certificate request for `role:name`, both PEM: the key stays here.
