@@ -72,16 +72,21 @@ impl Controller {
     pub async fn propose(&self, command: Command) -> Result<(u64, Response), Status> {
         // Pools, VNI range and the id seed come from the cluster configuration: nothing may be
         // written before it. Once this member has applied it, anything proposed now is
-        // ordered after it in the log, so the local check is enough.
-        if !matches!(command, Command::Configure(_))
-            && self.registry.with_state(|s| s.config().cluster_id.is_empty())
-        {
-            return Err(Status::unavailable(
-                "the cluster is still starting: its configuration is not committed yet; retry shortly",
-            ));
+        // ordered after it in the log, so the local check is enough. A new cluster is
+        // configured within moments of electing a leader, so an early request waits for it
+        // (within its deadline) rather than fail.
+        let deadline = Instant::now() + self.request_timeout;
+        if !matches!(command, Command::Configure(_)) {
+            while self.registry.with_state(|s| s.config().cluster_id.is_empty()) {
+                if Instant::now() >= deadline {
+                    return Err(Status::unavailable(
+                        "the cluster is still starting: its configuration is not committed yet; retry shortly",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         let proposal = Proposal { at_ms: now_ms(), command };
-        let deadline = Instant::now() + self.request_timeout;
         let timer = Timer::start();
         let outcome = self.propose_until(&proposal, deadline).await?;
         self.metrics.observe_commit(timer.elapsed());
