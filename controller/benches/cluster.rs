@@ -2,7 +2,8 @@
 //! 3-member cluster of real `weft-controller` processes on loopback, with durable commits.
 //!
 //! `cargo bench -p weft-controller --bench cluster` (release build). Prints a Markdown table
-//! for BENCHMARKS.md. `WEFT_BENCH_SECONDS` sets the time per concurrency level (default 10).
+//! for BENCHMARKS.md. `WEFT_BENCH_SECONDS` sets the time per concurrency level (default 10);
+//! `WEFT_BENCH_TLS=1` runs everything over mutual TLS (as deployed) instead of `--insecure`.
 //!
 //! Clients spread over all three members, as agents do; a member that is not the leader
 //! forwards to it. The client load runs on the same machine as the three controllers.
@@ -20,6 +21,14 @@ use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_api::pb::node_service_client::NodeServiceClient;
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
+
+/// The admin's client TLS settings when the benchmark runs with TLS.
+static CLIENT_TLS: std::sync::OnceLock<Option<tonic::transport::ClientTlsConfig>> =
+    std::sync::OnceLock::new();
+
+fn tls_enabled() -> bool {
+    std::env::var("WEFT_BENCH_TLS").is_ok_and(|v| v == "1")
+}
 
 struct Members {
     children: Vec<Child>,
@@ -46,12 +55,29 @@ fn start(dir: &Path) -> Members {
     let manifest = dir.join("cluster.toml");
     std::fs::write(&manifest, format!("cluster_id = \"bench\"\nmembers = [{}]\n", list.join(", ")))
         .expect("manifest");
+    let ca = tls_enabled().then(|| weft_pki::Authority::create("bench").expect("CA"));
+    let _ = CLIENT_TLS.set(
+        ca.as_ref()
+            .map(|ca| ca.issue(weft_pki::Role::Admin, "bench", &[]).expect("admin credential").client()),
+    );
     let children = addrs
         .iter()
         .enumerate()
         .map(|(i, addr)| {
+            let security: Vec<String> = match &ca {
+                Some(ca) => {
+                    let tls = dir.join(format!("tls{}", i + 1));
+                    ca.issue(weft_pki::Role::Controller, &(i + 1).to_string(), &["127.0.0.1".into()])
+                        .expect("controller credential")
+                        .save(&tls)
+                        .expect("save");
+                    vec!["--tls-dir".into(), tls.display().to_string()]
+                }
+                None => vec!["--insecure".into()],
+            };
             Command::new(BIN)
-                .args(["--insecure", "--id", &(i + 1).to_string(), "--listen", addr, "--data-dir"])
+                .args(&security)
+                .args(["--id", &(i + 1).to_string(), "--listen", addr, "--data-dir"])
                 .arg(dir.join(format!("m{}", i + 1)))
                 .arg("--manifest")
                 .arg(&manifest)
@@ -66,7 +92,14 @@ fn start(dir: &Path) -> Members {
 }
 
 fn channel(addr: &str) -> Channel {
-    Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy()
+    match CLIENT_TLS.get().cloned().flatten() {
+        Some(tls) => Channel::from_shared(format!("https://{addr}"))
+            .expect("uri")
+            .tls_config(tls)
+            .expect("tls")
+            .connect_lazy(),
+        None => Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy(),
+    }
 }
 
 async fn wait_ready(addr: &str) {
@@ -161,6 +194,7 @@ async fn main() {
         .await
         .expect("network");
 
+    println!("Transport: {}\n", if tls_enabled() { "mutual TLS" } else { "plaintext (--insecure)" });
     println!("| concurrent clients | creates/s | p50 | p99 | creates |");
     println!("|---|---|---|---|---|");
     for (i, clients) in [1usize, 16, 256].into_iter().enumerate() {
