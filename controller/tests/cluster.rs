@@ -165,6 +165,19 @@ impl Cluster {
         }
     }
 
+    /// `kill -9` of every member, then all started again from their disks and ready.
+    async fn restart_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        for i in 0..self.members.len() {
+            self.spawn(i);
+        }
+        for i in 0..self.members.len() {
+            self.wait_ready(i, Duration::from_secs(30)).await;
+        }
+    }
+
     fn index_of(&self, id: u64) -> usize {
         self.members.iter().position(|m| m.id == id).unwrap()
     }
@@ -518,14 +531,8 @@ async fn restarting_every_member_keeps_identical_state() {
     let before = everything(&cluster, 0).await;
     assert_eq!(before.1.len(), 59);
 
+    cluster.restart_all().await;
     for i in 0..3 {
-        cluster.kill(i);
-    }
-    for i in 0..3 {
-        cluster.spawn(i);
-    }
-    for i in 0..3 {
-        cluster.wait_ready(i, Duration::from_secs(30)).await;
         assert_eq!(everything(&cluster, i).await, before, "member {} after restarting all", i + 1);
     }
 }
@@ -943,15 +950,7 @@ async fn manifest_networks_are_created_once_at_bootstrap() {
         .remove_network(pb::RemoveNetworkRequest { network: "front".into(), force: false })
         .await
         .unwrap();
-    for i in 0..3 {
-        cluster.kill(i);
-    }
-    for i in 0..3 {
-        cluster.spawn(i);
-    }
-    for i in 0..3 {
-        cluster.wait_ready(i, Duration::from_secs(30)).await;
-    }
+    cluster.restart_all().await;
     let listed =
         cluster.networks(1).list_networks(pb::ListNetworksRequest::default()).await.unwrap().into_inner();
     assert!(listed.networks.is_empty(), "a removed manifest network came back: {listed:?}");

@@ -115,20 +115,8 @@ mod tests {
     use hickory_proto::op::Query;
 
     use super::*;
-    use crate::table::EndpointRecord;
 
-    fn table(count: u8) -> NameTable {
-        NameTable::build((0..count).map(|i| EndpointRecord {
-            network_id: "n1".into(),
-            network_name: "blue".into(),
-            node: "h1".into(),
-            container_id: format!("c{i}"),
-            name: format!("web{i}"),
-            aliases: vec!["web".into()],
-            ipv4: Some(std::net::Ipv4Addr::new(10, 0, 1, 2 + i)),
-            ipv6: None,
-        }))
-    }
+    use crate::fuzzing::table;
 
     fn query(id: u16, name: &str, kind: RecordType) -> Vec<u8> {
         let mut m = Message::new(id, MessageType::Query, OpCode::Query);

@@ -7,8 +7,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::answer::{answer, refused, server_failure};
 use crate::{EndpointRecord, NameTable};
 
-pub fn table() -> NameTable {
-    NameTable::build((0..4u8).map(|i| EndpointRecord {
+/// `count` containers `web0`… on network `blue`, all with the alias `web`, at 10.0.1.2 on.
+pub fn table(count: u8) -> NameTable {
+    NameTable::build((0..count).map(|i| EndpointRecord {
         network_id: "n1".into(),
         network_name: "blue".into(),
         node: "h1".into(),

@@ -18,7 +18,7 @@ proptest! {
 
     #[test]
     fn random_packets_never_panic(data in prop::collection::vec(any::<u8>(), 0..600)) {
-        fuzzing::one(&fuzzing::table(), &data);
+        fuzzing::one(&fuzzing::table(4), &data);
     }
 
     #[test]
@@ -39,6 +39,6 @@ proptest! {
         packet.extend(tail);
         let mut data = vec![selector];
         data.extend(packet);
-        fuzzing::one(&fuzzing::table(), &data);
+        fuzzing::one(&fuzzing::table(4), &data);
     }
 }
