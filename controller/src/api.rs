@@ -2,35 +2,24 @@
 //!
 //! Writes become commands committed through Raft ([`Controller::propose`]); reads first make
 //! sure this member has applied everything committed before them ([`Controller::linearizable`]).
-//! Protobuf is converted at this edge only, with `weft_api::convert`.
+//! Protobuf is converted at this edge only, with `weft_api::convert`. The watch stream is
+//! served by [`crate::watch`].
 
 use std::collections::BTreeSet;
-use std::pin::Pin;
-use std::time::Duration;
 
 use openraft::ServerState;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use weft_api::convert;
 use weft_api::pb;
 use weft_api::pb::{
     cluster_service_server::ClusterService, endpoint_service_server::EndpointService,
     network_service_server::NetworkService, node_service_server::NodeService,
-    watch_service_server::WatchService,
 };
 use weft_core::{Command, Endpoint, Response as Done, State};
 use weft_pki::{Caller, Role};
 
 use crate::cluster::Controller;
 use crate::raft_network::{AwaitApplied, MembershipChange};
-use crate::registry::{Published, WatchStart};
-
-/// How often an idle watch stream says the revision it has reached is still current.
-const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
-/// Messages buffered per watch stream before the watcher counts as slow.
-const WATCH_STREAM_BUFFER: usize = 64;
 
 /// A node's certificate lets it act for its own host only; admins act for any.
 fn acting_for<T>(request: &Request<T>, host: &str, what: &str) -> Result<(), Status> {
@@ -426,81 +415,5 @@ impl ClusterService for Controller {
         let id = request.into_inner().id;
         self.change_membership(MembershipChange::Remove { id }).await?;
         Ok(Response::new(pb::ListMembersResponse { members: self.members() }))
-    }
-}
-
-// === watch ===
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
-
-fn snapshot_message(full: pb::FullState) -> pb::WatchResponse {
-    pb::WatchResponse { kind: Some(pb::watch_response::Kind::Snapshot(full)) }
-}
-
-fn events_message(events: Vec<pb::Event>) -> pb::WatchResponse {
-    pb::WatchResponse { kind: Some(pb::watch_response::Kind::Events(pb::EventBatch { events })) }
-}
-
-#[tonic::async_trait]
-impl WatchService for Controller {
-    type WatchStream = WatchStream;
-
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let from = request.get_ref().from_revision;
-        let (start, mut published) = self.registry.watch(from);
-        let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
-        let registry = self.registry.clone();
-        tokio::spawn(async move {
-            // The last revision this watcher has been sent; later batches at or below it are
-            // already covered (by a snapshot sent after they were published).
-            let mut seen = from;
-            let first = match start {
-                WatchStart::Snapshot(full) => {
-                    seen = full.revision;
-                    vec![snapshot_message(*full)]
-                }
-                WatchStart::Replay(batches) => batches
-                    .iter()
-                    .map(|b| {
-                        seen = b.revision;
-                        events_message(b.events.clone())
-                    })
-                    .collect(),
-            };
-            for message in first {
-                if tx.send(Ok(message)).await.is_err() {
-                    return;
-                }
-            }
-            let mut progress = tokio::time::interval(WATCH_PROGRESS_INTERVAL);
-            progress.tick().await;
-            loop {
-                let message = tokio::select! {
-                    received = published.recv() => match received {
-                        Ok(Published::Batch(batch)) if batch.revision <= seen => continue,
-                        Ok(Published::Batch(batch)) => {
-                            seen = batch.revision;
-                            events_message(batch.events.clone())
-                        }
-                        // Fell behind the bounded buffer, or the state was replaced: start over
-                        // from a fresh snapshot rather than slow the cluster down.
-                        Ok(Published::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            published = published.resubscribe();
-                            let full = registry.full_state();
-                            seen = full.revision;
-                            snapshot_message(full)
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                    _ = progress.tick() => pb::WatchResponse {
-                        kind: Some(pb::watch_response::Kind::Progress(pb::Progress { revision: seen })),
-                    },
-                };
-                if tx.send(Ok(message)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -181,6 +181,7 @@ impl Controller {
             revision: self.registry.revision(),
             last_applied_index: m.last_applied.map_or(0, |l| l.index),
             members: u64::try_from(m.membership_config.membership().nodes().count()).unwrap_or(u64::MAX),
+            snapshot_bytes: self.registry.snapshot_bytes(),
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`cluster`]: proposing writes and linearizable reads with deadlines;
 //! - [`liveness`]: heartbeats and marking silent hosts down;
 //! - [`api`]: the public gRPC services;
+//! - [`watch`]: the watch stream, one shared encoding of each snapshot and change for every watcher;
 //! - [`manifest`]: the bootstrap manifest;
 //! - [`metrics`]: Prometheus metrics and the request-counting layer;
 //! - [`server`]: assembles a member and runs it.
@@ -27,3 +28,4 @@ pub mod raft_types;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod watch;

@@ -33,6 +33,7 @@ pub struct Gauges {
     pub revision: u64,
     pub last_applied_index: u64,
     pub members: u64,
+    pub snapshot_bytes: u64,
 }
 
 impl Metrics {
@@ -80,6 +81,12 @@ impl Metrics {
             gauges.last_applied_index,
         );
         gauge(&mut out, "weft_controller_members", "Members in the Raft configuration.", gauges.members);
+        gauge(
+            &mut out,
+            "weft_controller_snapshot_bytes",
+            "Size of the latest registry snapshot this member keeps (0 before the first).",
+            gauges.snapshot_bytes,
+        );
 
         let _ = writeln!(
             out,
@@ -216,9 +223,16 @@ mod tests {
         m.count_request("CreateNetwork", "OK");
         m.count_request("CreateNetwork", "AlreadyExists");
         m.observe_commit(Duration::from_micros(1500));
-        let text =
-            m.render(Gauges { is_leader: true, term: 3, revision: 42, last_applied_index: 50, members: 3 });
+        let text = m.render(Gauges {
+            is_leader: true,
+            term: 3,
+            revision: 42,
+            last_applied_index: 50,
+            members: 3,
+            snapshot_bytes: 9000,
+        });
         assert!(text.contains("weft_controller_is_leader 1\n"), "{text}");
+        assert!(text.contains("weft_controller_snapshot_bytes 9000\n"));
         assert!(text.contains("weft_controller_revision 42\n"));
         assert!(text.contains("weft_controller_requests_total{method=\"CreateNetwork\",code=\"OK\"} 2\n"));
         assert!(

@@ -16,7 +16,9 @@
 
 use std::collections::VecDeque;
 use std::io::Cursor;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
+
+use bytes::Bytes;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder};
@@ -30,6 +32,7 @@ use crate::raft_types::{
     StoredMembership, TypeConfig,
 };
 use crate::store::{KEY_SNAPSHOT, Store};
+use crate::watch;
 
 /// How many recent revisions are kept for watchers resuming from a revision.
 pub const DEFAULT_RETAINED_REVISIONS: usize = 8192;
@@ -49,13 +52,36 @@ pub enum Published {
 pub struct Batch {
     pub revision: u64,
     pub events: Vec<pb::Event>,
+    /// The batch as one watch-stream frame, encoded once for every watcher (when the first
+    /// one needs it).
+    frame: OnceLock<Bytes>,
+}
+
+impl Batch {
+    pub fn new(revision: u64, events: Vec<pb::Event>) -> Batch {
+        Batch { revision, events, frame: OnceLock::new() }
+    }
+
+    /// The watch-stream frame carrying this batch.
+    pub fn frame(&self) -> Bytes {
+        self.frame.get_or_init(|| watch::events_frame(&self.events)).clone()
+    }
+}
+
+/// The whole registry at a revision as one encoded watch-stream frame, shared by every watcher
+/// that starts from it.
+#[derive(Debug)]
+pub struct SnapshotFrame {
+    pub revision: u64,
+    pub frame: Bytes,
 }
 
 /// How a watch begins.
 #[derive(Debug)]
 pub enum WatchStart {
-    /// The whole registry; then everything after its revision.
-    Snapshot(Box<pb::FullState>),
+    /// The whole registry at a revision at or after `after` (see [`Registry::snapshot_frame`]);
+    /// then everything after that.
+    Snapshot { after: u64 },
     /// Every batch after the requested revision that happened before subscribing.
     Replay(Vec<Arc<Batch>>),
 }
@@ -69,6 +95,8 @@ struct Inner {
     recent: VecDeque<Arc<Batch>>,
     /// Counts snapshots built, to give each a unique id.
     snapshots_built: u64,
+    /// Size of the latest snapshot kept on disk (built, installed or loaded), 0 before one.
+    snapshot_bytes: u64,
 }
 
 /// The registry and its watch hub, shared by the state machine and the API services.
@@ -77,6 +105,10 @@ pub struct Registry {
     inner: RwLock<Inner>,
     publish: broadcast::Sender<Published>,
     retained: usize,
+    /// The latest snapshot frame handed to a watcher; one is built at a time.
+    snapshot_frame: tokio::sync::Mutex<Option<Arc<SnapshotFrame>>>,
+    /// The revision applied, for whoever waits for one.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// A snapshot as kept on disk.
@@ -102,9 +134,12 @@ impl Registry {
                 membership: StoredMembership::default(),
                 recent: VecDeque::new(),
                 snapshots_built: 0,
+                snapshot_bytes: 0,
             }),
             publish: broadcast::channel(buffer.max(1)).0,
             retained: retained.max(1),
+            snapshot_frame: tokio::sync::Mutex::new(None),
+            applied: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -115,6 +150,18 @@ impl Registry {
 
     pub fn revision(&self) -> u64 {
         self.with_state(State::revision)
+    }
+
+    /// Size in bytes of the latest snapshot this member keeps (0 before its first).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.read_inner().snapshot_bytes
+    }
+
+    /// Waits until this member has applied `revision`; false when `timeout` passes first.
+    pub async fn wait_for_revision(&self, revision: u64, timeout: std::time::Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        let reached = applied.wait_for(|r| *r >= revision);
+        matches!(tokio::time::timeout(timeout, reached).await, Ok(Ok(_)))
     }
 
     fn read_inner(&self) -> RwLockReadGuard<'_, Inner> {
@@ -135,14 +182,38 @@ impl Registry {
             let replay = inner.recent.iter().filter(|b| b.revision > from_revision).cloned().collect();
             WatchStart::Replay(replay)
         } else {
-            WatchStart::Snapshot(Box::new(convert::full_state(&inner.state)))
+            WatchStart::Snapshot { after: current }
         };
         (start, receiver)
     }
 
-    /// The full state, for a watcher that must start over.
-    pub fn full_state(&self) -> pb::FullState {
-        self.with_state(convert::full_state)
+    /// The whole registry as a watch-stream frame, at revision `after` or later.
+    ///
+    /// Watchers arriving together (every agent reconnecting after a controller restart) share
+    /// one: it is built once per revision, one build at a time, and the encoding happens off
+    /// the registry lock and off the async workers. At 100,000 endpoints a snapshot is about
+    /// 10 MB; building one per watcher held the lock, the CPU and a copy in memory per
+    /// watcher, enough to stall Raft heartbeats.
+    ///
+    /// `None` only when the process is shutting down.
+    pub async fn snapshot_frame(self: &Arc<Self>, after: u64) -> Option<Arc<SnapshotFrame>> {
+        let mut cached = self.snapshot_frame.lock().await;
+        if let Some(frame) = cached.as_ref().filter(|f| f.revision >= after) {
+            return Some(frame.clone());
+        }
+        let registry = self.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let full = registry.with_state(convert::full_state);
+            SnapshotFrame { revision: full.revision, frame: watch::snapshot_frame(full) }
+        })
+        .await;
+        let built = match built {
+            Ok(built) => Arc::new(built),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return None,
+        };
+        *cached = Some(built.clone());
+        Some(built)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
@@ -166,6 +237,8 @@ impl StateMachine {
             inner.state = state;
             inner.last_applied = stored.meta.last_log_id;
             inner.membership = stored.meta.last_membership.clone();
+            inner.snapshot_bytes = stored.data.len() as u64;
+            registry.applied.send_replace(inner.state.revision());
         }
         Ok(StateMachine { registry, store })
     }
@@ -191,6 +264,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.store.put_meta(KEY_SNAPSHOT, &stored)?;
+        self.registry.write().snapshot_bytes = stored.data.len() as u64;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
@@ -225,7 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             let result = inner.state.apply(proposal).map(|applied| {
                                 if !applied.events.is_empty() {
                                     let events = convert::events(&applied.events, &inner.state);
-                                    batches.push(Arc::new(Batch { revision: applied.revision, events }));
+                                    batches.push(Arc::new(Batch::new(applied.revision, events)));
                                 }
                                 applied.response
                             });
@@ -247,6 +321,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // No receivers is fine: nobody is watching.
                 let _ = self.registry.publish.send(Published::Batch(batch));
             }
+            self.registry.applied.send_replace(inner.state.revision());
         }
         Ok(results)
     }
@@ -266,13 +341,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let state = State::restore(&data).map_err(|e| sm_error(openraft::ErrorVerb::Write, e))?;
+        let snapshot_bytes = data.len() as u64;
         self.store.put_meta(KEY_SNAPSHOT, &StoredSnapshot { meta: meta.clone(), data })?;
         let mut inner = self.registry.write();
+        inner.snapshot_bytes = snapshot_bytes;
         inner.state = state;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.recent.clear();
         let _ = self.registry.publish.send(Published::Reset);
+        self.registry.applied.send_replace(inner.state.revision());
         Ok(())
     }
 

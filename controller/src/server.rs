@@ -23,6 +23,7 @@ use crate::raft_network::{Network, Peers, RaftServer, pb as raft_pb};
 use crate::raft_types::{NodeId, Raft};
 use crate::registry::{Registry, StateMachine};
 use crate::store::Store;
+use crate::watch::WatchRoute;
 
 /// Which cluster a data directory belongs to; written at bootstrap, checked at every start.
 const KEY_IDENTITY: &str = "identity";
@@ -191,7 +192,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
     health_reporter.set_serving::<pb::endpoint_service_server::EndpointServiceServer<Controller>>().await;
     health_reporter.set_serving::<pb::node_service_server::NodeServiceServer<Controller>>().await;
     health_reporter.set_serving::<pb::cluster_service_server::ClusterServiceServer<Controller>>().await;
-    health_reporter.set_serving::<pb::watch_service_server::WatchServiceServer<Controller>>().await;
+    health_reporter.set_serving::<WatchRoute>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(weft_api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -243,10 +244,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
             pb::cluster_service_server::ClusterServiceServer::new(controller.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
-        .add_service(
-            pb::watch_service_server::WatchServiceServer::new(controller.clone())
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
+        .add_service(WatchRoute::new(controller.registry.clone()))
         .add_service(
             pb::token_service_server::TokenServiceServer::new(controller.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES),

@@ -476,6 +476,65 @@ async fn watchers_resume_from_their_revision_and_get_a_snapshot_when_it_is_compa
     }
 }
 
+/// An agent that has seen revision R and reconnects to a member that restarted and has not
+/// caught up must not get that member's older state: applying it would remove entries for
+/// containers that exist. The member holds the watcher until it has R.
+#[tokio::test]
+async fn a_watcher_is_never_taken_back_in_time_by_a_member_behind_it() {
+    let mut cluster = Cluster::start(3);
+    for i in 0..3 {
+        cluster.wait_ready(i, Duration::from_secs(20)).await;
+    }
+    for k in 0..5 {
+        let request = pb::CreateNetworkRequest { name: format!("n{k}"), ..Default::default() };
+        cluster.networks(0).create_network(request).await.unwrap();
+    }
+    let seen = cluster.status(0).await.revision;
+
+    // Every member down, one back alone: without a quorum it cannot learn what was committed,
+    // so its registry is older than what the watcher has.
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    cluster.spawn(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = loop {
+        match WatchServiceClient::new(cluster.channel(2))
+            .watch(pb::WatchRequest { from_revision: seen })
+            .await
+        {
+            Ok(response) => break response.into_inner(),
+            Err(e) => assert!(Instant::now() < deadline, "member 3 never answered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let alone = cluster.status(2).await.revision;
+    assert!(alone < seen, "member 3 alone is at {alone}, expected behind {seen}");
+    let early = tokio::time::timeout(Duration::from_secs(1), stream.message()).await;
+    assert!(early.is_err(), "a member behind the watcher sent {early:?}");
+
+    // With a quorum back it catches up, and the watcher carries on from where it was.
+    cluster.spawn(0);
+    cluster.spawn(1);
+    cluster.wait_ready(2, Duration::from_secs(30)).await;
+    let request = pb::CreateNetworkRequest { name: "after".into(), ..Default::default() };
+    let created = cluster.networks(2).create_network(request).await.unwrap().into_inner();
+    let mut received = Vec::new();
+    while !received.contains(&created.created_revision) {
+        match next_change(&mut stream).await {
+            Kind::Snapshot(full) => {
+                assert!(full.revision >= seen, "snapshot at {} after seeing {seen}", full.revision);
+                received.push(full.revision);
+            }
+            events => {
+                let batch = revisions(&events);
+                assert!(batch.iter().all(|r| *r > seen), "events {batch:?} again after seeing {seen}");
+                received.extend(batch);
+            }
+        }
+    }
+}
+
 /// Everything a user can list, as one comparable value.
 async fn everything(cluster: &Cluster, i: usize) -> (Vec<pb::Network>, Vec<pb::Endpoint>, Vec<pb::Node>) {
     let networks = cluster
@@ -662,7 +721,8 @@ fn http_get(addr: &str, path: &str) -> String {
 #[tokio::test]
 async fn metrics_show_leadership_commits_and_requests_by_code() {
     let metrics_addr = free_address();
-    let cluster = Cluster::start_with(1, &["--metrics-listen", &metrics_addr]);
+    let cluster = Cluster::start_with(1, &["--metrics-listen", &metrics_addr, "--snapshot-every", "8"]);
+    let cluster_metrics = metrics_addr.clone();
     cluster.wait_ready(0, Duration::from_secs(20)).await;
     let create = || pb::CreateNetworkRequest { name: "n".into(), ..Default::default() };
     cluster.networks(0).create_network(create()).await.unwrap();
@@ -689,6 +749,28 @@ async fn metrics_show_leadership_commits_and_requests_by_code() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(commits >= 2, "{commits}");
+
+    // Enough entries for a snapshot: the gauge then gives its size.
+    let metrics_addr = cluster_metrics;
+    for k in 0..4 {
+        let request = pb::CreateNetworkRequest { name: format!("more{k}"), ..Default::default() };
+        cluster.networks(0).create_network(request).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let addr = metrics_addr.clone();
+        let body = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics")).await.unwrap();
+        let bytes: u64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("weft_controller_snapshot_bytes "))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        if bytes > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot after 9 entries with --snapshot-every 8");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// What `grpcurl` and load balancers use: the standard health service answers SERVING, and
