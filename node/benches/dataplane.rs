@@ -8,8 +8,9 @@
 //!
 //! `cargo bench -p weft-node --bench dataplane` (release build). Prints Markdown for
 //! BENCHMARKS.md. `WEFT_BENCH_REMOTES` sets the remote endpoint count (default 20000),
-//! `WEFT_BENCH_ATTACHES` the convergence samples (default 200). A name (`programming`,
-//! `convergence`, `throughput`, `dns`) runs one part.
+//! `WEFT_BENCH_ATTACHES` the convergence samples (default 200). Names (`programming`,
+//! `convergence`, `throughput`, `dns`) run those parts only. Figures go to the benchmark
+//! runner too (`bash bench/run.sh`, see weft-bench).
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -20,19 +21,12 @@ use std::time::{Duration, Instant};
 use lab::*;
 use weft_api::agent;
 use weft_api::pb;
+use weft_bench::{Figure, percentile, record};
 use weft_dataplane::Kernel;
 use weft_testbed::{Netns, root_or_skip};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// The nearest-rank percentile, given in thousandths.
-fn percentile(sorted: &[Duration], per_mille: usize) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[(((sorted.len() - 1) * per_mille + 500) / 1000).min(sorted.len() - 1)]
 }
 
 fn ms(d: Duration) -> String {
@@ -83,10 +77,24 @@ async fn programming_rate() {
         ms(cold),
         remotes as f64 / cold.as_secs_f64()
     );
+    record(Figure::new(
+        "agent.programming.rate",
+        &format!(
+            "remote endpoints programmed by one agent from a snapshot ({remotes}; FDB + neighbour entry each)"
+        ),
+        remotes as f64 / cold.as_secs_f64(),
+        "/s",
+    ));
     let kernel = Kernel::connect_in(&PathBuf::from(lab.hosts[0].ns.path())).await.unwrap();
     let began = Instant::now();
     let observed = kernel.observe().await.unwrap();
     let dump = began.elapsed();
+    record(Figure::new(
+        "agent.programming.dump",
+        &format!("one full kernel dump for a resync, {remotes} remote endpoints"),
+        dump.as_secs_f64() * 1000.0,
+        "ms",
+    ));
     println!(
         "| {remotes} | one full dump for a resync ({} FDB + {} neighbour entries) | {} | — |",
         observed.fdb.values().map(|m| m.len()).sum::<usize>(),
@@ -96,6 +104,53 @@ async fn programming_rate() {
     println!();
 }
 
+/// Asks one host's embedded DNS from inside a container there.
+struct Resolver {
+    socket: tokio::net::UdpSocket,
+    server: std::net::SocketAddr,
+    id: u16,
+}
+
+impl Resolver {
+    fn new(container: &Netns, gateway: &str) -> Resolver {
+        let socket = container.run_in(|| std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
+        socket.set_nonblocking(true).unwrap();
+        let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+        Resolver { socket, server: format!("{gateway}:53").parse().unwrap(), id: 0 }
+    }
+
+    /// Whether `name` has an address now (one query, 50 ms to answer).
+    async fn resolves(&mut self, name: &str) -> bool {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::{Name, RecordType};
+        self.id = self.id.wrapping_add(1);
+        let mut query = Message::new(self.id, MessageType::Query, OpCode::Query);
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(Name::from_ascii(format!("{name}.")).unwrap(), RecordType::A));
+        self.socket.send_to(&query.to_vec().unwrap(), self.server).await.unwrap();
+        let mut buffer = [0u8; 1500];
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        // Skip late answers to earlier queries.
+        while let Ok(Ok(len)) = tokio::time::timeout_at(deadline, self.socket.recv(&mut buffer)).await {
+            if let Ok(answer) = Message::from_vec(&buffer[..len])
+                && answer.metadata.id == self.id
+            {
+                return !answer.answers.is_empty();
+            }
+        }
+        false
+    }
+}
+
+fn record_percentiles(id: &str, label: &str, sorted: &[Duration]) {
+    for (name, per_mille) in [("p50", 500), ("p99", 990)] {
+        let value = percentile(sorted, per_mille).as_secs_f64() * 1000.0;
+        record(Figure::new(&format!("{id}.{name}"), &format!("{label}: {name}"), value, "ms"));
+    }
+}
+
+/// With 10 hosts: attach latency, convergence (attach returned on A → B has the FDB entry
+/// and answers the name), attach → every other host has the entry, and `attach --wait`.
 async fn convergence() {
     let samples = env_or("WEFT_BENCH_ATTACHES", 200);
     let hosts = 10;
@@ -104,58 +159,106 @@ async fn convergence() {
     let vxlan = format!("weftx{}", network.vni);
     let mut agents = Vec::new();
     let mut kernels = Vec::new();
+    let mut resolvers = Vec::new();
     let mut containers = Vec::new();
     for i in 0..hosts {
         let mut client = lab.agent(i).await;
-        // One container per host first, so every host has the network's devices.
+        // One container per host first, so every host has the network's devices and a
+        // container to ask its DNS from.
         let c = Netns::new("c");
-        attach(&mut client, &c, "conv", &format!("base{i}")).await;
+        let base = attach(&mut client, &c, "conv", &format!("base{i}")).await;
+        resolvers.push(Resolver::new(&c, &base.ipv4_gateway));
         containers.push(c);
         agents.push(client);
         kernels.push(Kernel::connect_in(&PathBuf::from(lab.hosts[i].ns.path())).await.unwrap());
     }
-    let mut latencies = Vec::with_capacity(samples);
     let mut attach_times = Vec::with_capacity(samples);
+    let mut converged = Vec::with_capacity(samples);
+    let mut everywhere = Vec::with_capacity(samples);
     for k in 0..samples {
         let (from, to) = (k % hosts, (k + 1) % hosts);
         let c = Netns::new("c");
+        let name = format!("s{k}");
         let began = Instant::now();
-        let attachment = attach(&mut agents[from], &c, "conv", &format!("s{k}")).await;
+        let attachment = attach(&mut agents[from], &c, "conv", &name).await;
         let returned = Instant::now();
         attach_times.push(returned - began);
         let mac = weft_node::mirror::parse_mac(&attachment.mac_address).unwrap();
         let deadline = returned + Duration::from_secs(10);
+        // Host B first (FDB entry and DNS answer), then every other host's FDB entry.
+        let mut b_fdb = false;
+        let mut b_dns = false;
         loop {
-            let observed = kernels[to].observe().await.unwrap();
-            if observed.fdb.get(&vxlan).is_some_and(|f| f.contains_key(&mac)) {
-                latencies.push(returned.elapsed());
+            if !b_fdb {
+                let observed = kernels[to].observe().await.unwrap();
+                b_fdb = observed.fdb.get(&vxlan).is_some_and(|f| f.contains_key(&mac));
+            }
+            if !b_dns {
+                b_dns = resolvers[to].resolves(&name).await;
+            }
+            if b_fdb && b_dns {
+                converged.push(returned.elapsed());
                 break;
             }
-            assert!(Instant::now() < deadline, "host {to} never programmed {mac}");
+            assert!(Instant::now() < deadline, "host {to} never programmed {mac} / answered {name}");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        let mut pending: Vec<usize> = (0..hosts).filter(|h| *h != from).collect();
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for h in pending {
+                let observed = kernels[h].observe().await.unwrap();
+                if !observed.fdb.get(&vxlan).is_some_and(|f| f.contains_key(&mac)) {
+                    still.push(h);
+                }
+            }
+            pending = still;
+            assert!(Instant::now() < deadline, "hosts {pending:?} never programmed {mac}");
+            if !pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        everywhere.push(began.elapsed());
         // Keep namespace count bounded: detach and drop the container again.
         agents[from]
             .detach(agent::DetachRequest { network: "conv".into(), container_id: attachment.container_id })
             .await
             .unwrap();
     }
-    latencies.sort();
-    attach_times.sort();
-    println!("| {hosts} hosts, {samples} attaches | p50 | p99 | max |");
+    // `weft network connect --wait`: returns once every host reports the revision applied.
+    let mut waited = Vec::new();
+    for k in 0..samples.div_ceil(4) {
+        let c = Netns::new("c");
+        let mut request = attach_request(&c, "conv", &format!("w{k}"));
+        request.wait_everywhere = true;
+        let began = Instant::now();
+        let attachment = agents[k % hosts].attach(request).await.unwrap().into_inner().attachment.unwrap();
+        waited.push(began.elapsed());
+        agents[k % hosts]
+            .detach(agent::DetachRequest { network: "conv".into(), container_id: attachment.container_id })
+            .await
+            .unwrap();
+    }
+    for list in [&mut attach_times, &mut converged, &mut everywhere, &mut waited] {
+        list.sort();
+    }
+    println!("| {hosts} hosts, {samples} attaches ({} with --wait) | p50 | p99 | max |", waited.len());
     println!("|---|---|---|---|");
-    println!(
-        "| attach returns (allocate + plumb locally) | {} | {} | {} |",
-        ms(percentile(&attach_times, 500)),
-        ms(percentile(&attach_times, 990)),
-        ms(*attach_times.last().unwrap())
-    );
-    println!(
-        "| attach returned on A → FDB entry on B | {} | {} | {} |",
-        ms(percentile(&latencies, 500)),
-        ms(percentile(&latencies, 990)),
-        ms(*latencies.last().unwrap())
-    );
+    let rows: [(&str, &str, &Vec<Duration>); 4] = [
+        ("agent.attach", "attach returns (allocate + plumb locally)", &attach_times),
+        ("agent.convergence", "attach returned on A → B has the FDB entry and answers the name", &converged),
+        ("agent.everywhere", "attach called on A → FDB entry on all 9 other hosts", &everywhere),
+        ("agent.attach_wait", "attach --wait (returns once every host applied it)", &waited),
+    ];
+    for (id, label, sorted) in rows {
+        println!(
+            "| {label} | {} | {} | {} |",
+            ms(percentile(sorted, 500)),
+            ms(percentile(sorted, 990)),
+            ms(sorted.last().copied().unwrap_or_default())
+        );
+        record_percentiles(id, &format!("{label}, {hosts} hosts"), sorted);
+    }
     println!();
 }
 
@@ -218,6 +321,22 @@ async fn throughput() {
     let overlay = iperf(&c1, &c2, &ip_of(&e2), seconds);
     let tunnel = iperf(&lab.hosts[0].ns, &lab.hosts[1].ns, &h2_tunnel, seconds);
     let encrypted = iperf(&s1, &s2, &ip_of(&sealed2), seconds);
+    let figures = [
+        ("dataplane.underlay", "bare underlay TCP, host → host", underlay, "Gbit/s"),
+        ("dataplane.vxlan", "container → container over VXLAN", overlay, "Gbit/s"),
+        ("dataplane.vxlan_ratio", "VXLAN / bare underlay", overlay / underlay * 100.0, "%"),
+        ("dataplane.tunnel", "bare WireGuard tunnel (wireguard-go), host → host", tunnel, "Gbit/s"),
+        ("dataplane.encrypted", "container → container, encrypted network", encrypted, "Gbit/s"),
+        (
+            "dataplane.encrypted_ratio",
+            "encrypted network / bare WireGuard tunnel",
+            encrypted / tunnel * 100.0,
+            "%",
+        ),
+    ];
+    for (id, label, value, unit) in figures {
+        record(Figure::new(id, &format!("{label} (iperf3, {seconds} s)"), value, unit));
+    }
     println!("| TCP, {seconds} s, iperf3 | Gbit/s | ratio |");
     println!("|---|---|---|");
     println!("| bare underlay, host 1 → host 2 (MTU 1500) | {underlay:.2} | |");
@@ -288,6 +407,17 @@ async fn dns() {
     let pct = |p: usize| {
         latencies.get((latencies.len().saturating_sub(1) * p + 500) / 1000).copied().unwrap_or(0.0)
     };
+    if let Ok(qps) = qps.parse::<f64>() {
+        record(Figure::new(
+            "dns.qps",
+            "DNS queries/s from a container, 1,000 names (dnsperf, full speed)",
+            qps,
+            "q/s",
+        ));
+    }
+    let at_rate = format!("DNS latency at {rate} queries/s");
+    record(Figure::new("dns.p50", &format!("{at_rate}: p50"), pct(500) * 1000.0, "ms"));
+    record(Figure::new("dns.p99", &format!("{at_rate}: p99"), pct(990) * 1000.0, "ms"));
     println!("| DNS, dnsperf from a container, 1,000 names on another host | value |");
     println!("|---|---|");
     println!("| queries/s, full speed, {seconds} s (lost: {lost}) | **{qps}** |");
@@ -306,17 +436,23 @@ async fn main() {
     if !root_or_skip("the data-plane benchmarks") {
         return;
     }
-    let only = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
-    if only.is_empty() || only == "programming" {
+    let parts = ["programming", "convergence", "throughput", "dns"];
+    let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if let Some(unknown) = named.iter().find(|n| !parts.contains(&n.as_str())) {
+        eprintln!("unknown part {unknown:?}; parts are: {}", parts.join(", "));
+        std::process::exit(2);
+    }
+    let run = |part: &str| named.is_empty() || named.iter().any(|n| n == part);
+    if run("programming") {
         programming_rate().await;
     }
-    if only.is_empty() || only == "convergence" {
+    if run("convergence") {
         convergence().await;
     }
-    if only.is_empty() || only == "throughput" {
+    if run("throughput") {
         throughput().await;
     }
-    if only.is_empty() || only == "dns" {
+    if run("dns") {
         dns().await;
     }
 }

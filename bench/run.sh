@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# weft's benchmarks, from a fresh Debian machine: installs what they need, builds in release
+# mode, runs every part (or the parts named: control scale agent dns dataplane), prints each
+# figure beside its target and updates BENCHMARKS.md and bench/results.json.
+#
+#   bash bench/run.sh                # everything, about 15 minutes on 2 cores
+#   bash bench/run.sh dns dataplane  # some parts
+#
+# The agent, DNS and data-plane parts build hosts as network namespaces: run as root. As
+# another user they are skipped, loudly. Settings: WEFT_BENCH_SECONDS, WEFT_BENCH_TLS=1,
+# WEFT_BENCH_ENDPOINTS, WEFT_BENCH_WATCHERS, WEFT_BENCH_REMOTES, WEFT_BENCH_ATTACHES, ...
+# (each benchmark's header says which it reads); they are recorded with the command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# The test suite's packages, plus the load generators: iperf3 (TCP throughput) and dnsperf.
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables procps bind9-dnsutils wireguard-go wireguard-tools tcpdump iperf3 dnsperf)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "weft's benchmarks need these Debian packages: ${missing[*]}; run as root to install them" >&2
+        exit 1
+    fi
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "weft needs a Rust toolchain (cargo, rustc 1.85 or newer): install it with rustup" >&2
+    exit 1
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    cat >&2 <<'WARN'
+################################################################################
+# NOT ROOT: the agent, DNS and data-plane benchmarks need network namespaces    #
+# and will SKIP. Run as root for every figure.                                  #
+################################################################################
+WARN
+fi
+
+say "building (release)"
+# The data-plane benchmarks start the release weft-node and weft-controller binaries.
+cargo build --release --locked --workspace --bins
+
+exec cargo run --release --locked -q -p weft-bench -- "$@"
