@@ -47,7 +47,17 @@ fn commit(root: &Path) -> String {
     if id.is_empty() {
         return "unknown".into();
     }
-    let dirty = !text_of("git", &["status", "--porcelain", "--untracked-files=no"], root).is_empty();
+    // The figures this runner writes do not make the code they measure dirty.
+    let changes = [
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":!BENCHMARKS.md",
+        ":!bench/results.json",
+    ];
+    let dirty = !text_of("git", &changes, root).is_empty();
     if dirty { format!("{id}-dirty") } else { id }
 }
 

@@ -95,7 +95,10 @@ async fn main() {
     for (i, clients) in [1usize, 16, 256].into_iter().enumerate() {
         let (rate, latencies) = creates(&addrs, clients, seconds, i).await;
         let id = format!("control.creates_{clients}");
-        let what = format!("endpoint creates through 3 members, {clients} concurrent clients");
+        let what = format!(
+            "endpoint creates through 3 members, {clients} concurrent client{}",
+            if clients == 1 { "" } else { "s" }
+        );
         record(Figure::new(&format!("{id}.rate"), &format!("{what}: creates/s"), rate, "/s"));
         for (name, per_mille) in [("p50", 500), ("p99", 990)] {
             let value = common::ms(percentile(&latencies, per_mille));

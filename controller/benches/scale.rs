@@ -70,6 +70,8 @@ fn node_name(i: usize) -> String {
 struct Watchers {
     seen: Vec<AtomicU64>,
     snapshots: AtomicU64,
+    /// Watch-stream bytes received by all of them.
+    bytes: AtomicU64,
 }
 
 impl Watchers {
@@ -183,7 +185,7 @@ impl RevisionReader {
 }
 
 /// Opens a watch stream from `from` and reads it until it ends.
-async fn watch_once(channel: &Channel, from: u64, seen: &mut impl FnMut(u64, bool)) {
+async fn watch_once(channel: &Channel, from: u64, received: &AtomicU64, seen: &mut impl FnMut(u64, bool)) {
     use http_body_util::BodyExt;
     use prost::Message;
     use tonic::codegen::http;
@@ -206,6 +208,7 @@ async fn watch_once(channel: &Channel, from: u64, seen: &mut impl FnMut(u64, boo
     let mut reader = RevisionReader::default();
     while let Some(Ok(frame)) = body.frame().await {
         if let Ok(data) = frame.into_data() {
+            received.fetch_add(data.len() as u64, Ordering::Relaxed);
             reader.feed(&data, seen);
         }
     }
@@ -235,7 +238,7 @@ fn simulate_node(id: usize, addr: String, watchers: Arc<Watchers>) {
     tokio::spawn(async move {
         loop {
             let from = watchers.seen[id].load(Ordering::Acquire);
-            watch_once(&channel, from, &mut |revision, snapshot| {
+            watch_once(&channel, from, &watchers.bytes, &mut |revision, snapshot| {
                 if snapshot {
                     watchers.snapshots.fetch_add(1, Ordering::Relaxed);
                 }
@@ -354,12 +357,14 @@ async fn main() {
     let watchers = Arc::new(Watchers {
         seen: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
         snapshots: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
     });
     let began = Instant::now();
     for id in 0..nodes {
         simulate_node(id, addrs[id % 3].clone(), watchers.clone());
     }
     let synced = watchers.wait_all(revision, Duration::from_secs(600)).await - began;
+    let sync_bytes = watchers.bytes.load(Ordering::Relaxed);
     let (rss_watched, _) = memory(&members);
 
     // One change at a time, until every watcher has it.
@@ -456,12 +461,24 @@ async fn main() {
             mib(snapshot),
             "MiB",
         ),
+        Figure::new(
+            "scale.snapshot_wire",
+            "full state as a watcher receives it (protobuf)",
+            mib(sync_bytes) / nodes.max(1) as f64,
+            "MiB",
+        ),
         Figure::new("scale.data_dir", "largest member data directory (log + snapshot)", mib(data), "MiB"),
         Figure::new(
             "scale.initial_sync",
             &format!("{nodes} watchers connect at once: until all have the full state"),
             synced.as_secs_f64(),
             "s",
+        ),
+        Figure::new(
+            "scale.initial_sync_rate",
+            "… watch-stream data delivered per second during it",
+            mib(sync_bytes) / synced.as_secs_f64(),
+            "MiB/s",
         ),
         Figure::new(
             "scale.fanout.p50",

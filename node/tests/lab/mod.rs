@@ -57,10 +57,27 @@ pub struct Lab {
     pub outside: Netns,
     _underlay: Underlay,
     tmp: tempfile::TempDir,
+    /// Resync and heartbeat periods the agents run with.
+    agent_timing: &'static [&'static str],
 }
+
+/// Tests repair drift and notice silence quickly.
+const TEST_TIMING: &[&str] = &["--resync-ms", "500", "--heartbeat-ms", "300"];
 
 impl Lab {
     pub fn new(hosts: usize) -> Lab {
+        Lab::with_timing(hosts, TEST_TIMING)
+    }
+
+    /// Agents with their production defaults (a full resync every 10 s, a heartbeat every
+    /// second), for benchmarks: a resync every 500 ms dumps the kernel and reloads nftables
+    /// twice a second, which shows up as latency in anything measured beside it.
+    #[allow(dead_code)] // the benchmarks use it, the tests do not
+    pub fn with_default_timing(hosts: usize) -> Lab {
+        Lab::with_timing(hosts, &[])
+    }
+
+    fn with_timing(hosts: usize, agent_timing: &'static [&'static str]) -> Lab {
         let underlay = Underlay::new(UNDERLAY);
         let tmp = tempfile::tempdir().unwrap();
         let outside = Netns::new("o");
@@ -107,8 +124,15 @@ impl Lab {
             .collect();
         std::fs::write(&manifest, format!("cluster_id = \"lab\"\nmembers = [{}]\n", members.join(", ")))
             .unwrap();
-        let mut lab =
-            Lab { hosts, controllers: vec![None, None, None], ctl, outside, _underlay: underlay, tmp };
+        let mut lab = Lab {
+            hosts,
+            controllers: vec![None, None, None],
+            ctl,
+            outside,
+            _underlay: underlay,
+            tmp,
+            agent_timing,
+        };
         for i in 0..CONTROLLERS.len() {
             lab.start_controller(i);
         }
@@ -167,7 +191,8 @@ impl Lab {
             .arg(&host.state)
             .arg("--tls-dir")
             .arg(self.tmp.path().join(format!("pki/{}", host.name)))
-            .args(["--resync-ms", "500", "--heartbeat-ms", "300", "--request-timeout-ms", "3000"])
+            .args(self.agent_timing)
+            .args(["--request-timeout-ms", "3000"])
             .args(["--wireguard-interface", &host.wireguard_interface])
             .args(extra)
             // A dead upstream first (nothing answers at .252), then the lab's stub.
