@@ -107,8 +107,6 @@ pub struct Registry {
     retained: usize,
     /// The latest snapshot frame handed to a watcher; one is built at a time.
     snapshot_frame: tokio::sync::Mutex<Option<Arc<SnapshotFrame>>>,
-    /// The revision applied, for whoever waits for one.
-    applied: tokio::sync::watch::Sender<u64>,
 }
 
 /// A snapshot as kept on disk.
@@ -139,7 +137,6 @@ impl Registry {
             publish: broadcast::channel(buffer.max(1)).0,
             retained: retained.max(1),
             snapshot_frame: tokio::sync::Mutex::new(None),
-            applied: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -155,13 +152,6 @@ impl Registry {
     /// Size in bytes of the latest snapshot this member keeps (0 before its first).
     pub fn snapshot_bytes(&self) -> u64 {
         self.read_inner().snapshot_bytes
-    }
-
-    /// Waits until this member has applied `revision`; false when `timeout` passes first.
-    pub async fn wait_for_revision(&self, revision: u64, timeout: std::time::Duration) -> bool {
-        let mut applied = self.applied.subscribe();
-        let reached = applied.wait_for(|r| *r >= revision);
-        matches!(tokio::time::timeout(timeout, reached).await, Ok(Ok(_)))
     }
 
     fn read_inner(&self) -> RwLockReadGuard<'_, Inner> {
@@ -238,7 +228,6 @@ impl StateMachine {
             inner.last_applied = stored.meta.last_log_id;
             inner.membership = stored.meta.last_membership.clone();
             inner.snapshot_bytes = stored.data.len() as u64;
-            registry.applied.send_replace(inner.state.revision());
         }
         Ok(StateMachine { registry, store })
     }
@@ -321,7 +310,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // No receivers is fine: nobody is watching.
                 let _ = self.registry.publish.send(Published::Batch(batch));
             }
-            self.registry.applied.send_replace(inner.state.revision());
         }
         Ok(results)
     }
@@ -350,7 +338,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.membership = meta.last_membership.clone();
         inner.recent.clear();
         let _ = self.registry.publish.send(Published::Reset);
-        self.registry.applied.send_replace(inner.state.revision());
+
         Ok(())
     }
 

@@ -244,7 +244,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
             pb::cluster_service_server::ClusterServiceServer::new(controller.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
-        .add_service(WatchRoute::new(controller.registry.clone()))
+        .add_service(WatchRoute::new(controller.clone()))
         .add_service(
             pb::token_service_server::TokenServiceServer::new(controller.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES),

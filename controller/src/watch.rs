@@ -13,7 +13,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,7 +27,8 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use weft_api::pb;
 
-use crate::registry::{Published, Registry, WatchStart};
+use crate::cluster::Controller;
+use crate::registry::{Published, WatchStart};
 use crate::server::MAX_REQUEST_BYTES;
 
 /// The service name gRPC clients use.
@@ -41,8 +41,6 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 const STREAM_BUFFER: usize = 64;
 /// A snapshot goes to HTTP/2 in pieces of this size, each a slice of the shared encoding.
 const PIECE: usize = 64 * 1024;
-/// How long a watcher waits for this member to reach the revision it has already seen.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `message` as one gRPC frame: uncompressed flag, big-endian length, the encoding.
 fn frame(message: &impl Message) -> Bytes {
@@ -120,14 +118,21 @@ async fn finish(tx: &Sender, status: &Status) {
 
 /// Feeds one watcher until it goes away: its start (snapshot or replay), then every batch
 /// after it, progress when idle, a fresh snapshot when it falls behind.
-async fn feed(registry: Arc<Registry>, from: u64, tx: Sender) {
+async fn feed(controller: Controller, from: u64, tx: Sender) {
+    let registry = controller.registry.clone();
     // A member behind what the watcher has seen (just restarted, or lagging the leader) would
     // take it back in time: an agent applying an older snapshot removes entries for
-    // containers that exist. Wait until this member has caught up.
-    if !registry.wait_for_revision(from, CATCH_UP_TIMEOUT).await {
+    // containers that exist. Catch up with the cluster first; a member that cannot sends the
+    // watcher elsewhere. A watcher still ahead after that saw another history (a cluster
+    // rebuilt from scratch) and starts over from a snapshot.
+    if from > registry.revision()
+        && let Err(status) = controller.linearizable().await
+    {
         let behind = format!(
-            "this member is at revision {}, behind the {from} you have seen; watch another member or retry",
-            registry.revision()
+            "this member is at revision {}, behind the {from} you have seen, and cannot catch up: {}; \
+             watch another member or retry",
+            registry.revision(),
+            status.message()
         );
         return finish(&tx, &Status::unavailable(behind)).await;
     }
@@ -188,12 +193,12 @@ async fn feed(registry: Arc<Registry>, from: u64, tx: Sender) {
 /// `weft.v1.WatchService` for tonic's router.
 #[derive(Debug, Clone)]
 pub struct WatchRoute {
-    registry: Arc<Registry>,
+    controller: Controller,
 }
 
 impl WatchRoute {
-    pub fn new(registry: Arc<Registry>) -> WatchRoute {
-        WatchRoute { registry }
+    pub fn new(controller: Controller) -> WatchRoute {
+        WatchRoute { controller }
     }
 }
 
@@ -211,7 +216,7 @@ impl tower::Service<http::Request<Body>> for WatchRoute {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let registry = self.registry.clone();
+        let controller = self.controller.clone();
         Box::pin(async move {
             if request.uri().path() != METHOD_PATH {
                 let unknown = format!("{SERVICE} has one method, Watch; not {}", request.uri().path());
@@ -222,7 +227,7 @@ impl tower::Service<http::Request<Body>> for WatchRoute {
                 Err(status) => return Ok(status.into_http()),
             };
             let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-            tokio::spawn(feed(registry, watch.from_revision, tx));
+            tokio::spawn(feed(controller, watch.from_revision, tx));
             let mut response = http::Response::new(Body::new(StreamBody::new(ReceiverStream::new(rx))));
             response
                 .headers_mut()
