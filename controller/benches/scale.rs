@@ -72,6 +72,8 @@ struct Watchers {
     snapshots: AtomicU64,
     /// Watch-stream bytes received by all of them.
     bytes: AtomicU64,
+    /// Snapshots older than what their watcher had already seen: must stay 0.
+    backwards: AtomicU64,
 }
 
 impl Watchers {
@@ -241,6 +243,9 @@ fn simulate_node(id: usize, addr: String, watchers: Arc<Watchers>) {
             watch_once(&channel, from, &watchers.bytes, &mut |revision, snapshot| {
                 if snapshot {
                     watchers.snapshots.fetch_add(1, Ordering::Relaxed);
+                    if revision < watchers.seen[id].load(Ordering::Acquire) {
+                        watchers.backwards.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 watchers.seen[id].fetch_max(revision, Ordering::AcqRel);
             })
@@ -358,6 +363,7 @@ async fn main() {
         seen: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
         snapshots: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        backwards: AtomicU64::new(0),
     });
     let began = Instant::now();
     for id in 0..nodes {
@@ -420,6 +426,8 @@ async fn main() {
         .into_inner();
     let resumed = watchers.wait_all(created.created_revision, Duration::from_secs(600)).await - began;
     let resnapshots = watchers.snapshots.load(Ordering::Relaxed) - snapshots_before;
+    let backwards = watchers.backwards.load(Ordering::Relaxed);
+    assert_eq!(backwards, 0, "{backwards} watchers were sent a state older than they had seen");
     let (rss_restarted, _) = memory(&members);
 
     let at = format!("{endpoints} endpoints, {nodes} watching nodes");

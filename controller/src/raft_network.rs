@@ -393,7 +393,7 @@ impl pb::raft_service_server::RaftService for RaftServer {
 
     async fn read_index(&self, _request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
         let result: Result<u64, ForwardError> = match self.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(log_id.map_or(0, |id| id.index)),
+            Ok(read) => self.controller.read_index_as_leader(read).await.map_err(ForwardError::Failed),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ForwardError::NotLeader { leader: leader_of(&f) })
             }
