@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\n==> %s\n' "$*"; }
+# shellcheck source=tests/prerequisites.sh
+source tests/prerequisites.sh
 
 # Debian packages the build and the tests use. Installed only when missing.
 # iproute2, iputils-ping, nftables and procps: the kernel tests build hosts and containers as
@@ -16,24 +17,7 @@ say() { printf '\n==> %s\n' "$*"; }
 # and tcpdump captures the underlay to show nothing of an encrypted network crosses in the clear.
 packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables procps bind9-dnsutils wireguard-go wireguard-tools tcpdump)
 
-missing=()
-for pkg in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "weft's tests need these Debian packages: ${missing[*]}; run as root to install them" >&2
-        exit 1
-    fi
-    say "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-
-if ! command -v cargo >/dev/null 2>&1; then
-    echo "weft needs a Rust toolchain (cargo, rustc 1.85 or newer): install it with rustup" >&2
-    exit 1
-fi
+install_missing "weft's tests" "${packages[@]}"
 
 if [ "$(id -u)" -ne 0 ]; then
     cat >&2 <<'WARN'

@@ -250,18 +250,10 @@ pub fn replace_section(document: &str, section: &str) -> String {
     }
 }
 
-/// `YYYY-MM-DD` for seconds since the Unix epoch (UTC), by the days-from-civil inverse.
+/// `YYYY-MM-DD` for seconds since the Unix epoch (UTC).
 pub fn date_of(unix_seconds: u64) -> String {
-    let days = i64::try_from(unix_seconds / 86_400).unwrap_or(i64::MAX);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let days = i64::try_from(unix_seconds / 86_400).unwrap_or(i64::MAX / 2);
+    let (year, month, day) = weft_core::calendar::civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02}")
 }
 

@@ -17,6 +17,7 @@
 // A panic in a server is an outage: library code returns errors instead.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod calendar;
 pub mod cidr;
 pub mod command;
 pub mod error;
