@@ -55,6 +55,11 @@ pub fn record(figure: Figure) {
     }
 }
 
+/// A benchmark's setting from the environment (`WEFT_BENCH_...`), or `default`.
+pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// Parses the figures a benchmark appended, one JSON object per line.
 pub fn parse_figures(text: &str) -> Result<Vec<Figure>, String> {
     text.lines()

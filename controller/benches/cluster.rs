@@ -12,13 +12,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Members, channel, env_or, tls_enabled, wait_ready};
+use common::{Members, channel, tls_enabled, wait_ready};
 use weft_api::pb;
 use weft_api::pb::cluster_service_client::ClusterServiceClient;
 use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_api::pb::node_service_client::NodeServiceClient;
-use weft_bench::{Figure, percentile, record};
+use weft_bench::{Figure, percentile, record, setting};
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", common::ms(d))
@@ -64,7 +64,7 @@ async fn creates(addrs: &[String], clients: usize, seconds: f64, offset: usize) 
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes --bench; a filter argument selects nothing here.
-    let seconds: f64 = env_or("WEFT_BENCH_SECONDS", 10.0);
+    let seconds: f64 = setting("WEFT_BENCH_SECONDS", 10.0);
     let dir = tempfile::tempdir().expect("tempdir");
     let members = Members::start(dir.path(), &[]);
     for addr in &members.addrs {

@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Members, channel, disk_usage, env_or, wait_ready};
+use common::{Members, channel, disk_usage, wait_ready};
 use tonic::transport::Channel;
 use weft_api::pb;
 use weft_api::pb::cluster_service_client::ClusterServiceClient;
 use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_api::pb::node_service_client::NodeServiceClient;
-use weft_bench::{Figure, percentile, record};
+use weft_bench::{Figure, percentile, record, setting};
 
 /// `weft.v1.WatchResponse` as a simulated node reads it: only revisions.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -189,19 +189,15 @@ impl RevisionReader {
 /// Opens a watch stream from `from` and reads it until it ends.
 async fn watch_once(channel: &Channel, from: u64, received: &AtomicU64, seen: &mut impl FnMut(u64, bool)) {
     use http_body_util::BodyExt;
-    use prost::Message;
     use tonic::codegen::http;
     use tower::{Service, ServiceExt};
-    let message = pb::WatchRequest { from_revision: from }.encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
-    body.extend_from_slice(&message);
+    let body = weft_controller::watch::frame(&pb::WatchRequest { from_revision: from });
     let request = http::Request::builder()
         .method("POST")
         .uri("/weft.v1.WatchService/Watch")
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+        .body(tonic::body::Body::new(http_body_util::Full::new(body)))
         .expect("request");
     let mut service = channel.clone();
     let Ok(ready) = service.ready().await else { return };
@@ -284,9 +280,9 @@ fn raise_open_file_limit() {
 
 #[tokio::main]
 async fn main() {
-    let endpoints: usize = env_or("WEFT_BENCH_ENDPOINTS", 100_000);
-    let nodes: usize = env_or("WEFT_BENCH_WATCHERS", 1_000);
-    let changes: usize = env_or("WEFT_BENCH_CHANGES", 50);
+    let endpoints: usize = setting("WEFT_BENCH_ENDPOINTS", 100_000);
+    let nodes: usize = setting("WEFT_BENCH_WATCHERS", 1_000);
+    let changes: usize = setting("WEFT_BENCH_CHANGES", 50);
     // One connection per simulated node, and the members inherit the limit.
     raise_open_file_limit();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -16,7 +16,7 @@ use crate::metrics::{Gauges, Metrics, Timer};
 use crate::raft_network::{
     AppliedAnswer, AwaitApplied, ForwardError, HeartbeatAnswer, MembershipChange, Peers,
 };
-use crate::raft_types::{LogId, NodeId, Outcome, Raft};
+use crate::raft_types::{NodeId, Outcome, Raft};
 use crate::registry::Registry;
 
 /// The default deadline of one client request.
@@ -131,8 +131,16 @@ impl Controller {
     /// 100,164 when 101,061 had been acknowledged (found by the scale benchmark). A leader now
     /// vouches only for an index at or past the end of its log as the read arrives, once it has
     /// applied that far: every acknowledged write is in its log.
-    pub async fn read_index_as_leader(&self, read: Option<LogId>) -> Result<u64, String> {
-        leader_read_index(&self.raft, read, self.request_timeout).await
+    pub async fn read_index_as_leader(&self, timeout: Duration) -> Result<u64, String> {
+        // Everything in the leader's log when the read arrives: every acknowledged write is
+        // there (and so is openraft's own read index, which cannot be past the log's end).
+        let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(last_log), "the leader applies its whole log")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(last_log)
     }
 
     /// Waits until this member's registry reflects every write committed before the call
@@ -149,9 +157,10 @@ impl Controller {
                 Err(_) => {
                     return Err(no_quorum("the read", self.request_timeout, "leadership check timed out"));
                 }
-                Ok(Ok(read)) => {
+                Ok(Ok(_)) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    return leader_read_index(&self.raft, read, remaining)
+                    return self
+                        .read_index_as_leader(remaining)
                         .await
                         .map(|_| ())
                         .map_err(|e| no_quorum("the read", self.request_timeout, &e));
@@ -472,15 +481,4 @@ impl Controller {
         tracing::info!(?change, "membership changed");
         Ok(())
     }
-}
-
-/// See [`Controller::read_index_as_leader`].
-async fn leader_read_index(raft: &Raft, read: Option<LogId>, timeout: Duration) -> Result<u64, String> {
-    // Everything in the leader's log when the read arrives: every acknowledged write is there.
-    let last_log = raft.metrics().borrow().last_log_index.unwrap_or(0);
-    raft.wait(Some(timeout))
-        .applied_index_at_least(Some(last_log), "the leader applies its whole log")
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(read.map_or(0, |id| id.index).max(last_log))
 }

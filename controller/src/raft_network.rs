@@ -393,7 +393,11 @@ impl pb::raft_service_server::RaftService for RaftServer {
 
     async fn read_index(&self, _request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
         let result: Result<u64, ForwardError> = match self.raft.ensure_linearizable().await {
-            Ok(read) => self.controller.read_index_as_leader(read).await.map_err(ForwardError::Failed),
+            Ok(_) => self
+                .controller
+                .read_index_as_leader(self.controller.request_timeout)
+                .await
+                .map_err(ForwardError::Failed),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ForwardError::NotLeader { leader: leader_of(&f) })
             }

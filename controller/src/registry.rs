@@ -338,7 +338,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.membership = meta.last_membership.clone();
         inner.recent.clear();
         let _ = self.registry.publish.send(Published::Reset);
-
         Ok(())
     }
 

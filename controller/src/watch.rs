@@ -43,7 +43,7 @@ const STREAM_BUFFER: usize = 64;
 const PIECE: usize = 64 * 1024;
 
 /// `message` as one gRPC frame: uncompressed flag, big-endian length, the encoding.
-fn frame(message: &impl Message) -> Bytes {
+pub fn frame(message: &impl Message) -> Bytes {
     let len = message.encoded_len();
     let mut buf = Vec::with_capacity(5 + len);
     buf.push(0);

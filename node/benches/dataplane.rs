@@ -21,13 +21,9 @@ use std::time::{Duration, Instant};
 use lab::*;
 use weft_api::agent;
 use weft_api::pb;
-use weft_bench::{Figure, percentile, record};
+use weft_bench::{Figure, percentile, record, setting};
 use weft_dataplane::Kernel;
 use weft_testbed::{Netns, root_or_skip};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
@@ -47,7 +43,7 @@ async fn wait_applied(lab: &Lab, host: usize, revision: u64, timeout: Duration) 
 }
 
 async fn programming_rate() {
-    let remotes = env_or("WEFT_BENCH_REMOTES", 20_000);
+    let remotes = setting("WEFT_BENCH_REMOTES", 20_000);
     let mut lab = Lab::with_default_timing(1);
     let network = lab.create(pb::CreateNetworkRequest {
         name: "big".into(),
@@ -152,7 +148,7 @@ fn record_percentiles(id: &str, label: &str, sorted: &[Duration]) {
 /// With 10 hosts: attach latency, convergence (attach returned on A → B has the FDB entry
 /// and answers the name), attach → every other host has the entry, and `attach --wait`.
 async fn convergence() {
-    let samples = env_or("WEFT_BENCH_ATTACHES", 200);
+    let samples = setting("WEFT_BENCH_ATTACHES", 200);
     let hosts = 10;
     let lab = Lab::with_default_timing(hosts);
     let network = lab.create_network("conv", false);
@@ -365,7 +361,7 @@ async fn dns() {
         println!("(dnsperf not installed: DNS skipped; apt-get install dnsperf)\n");
         return;
     }
-    let seconds = env_or("WEFT_BENCH_DNS_SECONDS", 10).to_string();
+    let seconds = setting("WEFT_BENCH_DNS_SECONDS", 10).to_string();
     let mut lab = Lab::with_default_timing(2);
     lab.create(pb::CreateNetworkRequest {
         name: "names".into(),

@@ -23,10 +23,6 @@ pub fn tls_enabled() -> bool {
     std::env::var("WEFT_BENCH_TLS").is_ok_and(|v| v == "1")
 }
 
-pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// A running 3-member cluster; every process is killed on drop.
 pub struct Members {
     children: Vec<Option<Child>>,
