@@ -228,6 +228,7 @@ fn simulate_node(id: usize, addr: String, watchers: Arc<Watchers>) {
             let request = pb::HeartbeatRequest {
                 name: node_name(id),
                 applied_revision: beats.seen[id].load(Ordering::Acquire),
+                ..Default::default()
             };
             // Failures (a restart in progress) are retried on the next beat, as agents do.
             let _ = client.heartbeat(request).await;

@@ -19,7 +19,7 @@ use weft_core::{Command, Endpoint, Response as Done, State};
 use weft_pki::{Caller, Role};
 
 use crate::cluster::Controller;
-use crate::raft_network::{AwaitApplied, MembershipChange};
+use crate::raft_network::{AwaitApplied, Beat, MembershipChange};
 
 /// A node's certificate lets it act for its own host only; admins act for any.
 fn acting_for<T>(request: &Request<T>, host: &str, what: &str) -> Result<(), Status> {
@@ -229,7 +229,12 @@ impl NodeService for Controller {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         acting_for(&request, &request.get_ref().name, "heartbeat")?;
         let req = request.into_inner();
-        let answer = Controller::heartbeat(self, &req.name, req.applied_revision).await?;
+        let beat = Beat {
+            name: req.name,
+            applied_revision: req.applied_revision,
+            problems: req.problems.into_iter().map(|p| (p.endpoint_id, p.reason)).collect(),
+        };
+        let answer = Controller::heartbeat(self, beat).await?;
         Ok(Response::new(pb::HeartbeatResponse {
             status: convert::node_status(answer.status).into(),
             revision: answer.revision,
@@ -252,11 +257,29 @@ impl NodeService for Controller {
             revision: req.revision,
             except_node: req.except_node,
             timeout_ms: u64::from(req.timeout_ms),
+            endpoint_id: req.endpoint_id.clone(),
         };
         let answer = Controller::await_applied(self, wait).await?;
+        let endpoint = if req.endpoint_id.is_empty() {
+            String::new()
+        } else {
+            format!(" (endpoint {})", &req.endpoint_id[..req.endpoint_id.len().min(12)])
+        };
+        if !answer.blocked.is_empty() {
+            let reports: Vec<String> = answer
+                .blocked
+                .iter()
+                .map(|(host, why)| format!("host {host} cannot program it: {why}"))
+                .collect();
+            return Err(Status::failed_precondition(format!(
+                "revision {}{endpoint} is not programmed everywhere: {}",
+                req.revision,
+                reports.join("; ")
+            )));
+        }
         if !answer.behind.is_empty() {
             return Err(Status::deadline_exceeded(format!(
-                "hosts {} have not programmed revision {} yet (heartbeats report what each host applied)",
+                "hosts {} have not programmed revision {}{endpoint} yet (heartbeats report what each host applied)",
                 answer.behind.join(", "),
                 req.revision
             )));

@@ -14,7 +14,7 @@ use crate::batcher::Batcher;
 use crate::liveness::Liveness;
 use crate::metrics::{Gauges, Metrics, Timer};
 use crate::raft_network::{
-    AppliedAnswer, AwaitApplied, ForwardError, HeartbeatAnswer, MembershipChange, Peers,
+    AppliedAnswer, AwaitApplied, Beat, ForwardError, HeartbeatAnswer, MembershipChange, Peers,
 };
 use crate::raft_types::{NodeId, Outcome, Raft};
 use crate::registry::Registry;
@@ -214,13 +214,12 @@ impl Controller {
     }
 
     /// Records a node's heartbeat on the leader, wherever it arrived.
-    pub async fn heartbeat(&self, name: &str, applied_revision: u64) -> Result<HeartbeatAnswer, Status> {
+    pub async fn heartbeat(&self, beat: Beat) -> Result<HeartbeatAnswer, Status> {
         let deadline = Instant::now() + self.request_timeout;
-        let beat = (name.to_string(), applied_revision);
         self.on_leader(
             "the heartbeat",
             deadline,
-            || self.heartbeat_as_leader(name, applied_revision),
+            || self.heartbeat_as_leader(&beat),
             |addr, remaining| {
                 let beat = &beat;
                 async move { self.peers.heartbeat(&addr, beat, remaining).await }
@@ -273,10 +272,18 @@ impl Controller {
         let deadline = Instant::now() + Duration::from_millis(wait.timeout_ms);
         loop {
             let heard = self.liveness.next_heartbeat();
+            let blocked: Vec<(String, String)> = if wait.endpoint_id.is_empty() {
+                Vec::new()
+            } else {
+                hosts
+                    .iter()
+                    .filter_map(|h| Some((h.clone(), self.liveness.problem(h, &wait.endpoint_id)?)))
+                    .collect()
+            };
             let behind: Vec<String> =
                 hosts.iter().filter(|h| self.liveness.applied_revision(h) < wait.revision).cloned().collect();
-            if behind.is_empty() || Instant::now() >= deadline {
-                return Ok(AppliedAnswer { waited_for: hosts, behind });
+            if !blocked.is_empty() || behind.is_empty() || Instant::now() >= deadline {
+                return Ok(AppliedAnswer { waited_for: hosts, behind, blocked });
             }
             let _ = tokio::time::timeout_at(deadline.into(), heard).await;
         }
@@ -325,11 +332,8 @@ impl Controller {
     }
 
     /// The leader's side of a heartbeat: remember it, and bring a host marked down back up.
-    pub async fn heartbeat_as_leader(
-        &self,
-        name: &str,
-        applied_revision: u64,
-    ) -> Result<HeartbeatAnswer, ForwardError> {
+    pub async fn heartbeat_as_leader(&self, beat: &Beat) -> Result<HeartbeatAnswer, ForwardError> {
+        let name = beat.name.as_str();
         if self.raft.metrics().borrow().current_leader != Some(self.id) {
             return Err(ForwardError::NotLeader { leader: None });
         }
@@ -339,7 +343,25 @@ impl Controller {
                 "no node named {name:?} is registered: register the host before it heartbeats"
             ))));
         };
-        self.liveness.record(name, applied_revision, Instant::now());
+        self.liveness.record(name, beat.applied_revision, beat.problems.clone(), Instant::now());
+        // The host's own endpoints carry what it reports, replicated (so any member lists
+        // it); written only when the report differs from the registry.
+        let changes: Vec<(String, Option<String>)> = self.registry.with_state(|s| {
+            s.node_endpoints(name)
+                .filter_map(|e| {
+                    let id = e.id.to_string();
+                    let reported = beat.problems.get(&id).cloned();
+                    let unchanged = reported.as_deref().map(weft_core::state::kept_problem) == e.problem;
+                    (!unchanged).then_some((id, reported))
+                })
+                .collect()
+        });
+        if !changes.is_empty() {
+            let command = Command::SetEndpointProblems { node: name.to_string(), problems: changes };
+            if let Err(status) = self.propose(command).await {
+                tracing::warn!(node = name, %status, "recording the host's endpoint problems");
+            }
+        }
         if status == NodeStatus::Down {
             let command = Command::SetNodeStatus { name: name.to_string(), status: NodeStatus::Up };
             self.propose(command).await.map_err(|s| ForwardError::Failed(s.message().to_string()))?;

@@ -2,8 +2,8 @@
 //! silence and up again on its next heartbeat. Heartbeats themselves stay in the leader's
 //! memory; only status transitions are written to the log.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weft_core::{Node, NodeStatus};
@@ -11,10 +11,12 @@ use weft_core::{Node, NodeStatus};
 /// Default silence after which a host is marked down.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Seen {
     at: Instant,
     applied_revision: u64,
+    /// Endpoints the host could not program at that revision, with why.
+    problems: Arc<BTreeMap<String, String>>,
 }
 
 /// What the leader knows of each host's heartbeats.
@@ -39,9 +41,21 @@ impl Liveness {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn record(&self, name: &str, applied_revision: u64, now: Instant) {
-        self.seen().insert(name.to_string(), Seen { at: now, applied_revision });
+    pub fn record(
+        &self,
+        name: &str,
+        applied_revision: u64,
+        problems: BTreeMap<String, String>,
+        now: Instant,
+    ) {
+        self.seen()
+            .insert(name.to_string(), Seen { at: now, applied_revision, problems: Arc::new(problems) });
         self.heard.notify_waiters();
+    }
+
+    /// What the host last reported it cannot program about `endpoint_id`, if anything.
+    pub fn problem(&self, name: &str, endpoint_id: &str) -> Option<String> {
+        self.seen().get(name).and_then(|s| s.problems.get(endpoint_id).cloned())
     }
 
     /// Resolves at the next heartbeat (create it before checking, so none is missed).
@@ -107,13 +121,15 @@ mod tests {
         let t0 = Instant::now();
         let live = Liveness::new(Duration::from_secs(10));
         let nodes = [node("a", NodeStatus::Up), node("b", NodeStatus::Up), node("c", NodeStatus::Down)];
-        live.record("a", 7, t0 + Duration::from_secs(5));
+        live.record("a", 7, BTreeMap::from([("e1".into(), "refused".into())]), t0 + Duration::from_secs(5));
         // Leader since t0: b never heartbeated to this leader, a did at t0+5s.
         assert!(live.overdue(nodes.iter(), t0, t0 + Duration::from_secs(10)).is_empty());
         assert_eq!(live.overdue(nodes.iter(), t0, t0 + Duration::from_secs(11)), ["b"]);
         assert_eq!(live.overdue(nodes.iter(), t0, t0 + Duration::from_secs(16)), ["a", "b"]);
         assert_eq!(live.applied_revision("a"), 7);
         assert_eq!(live.applied_revision("b"), 0);
+        assert_eq!(live.problem("a", "e1").as_deref(), Some("refused"));
+        assert_eq!(live.problem("a", "e2"), None);
     }
 
     #[test]
@@ -121,7 +137,7 @@ mod tests {
         let t0 = Instant::now();
         let live = Liveness::new(Duration::from_secs(10));
         let nodes = [node("a", NodeStatus::Up)];
-        live.record("a", 0, t0);
+        live.record("a", 0, BTreeMap::new(), t0);
         let leader_since = t0 + Duration::from_secs(60);
         assert!(live.overdue(nodes.iter(), leader_since, leader_since + Duration::from_secs(9)).is_empty());
         assert_eq!(live.overdue(nodes.iter(), leader_since, leader_since + Duration::from_secs(11)), ["a"]);

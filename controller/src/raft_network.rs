@@ -68,13 +68,26 @@ pub struct AwaitApplied {
     pub revision: u64,
     pub except_node: String,
     pub timeout_ms: u64,
+    /// The endpoint the revision made, when the wait is for one (may be empty).
+    pub endpoint_id: String,
 }
 
-/// The hosts waited for, and those still behind when the wait ran out (empty on success).
+/// The hosts waited for, those still behind when the wait ran out, and those that reported
+/// they cannot program the endpoint waited for (both empty on success).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppliedAnswer {
     pub waited_for: Vec<String>,
     pub behind: Vec<String>,
+    /// Host and what it reported.
+    pub blocked: Vec<(String, String)>,
+}
+
+/// A node's heartbeat, as one member hands it to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Beat {
+    pub name: String,
+    pub applied_revision: u64,
+    pub problems: std::collections::BTreeMap<String, String>,
 }
 
 /// What the leader answers a heartbeat.
@@ -137,7 +150,7 @@ impl Peers {
     pub async fn heartbeat(
         &self,
         addr: &str,
-        beat: &(String, u64),
+        beat: &Beat,
         timeout: Duration,
     ) -> Result<Result<HeartbeatAnswer, ForwardError>, Status> {
         self.forward(addr, Forwarded::Heartbeat, beat, timeout).await
@@ -374,8 +387,8 @@ impl pb::raft_service_server::RaftService for RaftServer {
     }
 
     async fn heartbeat(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
-        let (name, applied): (String, u64) = decode_request(request)?;
-        reply(&self.controller.heartbeat_as_leader(&name, applied).await)
+        let beat: Beat = decode_request(request)?;
+        reply(&self.controller.heartbeat_as_leader(&beat).await)
     }
 
     async fn change_membership(

@@ -622,7 +622,13 @@ async fn silent_hosts_are_marked_down_and_come_back_with_a_heartbeat() {
     let beat = |applied: u64| {
         let mut client = cluster.nodes(follower);
         async move {
-            client.heartbeat(pb::HeartbeatRequest { name: "h1".into(), applied_revision: applied }).await
+            client
+                .heartbeat(pb::HeartbeatRequest {
+                    name: "h1".into(),
+                    applied_revision: applied,
+                    ..Default::default()
+                })
+                .await
         }
     };
 
@@ -658,7 +664,7 @@ async fn silent_hosts_are_marked_down_and_come_back_with_a_heartbeat() {
 
     let err = cluster
         .nodes(follower)
-        .heartbeat(pb::HeartbeatRequest { name: "ghost".into(), applied_revision: 0 })
+        .heartbeat(pb::HeartbeatRequest { name: "ghost".into(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -686,13 +692,19 @@ async fn await_applied_waits_for_every_other_host_with_the_network() {
     let revision = created.created_revision;
     let beat = |name: &str, applied: u64| {
         let mut client = cluster.nodes(follower);
-        let request = pb::HeartbeatRequest { name: name.into(), applied_revision: applied };
+        let request =
+            pb::HeartbeatRequest { name: name.into(), applied_revision: applied, ..Default::default() };
         async move { client.heartbeat(request).await.unwrap() }
     };
     let wait = |timeout_ms: u32| {
         let mut client = cluster.nodes(follower);
-        let request =
-            pb::AwaitAppliedRequest { network: "n".into(), revision, except_node: "h1".into(), timeout_ms };
+        let request = pb::AwaitAppliedRequest {
+            network: "n".into(),
+            revision,
+            except_node: "h1".into(),
+            timeout_ms,
+            ..Default::default()
+        };
         async move { client.await_applied(request).await }
     };
 
@@ -710,6 +722,67 @@ async fn await_applied_waits_for_every_other_host_with_the_network() {
     beat("h2", revision).await;
     let done = waiting.await.unwrap().unwrap().into_inner();
     assert_eq!(done.nodes, vec!["h2".to_string()]);
+
+    // A host that reports it cannot program the endpoint ends the wait at once, named with
+    // its reason, even though its applied revision has moved past it.
+    let problem = |name: &str, applied: u64, endpoint: &str, reason: &str| {
+        let mut client = cluster.nodes(follower);
+        let request = pb::HeartbeatRequest {
+            name: name.into(),
+            applied_revision: applied,
+            problems: vec![pb::EndpointProblem { endpoint_id: endpoint.into(), reason: reason.into() }],
+        };
+        async move { client.heartbeat(request).await.unwrap() }
+    };
+    problem("h2", revision + 5, &created.id, "setting FDB entry: No buffer space").await;
+    let began = Instant::now();
+    let request = pb::AwaitAppliedRequest {
+        network: "n".into(),
+        revision,
+        except_node: "h1".into(),
+        timeout_ms: 5000,
+        endpoint_id: created.id.clone(),
+    };
+    let blocked = cluster.nodes(follower).await_applied(request).await.unwrap_err();
+    assert_eq!(blocked.code(), Code::FailedPrecondition, "{blocked:?}");
+    assert!(
+        blocked.message().contains("host h2 cannot program it: setting FDB entry: No buffer space")
+            && blocked.message().contains(&created.id[..12]),
+        "{}",
+        blocked.message()
+    );
+    assert!(began.elapsed() < Duration::from_secs(2), "a blocked wait ends at once");
+
+    // A host's problem with its own endpoint is replicated: every member lists it, and it
+    // clears when the host reports the endpoint programmed.
+    problem("h1", revision + 5, &created.id, "moving eth0 into /run/netns/x: File exists").await;
+    let problem_on = |i: usize| {
+        let mut client = cluster.endpoints(i);
+        let id = created.id.clone();
+        async move {
+            let list = client
+                .list_endpoints(pb::ListEndpointsRequest { node: "h1".into(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            list.endpoints.into_iter().find(|e| e.id == id).unwrap().problem
+        }
+    };
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while problem_on(i).await != "moving eth0 into /run/netns/x: File exists" {
+            assert!(Instant::now() < deadline, "member {} does not list h1's problem", i + 1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    beat("h1", revision + 6).await;
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !problem_on(i).await.is_empty() {
+            assert!(Instant::now() < deadline, "member {} still lists h1's solved problem", i + 1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 
     let unknown = cluster
         .nodes(follower)

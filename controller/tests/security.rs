@@ -166,7 +166,7 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
     denied(NodeServiceClient::new(a.clone()).register_node(register("b", 3)).await, &["node:a", "\"b\""]);
     denied(
         NodeServiceClient::new(a.clone())
-            .heartbeat(pb::HeartbeatRequest { name: "b".into(), applied_revision: 0 })
+            .heartbeat(pb::HeartbeatRequest { name: "b".into(), ..Default::default() })
             .await,
         &["node:a"],
     );

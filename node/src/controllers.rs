@@ -114,6 +114,19 @@ impl Controllers {
     }
 }
 
+impl Controllers {
+    /// [`Controllers::call`] for the common shape: one request message, cloned for each
+    /// member tried.
+    pub async fn send<R, T, F, Fut>(&self, request: &R, call: F) -> Result<T, Status>
+    where
+        R: Clone,
+        F: Fn(Channel, R) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call(|channel| call(channel, request.clone())).await.map(tonic::Response::into_inner)
+    }
+}
+
 /// Lazily connected channels to each member.
 fn connect(
     addresses: &[String],

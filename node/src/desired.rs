@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use weft_dataplane::rules::{EncryptedVxlan, NetworkRules};
 use weft_dataplane::wireguard::Peer;
-use weft_dataplane::{Desired, IfAddr, LocalEndpoint, NetworkDevices, RemoteEndpoint};
+use weft_dataplane::{Desired, IfAddr, KernelError, LocalEndpoint, NetworkDevices, Op, RemoteEndpoint};
 
 use crate::mirror::{EndpointView, Mirror, NetworkView};
 use crate::sandboxes::Sandboxes;
@@ -30,7 +30,12 @@ pub struct Host {
 /// The name of an endpoint's host-side veth: unique per host because revisions are unique,
 /// and within the 15 characters Linux allows up to revision 2^40.
 pub fn host_veth(endpoint: &EndpointView) -> String {
-    format!("weftp{:x}", endpoint.revision)
+    host_veth_name(endpoint.revision)
+}
+
+/// [`host_veth`] from the endpoint's revision alone.
+pub fn host_veth_name(revision: u64) -> String {
+    format!("weftp{revision:x}")
 }
 
 /// Networks with at least one container on this host get devices; each gets an entry for
@@ -169,6 +174,69 @@ pub fn rules(mirror: &Mirror, desired: &Desired) -> Vec<NetworkRules> {
         .collect()
 }
 
+/// What a reconcile pass could not do, sorted by whose it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Failures {
+    /// Endpoints (local or on other hosts) this host could not program, with why.
+    pub endpoints: BTreeMap<String, String>,
+    /// Failures that belong to no endpoint: they hold the whole host back.
+    pub host: Vec<String>,
+}
+
+/// Whose each failed operation was. A network's devices failing holds up every endpoint of
+/// that network; an entry or a veth holds up its own endpoint only; removing what nobody wants
+/// any more, and anything else, is the host's. Pure: `failed` pairs indexes into `ops` with
+/// what the kernel said.
+pub fn blame(desired: &Desired, mirror: &Mirror, ops: &[Op], failed: &[(usize, KernelError)]) -> Failures {
+    let mut failures = Failures::default();
+    let network_of_device =
+        |name: &str| desired.networks.values().find(|n| n.bridge == name || n.vxlan == name);
+    let endpoints_of = |net: &NetworkDevices| -> Vec<String> {
+        mirror.endpoints.values().filter(|e| e.network_id == net.network_id).map(|e| e.id.clone()).collect()
+    };
+    let remote_by_mac = |vxlan: &str, mac: &weft_dataplane::Mac| -> Option<String> {
+        let net = network_of_device(vxlan)?;
+        mirror
+            .endpoints
+            .values()
+            .find(|e| e.network_id == net.network_id && e.mac == *mac)
+            .map(|e| e.id.clone())
+    };
+    let local_veth = |name: &str| -> Option<String> {
+        desired.networks.values().find_map(|n| n.local.get(name)).map(|l| l.endpoint_id.clone())
+    };
+    for (index, error) in failed {
+        let reason = error.to_string();
+        let owners: Vec<String> = match ops.get(*index) {
+            Some(Op::Plug { endpoint, .. }) => vec![endpoint.endpoint_id.clone()],
+            Some(Op::SetFdb { vxlan, mac, .. } | Op::SetNeighbour { vxlan, mac, .. }) => {
+                remote_by_mac(vxlan, mac).into_iter().collect()
+            }
+            Some(
+                Op::CreateBridge { name, .. }
+                | Op::CreateVxlan { name, .. }
+                | Op::SetLink { name, .. }
+                | Op::Conflict { name, .. }
+                | Op::AddAddress { link: name, .. }
+                | Op::DeleteAddress { link: name, .. },
+            ) => match (network_of_device(name), local_veth(name)) {
+                (Some(net), _) => endpoints_of(net),
+                (None, Some(endpoint)) => vec![endpoint],
+                (None, None) => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        if owners.is_empty() {
+            failures.host.push(reason);
+        } else {
+            for owner in owners {
+                failures.endpoints.entry(owner).or_insert_with(|| reason.clone());
+            }
+        }
+    }
+    failures
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -241,6 +309,43 @@ mod tests {
 
     fn host() -> Host {
         Host { name: "h1".into(), vtep: "192.0.2.1".parse().unwrap(), underlay_mtu: 1500 }
+    }
+
+    fn failure(what: &str) -> KernelError {
+        KernelError { doing: what.into(), reason: "refused".into() }
+    }
+
+    #[test]
+    fn failures_are_blamed_on_the_endpoints_they_hold_up() {
+        let m = mirror();
+        let d = desired(&m, &host(), &sandboxes());
+        let blue = &d.networks["weft4096"];
+        let plug =
+            Op::Plug { bridge: blue.bridge.clone(), endpoint: blue.local.values().next().unwrap().clone() };
+        let remote = m.endpoints["e2"].mac;
+        let ops = vec![
+            plug,
+            Op::SetFdb { vxlan: blue.vxlan.clone(), mac: remote, vtep: "192.0.2.2".parse().unwrap() },
+            Op::DeleteLink { name: "weftp99".into() },
+            Op::CreateBridge {
+                name: blue.bridge.clone(),
+                alias: String::new(),
+                mac: blue.gateway_mac,
+                mtu: 1450,
+            },
+        ];
+        let only = |i: usize| vec![(i, failure(&format!("op {i}")))];
+        let f = blame(&d, &m, &ops, &only(0));
+        assert_eq!(f.endpoints.keys().collect::<Vec<_>>(), ["e1"]);
+        assert!(f.host.is_empty());
+        let f = blame(&d, &m, &ops, &only(1));
+        assert_eq!(f.endpoints.keys().collect::<Vec<_>>(), ["e2"]);
+        let f = blame(&d, &m, &ops, &only(2));
+        assert!(f.endpoints.is_empty());
+        assert_eq!(f.host, ["op 2: refused"]);
+        // The network's bridge: every endpoint of the network, here and elsewhere.
+        let f = blame(&d, &m, &ops, &only(3));
+        assert_eq!(f.endpoints.keys().collect::<Vec<_>>(), ["e1", "e2", "e4"]);
     }
 
     fn sandboxes() -> Sandboxes {

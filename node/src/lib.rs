@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agent;
+pub mod attachments;
 pub mod client;
 pub mod controllers;
 pub mod desired;

@@ -133,6 +133,11 @@ async fn uninstall(
             Err(e) => return Err(e).context(format!("removing {}", state_dir.join(file).display())),
         }
     }
+    match std::fs::remove_dir_all(state_dir.join("attachments")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(format!("removing {}", state_dir.join("attachments").display())),
+    }
     println!("removed {} links and weft's nftables tables", ops.len());
     Ok(())
 }
@@ -333,6 +338,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn({
             let agent = agent.clone();
             async move { agent.heartbeat().await }
+        }),
+        tokio::spawn({
+            let agent = agent.clone();
+            async move { agent.janitor_forever().await }
         }),
         tokio::spawn({
             let agent = agent.clone();

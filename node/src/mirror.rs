@@ -251,7 +251,9 @@ impl Mirror {
             Some(Kind::NetworkRemoved(n)) => {
                 self.networks.remove(&n.id);
             }
-            Some(Kind::EndpointCreated(e)) => self.insert_endpoint(endpoint_view(e)?),
+            Some(Kind::EndpointCreated(e) | Kind::EndpointUpdated(e)) => {
+                self.insert_endpoint(endpoint_view(e)?)
+            }
             Some(Kind::EndpointRemoved(e)) => {
                 self.endpoints.remove(&e.id);
             }

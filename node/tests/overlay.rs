@@ -180,7 +180,7 @@ async fn drift_is_repaired_and_restarts_or_outages_do_not_stop_traffic() {
     assert!(links.contains("ul0"), "{links}");
     let tables = h1ns.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("weft") && tables.contains("someone_elses"), "{tables}");
-    assert!(!lab.hosts[0].state.join("sandboxes.json").exists());
+    assert!(!lab.hosts[0].state.join("attachments").exists());
 }
 
 /// Agents know every controller: when the one they watch and write through dies, they carry

@@ -226,6 +226,7 @@ pub fn endpoint(ep: &Endpoint, network: &Network) -> pb::Endpoint {
         ipv6_address: ep.ipv6.map(|a| format!("{a}/{}", prefix(Family::V6))).unwrap_or_default(),
         created: Some(timestamp(ep.created_ms)),
         created_revision: ep.created_revision,
+        problem: ep.problem.clone().unwrap_or_default(),
     }
 }
 
@@ -346,6 +347,7 @@ pub fn events(batch: &[Event], state: &State) -> Vec<pb::Event> {
                 EventKind::NetworkRemoved(n) => Kind::NetworkRemoved(network(n, 0)),
                 EventKind::EndpointCreated(e) => Kind::EndpointCreated(endpoint(e, network_of(e)?)),
                 EventKind::EndpointRemoved(e) => Kind::EndpointRemoved(endpoint(e, network_of(e)?)),
+                EventKind::EndpointUpdated(e) => Kind::EndpointUpdated(endpoint(e, network_of(e)?)),
                 EventKind::NodeRegistered(n) => Kind::NodeRegistered(node_of(n)),
                 EventKind::NodeStatusChanged(n) => Kind::NodeStatusChanged(node_of(n)),
                 EventKind::NodeRemoved(n) => Kind::NodeRemoved(node(n, 0, 0)),

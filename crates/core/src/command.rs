@@ -53,6 +53,13 @@ pub enum Command {
     RevokeToken {
         id: String,
     },
+    /// What a host reports about programming its own endpoints: a reason for each endpoint it
+    /// cannot program, `None` for one it now has. Proposed by the leader when a heartbeat
+    /// differs from the registry. Endpoints that are gone or on another host are skipped.
+    SetEndpointProblems {
+        node: String,
+        problems: Vec<(String, Option<String>)>,
+    },
 }
 
 /// `docker network create`, parsed.
@@ -180,13 +187,21 @@ impl FromStr for LabelFilter {
 pub enum Response {
     Configured(ClusterConfig),
     Network(Network),
-    NetworkRemoved { network: Network, endpoints: Vec<Arc<Endpoint>> },
+    NetworkRemoved {
+        network: Network,
+        endpoints: Vec<Arc<Endpoint>>,
+    },
     Pruned(Vec<Network>),
     Endpoint(Arc<Endpoint>),
     EndpointRemoved(Arc<Endpoint>),
     Node(Node),
-    NodeRemoved { node: Node, endpoints: Vec<Arc<Endpoint>> },
+    NodeRemoved {
+        node: Node,
+        endpoints: Vec<Arc<Endpoint>>,
+    },
     Token(JoinToken),
+    /// The endpoints whose problem changed.
+    EndpointsUpdated(Vec<Arc<Endpoint>>),
 }
 
 /// The outcome of applying one command.

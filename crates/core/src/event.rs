@@ -21,6 +21,8 @@ pub enum EventKind {
     /// Shared with the registry: events cost no copies of the records they carry.
     EndpointCreated(Arc<Endpoint>),
     EndpointRemoved(Arc<Endpoint>),
+    /// Its host reported a problem programming it, or that one is solved.
+    EndpointUpdated(Arc<Endpoint>),
     /// First registration or a changed one.
     NodeRegistered(Node),
     NodeStatusChanged(Node),

@@ -190,6 +190,8 @@ pub struct Endpoint {
     pub ipv6: Option<Ipv6Addr>,
     pub created_ms: u64,
     pub created_revision: u64,
+    /// What its host reported it could not program (`None`: programmed, or not yet reported).
+    pub problem: Option<String>,
 }
 
 /// Whether a host is heartbeating.

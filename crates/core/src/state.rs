@@ -110,7 +110,7 @@ impl Default for State {
 /// Snapshot header: refuses to restore bytes that are not a weft snapshot of a known version.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNAP";
 /// 2: nodes carry their WireGuard backend. 3: removed nodes' revocation times. 4: join tokens.
-const SNAPSHOT_VERSION: u32 = 4;
+const SNAPSHOT_VERSION: u32 = 5;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotV1 {
@@ -362,6 +362,7 @@ impl State {
             Command::RemoveNode { name } => self.remove_node(name, at),
             Command::CreateToken(token) => self.create_token(token),
             Command::RevokeToken { id } => self.revoke_token(id),
+            Command::SetEndpointProblems { node, problems } => self.set_endpoint_problems(node, problems),
         }
     }
 
@@ -774,6 +775,7 @@ impl State {
             ipv6,
             created_ms: at,
             created_revision: self.revision,
+            problem: None,
         };
         let endpoint = Arc::new(endpoint);
         self.index_endpoint(&endpoint, lower_name, mac != MacAddr::from_ipv4(ipv4));
@@ -962,6 +964,38 @@ impl State {
         entry.node.status_changed_ms = at;
         let node = entry.node.clone();
         self.changed(Response::Node(node.clone()), vec![EventKind::NodeStatusChanged(node)])
+    }
+
+    fn set_endpoint_problems(
+        &mut self,
+        node: &str,
+        problems: &[(String, Option<String>)],
+    ) -> Result<Applied> {
+        self.node_entry(node)?;
+        let mut changed = Vec::new();
+        for (id, problem) in problems {
+            // A reason is a host's one line about its kernel; a long one is cut, not refused.
+            let problem = problem.as_deref().map(kept_problem);
+            let Ok(key) = self.resolve_endpoint(&EndpointRef::Id(id.clone())) else { continue };
+            let Some(current) = self.endpoints.get(&key) else { continue };
+            if current.node != node || current.problem == problem || current.id.hex() != id.as_bytes() {
+                continue;
+            }
+            changed.push((key, problem));
+        }
+        if changed.is_empty() {
+            return self.unchanged(Response::EndpointsUpdated(Vec::new()));
+        }
+        self.revision += 1;
+        let mut updated = Vec::with_capacity(changed.len());
+        for (key, problem) in changed {
+            if let Some(endpoint) = self.endpoints.get_mut(&key) {
+                Arc::make_mut(endpoint).problem = problem;
+                updated.push(endpoint.clone());
+            }
+        }
+        let kinds = updated.iter().cloned().map(EventKind::EndpointUpdated).collect();
+        self.changed(Response::EndpointsUpdated(updated), kinds)
     }
 
     fn create_token(&mut self, token: &JoinToken) -> Result<Applied> {
@@ -1191,6 +1225,17 @@ fn id_seed(cluster_id: &str) -> [u64; 4] {
 
 /// The fewest leading hex digits that name an endpoint: the first 64-bit word of its id.
 pub const ENDPOINT_PREFIX_DIGITS: usize = 16;
+
+/// The longest problem a host's report keeps, in characters.
+pub const MAX_PROBLEM_CHARS: usize = 512;
+
+/// A host's problem report as the registry keeps it: cut to [`MAX_PROBLEM_CHARS`].
+pub fn kept_problem(text: &str) -> String {
+    match text.char_indices().nth(MAX_PROBLEM_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
 
 /// `key` lowercased, allocating only when it has capitals.
 fn lowercase(key: &str) -> Cow<'_, str> {

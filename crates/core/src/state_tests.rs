@@ -807,3 +807,57 @@ fn join_tokens_admit_until_they_expire_or_are_revoked_and_never_move_the_revisio
     assert!(restored.tokens().all(|t| t.revoked));
     s.check_invariants().unwrap();
 }
+
+// === endpoint problems ===
+
+#[test]
+fn hosts_report_problems_with_their_own_endpoints_only() {
+    let mut s = cluster();
+    register(&mut s, "h2", 2);
+    create(&mut s, network("app"));
+    let mine = attach(&mut s, endpoint("app", "h1", "c1"));
+    let theirs = attach(&mut s, endpoint("app", "h2", "c2"));
+    let id = |e: &Endpoint| e.id.to_string();
+    let report = |problems: Vec<(String, Option<String>)>| Command::SetEndpointProblems {
+        node: "h1".into(),
+        problems,
+    };
+
+    let before = s.revision();
+    let applied = apply(
+        &mut s,
+        report(vec![
+            (id(&mine), Some("moving eth0: File exists".into())),
+            // Another host's endpoint and an unknown one are skipped, not refused.
+            (id(&theirs), Some("not h1's to report".into())),
+            ("0".repeat(64), Some("gone meanwhile".into())),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(applied.revision, before + 1);
+    assert!(
+        matches!(&applied.events[..], [Event { kind: EventKind::EndpointUpdated(e), .. }] if e.id == mine.id)
+    );
+    let listed: Vec<Option<String>> = s.network_endpoints(&mine.network).map(|e| e.problem.clone()).collect();
+    assert_eq!(listed, [Some("moving eth0: File exists".to_string()), None]);
+
+    // The same report again changes nothing; a solved problem clears.
+    let again = apply(&mut s, report(vec![(id(&mine), Some("moving eth0: File exists".into()))])).unwrap();
+    assert_eq!(again.revision, before + 1);
+    assert!(again.events.is_empty());
+    apply(&mut s, report(vec![(id(&mine), None)])).unwrap();
+    assert!(s.network_endpoints(&mine.network).all(|e| e.problem.is_none()));
+
+    // A long report is kept cut, so a host cannot fill the registry.
+    apply(&mut s, report(vec![(id(&mine), Some("x".repeat(10_000)))])).unwrap();
+    let kept = s.network_endpoints(&mine.network).find(|e| e.id == mine.id).unwrap().problem.clone().unwrap();
+    assert_eq!(kept.chars().count(), MAX_PROBLEM_CHARS + 1);
+
+    // Snapshots carry problems.
+    let restored = State::restore(&s.snapshot()).unwrap();
+    assert_eq!(restored, s);
+    s.check_invariants().unwrap();
+
+    let err = refused(&mut s, Command::SetEndpointProblems { node: "ghost".into(), problems: Vec::new() });
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+}

@@ -207,6 +207,12 @@ impl Kernel {
     /// Carries out `ops` in order, going on past failures; returns what failed. Consecutive
     /// entry writes are pipelined.
     pub async fn apply(&self, ops: &[Op]) -> Vec<KernelError> {
+        self.apply_each(ops).await.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// [`Kernel::apply`], naming the index in `ops` of each operation that failed, so the
+    /// caller can tell whose it was.
+    pub async fn apply_each(&self, ops: &[Op]) -> Vec<(usize, KernelError)> {
         let mut errors = Vec::new();
         let mut index: HashMap<String, u32> = HashMap::new();
         let mut i = 0;
@@ -215,34 +221,47 @@ impl Kernel {
             if run > 0 {
                 let entries = &ops[i..i + run];
                 let mut devices = HashMap::new();
+                let mut unknown = Vec::new();
                 for op in entries {
                     let device = entry_device(op);
-                    if !devices.contains_key(device) {
+                    if !devices.contains_key(device) && !unknown.contains(&device) {
                         match self.index_of(device, &mut index).await {
                             Ok(idx) => {
                                 devices.insert(device.to_string(), idx);
                             }
-                            Err(e) => errors.push(e),
+                            Err(_) => unknown.push(device),
                         }
                     }
                 }
                 let mut writes = Vec::with_capacity(entries.len());
-                for op in entries {
-                    if let Some(device) = devices.get(entry_device(op)) {
-                        writes.push(self.entry(op, *device));
+                for (k, op) in entries.iter().enumerate() {
+                    match devices.get(entry_device(op)) {
+                        Some(device) => {
+                            let write = self.entry(op, *device);
+                            writes.push(async move { write.await.map_err(|e| (i + k, e)) });
+                        }
+                        // Every entry on a missing device fails, each with its own op.
+                        None => errors.push((
+                            i + k,
+                            KernelError {
+                                doing: format!("writing an entry on {}", entry_device(op)),
+                                reason: "the device does not exist".into(),
+                            },
+                        )),
                     }
                 }
-                let results: Vec<Result<(), KernelError>> =
+                let results: Vec<Result<(), (usize, KernelError)>> =
                     futures::stream::iter(writes).buffer_unordered(PIPELINE).collect().await;
                 errors.extend(results.into_iter().filter_map(Result::err));
                 i += run;
                 continue;
             }
             if let Err(e) = self.one(&ops[i], &mut index).await {
-                errors.push(e);
+                errors.push((i, e));
             }
             i += 1;
         }
+        errors.sort_by_key(|(i, _)| *i);
         errors
     }
 
