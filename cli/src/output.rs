@@ -63,10 +63,16 @@ pub fn endpoint_row(e: &pb::Endpoint, truncate: bool) -> Row {
         ("IPv4", e.ipv4_address.clone()),
         ("IPv6", e.ipv6_address.clone()),
         ("MAC", e.mac_address.clone()),
+        ("State", endpoint_state(e)),
     ]
 }
 
-pub const ENDPOINT_COLUMNS: &[&str] = &["ID", "Network", "Node", "Name", "IPv4", "MAC"];
+/// `ok`, or `failed: <why>` as the container's host reported it.
+pub fn endpoint_state(e: &pb::Endpoint) -> String {
+    if e.problem.is_empty() { "ok".to_string() } else { format!("failed: {}", e.problem) }
+}
+
+pub const ENDPOINT_COLUMNS: &[&str] = &["ID", "Network", "Node", "Name", "IPv4", "MAC", "State"];
 
 pub fn node_status(status: i32) -> &'static str {
     match pb::NodeStatus::try_from(status) {
@@ -259,6 +265,7 @@ pub fn inspect_network(n: &pb::Network, endpoints: &[pb::Endpoint]) -> Value {
                     "IPv6Address": e.ipv6_address,
                     "Aliases": e.aliases,
                     "Node": e.node,
+                    "State": endpoint_state(e),
                 }),
             )
         })
@@ -309,6 +316,7 @@ pub fn inspect_node(n: &pb::Node, endpoints: &[pb::Endpoint]) -> Value {
             "Name": e.container_name,
             "IPv4Address": e.ipv4_address,
             "IPv6Address": e.ipv6_address,
+            "State": endpoint_state(e),
         })).collect::<Vec<_>>(),
     })
 }
