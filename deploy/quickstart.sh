@@ -78,7 +78,7 @@ fi
 if [ -n "${WEFT_BIN_DIR:-}" ]; then
     bin="$WEFT_BIN_DIR"
 else
-    command -v cargo >/dev/null 2>&1 || die "weft needs a Rust toolchain (cargo, rustc 1.85 or newer): install it with rustup"
+    command -v cargo >/dev/null 2>&1 || die "weft needs a Rust toolchain (cargo, rustc 1.88 or newer): install it with rustup"
     say "building weft (release)"
     cargo build --release --locked --bins
     bin="target/release"
@@ -89,6 +89,13 @@ done
 
 say "clearing an earlier quickstart"
 down
+# The underlay /24 must be free on this machine: an address or route already in it would take
+# the hosts' traffic (every agent then fails with "No route to host").
+clash_address=$(ip -o -4 addr show | awk -v p="$underlay." 'index($4, p) == 1 {print $4 " on " $2; exit}')
+clash_route=$(ip -4 route show match "$underlay.1" | grep -v '^default' | head -n 1 || true)
+if [ -n "$clash_address" ] || [ -n "$clash_route" ]; then
+    die "the underlay $underlay.0/24 is already in use on this machine (${clash_address:-route $clash_route}); pick a free /24 with WEFT_QS_UNDERLAY, e.g. WEFT_QS_UNDERLAY=10.214.0 bash deploy/quickstart.sh"
+fi
 mkdir -p "$state/bin"
 cp "$bin/weft" "$bin/weft-controller" "$bin/weft-node" "$state/bin/"
 weft=("$state/bin/weft" --controller "$controllers" --tls-dir "$state/pki/admin")

@@ -10,6 +10,7 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 struct Quickstart {
     prefix: String,
+    underlay: &'static str,
 }
 
 impl Quickstart {
@@ -25,7 +26,7 @@ impl Quickstart {
             .args(args)
             .env("WEFT_BIN_DIR", bin_dir)
             .env("WEFT_QS_PREFIX", &self.prefix)
-            .env("WEFT_QS_UNDERLAY", "10.217.0")
+            .env("WEFT_QS_UNDERLAY", self.underlay)
             .output()
             .unwrap()
     }
@@ -42,7 +43,7 @@ fn the_quickstart_brings_up_a_working_cluster_and_down_removes_it() {
     if !weft_testbed::root_or_skip("the_quickstart_brings_up_a_working_cluster_and_down_removes_it") {
         return;
     }
-    let quickstart = Quickstart { prefix: format!("wq{}", std::process::id() % 100_000) };
+    let quickstart = Quickstart { prefix: format!("wq{}", std::process::id() % 100_000), underlay: "10.217.0" };
     let prefix = quickstart.prefix.clone();
     let up = quickstart.run(&[]);
     let stdout = String::from_utf8_lossy(&up.stdout);
@@ -94,4 +95,34 @@ fn the_quickstart_brings_up_a_working_cluster_and_down_removes_it() {
     )
     .unwrap();
     assert!(processes.lines().all(|l| l.contains("pgrep")), "processes left: {processes}");
+}
+
+/// An underlay range some interface on the machine already holds is refused before anything
+/// is made, naming the interface and how to pick another range.
+#[test]
+fn the_quickstart_refuses_an_underlay_range_already_in_use() {
+    if !weft_testbed::root_or_skip("the_quickstart_refuses_an_underlay_range_already_in_use") {
+        return;
+    }
+    let pid = std::process::id() % 100_000;
+    let holder = format!("wqc{pid}");
+    weft_testbed::run("ip", &["link", "add", &holder, "type", "veth", "peer", "name", &format!("{holder}p")]);
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = weft_testbed::output("ip", &["link", "del", &self.0]);
+        }
+    }
+    let _remove = Remove(holder.clone());
+    weft_testbed::run("ip", &["addr", "add", "10.218.0.1/24", "dev", &holder]);
+    let quickstart = Quickstart { prefix: format!("wr{pid}"), underlay: "10.218.0" };
+    let up = quickstart.run(&[]);
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(!up.status.success(), "the quickstart started on a taken range");
+    assert!(
+        stderr.contains(&format!("10.218.0.1/24 on {holder}")) && stderr.contains("WEFT_QS_UNDERLAY"),
+        "{stderr}"
+    );
+    let namespaces = weft_testbed::run("ip", &["netns", "list"]);
+    assert!(!namespaces.contains(&quickstart.prefix), "{namespaces}");
 }
