@@ -22,7 +22,7 @@ install_missing() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
     fi
     if ! command -v cargo >/dev/null 2>&1; then
-        echo "weft needs a Rust toolchain (cargo, rustc 1.85 or newer): install it with rustup" >&2
+        echo "weft needs a Rust toolchain (cargo, rustc 1.88 or newer): install it with rustup" >&2
         exit 1
     fi
 }

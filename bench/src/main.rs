@@ -13,7 +13,17 @@ fn command_of(part: &str) -> Option<Vec<&'static str>> {
     let args: &[&str] = match part {
         "control" => &["bench", "-p", "weft-controller", "--bench", "cluster"],
         "scale" => &["bench", "-p", "weft-controller", "--bench", "scale"],
-        "agent" => &["bench", "-p", "weft-node", "--bench", "dataplane", "--", "programming", "convergence"],
+        "agent" => &[
+            "bench",
+            "-p",
+            "weft-node",
+            "--bench",
+            "dataplane",
+            "--",
+            "programming",
+            "convergence",
+            "attaches",
+        ],
         "dns" => &["bench", "-p", "weft-node", "--bench", "dataplane", "--", "dns"],
         "dataplane" => &["bench", "-p", "weft-node", "--bench", "dataplane", "--", "throughput"],
         _ => return None,

@@ -43,7 +43,8 @@ fn the_quickstart_brings_up_a_working_cluster_and_down_removes_it() {
     if !weft_testbed::root_or_skip("the_quickstart_brings_up_a_working_cluster_and_down_removes_it") {
         return;
     }
-    let quickstart = Quickstart { prefix: format!("wq{}", std::process::id() % 100_000), underlay: "10.217.0" };
+    let quickstart =
+        Quickstart { prefix: format!("wq{}", std::process::id() % 100_000), underlay: "10.217.0" };
     let prefix = quickstart.prefix.clone();
     let up = quickstart.run(&[]);
     let stdout = String::from_utf8_lossy(&up.stdout);

@@ -4,12 +4,13 @@
 //!   place, with 10 hosts;
 //! - TCP throughput container to container across hosts against the bare underlay, and over
 //!   an encrypted network against the bare WireGuard tunnel between the same hosts (iperf3);
-//! - DNS queries/s and latency from a container (dnsperf).
+//! - DNS queries/s and latency from a container (dnsperf);
+//! - attaches and detaches per second on one host at 1, 16 and 64 at once (`attaches`).
 //!
 //! `cargo bench -p weft-node --bench dataplane` (release build). Prints Markdown for
 //! BENCHMARKS.md. `WEFT_BENCH_REMOTES` sets the remote endpoint count (default 20000),
 //! `WEFT_BENCH_ATTACHES` the convergence samples (default 200). Names (`programming`,
-//! `convergence`, `throughput`, `dns`) run those parts only. Figures go to the benchmark
+//! `convergence`, `throughput`, `dns`, `attaches`) run those parts only. Figures go to the benchmark
 //! runner too (`bash bench/run.sh`, see weft-bench).
 
 #[path = "../tests/lab/mod.rs"]
@@ -435,12 +436,87 @@ async fn dns() {
     println!();
 }
 
+/// Concurrent attaches on one host, as a runtime starting many containers makes them: 192
+/// fresh namespaces attached with 1, 16 and 64 requests in flight, then detached the same way.
+async fn attach_concurrency() {
+    const CONTAINERS: usize = 192;
+    let lab = Lab::with_default_timing(2);
+    lab.create_network("many", false);
+    let containers: Vec<Netns> = (0..CONTAINERS).map(|_| Netns::new("c")).collect();
+    let client = lab.agent(0).await;
+    println!("### Concurrent attaches on one host ({CONTAINERS} containers per round)\n");
+    println!("| in flight | attaches/s | attach p50 | attach p99 | detaches/s |");
+    println!("|---|---|---|---|---|");
+    for in_flight in [1usize, 16, 64] {
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+        let began = Instant::now();
+        let tasks: Vec<_> = containers
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let (gate, mut client) = (gate.clone(), client.clone());
+                let request = attach_request(ns, "many", &format!("a{i}"));
+                tokio::spawn(async move {
+                    let _turn = gate.acquire_owned().await.unwrap();
+                    let start = Instant::now();
+                    client.attach(request).await.unwrap();
+                    start.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.push(task.await.unwrap());
+        }
+        let attach_rate = CONTAINERS as f64 / began.elapsed().as_secs_f64();
+        latencies.sort_by(f64::total_cmp);
+        let began = Instant::now();
+        let tasks: Vec<_> = containers
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let (gate, mut client) = (gate.clone(), client.clone());
+                let request = agent::DetachRequest {
+                    network: "many".into(),
+                    container_id: attach_request(ns, "many", &format!("a{i}")).container_id,
+                };
+                tokio::spawn(async move {
+                    let _turn = gate.acquire_owned().await.unwrap();
+                    client.detach(request).await.unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let detach_rate = CONTAINERS as f64 / began.elapsed().as_secs_f64();
+        let p50 = percentile(&latencies, 500) * 1000.0;
+        let p99 = percentile(&latencies, 990) * 1000.0;
+        println!("| {in_flight} | {attach_rate:.0} | {p50:.1} ms | {p99:.1} ms | {detach_rate:.0} |");
+        let label = format!("attaches on one host, {in_flight} in flight");
+        record(Figure::new(
+            &format!("attach.rate.{in_flight}"),
+            &format!("{label}: attaches/s"),
+            attach_rate,
+            "/s",
+        ));
+        record(Figure::new(&format!("attach.p99.{in_flight}"), &format!("{label}: p99"), p99, "ms"));
+        record(Figure::new(
+            &format!("detach.rate.{in_flight}"),
+            &format!("{label}: detaches/s"),
+            detach_rate,
+            "/s",
+        ));
+    }
+    println!();
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if !root_or_skip("the data-plane benchmarks") {
         return;
     }
-    let parts = ["programming", "convergence", "throughput", "dns"];
+    let parts = ["programming", "convergence", "throughput", "dns", "attaches"];
     let named: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     if let Some(unknown) = named.iter().find(|n| !parts.contains(&n.as_str())) {
         eprintln!("unknown part {unknown:?}; parts are: {}", parts.join(", "));
@@ -458,5 +534,8 @@ async fn main() {
     }
     if run("dns") {
         dns().await;
+    }
+    if run("attaches") {
+        attach_concurrency().await;
     }
 }

@@ -76,6 +76,11 @@ pub struct Agent {
     beat_now: Notify,
     /// Endpoints the last pass could not program, reported with every heartbeat.
     problems: Mutex<BTreeMap<String, String>>,
+    /// What the last pass could not do, for callers whose request it covered.
+    last_failures: Mutex<Failures>,
+    /// Passes asked for by callers, and how many of those asks a finished pass covered.
+    pass_requested: AtomicU64,
+    pass_covered: AtomicU64,
     /// Wakes the janitor: a container is gone, or an attach needs rolling back.
     janitor: Notify,
     dns: Arc<Dns>,
@@ -134,6 +139,9 @@ impl Agent {
             applied,
             beat_now: Notify::new(),
             problems: Mutex::new(BTreeMap::new()),
+            last_failures: Mutex::new(Failures::default()),
+            pass_requested: AtomicU64::new(0),
+            pass_covered: AtomicU64::new(0),
             janitor: Notify::new(),
             dns,
             tunnel,
@@ -323,12 +331,28 @@ impl Agent {
     /// One pass: dump the kernel, plan against the registry, apply. Afterwards the host is
     /// programmed up to the revision it planned from, except for the endpoints named in the
     /// answer; failures that belong to no endpoint hold the applied revision back.
+    ///
+    /// Callers that ask while a pass is running share the next one: attaches at once plumb in
+    /// one pass rather than one pass each (a pass dumps the whole kernel).
     pub async fn reconcile(&self) -> Failures {
-        self.reconcile_pass(false).await
+        let ticket = self.pass_requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut loaded_rules = self.reconciling.lock().await;
+        if self.pass_covered.load(Ordering::SeqCst) >= ticket {
+            return self.last_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        }
+        // Everyone who asked so far has their change in place by now: this pass covers them.
+        let covers = self.pass_requested.load(Ordering::SeqCst);
+        let failures = self.pass(&mut loaded_rules, false).await;
+        self.pass_covered.store(covers, Ordering::SeqCst);
+        failures
     }
 
     async fn reconcile_pass(&self, full: bool) -> Failures {
         let mut loaded_rules = self.reconciling.lock().await;
+        self.pass(&mut loaded_rules, full).await
+    }
+
+    async fn pass(&self, loaded_rules: &mut Option<String>, full: bool) -> Failures {
         let host = &self.settings.host;
         if !self.shared().mirror.synced {
             return Failures::default();
@@ -385,6 +409,7 @@ impl Agent {
         if beat {
             self.beat_now.notify_one();
         }
+        self.last_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone_from(&failures);
         failures
     }
 
