@@ -950,10 +950,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("weft: {}", failure.message);
-            if debug {
-                if let Some(detail) = failure.detail {
-                    eprintln!("{detail}");
-                }
+            if debug && let Some(detail) = failure.detail {
+                eprintln!("{detail}");
             }
             ExitCode::FAILURE
         }

@@ -151,14 +151,14 @@ fn start(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    if let (Some(dir), Some(token)) = (&args.tls_dir, &args.join_token) {
-        if !dir.join("cert.pem").exists() {
-            let (Some(fingerprint), Some(via)) = (&args.ca_fingerprint, &args.join_via) else {
-                anyhow::bail!("--join-token needs --ca-fingerprint and --join-via (a member's address)");
-            };
-            let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
-            runtime.block_on(join(args.id, &advertise, token, fingerprint, via, dir))?;
-        }
+    if let (Some(dir), Some(token)) = (&args.tls_dir, &args.join_token)
+        && !dir.join("cert.pem").exists()
+    {
+        let (Some(fingerprint), Some(via)) = (&args.ca_fingerprint, &args.join_via) else {
+            anyhow::bail!("--join-token needs --ca-fingerprint and --join-via (a member's address)");
+        };
+        let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.to_string());
+        runtime.block_on(join(args.id, &advertise, token, fingerprint, via, dir))?;
     }
     let tls = match (&args.tls_dir, args.insecure) {
         (Some(dir), false) => Some(

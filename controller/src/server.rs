@@ -102,25 +102,25 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         .with_context(|| format!("opening the data directory {}", opts.data_dir.display()))?;
 
     let identity: Option<String> = store.get_meta(KEY_IDENTITY)?;
-    if let (Some(found), Some(manifest)) = (&identity, &opts.manifest) {
-        if *found != manifest.config.cluster_id {
-            bail!(
-                "refusing to bootstrap: the data directory {} belongs to cluster {found:?}, not {:?}; \
+    if let (Some(found), Some(manifest)) = (&identity, &opts.manifest)
+        && *found != manifest.config.cluster_id
+    {
+        bail!(
+            "refusing to bootstrap: the data directory {} belongs to cluster {found:?}, not {:?}; \
                  use an empty directory for a new cluster",
-                opts.data_dir.display(),
-                manifest.config.cluster_id
-            );
-        }
+            opts.data_dir.display(),
+            manifest.config.cluster_id
+        );
     }
     if opts.join && opts.manifest.is_some() {
         bail!(
             "--join and --manifest exclude each other: a joining member learns the cluster from its members"
         );
     }
-    if let Some(manifest) = &opts.manifest {
-        if !manifest.members.contains_key(&opts.id) {
-            bail!("member {} is not in the manifest (members: {:?})", opts.id, manifest.members.keys());
-        }
+    if let Some(manifest) = &opts.manifest
+        && !manifest.members.contains_key(&opts.id)
+    {
+        bail!("member {} is not in the manifest (members: {:?})", opts.id, manifest.members.keys());
     }
 
     let registry = Arc::new(Registry::new(opts.watch_retained_revisions, opts.watch_buffer));

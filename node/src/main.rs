@@ -264,10 +264,9 @@ async fn main() -> anyhow::Result<()> {
     let timeout = Duration::from_millis(flags.request_timeout_ms);
     if let (Some(dir), Some(token), Some(fingerprint)) =
         (&flags.tls_dir, &flags.join_token, &flags.ca_fingerprint)
+        && !dir.join("cert.pem").exists()
     {
-        if !dir.join("cert.pem").exists() {
-            join(&flags.controllers, &name, token, fingerprint, dir, timeout).await?;
-        }
+        join(&flags.controllers, &name, token, fingerprint, dir, timeout).await?;
     }
     let tls = match (&flags.tls_dir, flags.insecure) {
         (Some(dir), false) => {

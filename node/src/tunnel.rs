@@ -228,10 +228,10 @@ impl Tunnel {
             ops.push(Op::SetLink { name: self.interface.clone(), mtu, master: None });
         }
         let current = link.map(|l| l.addresses.clone()).unwrap_or_default();
-        if let Some(address) = address {
-            if !current.contains(&address) {
-                ops.push(Op::AddAddress { link: self.interface.clone(), address });
-            }
+        if let Some(address) = address
+            && !current.contains(&address)
+        {
+            ops.push(Op::AddAddress { link: self.interface.clone(), address });
         }
         for stale in current.iter().filter(|a| Some(**a) != address && !a.ip.is_ipv6()) {
             ops.push(Op::DeleteAddress { link: self.interface.clone(), address: *stale });

@@ -105,16 +105,16 @@ impl FreeRanges {
         }
         let mut start = lo;
         let mut end = hi;
-        if lo > 0 {
-            if let Some((s, _)) = self.interval_of(lo - 1) {
-                self.free.remove(&s);
-                start = s;
-            }
+        if lo > 0
+            && let Some((s, _)) = self.interval_of(lo - 1)
+        {
+            self.free.remove(&s);
+            start = s;
         }
-        if hi < u128::MAX {
-            if let Some(e) = self.free.remove(&(hi + 1)) {
-                end = e;
-            }
+        if hi < u128::MAX
+            && let Some(e) = self.free.remove(&(hi + 1))
+        {
+            end = e;
         }
         self.free.insert(start, end);
         self.free_count = self.free_count.saturating_add((hi - lo).saturating_add(1));

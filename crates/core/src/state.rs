@@ -457,13 +457,13 @@ impl State {
                 id.short()
             )));
         }
-        if let Some(bridge) = &settings.bridge_name {
-            if let Some(other) = self.networks().find(|n| n.settings.bridge_name.as_ref() == Some(bridge)) {
-                return Err(Error::AlreadyExists(format!(
-                    "bridge name {bridge:?} is already used by network {:?}",
-                    other.name
-                )));
-            }
+        if let Some(bridge) = &settings.bridge_name
+            && let Some(other) = self.networks().find(|n| n.settings.bridge_name.as_ref() == Some(bridge))
+        {
+            return Err(Error::AlreadyExists(format!(
+                "bridge name {bridge:?} is already used by network {:?}",
+                other.name
+            )));
         }
         let ipv4 = self.choose_subnet(&request.name, &request.ipv4, Family::V4)?;
         let ipv6 = match &request.ipv6 {
@@ -699,13 +699,13 @@ impl State {
                 "network {net_name:?} has no IPv6 subnet, so no IPv6 address can be requested"
             )));
         }
-        if let Some(mac) = request.mac {
-            if let Some(existing) = entry.explicit_macs.get(&mac) {
-                return Err(Error::AlreadyExists(format!(
-                    "MAC address {mac} is already used on network {net_name:?} by container {:?}",
-                    self.endpoints[existing].container_id
-                )));
-            }
+        if let Some(mac) = request.mac
+            && let Some(existing) = entry.explicit_macs.get(&mac)
+        {
+            return Err(Error::AlreadyExists(format!(
+                "MAC address {mac} is already used on network {net_name:?} by container {:?}",
+                self.endpoints[existing].container_id
+            )));
         }
 
         // Addresses: the only fallible steps with side effects; undone if a later check fails.

@@ -392,10 +392,10 @@ impl Kernel {
                 .map_err(failed(format!("bringing up {host}"))),
             Err(e) => Err(e),
         };
-        if result.is_err() {
-            if let Ok(index) = link_index(&self.handle, host).await {
-                let _ = links.del(index).execute().await;
-            }
+        if result.is_err()
+            && let Ok(index) = link_index(&self.handle, host).await
+        {
+            let _ = links.del(index).execute().await;
         }
         result
     }

@@ -202,10 +202,10 @@ pub fn parse_get(text: &str) -> Result<DeviceState, String> {
                 match key {
                     "endpoint" => peer.endpoint = value.parse().ok(),
                     "allowed_ip" => {
-                        if let Some((ip, prefix)) = value.split_once('/') {
-                            if let (Ok(ip), Ok(prefix)) = (ip.parse(), prefix.parse()) {
-                                peer.allowed_ips.push((ip, prefix));
-                            }
+                        if let Some((ip, prefix)) = value.split_once('/')
+                            && let (Ok(ip), Ok(prefix)) = (ip.parse(), prefix.parse())
+                        {
+                            peer.allowed_ips.push((ip, prefix));
                         }
                     }
                     "last_handshake_time_sec" => peer.last_handshake_seconds = value.parse().unwrap_or(0),

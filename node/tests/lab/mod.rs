@@ -220,10 +220,10 @@ impl Lab {
     pub async fn agent(&self, i: usize) -> AgentServiceClient<Channel> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut client) = weft_node::client::connect(&self.hosts[i].socket).await {
-                if client.list(agent::ListRequest {}).await.is_ok() {
-                    return client;
-                }
+            if let Ok(mut client) = weft_node::client::connect(&self.hosts[i].socket).await
+                && client.list(agent::ListRequest {}).await.is_ok()
+            {
+                return client;
             }
             assert!(Instant::now() < deadline, "agent on {} did not come up", self.hosts[i].name);
             tokio::time::sleep(Duration::from_millis(50)).await;
