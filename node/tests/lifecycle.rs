@@ -72,14 +72,6 @@ fn fdb_macs(host: &Netns, vni: u32) -> BTreeSet<String> {
         .collect()
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Every host's kernel matches the registry: one veth per local endpoint and an FDB entry for
 /// every endpoint elsewhere, nothing more.
 async fn kernels_match_registry(lab: &Lab, vni: u32) {
@@ -219,7 +211,7 @@ async fn a_hundred_concurrent_attaches_and_detaches_survive_a_leader_kill() {
         let (asker, _) = if e.node == lab.hosts[0].name { &probes[1] } else { &probes[0] };
         let ip = e.ipv4_address.split('/').next().unwrap().to_string();
         let name = format!("w{i}");
-        wait_until(&format!("{name} resolvable"), Duration::from_secs(5), || {
+        eventually(&format!("{name} resolvable"), Duration::from_secs(5), || {
             resolves(asker, &name) == [ip.clone()]
         })
         .await;
@@ -246,19 +238,19 @@ async fn a_vanished_container_is_released_and_a_new_namespace_at_its_path_stays_
     let attached = h1.attach(request.clone()).await.unwrap().into_inner().attachment.unwrap();
     assert_eq!(resolves(&asker, "victim"), vec![ip_of(&attached)]);
     let mac = attached.mac_address.clone();
-    wait_until("h2 has the victim's FDB entry", Duration::from_secs(5), || {
+    eventually("h2 has the victim's FDB entry", Duration::from_secs(5), || {
         fdb_macs(&lab.hosts[1].ns, network.vni).contains(&mac)
     })
     .await;
 
     weft_testbed::run("ip", &["netns", "del", &victim.name]);
     let began = Instant::now();
-    wait_until("the endpoint is released", Duration::from_secs(5), || {
+    eventually("the endpoint is released", Duration::from_secs(5), || {
         !registry(&lab).values().any(|e| e.container_name == "victim")
     })
     .await;
     let released_after = began.elapsed();
-    wait_until("h2 drops the victim's FDB entry", Duration::from_secs(5), || {
+    eventually("h2 drops the victim's FDB entry", Duration::from_secs(5), || {
         !fdb_macs(&lab.hosts[1].ns, network.vni).contains(&mac)
     })
     .await;
@@ -303,7 +295,7 @@ async fn a_container_that_vanished_while_the_agent_was_down_is_released_at_start
     weft_testbed::run("ip", &["netns", "add", &victim.name]);
     lab.start_agent(0);
     let mut h1 = lab.agent(0).await;
-    wait_until("the endpoint is released", Duration::from_secs(10), || {
+    eventually("the endpoint is released", Duration::from_secs(10), || {
         !registry(&lab).values().any(|e| e.container_name == "victim")
     })
     .await;
@@ -405,7 +397,7 @@ async fn one_broken_endpoint_is_reported_and_holds_nobody_else_back() {
     h1ns.exec(&["ip", "link", "add", &veth, "type", "bridge"]);
 
     let state = || registry(&lab).get(&broken.container_id).map(|e| e.problem.clone()).unwrap_or_default();
-    wait_until("the endpoint's problem is reported", Duration::from_secs(5), || state().contains(&veth))
+    eventually("the endpoint's problem is reported", Duration::from_secs(5), || state().contains(&veth))
         .await;
     // h1 still programs the rest: a container attached on h2 with --wait is confirmed by h1.
     let mut request = attach_request(&later, "n", "later");
@@ -431,7 +423,7 @@ async fn one_broken_endpoint_is_reported_and_holds_nobody_else_back() {
 
     // Repaired: the foreign link goes, the container is plumbed again and the state clears.
     h1ns.exec(&["ip", "link", "del", &veth]);
-    wait_until("the problem clears", Duration::from_secs(5), || state().is_empty()).await;
+    eventually("the problem clears", Duration::from_secs(5), || state().is_empty()).await;
     assert_eq!(addresses(&stuck.name), vec![broken.ipv4_address.clone()]);
     let code = h1.attach(attach_request(&stuck, "n", "stuck")).await.unwrap_err().code();
     assert_eq!(code, Code::AlreadyExists);
