@@ -436,6 +436,30 @@ async fn dns() {
     println!();
 }
 
+/// Runs `calls` with at most `in_flight` of them at once; returns each one's seconds, in order.
+async fn bounded<F>(in_flight: usize, calls: impl Iterator<Item = F>) -> Vec<f64>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let tasks: Vec<_> = calls
+        .map(|call| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await.unwrap();
+                let start = Instant::now();
+                call.await;
+                start.elapsed().as_secs_f64()
+            })
+        })
+        .collect();
+    let mut seconds = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        seconds.push(task.await.unwrap());
+    }
+    seconds
+}
+
 /// Concurrent attaches on one host, as a runtime starting many containers makes them: 192
 /// fresh namespaces attached with 1, 16 and 64 requests in flight, then detached the same way.
 async fn attach_concurrency() {
@@ -448,47 +472,35 @@ async fn attach_concurrency() {
     println!("| in flight | attaches/s | attach p50 | attach p99 | detaches/s |");
     println!("|---|---|---|---|---|");
     for in_flight in [1usize, 16, 64] {
-        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
         let began = Instant::now();
-        let tasks: Vec<_> = containers
-            .iter()
-            .enumerate()
-            .map(|(i, ns)| {
-                let (gate, mut client) = (gate.clone(), client.clone());
+        let mut latencies = bounded(
+            in_flight,
+            containers.iter().enumerate().map(|(i, ns)| {
+                let mut client = client.clone();
                 let request = attach_request(ns, "many", &format!("a{i}"));
-                tokio::spawn(async move {
-                    let _turn = gate.acquire_owned().await.unwrap();
-                    let start = Instant::now();
+                async move {
                     client.attach(request).await.unwrap();
-                    start.elapsed().as_secs_f64()
-                })
-            })
-            .collect();
-        let mut latencies = Vec::new();
-        for task in tasks {
-            latencies.push(task.await.unwrap());
-        }
+                }
+            }),
+        )
+        .await;
         let attach_rate = CONTAINERS as f64 / began.elapsed().as_secs_f64();
         latencies.sort_by(f64::total_cmp);
         let began = Instant::now();
-        let tasks: Vec<_> = containers
-            .iter()
-            .enumerate()
-            .map(|(i, ns)| {
-                let (gate, mut client) = (gate.clone(), client.clone());
-                let request = agent::DetachRequest {
-                    network: "many".into(),
-                    container_id: attach_request(ns, "many", &format!("a{i}")).container_id,
-                };
-                tokio::spawn(async move {
-                    let _turn = gate.acquire_owned().await.unwrap();
-                    client.detach(request).await.unwrap();
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
+        bounded(
+            in_flight,
+            containers.iter().enumerate().map(|(i, ns)| {
+                let mut client = client.clone();
+                let container_id = attach_request(ns, "many", &format!("a{i}")).container_id;
+                async move {
+                    client
+                        .detach(agent::DetachRequest { network: "many".into(), container_id })
+                        .await
+                        .unwrap();
+                }
+            }),
+        )
+        .await;
         let detach_rate = CONTAINERS as f64 / began.elapsed().as_secs_f64();
         let p50 = percentile(&latencies, 500) * 1000.0;
         let p99 = percentile(&latencies, 990) * 1000.0;

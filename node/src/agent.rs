@@ -778,11 +778,12 @@ impl Agent {
         netns: PathBuf,
         namespace: NamespaceId,
     ) -> Result<Record, Status> {
+        let key = crate::attachments::key(&network.id, &request.container_id);
         for _ in 0..2 {
-            let stale = {
+            {
                 let mut shared = self.shared();
                 let attachments = &mut shared.attachments;
-                match attachments.find(&network.id, &request.container_id) {
+                match attachments.entries.get_mut(&key) {
                     Some(entry) if entry.busy => {
                         return Err(Status::already_exists(format!(
                             "container {} is being attached to or detached from network {} right now",
@@ -799,11 +800,7 @@ impl Agent {
                         )));
                     }
                     Some(entry) => {
-                        let key = entry.record.key();
-                        if let Some(entry) = attachments.entries.get_mut(&key) {
-                            entry.gone.get_or_insert_with(|| "its namespace was replaced".to_string());
-                        }
-                        true
+                        entry.gone.get_or_insert_with(|| "its namespace was replaced".to_string());
                     }
                     None => {
                         let (ifname, first) = attachments.next_interface(
@@ -824,18 +821,16 @@ impl Agent {
                             resolv_conf: false,
                         };
                         attachments.entries.insert(
-                            record.key(),
+                            key,
                             Entry { record: record.clone(), held: None, busy: true, gone: None },
                         );
                         return Ok(record);
                     }
                 }
-            };
-            if stale {
-                // The earlier container's endpoint goes first: the registry holds one per
-                // container and network.
-                self.tidy().await;
             }
+            // The earlier container's endpoint goes first: the registry holds one per
+            // container and network.
+            self.tidy().await;
         }
         Err(Status::unavailable(format!(
             "container {}'s earlier attachment to network {} could not be released yet; retry",

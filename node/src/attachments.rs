@@ -159,14 +159,6 @@ impl Attachments {
         Attachments { entries }
     }
 
-    pub fn find(&self, network_id: &str, container_id: &str) -> Option<&Entry> {
-        self.entries.get(&key(network_id, container_id))
-    }
-
-    pub fn by_endpoint(&self, endpoint_id: &str) -> Option<&Entry> {
-        self.entries.values().find(|e| e.record.endpoint_id.as_deref() == Some(endpoint_id))
-    }
-
     /// The interface name for a container's next network: `prefix` + the lowest index none of
     /// its interfaces uses (eth0, eth1, …), and whether it is the container's first network.
     /// Attaches in flight count: two of them at once never get the same name.
@@ -376,7 +368,7 @@ mod tests {
         ]);
         assert_eq!(a.next_interface("c1", Path::new("/run/netns/c1"), "eth"), ("eth1".into(), false));
         assert_eq!(a.next_interface("c1", Path::new("/run/netns/c1"), "net"), ("net0".into(), false));
-        assert_eq!(a.find("n1", "c2").map(|e| e.record.ifname.as_str()), Some("eth0"));
+        assert_eq!(a.entries.get(&key("n1", "c2")).map(|e| e.record.ifname.as_str()), Some("eth0"));
         assert!(a.elsewhere("c1", "n1"));
         assert!(!a.elsewhere("c2", "n1"));
     }
