@@ -14,8 +14,10 @@ source tests/prerequisites.sh
 # iproute2, iputils-ping, nftables and procps: the kernel tests build hosts and containers as
 # namespaces, ping across them, load nftables rules and clean up processes; bind9-dnsutils
 # gives the DNS tests dig; wireguard-go is the userspace WireGuard the encryption tests run,
-# and tcpdump captures the underlay to show nothing of an encrypted network crosses in the clear.
-packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables procps bind9-dnsutils wireguard-go wireguard-tools tcpdump)
+# and tcpdump captures the underlay to show nothing of an encrypted network crosses in the clear;
+# python3 and python3-venv run the stock grpcio client of the API conformance tests (its pip
+# packages, tests/python/requirements.txt, go into target/python-grpcio).
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables procps bind9-dnsutils wireguard-go wireguard-tools tcpdump python3 python3-venv)
 
 install_missing "weft's tests" "${packages[@]}"
 

@@ -448,6 +448,33 @@ impl Target {
         )))
     }
 
+    /// Sends a write, trying again (on the first controller that accepts a connection) while
+    /// the answer is Unavailable — leadership moving, a member restarting — until the
+    /// timeout. `call` builds the request with the same request id every time, so a try that
+    /// committed before its answer was lost is answered, not repeated or refused as taken.
+    async fn write<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(Channel, String) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let request_id = new_request_id();
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let answer = call(self.controller().await?, request_id.clone()).await;
+            match answer {
+                Ok(done) => return Ok(done.into_inner()),
+                Err(status)
+                    if status.code() == Code::Unavailable && std::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
     async fn agent(&self) -> Result<agent::agent_service_client::AgentServiceClient<Channel>> {
         weft_node::client::connect(&self.node_socket).await.map_err(|e| {
             Failure::new(format!(
@@ -457,6 +484,17 @@ impl Target {
             ))
         })
     }
+}
+
+/// A request id no other write shares: this process, this instant and a counter.
+fn new_request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host.trim().chars().filter(char::is_ascii_graphic).take(48).collect();
+    format!("weft-cli/{host}/{}/{nanos:x}.{count}", std::process::id())
 }
 
 /// The innermost cause of an error: "Connection refused" rather than "transport error".
@@ -521,6 +559,7 @@ fn create_request(args: CreateArgs) -> Result<pb::CreateNetworkRequest> {
         attachable: args.attachable,
         options,
         labels,
+        request_id: String::new(),
     })
 }
 
@@ -602,8 +641,12 @@ async fn network(target: &Target, command: NetworkCommand) -> Result<()> {
     match command {
         NetworkCommand::Create(args) => {
             let request = create_request(args)?;
-            let mut client = NetworkServiceClient::new(target.controller().await?);
-            let created = client.create_network(request).await?.into_inner();
+            let created = target
+                .write(|channel, request_id| {
+                    let request = pb::CreateNetworkRequest { request_id, ..request.clone() };
+                    async move { NetworkServiceClient::new(channel).create_network(request).await }
+                })
+                .await?;
             print(&format!("{}\n", created.id));
         }
         NetworkCommand::Ls(args) => {
@@ -636,15 +679,18 @@ async fn network(target: &Target, command: NetworkCommand) -> Result<()> {
             .await?;
         }
         NetworkCommand::Rm { networks } => {
-            let mut client = NetworkServiceClient::new(target.controller().await?);
             let mut failures = Vec::new();
             for reference in networks {
-                match client
-                    .remove_network(pb::RemoveNetworkRequest { network: reference.clone(), force: false })
-                    .await
-                {
+                let removed = target
+                    .write(|channel, request_id| {
+                        let request =
+                            pb::RemoveNetworkRequest { network: reference.clone(), force: false, request_id };
+                        async move { NetworkServiceClient::new(channel).remove_network(request).await }
+                    })
+                    .await;
+                match removed {
                     Ok(_) => print(&format!("{reference}\n")),
-                    Err(status) => failures.push(status.message().to_string()),
+                    Err(failure) => failures.push(failure.message),
                 }
             }
             if !failures.is_empty() {
@@ -663,11 +709,13 @@ async fn network(target: &Target, command: NetworkCommand) -> Result<()> {
                     return Ok(());
                 }
             }
-            let mut client = NetworkServiceClient::new(target.controller().await?);
-            let pruned = client
-                .prune_networks(pb::PruneNetworksRequest { labels, created_before: None })
-                .await?
-                .into_inner();
+            let pruned = target
+                .write(|channel, request_id| {
+                    let request =
+                        pb::PruneNetworksRequest { labels: labels.clone(), created_before: None, request_id };
+                    async move { NetworkServiceClient::new(channel).prune_networks(request).await }
+                })
+                .await?;
             if !pruned.removed.is_empty() {
                 print("Deleted Networks:\n");
                 for n in &pruned.removed {
@@ -699,12 +747,16 @@ async fn network(target: &Target, command: NetworkCommand) -> Result<()> {
             match detached {
                 Ok(_) => {}
                 Err(status) if force && status.code() == Code::NotFound => {
-                    let mut client = EndpointServiceClient::new(target.controller().await?);
-                    client
-                        .remove_endpoint(pb::RemoveEndpointRequest {
-                            target: Some(pb::remove_endpoint_request::Target::Container(
-                                pb::ContainerOnNetwork { network, container_id: container },
-                            )),
+                    let on_network = pb::ContainerOnNetwork { network, container_id: container };
+                    target
+                        .write(|channel, request_id| {
+                            let request = pb::RemoveEndpointRequest {
+                                target: Some(pb::remove_endpoint_request::Target::Container(
+                                    on_network.clone(),
+                                )),
+                                request_id,
+                            };
+                            async move { EndpointServiceClient::new(channel).remove_endpoint(request).await }
                         })
                         .await?;
                 }
@@ -880,9 +932,13 @@ async fn node(target: &Target, command: NodeCommand) -> Result<()> {
             .await?;
         }
         NodeCommand::Rm { nodes } => {
-            let mut client = NodeServiceClient::new(target.controller().await?);
             for name in nodes {
-                client.remove_node(pb::RemoveNodeRequest { name: name.clone() }).await?;
+                target
+                    .write(|channel, request_id| {
+                        let request = pb::RemoveNodeRequest { name: name.clone(), request_id };
+                        async move { NodeServiceClient::new(channel).remove_node(request).await }
+                    })
+                    .await?;
                 print(&format!("{name}\n"));
             }
         }
@@ -906,22 +962,21 @@ async fn cluster(target: &Target, command: ClusterCommand) -> Result<()> {
                 format!("{} ({})", s.leader_id, s.leader_address)
             };
             print(&format!(
-                "Cluster:        {}\nAnswered by:    member {}\nLeader:         {leader}\nTerm:           {}\nRevision:       {}\nCommit index:   {}\nApplied index:  {}\nSnapshot index: {}\n\n",
-                s.cluster_id,
-                s.member_id,
-                s.term,
-                s.revision,
-                s.commit_index,
-                s.applied_index,
-                s.snapshot_index
+                "Cluster:        {}\nAnswered by:    member {}\nLeader:         {leader}\nTerm:           {}\nRevision:       {}\nApplied index:  {}\nSnapshot index: {}\n\n",
+                s.cluster_id, s.member_id, s.term, s.revision, s.applied_index, s.snapshot_index
             ));
-            let rows: Vec<Row> = s.members.iter().map(|m| output::member_row(m, s.leader_id)).collect();
+            let rows: Vec<Row> =
+                s.members.iter().map(|m| output::member_row(m, s.leader_id, s.members_reported_by)).collect();
             print(&output::table("member", output::MEMBER_COLUMNS, &rows));
         }
         ClusterCommand::Members => {
             let status = client.status(pb::StatusRequest {}).await?.into_inner();
-            let members = client.list_members(pb::ListMembersRequest {}).await?.into_inner().members;
-            let rows: Vec<Row> = members.iter().map(|m| output::member_row(m, status.leader_id)).collect();
+            let listed = client.list_members(pb::ListMembersRequest {}).await?.into_inner();
+            let rows: Vec<Row> = listed
+                .members
+                .iter()
+                .map(|m| output::member_row(m, status.leader_id, listed.members_reported_by))
+                .collect();
             print(&output::table("member", output::MEMBER_COLUMNS, &rows));
         }
         ClusterCommand::Add { id, address } => {

@@ -96,7 +96,10 @@ pub fn node_row(n: &pb::Node) -> Row {
 
 pub const NODE_COLUMNS: &[&str] = &["Name", "Status", "Underlay", "Tunnel", "Endpoints", "WireGuard"];
 
-pub fn member_row(m: &pb::Member, leader: u64) -> Row {
+/// One member's row. `reported_by` is whose view the list is (0: no leader could be asked),
+/// and without the leader's view reachability and replication are unknown, not false.
+pub fn member_row(m: &pb::Member, leader: u64, reported_by: u64) -> Row {
+    let known = reported_by != 0 || m.reachable;
     vec![
         ("ID", m.id.to_string()),
         ("Address", m.address.clone()),
@@ -111,8 +114,11 @@ pub fn member_row(m: &pb::Member, leader: u64) -> Row {
             }
             .to_string(),
         ),
-        ("Reachable", m.reachable.to_string()),
-        ("Matched", m.matched_index.to_string()),
+        ("Reachable", if known { m.reachable.to_string() } else { "unknown".to_string() }),
+        (
+            "Matched",
+            if known && reported_by != 0 { m.matched_index.to_string() } else { "unknown".to_string() },
+        ),
     ]
 }
 

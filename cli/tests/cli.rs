@@ -179,9 +179,11 @@ fn bad_input_gets_one_readable_line_and_a_failing_exit() {
     fails(&c, &["network", "create", "taken"], &["already exists"]);
     fails(
         &c,
-        &["network", "create", "--gateway", "10.50.0.1", "--subnet", "fd00::/64", "v6only"],
+        &["network", "create", "--ipv6", "--gateway", "10.50.0.1", "--subnet", "fd00::/64", "v6only"],
         &["gateway", "explicit IPv4 subnet"],
     );
+    fails(&c, &["network", "create", "--subnet", "fd00:9::/64", "v6"], &["needs enable_ipv6", "--ipv6"]);
+    fails(&c, &["network", "create", "--subnet", "224.0.0.0/24", "mcast"], &["subnet", "multicast"]);
     fails(&c, &["network", "create", "-o", "nonsense=1", "opts"], &["nonsense", "encrypted"]);
     fails(&c, &["network", "create", "--label", "novalue", "labels"], &["--label", "KEY=VALUE"]);
     fails(&c, &["network", "inspect", "nowhere"], &["nowhere"]);

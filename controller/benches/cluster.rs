@@ -135,7 +135,11 @@ async fn main() {
                 .expect("create network");
             latencies.push(began.elapsed());
             client
-                .remove_network(pb::RemoveNetworkRequest { network: name, force: false })
+                .remove_network(pb::RemoveNetworkRequest {
+                    network: name,
+                    force: false,
+                    ..Default::default()
+                })
                 .await
                 .expect("remove network");
         }

@@ -5,7 +5,8 @@
 //! Protobuf is converted at this edge only, with `weft_api::convert`. The watch stream is
 //! served by [`crate::watch`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
@@ -15,22 +16,31 @@ use weft_api::pb::{
     cluster_service_server::ClusterService, endpoint_service_server::EndpointService,
     network_service_server::NetworkService, node_service_server::NodeService,
 };
+use weft_core::error::quoted;
 use weft_core::{Command, Endpoint, Response as Done, State};
 use weft_pki::{Caller, Role};
 
 use crate::cluster::Controller;
-use crate::raft_network::{AwaitApplied, Beat, MembershipChange};
+use crate::metrics::ClientDeadline;
+use crate::raft_network::{
+    AwaitApplied, Beat, ForwardError, LeaderView, MemberRole, MemberView, MembershipChange,
+};
 
 /// A node's certificate lets it act for its own host only; admins act for any.
 fn acting_for<T>(request: &Request<T>, host: &str, what: &str) -> Result<(), Status> {
     match request.extensions().get::<Caller>() {
         Some(caller) if caller.role == Role::Node && caller.name != host => {
-            let message = format!("{caller} may {what} for its own host only, not for {host:?}");
+            let message = format!("{caller} may {what} for its own host only, not for {}", quoted(host));
             tracing::warn!(%caller, host, "permission denied: {message}");
             Err(Status::permission_denied(message))
         }
         _ => Ok(()),
     }
+}
+
+/// When the client stops waiting, as its `grpc-timeout` said on arrival.
+fn deadline<T>(request: &Request<T>) -> Option<Instant> {
+    request.extensions().get::<ClientDeadline>().map(|d| d.0)
 }
 
 fn invalid(err: weft_core::Error) -> Status {
@@ -55,7 +65,8 @@ impl NetworkService for Controller {
         request: Request<pb::CreateNetworkRequest>,
     ) -> Result<Response<pb::Network>, Status> {
         let req = convert::network_request(request.get_ref()).map_err(invalid)?;
-        match self.propose(Command::CreateNetwork(req)).await? {
+        let command = Command::once(&request.get_ref().request_id, Command::CreateNetwork(req));
+        match self.propose_by(command, deadline(&request)).await? {
             (_, Done::Network(network)) => Ok(Response::new(convert::network(&network, 0))),
             (_, other) => Err(unexpected(&other)),
         }
@@ -105,8 +116,11 @@ impl NetworkService for Controller {
         &self,
         request: Request<pb::RemoveNetworkRequest>,
     ) -> Result<Response<pb::RemoveNetworkResponse>, Status> {
+        let until = deadline(&request);
         let req = request.into_inner();
-        match self.propose(Command::RemoveNetwork { network: req.network, force: req.force }).await? {
+        let command =
+            Command::once(&req.request_id, Command::RemoveNetwork { network: req.network, force: req.force });
+        match self.propose_by(command, until).await? {
             (revision, Done::NetworkRemoved { network, endpoints }) => {
                 Ok(Response::new(pb::RemoveNetworkResponse {
                     removed_endpoints: endpoints.iter().map(|e| convert::endpoint(e, &network)).collect(),
@@ -123,7 +137,8 @@ impl NetworkService for Controller {
         request: Request<pb::PruneNetworksRequest>,
     ) -> Result<Response<pb::PruneNetworksResponse>, Status> {
         let filter = convert::prune_filter(request.get_ref()).map_err(invalid)?;
-        match self.propose(Command::PruneNetworks(filter)).await? {
+        let command = Command::once(&request.get_ref().request_id, Command::PruneNetworks(filter));
+        match self.propose_by(command, deadline(&request)).await? {
             (revision, Done::Pruned(removed)) => Ok(Response::new(pb::PruneNetworksResponse {
                 removed: removed.iter().map(|n| convert::network(n, 0)).collect(),
                 revision,
@@ -143,7 +158,8 @@ impl EndpointService for Controller {
     ) -> Result<Response<pb::Endpoint>, Status> {
         let req = convert::endpoint_request(request.get_ref()).map_err(invalid)?;
         acting_for(&request, &req.node, "create endpoints")?;
-        match self.propose(Command::CreateEndpoint(req)).await? {
+        let command = Command::once(&request.get_ref().request_id, Command::CreateEndpoint(req));
+        match self.propose_by(command, deadline(&request)).await? {
             (_, Done::Endpoint(endpoint)) => self
                 .registry
                 .with_state(|state| endpoint_pb(state, &endpoint))
@@ -165,7 +181,8 @@ impl EndpointService for Controller {
                 .map_err(invalid)?;
             acting_for(&request, &host, "remove endpoints")?;
         }
-        match self.propose(Command::RemoveEndpoint(reference)).await? {
+        let command = Command::once(&request.get_ref().request_id, Command::RemoveEndpoint(reference));
+        match self.propose_by(command, deadline(&request)).await? {
             (revision, Done::EndpointRemoved(endpoint)) => Ok(Response::new(pb::RemoveEndpointResponse {
                 endpoint: self.registry.with_state(|state| endpoint_pb(state, &endpoint)),
                 revision,
@@ -187,6 +204,15 @@ impl EndpointService for Controller {
                     key => Some(state.resolve_network(key)?.id),
                 };
                 let node = (!req.node.is_empty()).then_some(req.node.as_str());
+                if let Some(name) = node
+                    && state.node(name).is_none()
+                {
+                    return Err(weft_core::Error::not_found(
+                        "node",
+                        name,
+                        format!("no node named {} is registered", quoted(name)),
+                    ));
+                }
                 let endpoints = match (network, node) {
                     (Some(id), _) => {
                         state.network_endpoints(&id).filter(|e| node.is_none_or(|n| e.node == n)).collect()
@@ -292,12 +318,13 @@ impl NodeService for Controller {
         _request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         self.linearizable().await?;
+        let applied = self.applied_revisions().await;
         Ok(Response::new(self.registry.with_state(|state| {
             pb::ListNodesResponse {
                 nodes: state
                     .nodes()
                     .map(|n| {
-                        let applied = self.liveness.applied_revision(&n.name);
+                        let applied = applied.get(&n.name).copied().unwrap_or(0);
                         convert::node(n, state.node_endpoints(&n.name).count(), applied)
                     })
                     .collect(),
@@ -312,27 +339,36 @@ impl NodeService for Controller {
     ) -> Result<Response<pb::InspectNodeResponse>, Status> {
         self.linearizable().await?;
         let name = &request.get_ref().name;
+        let applied = self.applied_revisions().await.get(name).copied().unwrap_or(0);
         self.registry
             .with_state(|state| {
                 let node = state.node(name)?;
                 let endpoints: Vec<pb::Endpoint> =
                     state.node_endpoints(name).filter_map(|e| endpoint_pb(state, e)).collect();
                 Some(pb::InspectNodeResponse {
-                    node: Some(convert::node(node, endpoints.len(), self.liveness.applied_revision(name))),
+                    node: Some(convert::node(node, endpoints.len(), applied)),
                     endpoints,
                     revision: state.revision(),
                 })
             })
             .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("no node named {name:?} is registered")))
+            .ok_or_else(|| {
+                invalid(weft_core::Error::not_found(
+                    "node",
+                    name,
+                    format!("no node named {} is registered", quoted(name)),
+                ))
+            })
     }
 
     async fn remove_node(
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let name = request.into_inner().name;
-        match self.propose(Command::RemoveNode { name }).await? {
+        let until = deadline(&request);
+        let req = request.into_inner();
+        let command = Command::once(&req.request_id, Command::RemoveNode { name: req.name });
+        match self.propose_by(command, until).await? {
             (revision, Done::NodeRemoved { node, endpoints }) => Ok(Response::new(pb::RemoveNodeResponse {
                 node: Some(convert::node(&node, 0, 0)),
                 removed_endpoints: self
@@ -347,8 +383,33 @@ impl NodeService for Controller {
 
 // === cluster ===
 
+fn member_pb(member: &MemberView) -> pb::Member {
+    let role = match member.role {
+        MemberRole::Leader => pb::MemberRole::Leader,
+        MemberRole::Follower => pb::MemberRole::Follower,
+        MemberRole::Candidate => pb::MemberRole::Candidate,
+        MemberRole::Learner => pb::MemberRole::Learner,
+    };
+    pb::Member {
+        id: member.id,
+        address: member.address.clone(),
+        role: role.into(),
+        voter: member.voter,
+        reachable: member.reachable,
+        matched_index: member.matched_index,
+    }
+}
+
 impl Controller {
-    fn members(&self) -> Vec<pb::Member> {
+    /// What each host last reported applying, as the leader knows it (heartbeats go to the
+    /// leader); empty when no leader answers, so every host shows 0, unknown.
+    async fn applied_revisions(&self) -> BTreeMap<String, u64> {
+        self.leader_view().await.map(|view| view.applied).unwrap_or_default()
+    }
+
+    /// The members as this member's own metrics show them: replication facts only where this
+    /// member leads.
+    pub(crate) fn local_members(&self) -> Vec<MemberView> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
@@ -357,27 +418,73 @@ impl Controller {
             .nodes()
             .map(|(id, node)| {
                 let role = if Some(*id) == metrics.current_leader {
-                    pb::MemberRole::Leader
+                    MemberRole::Leader
                 } else if !voters.contains(id) {
-                    pb::MemberRole::Learner
+                    MemberRole::Learner
                 } else if *id == self.id && metrics.state == ServerState::Candidate {
-                    pb::MemberRole::Candidate
+                    MemberRole::Candidate
                 } else {
-                    pb::MemberRole::Follower
+                    MemberRole::Follower
                 };
-                let matched = replication.get(id).and_then(|m| m.as_ref()).map_or(0, |l| l.index);
-                pb::Member {
+                MemberView {
                     id: *id,
                     address: node.addr.clone(),
-                    role: role.into(),
+                    role,
                     voter: voters.contains(id),
                     reachable: *id == self.id || replication.get(id).is_some_and(Option::is_some),
-                    matched_index: matched,
+                    matched_index: replication.get(id).and_then(|m| m.as_ref()).map_or(0, |l| l.index),
                 }
             })
             .collect()
     }
+
+    /// The leader's side of [`Controller::leader_view`].
+    pub fn leader_view_as_leader(&self) -> Result<LeaderView, ForwardError> {
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
+        Ok(LeaderView {
+            leader: self.id,
+            members: self.local_members(),
+            applied: self.liveness.applied_revisions(),
+        })
+    }
+
+    /// The leader's view, from the leader wherever this runs; `None` when no leader answers in
+    /// time (no quorum, or an election under way).
+    pub(crate) async fn leader_view(&self) -> Option<LeaderView> {
+        let deadline = Instant::now() + self.request_timeout.min(LEADER_VIEW_TIMEOUT);
+        match self.leader() {
+            Some((id, _)) if id == self.id => self.leader_view_as_leader().ok(),
+            Some((_, Some(addr))) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                self.peers.leader_view(&addr, remaining).await.ok()?.ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// The members as the leader sees them, and whose view that is (0: nobody's but this
+    /// member's, with nothing known about the others' reachability).
+    async fn members_view(&self) -> (Vec<pb::Member>, u64) {
+        match self.leader_view().await {
+            Some(view) => (view.members.iter().map(member_pb).collect(), view.leader),
+            None => {
+                let own = self.local_members().into_iter().map(|mut m| {
+                    if m.id != self.id {
+                        m.reachable = false;
+                        m.matched_index = 0;
+                    }
+                    member_pb(&m)
+                });
+                (own.collect(), 0)
+            }
+        }
+    }
 }
+
+/// How long a follower waits for the leader's view before answering with its own.
+const LEADER_VIEW_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[tonic::async_trait]
 impl ClusterService for Controller {
@@ -393,6 +500,7 @@ impl ClusterService for Controller {
             .unwrap_or_default();
         let (revision, config) =
             self.registry.with_state(|s| (s.revision(), convert::cluster_config(s.config())));
+        let (members, members_reported_by) = self.members_view().await;
         Ok(Response::new(pb::StatusResponse {
             cluster_id: config.cluster_id.clone(),
             member_id: self.id,
@@ -400,12 +508,12 @@ impl ClusterService for Controller {
             leader_address,
             term: metrics.current_term,
             revision,
-            commit_index: metrics.last_log_index.unwrap_or(0),
             applied_index: metrics.last_applied.map_or(0, |l| l.index),
-            members: self.members(),
+            members,
             config: Some(config),
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             purged_index: metrics.purged.map_or(0, |l| l.index),
+            members_reported_by,
         }))
     }
 
@@ -413,7 +521,8 @@ impl ClusterService for Controller {
         &self,
         _request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        Ok(Response::new(pb::ListMembersResponse { members: self.members() }))
+        let (members, members_reported_by) = self.members_view().await;
+        Ok(Response::new(pb::ListMembersResponse { members, members_reported_by }))
     }
 
     async fn add_member(
@@ -428,7 +537,8 @@ impl ClusterService for Controller {
             )));
         }
         self.change_membership(MembershipChange::Add { id: req.id, address: req.address }).await?;
-        Ok(Response::new(pb::ListMembersResponse { members: self.members() }))
+        let (members, members_reported_by) = self.members_view().await;
+        Ok(Response::new(pb::ListMembersResponse { members, members_reported_by }))
     }
 
     async fn remove_member(
@@ -437,6 +547,7 @@ impl ClusterService for Controller {
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let id = request.into_inner().id;
         self.change_membership(MembershipChange::Remove { id }).await?;
-        Ok(Response::new(pb::ListMembersResponse { members: self.members() }))
+        let (members, members_reported_by) = self.members_view().await;
+        Ok(Response::new(pb::ListMembersResponse { members, members_reported_by }))
     }
 }

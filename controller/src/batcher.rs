@@ -14,7 +14,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use weft_core::Proposal;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::raft_network::{ForwardError, Peers, leader_of};
 use crate::raft_types::{NodeId, Outcome, ProposalBatch, Raft};
@@ -28,6 +28,8 @@ const QUEUE: usize = 16 * MAX_BATCH;
 
 struct Submission {
     proposal: Proposal,
+    /// The client's deadline: past it, the proposal is answered Expired instead of written.
+    deadline: Option<Instant>,
     /// Forwarded from another member: commit here or refuse, never forward again.
     local_only: bool,
     reply: Reply,
@@ -55,20 +57,33 @@ impl Batcher {
 
     /// Commits one proposal (with whatever else is queued) and returns its outcome, or why this
     /// member could not commit it (not the leader, say).
-    pub async fn submit(&self, proposal: Proposal) -> Result<Outcome, ForwardError> {
-        self.enqueue(proposal, false).await
+    pub async fn submit(
+        &self,
+        proposal: Proposal,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome, ForwardError> {
+        self.enqueue(proposal, deadline, false).await
     }
 
     /// Like [`Batcher::submit`] for a proposal another member forwarded: it is committed here,
     /// or refused when this member is not the leader (no forwarding loops).
-    pub async fn submit_local(&self, proposal: Proposal) -> Result<Outcome, ForwardError> {
-        self.enqueue(proposal, true).await
+    pub async fn submit_local(
+        &self,
+        proposal: Proposal,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome, ForwardError> {
+        self.enqueue(proposal, deadline, true).await
     }
 
-    async fn enqueue(&self, proposal: Proposal, local_only: bool) -> Result<Outcome, ForwardError> {
+    async fn enqueue(
+        &self,
+        proposal: Proposal,
+        deadline: Option<Instant>,
+        local_only: bool,
+    ) -> Result<Outcome, ForwardError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Submission { proposal, local_only, reply })
+            .send(Submission { proposal, deadline, local_only, reply })
             .await
             .map_err(|_| ForwardError::Failed("this controller is shutting down".into()))?;
         answer.await.map_err(|_| ForwardError::Failed("the batch was dropped".into()))?
@@ -165,6 +180,20 @@ async fn run(route: Route, mut submissions: mpsc::Receiver<Submission>) {
                 Ok(more) => batch.push(more),
                 Err(_) => break,
             }
+        }
+        // A client that stopped waiting (its deadline passed, or it went away and its request
+        // was dropped) must not find its write committed later: such proposals are left out.
+        let now = Instant::now();
+        batch.retain_mut(|s| {
+            let expired = s.deadline.is_some_and(|d| now >= d);
+            if expired && !s.reply.is_closed() {
+                let (done, _) = oneshot::channel();
+                let _ = std::mem::replace(&mut s.reply, done).send(Err(ForwardError::Expired));
+            }
+            !expired && !s.reply.is_closed()
+        });
+        if batch.is_empty() {
+            continue;
         }
         let route = route.clone();
         tokio::spawn(async move {

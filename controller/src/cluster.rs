@@ -53,6 +53,12 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+fn expired() -> Status {
+    Status::deadline_exceeded(
+        "the request's deadline passed before it was proposed; nothing was written (retry with a longer deadline)",
+    )
+}
+
 fn no_quorum(what: &str, timeout: Duration, detail: &str) -> Status {
     let outcome = if what == "the write" {
         "; it was not confirmed and may still take effect once a majority is back"
@@ -70,12 +76,24 @@ impl Controller {
     /// Commits a command through Raft and returns what the state machine answered. Writes that
     /// reach a follower are forwarded to the leader.
     pub async fn propose(&self, command: Command) -> Result<(u64, Response), Status> {
+        self.propose_by(command, None).await
+    }
+
+    /// [`Controller::propose`] for a client waiting until `client_deadline`: a request whose
+    /// deadline has passed is not proposed (DeadlineExceeded, nothing written). One that is
+    /// proposed may still commit after the client gave up; request ids make its retry safe.
+    pub async fn propose_by(
+        &self,
+        command: Command,
+        client_deadline: Option<Instant>,
+    ) -> Result<(u64, Response), Status> {
         // Pools, VNI range and the id seed come from the cluster configuration: nothing may be
         // written before it. Once this member has applied it, anything proposed now is
         // ordered after it in the log, so the local check is enough. A new cluster is
         // configured within moments of electing a leader, so an early request waits for it
         // (within its deadline) rather than fail.
         let deadline = Instant::now() + self.request_timeout;
+        let deadline = client_deadline.map_or(deadline, |d| d.min(deadline));
         if !matches!(command, Command::Configure(_)) {
             while self.registry.with_state(|s| s.config().cluster_id.is_empty()) {
                 if Instant::now() >= deadline {
@@ -88,7 +106,7 @@ impl Controller {
         }
         let proposal = Proposal { at_ms: now_ms(), command };
         let timer = Timer::start();
-        let outcome = self.propose_until(&proposal, deadline).await?;
+        let outcome = self.propose_until(&proposal, deadline, client_deadline).await?;
         self.metrics.observe_commit(timer.elapsed());
         outcome
             .result
@@ -96,15 +114,25 @@ impl Controller {
             .map_err(|err| weft_api::convert::status(&err))
     }
 
-    async fn propose_until(&self, proposal: &Proposal, deadline: Instant) -> Result<Outcome, Status> {
+    async fn propose_until(
+        &self,
+        proposal: &Proposal,
+        deadline: Instant,
+        client_deadline: Option<Instant>,
+    ) -> Result<Outcome, Status> {
         let mut last_problem = String::from("no attempt finished");
         loop {
+            if client_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(expired());
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(no_quorum("the write", self.request_timeout, &last_problem));
             }
-            let attempt = tokio::time::timeout(remaining, self.batcher.submit(proposal.clone())).await;
+            let attempt =
+                tokio::time::timeout(remaining, self.batcher.submit(proposal.clone(), client_deadline)).await;
             match attempt {
+                Ok(Err(ForwardError::Expired)) => return Err(expired()),
                 Err(_) => return Err(no_quorum("the write", self.request_timeout, "commit timed out")),
                 Ok(Ok(outcome)) => return Ok(outcome),
                 Ok(Err(ForwardError::Refused(err))) => return Err(weft_api::convert::status(&err)),
@@ -339,9 +367,14 @@ impl Controller {
         }
         let status = self.registry.with_state(|s| s.node(name).map(|n| n.status));
         let Some(status) = status else {
-            return Err(ForwardError::Refused(weft_core::Error::NotFound(format!(
-                "no node named {name:?} is registered: register the host before it heartbeats"
-            ))));
+            return Err(ForwardError::Refused(weft_core::Error::not_found(
+                "node",
+                name,
+                format!(
+                    "no node named {} is registered: register the host before it heartbeats",
+                    weft_core::error::quoted(name)
+                ),
+            )));
         };
         self.liveness.record(name, beat.applied_revision, beat.problems.clone(), Instant::now());
         // The host's own endpoints carry what it reports, replicated (so any member lists
@@ -400,7 +433,7 @@ impl Controller {
     }
 
     /// The leader's id and address, as this member knows them.
-    fn leader(&self) -> Option<(NodeId, Option<String>)> {
+    pub(crate) fn leader(&self) -> Option<(NodeId, Option<String>)> {
         let metrics = self.raft.metrics().borrow().clone();
         let id = metrics.current_leader?;
         Some((id, metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone())))
@@ -447,7 +480,9 @@ impl Controller {
         if self.leader().map(|(id, _)| id) != Some(self.id) {
             return Err(ForwardError::NotLeader { leader: None });
         }
-        let refused = |message: String| ForwardError::Refused(weft_core::Error::Conflict(message));
+        let refused = |message: String| {
+            ForwardError::Refused(weft_core::Error::conflict("MEMBERSHIP", "members", message))
+        };
         match change {
             MembershipChange::Add { id, address } => {
                 let added =
@@ -485,9 +520,11 @@ impl Controller {
                 let voters: Vec<NodeId> =
                     self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
                 if !voters.contains(id) {
-                    return Err(ForwardError::Refused(weft_core::Error::NotFound(format!(
-                        "member {id} is not a voter of this cluster (voters: {voters:?})"
-                    ))));
+                    return Err(ForwardError::Refused(weft_core::Error::not_found(
+                        "member",
+                        id,
+                        format!("member {id} is not a voter of this cluster (voters: {voters:?})"),
+                    )));
                 }
                 if voters.len() == 1 {
                     return Err(refused(format!(

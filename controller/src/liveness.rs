@@ -63,6 +63,11 @@ impl Liveness {
         self.heard.notified()
     }
 
+    /// Every host's last reported revision.
+    pub fn applied_revisions(&self) -> BTreeMap<String, u64> {
+        self.seen().iter().map(|(name, seen)| (name.clone(), seen.applied_revision)).collect()
+    }
+
     /// The revision the host last reported as programmed; 0 when unknown here.
     pub fn applied_revision(&self, name: &str) -> u64 {
         self.seen().get(name).map_or(0, |s| s.applied_revision)

@@ -228,6 +228,9 @@ vni_min = 5000
             (THREE.replace("vni_min = 5000", "vni_min = 0"), "VNI range"),
             (THREE.replace("cluster_id = \"test\"", "cluster_id = \" \""), "cluster_id"),
             (format!("{THREE}\ntunnel_pool = \"10.0.0.1/16\""), "did you mean 10.0.0.0/16"),
+            (format!("{THREE}\ntunnel_pool = \"169.254.0.0/16\""), "link-local"),
+            (format!("{THREE}\nipv4_pools = [{{ base = \"224.0.0.0/4\", size = 24 }}]"), "multicast"),
+            (format!("{THREE}\nipv6_pools = [{{ base = \"fe80::/10\", size = 64 }}]"), "link-local"),
         ];
         for (text, expect) in cases {
             let err = Manifest::parse(&text).unwrap_err();

@@ -121,6 +121,32 @@ impl Metrics {
 }
 
 /// The gRPC status code name for a numeric `grpc-status`.
+/// When the client stops waiting for a request, from its `grpc-timeout` header: the request
+/// is not proposed once this has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientDeadline(pub Instant);
+
+/// The deadline a `grpc-timeout` header sets for a request that arrived at `arrived`: up to
+/// eight digits and a unit (H, M, S, m, u, n), per the gRPC HTTP/2 protocol.
+pub fn client_deadline(headers: &http::HeaderMap, arrived: Instant) -> Option<ClientDeadline> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(value.checked_mul(3600)?),
+        "M" => Duration::from_secs(value.checked_mul(60)?),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    };
+    arrived.checked_add(timeout).map(ClientDeadline)
+}
+
 fn code_name(code: &str) -> &'static str {
     match code.parse::<i32>().map(tonic::Code::from_i32) {
         Ok(tonic::Code::Ok) => "OK",
@@ -176,7 +202,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // Stamped on arrival, so time spent before the handler runs counts against it too.
+        if let Some(deadline) = client_deadline(request.headers(), Instant::now()) {
+            request.extensions_mut().insert(deadline);
+        }
         let path = request.uri().path().to_string();
         // Raft traffic between members is not a client request.
         let counted = path.starts_with("/weft.v1.");

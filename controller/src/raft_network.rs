@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use weft_core::Proposal;
 
 use crate::cluster::Controller;
+use crate::metrics::ClientDeadline;
 use crate::raft_types::{NodeId, Outcome, Raft, TypeConfig};
 use crate::store::{decode, encode};
 
@@ -46,6 +47,38 @@ pub enum ForwardError {
     Refused(weft_core::Error),
     #[error("{0}")]
     Failed(String),
+    /// The client's deadline passed before the proposal went into a log entry: nothing was
+    /// written.
+    #[error("the request's deadline passed before it was proposed; nothing was written")]
+    Expired,
+}
+
+/// One member as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub address: String,
+    pub role: MemberRole,
+    pub voter: bool,
+    pub reachable: bool,
+    pub matched_index: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberRole {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+}
+
+/// What only the leader knows: replication to each member, and each host's last report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderView {
+    pub leader: NodeId,
+    pub members: Vec<MemberView>,
+    /// Host name → the revision it last reported programmed.
+    pub applied: std::collections::BTreeMap<String, u64>,
 }
 
 /// A change to the set of controllers.
@@ -176,6 +209,15 @@ impl Peers {
         self.forward(addr, Forwarded::AwaitApplied, wait, timeout).await
     }
 
+    /// Asks the member at `addr` (the leader) for its view of the cluster.
+    pub async fn leader_view(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Result<LeaderView, ForwardError>, Status> {
+        self.forward(addr, Forwarded::LeaderView, &(), timeout).await
+    }
+
     /// Asks the member at `addr` for a read index.
     pub async fn read_index(
         &self,
@@ -203,6 +245,7 @@ impl Peers {
             Forwarded::ChangeMembership => client.change_membership(request).await?,
             Forwarded::ReadIndex => client.read_index(request).await?,
             Forwarded::AwaitApplied => client.await_applied(request).await?,
+            Forwarded::LeaderView => client.leader_view(request).await?,
         };
         decode(&reply.into_inner().data)
             .map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
@@ -217,6 +260,7 @@ enum Forwarded {
     ChangeMembership,
     ReadIndex,
     AwaitApplied,
+    LeaderView,
 }
 
 // === client side: openraft's network ===
@@ -369,6 +413,7 @@ impl pb::raft_service_server::RaftService for RaftServer {
     }
 
     async fn propose(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        let deadline = request.extensions().get::<ClientDeadline>().map(|d| d.0);
         let proposals: Vec<Proposal> = decode_request(request)?;
         // Into the leader's own batcher, so forwarded proposals share entries with everyone
         // else's rather than each forwarded batch becoming an entry of its own.
@@ -376,7 +421,7 @@ impl pb::raft_service_server::RaftService for RaftServer {
             .into_iter()
             .map(|proposal| {
                 let batcher = self.controller.batcher.clone();
-                tokio::spawn(async move { batcher.submit_local(proposal).await })
+                tokio::spawn(async move { batcher.submit_local(proposal, deadline).await })
             })
             .collect();
         let mut results: Vec<Result<Outcome, ForwardError>> = Vec::with_capacity(submitted.len());
@@ -402,6 +447,10 @@ impl pb::raft_service_server::RaftService for RaftServer {
     async fn await_applied(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
         let wait: AwaitApplied = decode_request(request)?;
         reply(&self.controller.await_applied_as_leader(&wait).await)
+    }
+
+    async fn leader_view(&self, _request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
+        reply(&self.controller.leader_view_as_leader())
     }
 
     async fn read_index(&self, _request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {

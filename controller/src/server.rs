@@ -193,11 +193,17 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
     health_reporter.set_serving::<pb::node_service_server::NodeServiceServer<Controller>>().await;
     health_reporter.set_serving::<pb::cluster_service_server::ClusterServiceServer<Controller>>().await;
     health_reporter.set_serving::<WatchRoute>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(weft_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
+    health_reporter.set_serving::<pb::token_service_server::TokenServiceServer<Controller>>().await;
+    health_reporter.set_serving::<pb::join_service_server::JoinServiceServer<Controller>>().await;
+    // Both reflection versions: grpcurl and grpcio-reflection before 2023 speak only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(weft_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1().context("building the reflection service")?;
+    let reflection_v1alpha =
+        reflection_builder().build_v1alpha().context("building the v1alpha reflection service")?;
 
     let metrics_server = match opts.metrics_listen {
         Some(addr) => Some(tokio::spawn(serve_metrics(
@@ -255,6 +261,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         )
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             // Small request/response messages: without TCP_NODELAY, Nagle's algorithm and
             // delayed ACKs add ~40 ms to replies.

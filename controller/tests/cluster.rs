@@ -595,6 +595,7 @@ async fn restarting_every_member_keeps_identical_state() {
                 network: "red".into(),
                 container_id: "c0".into(),
             })),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -1113,7 +1114,11 @@ async fn manifest_networks_are_created_once_at_bootstrap() {
 
     cluster
         .networks(0)
-        .remove_network(pb::RemoveNetworkRequest { network: "front".into(), force: false })
+        .remove_network(pb::RemoveNetworkRequest {
+            network: "front".into(),
+            force: false,
+            ..Default::default()
+        })
         .await
         .unwrap();
     cluster.restart_all().await;

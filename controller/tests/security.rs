@@ -193,6 +193,7 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
             network: "shared".into(),
             container_id: container.into(),
         })),
+        ..Default::default()
     };
     denied(EndpointServiceClient::new(a.clone()).remove_endpoint(remove("cb")).await, &["node:a", "remove"]);
     // Nodes do not manage networks or other nodes.
@@ -203,7 +204,9 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
         &["node:a", "CreateNetwork"],
     );
     denied(
-        NodeServiceClient::new(a.clone()).remove_node(pb::RemoveNodeRequest { name: "b".into() }).await,
+        NodeServiceClient::new(a.clone())
+            .remove_node(pb::RemoveNodeRequest { name: "b".into(), ..Default::default() })
+            .await,
         &["RemoveNode"],
     );
     // b's endpoint is still there; its own host and an admin may remove endpoints.
@@ -230,7 +233,7 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
     // Removing host b revokes its credential: b's calls are refused from then on, while a
     // credential issued after the removal is good.
     NodeServiceClient::new(admin.clone())
-        .remove_node(pb::RemoveNodeRequest { name: "b".into() })
+        .remove_node(pb::RemoveNodeRequest { name: "b".into(), ..Default::default() })
         .await
         .unwrap();
     denied(NodeServiceClient::new(b.clone()).register_node(register("b", 2)).await, &["revoked", "node:b"]);

@@ -576,6 +576,7 @@ impl Agent {
             },
         };
         let request = pb::RemoveEndpointRequest {
+            request_id: request_id("detach", &endpoint_id),
             target: Some(pb::remove_endpoint_request::Target::EndpointId(endpoint_id)),
         };
         let result = self
@@ -714,6 +715,9 @@ impl Agent {
             ipv4_address: request.ipv4_address.clone(),
             ipv6_address: request.ipv6_address.clone(),
             mac_address: request.mac_address.clone(),
+            // Every retry of this create (another controller, after a timeout) carries it, so
+            // one that committed before its answer was lost answers with that endpoint.
+            request_id: request_id("attach", &key),
         };
         let created = match self.create_endpoint(&create).await {
             Ok(created) => created,
@@ -867,6 +871,8 @@ impl Agent {
     /// mid-request) may find the endpoint the first try made: the container has no record
     /// here but this one, so an endpoint for it on this host can only be that one, and is
     /// taken as the answer.
+    /// Creates the endpoint; an AlreadyExists for this container on this host (a controller
+    /// that does not know request ids, or a try from before a restart) adopts the endpoint.
     async fn create_endpoint(&self, create: &pb::CreateEndpointRequest) -> Result<pb::Endpoint, Status> {
         let created = self
             .controllers
@@ -1177,4 +1183,15 @@ fn remove_orphaned_resolv_confs(agent: &Path, attachments: &Attachments) {
             remove_resolv_conf(&netns, agent);
         }
     }
+}
+
+/// A request id for one write and its retries: what it does, to what, and when it started
+/// (with a counter so two in the same instant differ). At most 128 characters.
+fn request_id(action: &str, subject: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let subject: String = subject.chars().take(64).collect();
+    format!("weft-node/{action}/{subject}/{nanos:x}.{count:x}")
 }

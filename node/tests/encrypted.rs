@@ -251,7 +251,7 @@ async fn key_rotation_keeps_a_running_ping_and_a_removed_host_loses_its_peers() 
     lab.with_controller(|channel| {
         Box::pin(async move {
             NodeServiceClient::new(channel)
-                .remove_node(pb::RemoveNodeRequest { name: "h3".into() })
+                .remove_node(pb::RemoveNodeRequest { name: "h3".into(), ..Default::default() })
                 .await
                 .unwrap();
         })

@@ -9,18 +9,47 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use weft_core::cidr::check_unicast_address;
 use weft_core::{
     AddressPool, Cidr, ClusterConfig, Endpoint, EndpointRef, EndpointRequest, Error, ErrorKind, Event,
     EventKind, Family, LabelFilter, MacAddr, Network, NetworkRequest, Node, NodeRequest, NodeStatus,
-    PruneFilter, State, SubnetConfig, SubnetRequest,
+    PruneFilter, State, SubnetConfig, SubnetRequest, error::Subject,
 };
 
 use crate::pb;
 
 // === errors ===
 
+/// Longest message a status carries. gRPC sends it in a header (percent-encoded, so up to three
+/// bytes a character) and clients refuse headers past 8 KiB; values inside are quoted short
+/// already (`weft_core::error::quoted`), this bounds the sentence around them.
+pub const MAX_STATUS_MESSAGE_CHARS: usize = 1024;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE_CHARS`] characters.
+pub fn bounded_message(message: &str) -> String {
+    if message.chars().count() <= MAX_STATUS_MESSAGE_CHARS {
+        return message.to_string();
+    }
+    let head: String = message.chars().take(MAX_STATUS_MESSAGE_CHARS - 1).collect();
+    format!("{head}…")
+}
+
+/// The `google.rpc` type a record kind is reported as in `ResourceInfo.resource_type`.
+fn resource_type(kind: &str) -> String {
+    match kind {
+        "network" => "weft.v1.Network".into(),
+        "endpoint" => "weft.v1.Endpoint".into(),
+        "node" => "weft.v1.Node".into(),
+        "token" => "weft.v1.Token".into(),
+        other => other.to_string(),
+    }
+}
+
 /// The gRPC status for a refused command: the code says what kind of problem it is, the message
-/// is the core's, which names the value and the rule.
+/// is the core's (which names the value and the rule), and `google.rpc` details say what the
+/// refusal is about for programs: `BadRequest` naming the field, `ResourceInfo` naming the
+/// record that exists or is missing, `PreconditionFailure` naming what stands in the way.
 pub fn status(err: &Error) -> Status {
     let code = match err.kind() {
         ErrorKind::Invalid => Code::InvalidArgument,
@@ -29,7 +58,19 @@ pub fn status(err: &Error) -> Status {
         ErrorKind::Conflict => Code::FailedPrecondition,
         ErrorKind::Exhausted => Code::ResourceExhausted,
     };
-    Status::new(code, err.message())
+    let message = bounded_message(err.message());
+    let details = match err.subject() {
+        Some(Subject::Field(field)) => ErrorDetails::with_bad_request_violation(field, &message),
+        Some(Subject::Record { kind, name }) => {
+            ErrorDetails::with_resource_info(resource_type(kind), bounded_message(name), "", &message)
+        }
+        Some(Subject::Precondition { kind, subject }) => {
+            ErrorDetails::with_precondition_failure_violation(kind, bounded_message(subject), &message)
+        }
+        None if code == Code::InvalidArgument => ErrorDetails::with_bad_request_violation("", &message),
+        None => return Status::new(code, message),
+    };
+    Status::with_error_details(code, message, details)
 }
 
 // === time ===
@@ -60,14 +101,33 @@ fn optional<T>(text: &str, parse: impl FnOnce(&str) -> Result<T, Error>) -> Resu
 
 // === networks ===
 
-fn subnet_request(entry: &pb::IpamConfig) -> Result<(Option<Family>, SubnetRequest), Error> {
-    let subnet = optional(&entry.subnet, Cidr::from_str)?;
-    let ip_range = optional(&entry.ip_range, Cidr::from_str)?;
-    let gateway = optional(&entry.gateway, |t| parse_ip("gateway", t))?;
+/// A block a request names, refused when it reaches into a special-purpose range. Checked
+/// here, before anything is proposed, so the state machine applies logged commands the same
+/// way whichever build wrote them.
+fn unicast_block(field: &str, what: &str, text: &str) -> Result<Cidr, Error> {
+    let block = Cidr::from_str(text).map_err(|e| e.about_field(field))?;
+    block.check_unicast(what).map_err(|e| e.about_field(field))?;
+    Ok(block)
+}
+
+fn unicast_ip(field: &str, what: &str, text: &str) -> Result<IpAddr, Error> {
+    let addr = parse_ip(what, text).map_err(|e| e.about_field(field))?;
+    check_unicast_address(what, addr).map_err(|e| e.about_field(field))?;
+    Ok(addr)
+}
+
+fn subnet_request(entry: &pb::IpamConfig, index: usize) -> Result<(Option<Family>, SubnetRequest), Error> {
+    let field = |name: &str| format!("ipam_config[{index}].{name}");
+    let subnet = optional(&entry.subnet, |t| unicast_block(&field("subnet"), "subnet", t))?;
+    let ip_range = optional(&entry.ip_range, |t| unicast_block(&field("ip_range"), "ip range", t))?;
+    let gateway = optional(&entry.gateway, |t| unicast_ip(&field("gateway"), "gateway", t))?;
     let aux_addresses = entry
         .auxiliary_addresses
         .iter()
-        .map(|(name, addr)| Ok((name.clone(), parse_ip(&format!("auxiliary address {name}"), addr)?)))
+        .map(|(name, addr)| {
+            let what = format!("auxiliary address {}", weft_core::error::quoted(name));
+            Ok((name.clone(), unicast_ip(&field("auxiliary_addresses"), &what, addr)?))
+        })
         .collect::<Result<BTreeMap<_, _>, Error>>()?;
     let family = subnet
         .map(|s| s.family())
@@ -77,25 +137,32 @@ fn subnet_request(entry: &pb::IpamConfig) -> Result<(Option<Family>, SubnetReque
     Ok((family, SubnetRequest { subnet, ip_range, gateway, aux_addresses }))
 }
 
-/// `CreateNetworkRequest` to the core's request: at most one IPAM entry per family; an IPv6
-/// entry or `enable_ipv6` turns IPv6 on.
+/// `CreateNetworkRequest` to the core's request: at most one IPAM entry per family; IPv6 only
+/// with `enable_ipv6` (an IPv6 entry without it is refused, not taken as a wish).
 pub fn network_request(req: &pb::CreateNetworkRequest) -> Result<NetworkRequest, Error> {
     let mut ipv4: Option<SubnetRequest> = None;
     let mut ipv6: Option<SubnetRequest> = None;
-    for entry in &req.ipam_config {
-        let (family, parsed) = subnet_request(entry)?;
+    for (index, entry) in req.ipam_config.iter().enumerate() {
+        let (family, parsed) = subnet_request(entry, index)?;
         let slot = match family {
             Some(Family::V6) => &mut ipv6,
             // An entry naming nothing asks for a pool subnet, like an absent one.
             Some(Family::V4) | None => &mut ipv4,
         };
         if slot.is_some() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::bad_request(format!(
                 "network {:?}: at most one IPv4 and one IPv6 IPAM config are allowed",
                 req.name
             )));
         }
         *slot = Some(parsed);
+    }
+    if ipv6.is_some() && !req.enable_ipv6 {
+        return Err(Error::bad_request(format!(
+            "network {}: an IPv6 ipam_config entry needs enable_ipv6 (docker network create --ipv6)",
+            weft_core::error::quoted(&req.name)
+        ))
+        .about_field("enable_ipv6"));
     }
     if req.enable_ipv6 && ipv6.is_none() {
         ipv6 = Some(SubnetRequest::default());
@@ -181,11 +248,28 @@ pub fn prune_filter(req: &pb::PruneNetworksRequest) -> Result<PruneFilter, Error
 // === endpoints ===
 
 pub fn endpoint_request(req: &pb::CreateEndpointRequest) -> Result<EndpointRequest, Error> {
+    let static_address = |field: &str, what: &str, text: &str, example: &str| {
+        let addr: IpAddr = text.parse().map_err(|_| {
+            Error::invalid(what, text, format_args!("expected an {what} like {example}")).about_field(field)
+        })?;
+        check_unicast_address(what, addr).map_err(|e| e.about_field(field))?;
+        Ok::<_, Error>(addr)
+    };
     let ipv4 = optional(&req.ipv4_address, |t| {
-        t.parse().map_err(|_| Error::invalid("IPv4 address", t, "expected an IPv4 address like 10.0.1.5"))
+        static_address("ipv4_address", "IPv4 address", t, "10.0.1.5").and_then(|a| match a {
+            IpAddr::V4(v4) => Ok(v4),
+            IpAddr::V6(_) => Err(Error::invalid("IPv4 address", t, "expected an IPv4 address like 10.0.1.5")
+                .about_field("ipv4_address")),
+        })
     })?;
     let ipv6 = optional(&req.ipv6_address, |t| {
-        t.parse().map_err(|_| Error::invalid("IPv6 address", t, "expected an IPv6 address like fd00:1::5"))
+        static_address("ipv6_address", "IPv6 address", t, "fd00:1::5").and_then(|a| match a {
+            IpAddr::V6(v6) => Ok(v6),
+            IpAddr::V4(_) => {
+                Err(Error::invalid("IPv6 address", t, "expected an IPv6 address like fd00:1::5")
+                    .about_field("ipv6_address"))
+            }
+        })
     })?;
     Ok(EndpointRequest {
         network: req.network.clone(),
@@ -205,8 +289,8 @@ pub fn endpoint_ref(req: &pb::RemoveEndpointRequest) -> Result<EndpointRef, Erro
         Some(pb::remove_endpoint_request::Target::Container(c)) => {
             Ok(EndpointRef::Container { network: c.network.clone(), container_id: c.container_id.clone() })
         }
-        None => Err(Error::Invalid(
-            "say which endpoint to remove: an endpoint id or a network and container id".into(),
+        None => Err(Error::bad_request(
+            "say which endpoint to remove: an endpoint id or a network and container id",
         )),
     }
 }
@@ -302,7 +386,9 @@ pub fn cluster_config_from_pb(c: &pb::ClusterConfig) -> Result<ClusterConfig, Er
                 let size = u8::try_from(p.size).map_err(|_| {
                     Error::invalid("address pool size", p.size, "a prefix length is 0 to 128")
                 })?;
-                AddressPool::new(p.base.parse()?, size)
+                let base: Cidr = p.base.parse()?;
+                base.check_unicast("address pool")?;
+                AddressPool::new(base, size)
             })
             .collect::<Result<Vec<_>, Error>>()
     };
@@ -314,7 +400,11 @@ pub fn cluster_config_from_pb(c: &pb::ClusterConfig) -> Result<ClusterConfig, Er
         vni_max: c.vni_max,
         vxlan_port: u16::try_from(c.vxlan_port)
             .map_err(|_| Error::invalid("VXLAN port", c.vxlan_port, "a UDP port is 1 to 65535"))?,
-        tunnel_pool: c.tunnel_pool.parse()?,
+        tunnel_pool: {
+            let pool: Cidr = c.tunnel_pool.parse()?;
+            pool.check_unicast("tunnel pool")?;
+            pool
+        },
         encrypt_by_default: c.encrypt_by_default,
     };
     config.validate()?;
@@ -388,17 +478,39 @@ mod tests {
     #[test]
     fn errors_map_to_grpc_codes_keeping_the_message() {
         let cases = [
-            (Error::Invalid("bad".into()), Code::InvalidArgument),
-            (Error::AlreadyExists("dup".into()), Code::AlreadyExists),
-            (Error::NotFound("gone".into()), Code::NotFound),
-            (Error::Conflict("busy".into()), Code::FailedPrecondition),
-            (Error::Exhausted("full".into()), Code::ResourceExhausted),
+            (Error::bad_request("bad"), Code::InvalidArgument),
+            (Error::new(ErrorKind::AlreadyExists, "dup"), Code::AlreadyExists),
+            (Error::new(ErrorKind::NotFound, "gone"), Code::NotFound),
+            (Error::new(ErrorKind::Conflict, "busy"), Code::FailedPrecondition),
+            (Error::exhausted("full"), Code::ResourceExhausted),
         ];
         for (err, code) in cases {
             let s = status(&err);
             assert_eq!(s.code(), code);
             assert_eq!(s.message(), err.message());
         }
+    }
+
+    #[test]
+    fn refusals_carry_google_rpc_details_and_stay_small() {
+        let invalid = status(&Error::invalid("container name", "x".repeat(10_000), "too long"));
+        assert!(invalid.message().len() < 200, "{}", invalid.message());
+        let details = invalid.get_error_details();
+        let violations = &details.bad_request().expect("BadRequest").field_violations;
+        assert_eq!(violations[0].field, "container_name");
+
+        let taken =
+            status(&Error::already_exists("network", "blue", "a network named \"blue\" already exists"));
+        let info = taken.get_error_details().resource_info().cloned().expect("ResourceInfo");
+        assert_eq!((info.resource_type.as_str(), info.resource_name.as_str()), ("weft.v1.Network", "blue"));
+
+        let busy = status(&Error::conflict("NETWORK_IN_USE", "blue", "network \"blue\" has endpoints"));
+        let failure = busy.get_error_details().precondition_failure().cloned().expect("PreconditionFailure");
+        assert_eq!(failure.violations[0].r#type, "NETWORK_IN_USE");
+        assert_eq!(failure.violations[0].subject, "blue");
+
+        let long = "y".repeat(5_000);
+        assert_eq!(bounded_message(&long).chars().count(), MAX_STATUS_MESSAGE_CHARS);
     }
 
     #[test]
@@ -413,6 +525,7 @@ mod tests {
                     auxiliary_addresses: [("host".to_string(), "10.1.0.2".to_string())].into(),
                 },
             ],
+            enable_ipv6: true,
             ..create_request("n")
         };
         let parsed = network_request(&req).unwrap();
@@ -426,6 +539,11 @@ mod tests {
                 .ipv6
                 .is_some()
         );
+        // An IPv6 subnet alone is not taken as a wish for IPv6.
+        let implicit = pb::CreateNetworkRequest { enable_ipv6: false, ..req };
+        let err = network_request(&implicit).unwrap_err();
+        assert!(err.message().contains("needs enable_ipv6"), "{err}");
+        assert_eq!(err.subject(), Some(&weft_core::error::Subject::Field("enable_ipv6".into())));
     }
 
     #[test]
@@ -462,7 +580,7 @@ mod tests {
         assert!(endpoint_request(&bad_ep).unwrap_err().message().contains("invalid IPv4 address"));
         let bad_node = pb::RegisterNodeRequest { underlay_address: "host".into(), ..Default::default() };
         assert!(node_request(&bad_node).unwrap_err().message().contains("invalid underlay address \"host\""));
-        assert!(endpoint_ref(&pb::RemoveEndpointRequest { target: None }).is_err());
+        assert!(endpoint_ref(&pb::RemoveEndpointRequest { target: None, ..Default::default() }).is_err());
     }
 
     #[test]

@@ -55,6 +55,7 @@ proptest! {
             ipv4_address: ip.clone(),
             ipv6_address: ip,
             mac_address: mac,
+            request_id: String::new(),
         };
         fuzzing::apply(&mut state, 2, &endpoint.encode_to_vec());
         let node = pb::RegisterNodeRequest { name, underlay_address: endpoint.ipv4_address, underlay_mtu: 1500, ..Default::default() };

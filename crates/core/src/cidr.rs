@@ -153,9 +153,73 @@ impl FromStr for Cidr {
         let rule = "expected an address and a prefix length, like 10.0.1.0/24 or fd00:1::/64";
         let (addr, prefix) = s.split_once('/').ok_or_else(|| Error::invalid("CIDR", s, rule))?;
         let addr: IpAddr = addr.parse().map_err(|_| Error::invalid("CIDR", s, rule))?;
+        // Plain decimal only: "024" or "+24" read as 24 would be a silent guess at what was meant.
+        let decimal = !prefix.is_empty()
+            && prefix.bytes().all(|b| b.is_ascii_digit())
+            && (prefix == "0" || !prefix.starts_with('0'));
+        if !decimal {
+            return Err(Error::invalid(
+                "CIDR",
+                s,
+                "the prefix length is a plain decimal number without leading zeros, like /24",
+            ));
+        }
         let prefix: u8 = prefix.parse().map_err(|_| Error::invalid("CIDR", s, rule))?;
         Cidr::new(addr, prefix)
     }
+}
+
+/// Address blocks whose purpose rules them out for an overlay network's addresses, most
+/// specific first so a block inside several is named by its own purpose.
+const SPECIAL_PURPOSE: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "\"this network\": the unspecified address and the default route (RFC 1122)"),
+    ("127.0.0.0/8", "loopback (RFC 1122)"),
+    ("169.254.0.0/16", "link-local (RFC 3927)"),
+    ("224.0.0.0/4", "multicast (RFC 5771)"),
+    ("240.0.0.0/4", "reserved for future use, with the limited broadcast address (RFC 1112)"),
+    ("::/128", "the unspecified address (RFC 4291)"),
+    ("::1/128", "loopback (RFC 4291)"),
+    ("::ffff:0:0/96", "IPv4-mapped IPv6 addresses (RFC 4291)"),
+    ("::/8", "reserved by the IETF, with the IPv4-compatible addresses (RFC 4291)"),
+    ("fe80::/10", "link-local (RFC 4291)"),
+    ("fec0::/10", "site-local, deprecated (RFC 3879)"),
+    ("ff00::/8", "multicast (RFC 4291)"),
+];
+
+/// The special-purpose block `cidr` overlaps (the first in [`SPECIAL_PURPOSE`]'s order) and
+/// what it is for.
+pub fn special_purpose(cidr: &Cidr) -> Option<(Cidr, &'static str)> {
+    SPECIAL_PURPOSE.iter().find_map(|(block, purpose)| {
+        let block: Cidr = block.parse().ok()?;
+        block.overlaps(cidr).then_some((block, *purpose))
+    })
+}
+
+impl Cidr {
+    /// Refuses a block that reaches into a special-purpose range (multicast, loopback,
+    /// link-local, reserved, unspecified, IPv4-mapped, ...): such addresses cannot be handed
+    /// to containers or routed as an overlay. `what` names the field, e.g. "subnet".
+    pub fn check_unicast(&self, what: &str) -> Result<(), Error> {
+        match special_purpose(self) {
+            None => Ok(()),
+            Some((block, purpose)) => {
+                let relation = if block.contains_cidr(self) { "lies in" } else { "reaches into" };
+                Err(Error::invalid(
+                    what,
+                    self,
+                    format_args!(
+                        "it {relation} {block}, {purpose}; use unicast addresses, such as private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fd00::/8)"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Refuses an address in a special-purpose range; `what` names the field, e.g. "gateway".
+pub fn check_unicast_address(what: &str, addr: IpAddr) -> Result<(), Error> {
+    let host = Cidr::new(addr, Family::of(addr).bits())?;
+    host.check_unicast(what)
 }
 
 #[cfg(test)]
@@ -172,6 +236,45 @@ mod tests {
         assert_eq!(v6.size(), 1u128 << 64);
         let all: Cidr = "::/0".parse().unwrap();
         assert_eq!(all.size(), u128::MAX);
+    }
+
+    #[test]
+    fn special_purpose_blocks_are_refused_by_their_purpose() {
+        let cases = [
+            ("224.0.0.0/24", "multicast"),
+            ("127.0.0.0/8", "loopback"),
+            ("169.254.0.0/16", "link-local"),
+            ("240.0.0.0/24", "reserved"),
+            ("0.0.0.0/8", "this network"),
+            ("0.0.0.0/0", "this network"),
+            ("ff00::/64", "multicast"),
+            ("fe80::/64", "link-local"),
+            ("::ffff:10.78.0.0/120", "IPv4-mapped"),
+            ("::/0", "unspecified"),
+            ("::1/128", "loopback"),
+        ];
+        for (text, purpose) in cases {
+            let cidr: Cidr = text.parse().unwrap();
+            let err = cidr.check_unicast("subnet").unwrap_err();
+            assert!(err.message().starts_with(&format!("invalid subnet \"{text}\"")), "{err}");
+            assert!(err.message().contains(purpose), "{text}: {err}");
+        }
+        for ok in
+            ["10.0.0.0/8", "172.16.0.0/12", "192.168.1.0/24", "100.64.0.0/10", "fd00::/8", "2001:db8::/32"]
+        {
+            ok.parse::<Cidr>().unwrap().check_unicast("subnet").unwrap();
+        }
+        assert!(check_unicast_address("gateway", "224.0.0.1".parse().unwrap()).is_err());
+        check_unicast_address("gateway", "10.0.0.1".parse().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn prefix_lengths_are_plain_decimals() {
+        for bad in ["10.78.0.0/024", "10.78.0.0/+24", "10.78.0.0/", "10.78.0.0/ 24", "10.0.0.0/00"] {
+            let err = bad.parse::<Cidr>().unwrap_err();
+            assert!(err.message().contains("invalid CIDR"), "{bad}: {err}");
+        }
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().prefix(), 0);
     }
 
     #[test]

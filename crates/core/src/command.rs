@@ -60,6 +60,23 @@ pub enum Command {
         node: String,
         problems: Vec<(String, Option<String>)>,
     },
+    /// A client's write with its request id: applied once; a retry with the same id (and the
+    /// same command) answers what the first attempt did. See [`crate::requests`].
+    Once {
+        request_id: String,
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// `command` under `request_id`, or as it is when the client gave none.
+    pub fn once(request_id: &str, command: Command) -> Command {
+        if request_id.is_empty() {
+            command
+        } else {
+            Command::Once { request_id: request_id.to_string(), command: Box::new(command) }
+        }
+    }
 }
 
 /// `docker network create`, parsed.

@@ -91,7 +91,7 @@ impl SubnetRequest {
             None => subnet.addr_at(lo),
         };
         if self.aux_addresses.len() > validate::MAX_MAP_ENTRIES {
-            return Err(Error::Invalid(format!(
+            return Err(Error::bad_request(format!(
                 "too many auxiliary addresses: {} given, at most {} allowed",
                 self.aux_addresses.len(),
                 validate::MAX_MAP_ENTRIES
@@ -174,7 +174,7 @@ impl SubnetAllocator {
     pub fn allocate(&mut self, network: &str) -> Result<IpAddr> {
         match self.free.take_lowest_in(self.dynamic.0, self.dynamic.1) {
             Some(value) => Ok(self.subnet.addr_at(value)),
-            None => Err(Error::Exhausted(format!(
+            None => Err(Error::exhausted(format!(
                 "network {network:?} has no free {} address: {}{} holds {} assignable addresses and all are in use",
                 self.subnet.family(),
                 self.subnet,
@@ -219,16 +219,24 @@ impl SubnetAllocator {
             return Ok(());
         }
         if addr == config.gateway {
-            return Err(Error::AlreadyExists(format!(
-                "address {addr} is the gateway of network {network:?}"
-            )));
+            return Err(Error::already_exists(
+                "address",
+                addr,
+                format!("address {addr} is the gateway of network {network:?}"),
+            ));
         }
         if let Some((name, _)) = config.aux_addresses.iter().find(|(_, a)| **a == addr) {
-            return Err(Error::AlreadyExists(format!(
-                "address {addr} is reserved as auxiliary address {name:?} on network {network:?}"
-            )));
+            return Err(Error::already_exists(
+                "address",
+                addr,
+                format!("address {addr} is reserved as auxiliary address {name:?} on network {network:?}"),
+            ));
         }
-        Err(Error::AlreadyExists(format!("address {addr} is already in use on network {network:?}")))
+        Err(Error::already_exists(
+            "address",
+            addr,
+            format!("address {addr} is already in use on network {network:?}"),
+        ))
     }
 
     /// Gives an address back; false when it was not allocated.

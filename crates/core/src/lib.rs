@@ -11,6 +11,7 @@
 //! - [`validate`] and [`options`]: names, labels and driver options users send;
 //! - [`model`]: networks, endpoints, nodes and the cluster configuration;
 //! - [`command`] and [`event`]: what the state machine is asked and what changed;
+//! - [`requests`]: client request ids, so a retried write answers what its first attempt did;
 //! - [`state`]: the state machine itself, snapshots and invariant checks.
 
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod ipam;
 pub mod model;
 pub mod options;
 pub mod ranges;
+pub mod requests;
 pub mod state;
 pub mod validate;
 

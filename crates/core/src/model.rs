@@ -262,7 +262,7 @@ impl AddressPool {
             Family::V6 => 126,
         };
         if size < base.prefix() || size > max {
-            return Err(Error::Invalid(format!(
+            return Err(Error::bad_request(format!(
                 "invalid address pool {base} with subnet size /{size}: the size must be from /{} (the pool's own prefix) to /{max}",
                 base.prefix()
             )));
@@ -326,13 +326,13 @@ impl ClusterConfig {
         for (family, pools) in [(Family::V4, &self.ipv4_pools), (Family::V6, &self.ipv6_pools)] {
             for pool in pools {
                 if pool.base.family() != family {
-                    return Err(Error::Invalid(format!("address pool {pool} is not {family}")));
+                    return Err(Error::bad_request(format!("address pool {pool} is not {family}")));
                 }
                 AddressPool::new(pool.base, pool.size)?;
             }
         }
         if self.vni_min == 0 || self.vni_min > self.vni_max || self.vni_max > MAX_VNI {
-            return Err(Error::Invalid(format!(
+            return Err(Error::bad_request(format!(
                 "invalid VNI range {}-{}: VNIs are 1 to {MAX_VNI} and the minimum may not exceed the maximum",
                 self.vni_min, self.vni_max
             )));

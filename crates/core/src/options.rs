@@ -67,7 +67,7 @@ impl NetworkSettings {
         ipv6: bool,
     ) -> Result<NetworkSettings> {
         if options.len() > validate::MAX_MAP_ENTRIES {
-            return Err(Error::Invalid(format!(
+            return Err(Error::bad_request(format!(
                 "too many options: {} given, at most {} allowed",
                 options.len(),
                 validate::MAX_MAP_ENTRIES
@@ -135,7 +135,7 @@ impl NetworkSettings {
                     settings.iface_prefix = value.clone();
                 }
                 _ => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::bad_request(format!(
                         "unknown network option {key:?}: weft understands {}",
                         KNOWN_OPTIONS.join(", ")
                     )));

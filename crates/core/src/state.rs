@@ -26,12 +26,13 @@ use crate::command::{
     Applied, Command, EndpointRef, EndpointRequest, NetworkRequest, NodeRequest, Proposal, PruneFilter,
     Response,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result, quoted};
 use crate::event::{Event, EventKind};
 use crate::ipam::{SubnetAllocator, SubnetRequest, usable_range};
 use crate::model::{ClusterConfig, Endpoint, Id, JoinToken, MacAddr, Network, Node, NodeStatus, TokenRole};
 use crate::options::NetworkSettings;
 use crate::ranges::{FreeRanges, RangeIndex};
+use crate::requests::{self, RequestLog};
 use crate::validate;
 
 /// Smallest and largest underlay MTU a host may register.
@@ -99,6 +100,8 @@ pub struct State {
     /// Join tokens by id. Not part of the watched registry: creating or revoking one moves
     /// no revision and sends no event.
     tokens: BTreeMap<String, JoinToken>,
+    /// Answers to client request ids, for retries.
+    requests: RequestLog,
 }
 
 impl Default for State {
@@ -110,7 +113,9 @@ impl Default for State {
 /// Snapshot header: refuses to restore bytes that are not a weft snapshot of a known version.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNAP";
 /// 2: nodes carry their WireGuard backend. 3: removed nodes' revocation times. 4: join tokens.
-const SNAPSHOT_VERSION: u32 = 5;
+/// 5: endpoint problems. 6: answers to client request ids, after the version 5 body (so a
+/// version 5 snapshot still restores, with none).
+const SNAPSHOT_VERSION: u32 = 6;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotV1 {
@@ -158,6 +163,7 @@ impl State {
             underlays: FxHashMap::default(),
             revoked_nodes: BTreeMap::new(),
             tokens: BTreeMap::new(),
+            requests: RequestLog::default(),
         };
         let pool = state.config.tunnel_pool;
         state.subnets_mut(pool.family()).insert(pool.first(), pool.last(), Owner::TunnelPool);
@@ -242,6 +248,10 @@ impl State {
     }
 
     fn resolve_network_id(&self, key: &str) -> Result<Id> {
+        if key.is_empty() {
+            return Err(Error::bad_request("name the network: its name, full id or a unique id prefix")
+                .about_field("network"));
+        }
         if let Some(id) = self.network_names.get(lowercase(key).as_ref()) {
             return Ok(*id);
         }
@@ -286,27 +296,50 @@ impl State {
     /// The endpoint `reference` names.
     pub fn find_endpoint(&self, reference: &EndpointRef) -> Result<&Arc<Endpoint>> {
         let key = self.resolve_endpoint(reference)?;
-        self.endpoints.get(&key).ok_or_else(|| Error::NotFound("the endpoint was just removed".into()))
+        self.endpoints
+            .get(&key)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "the endpoint was just removed"))
     }
 
-    /// Endpoints are named by a full id or a prefix of at least 16 digits: those digits already
-    /// determine the endpoint, so no search over every endpoint is ever needed. People name
-    /// endpoints by network and container instead, as with Docker.
+    /// Endpoints are named by a full id or a unique prefix of at least 12 digits (what
+    /// `weft endpoint ls` prints). From 16 digits on, the first 64-bit word of the id
+    /// determines the endpoint, so no search is needed; shorter prefixes cost a scan of every
+    /// endpoint, rare enough (an operator removing one by hand) to be worth the convenience.
+    /// People name endpoints by network and container instead, as with Docker.
     fn resolve_endpoint(&self, reference: &EndpointRef) -> Result<EndpointKey> {
         match reference {
-            EndpointRef::Id(prefix) => {
-                let prefix = prefix.to_ascii_lowercase();
-                if prefix.len() < ENDPOINT_PREFIX_DIGITS
+            EndpointRef::Id(given) => {
+                let prefix = given.to_ascii_lowercase();
+                if prefix.len() < SHORT_ENDPOINT_PREFIX_DIGITS
                     || prefix.len() > 64
                     || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
                 {
                     return Err(Error::invalid(
                         "endpoint id",
-                        &prefix,
+                        given,
                         format_args!(
-                            "give the full id or at least its first {ENDPOINT_PREFIX_DIGITS} hex digits (or name the network and container)"
+                            "give the full id or a unique prefix of at least {SHORT_ENDPOINT_PREFIX_DIGITS} hex digits (or name the network and container)"
                         ),
-                    ));
+                    )
+                    .about_field("endpoint_id"));
+                }
+                let missing = || {
+                    Error::not_found("endpoint", &prefix, format!("no endpoint with id {}", quoted(&prefix)))
+                };
+                if prefix.len() < ENDPOINT_PREFIX_DIGITS {
+                    let mut found =
+                        self.endpoints.iter().filter(|(_, e)| e.id.hex().starts_with(prefix.as_bytes()));
+                    return match (found.next(), found.next()) {
+                        (Some((key, _)), None) => Ok(*key),
+                        (None, _) => Err(missing()),
+                        (Some((_, a)), Some((_, b))) => Err(Error::bad_request(format!(
+                            "endpoint id prefix {} is ambiguous: it matches {} and {} at least; give more digits",
+                            quoted(&prefix),
+                            a.id.short(),
+                            b.id.short()
+                        ))
+                        .about_field("endpoint_id")),
+                    };
                 }
                 let word = u64::from_str_radix(&prefix[..16], 16).unwrap_or_default();
                 let revision = unmix64(word).wrapping_sub(self.id_seed[0]);
@@ -314,23 +347,30 @@ impl State {
                     .get(&revision)
                     .filter(|e| e.id.hex().starts_with(prefix.as_bytes()))
                     .map(|_| revision)
-                    .ok_or_else(|| Error::NotFound(format!("no endpoint with id {prefix:?}")))
+                    .ok_or_else(missing)
             }
             EndpointRef::Container { network, container_id } => {
                 let net = self.resolve_network_id(network)?;
                 let entry = &self.networks[&net];
                 entry.containers.get(container_id).copied().ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "container {container_id:?} is not attached to network {:?}",
-                        entry.network.name
-                    ))
+                    Error::not_found(
+                        "endpoint",
+                        format_args!("{}/{container_id}", entry.network.name),
+                        format!(
+                            "container {} is not attached to network {:?}",
+                            quoted(container_id),
+                            entry.network.name
+                        ),
+                    )
                 })
             }
         }
     }
 
     fn node_entry(&self, name: &str) -> Result<&NodeEntry> {
-        self.nodes.get(name).ok_or_else(|| Error::NotFound(format!("no node named {name:?} is registered")))
+        self.nodes.get(name).ok_or_else(|| {
+            Error::not_found("node", name, format!("no node named {} is registered", quoted(name)))
+        })
     }
 
     /// The id of the object created at `revision`: a bijective mix of the revision, so ids of
@@ -349,8 +389,11 @@ impl State {
 impl State {
     /// Applies one proposal. On error nothing has changed.
     pub fn apply(&mut self, proposal: &Proposal) -> Result<Applied> {
-        let at = proposal.at_ms;
-        match &proposal.command {
+        self.apply_command(&proposal.command, proposal.at_ms)
+    }
+
+    fn apply_command(&mut self, command: &Command, at: u64) -> Result<Applied> {
+        match command {
             Command::Configure(config) => self.configure(config),
             Command::CreateNetwork(request) => self.create_network(request, at),
             Command::RemoveNetwork { network, force } => self.remove_network(network, *force),
@@ -363,7 +406,42 @@ impl State {
             Command::CreateToken(token) => self.create_token(token),
             Command::RevokeToken { id } => self.revoke_token(id),
             Command::SetEndpointProblems { node, problems } => self.set_endpoint_problems(node, problems),
+            Command::Once { request_id, command } => self.apply_once(request_id, command, at),
         }
+    }
+
+    /// Applies `command` unless `request_id` was applied already: then answers what it did.
+    fn apply_once(&mut self, request_id: &str, command: &Command, at: u64) -> Result<Applied> {
+        requests::check_id(request_id).map_err(|e| e.about_field("request_id"))?;
+        if matches!(command, Command::Once { .. }) {
+            return Err(Error::bad_request("a request carries one request id, not several"));
+        }
+        self.requests.expire(at);
+        let fingerprint = requests::fingerprint(command);
+        if let Some(done) = self.requests.recall(request_id) {
+            if done.fingerprint != fingerprint {
+                return Err(Error::invalid(
+                    "request id",
+                    request_id,
+                    "it was used for a different request in the last 10 minutes; give each new request a new id",
+                )
+                .about_field("request_id"));
+            }
+            return Ok(Applied {
+                revision: done.revision,
+                response: done.response.clone(),
+                events: Vec::new(),
+            });
+        }
+        let applied = self.apply_command(command, at)?;
+        self.requests.remember(requests::Remembered {
+            id: request_id.to_string(),
+            at_ms: at,
+            fingerprint,
+            revision: applied.revision,
+            response: applied.response.clone(),
+        });
+        Ok(applied)
     }
 
     fn unchanged(&self, response: Response) -> Result<Applied> {
@@ -391,36 +469,52 @@ impl State {
         if config.cluster_id != self.config.cluster_id
             && (!self.networks.is_empty() || !self.nodes.is_empty())
         {
-            return Err(Error::Conflict(format!(
-                "the cluster id is {:?} and cannot be changed to {:?} once networks or nodes exist",
-                self.config.cluster_id, config.cluster_id
-            )));
+            return Err(Error::conflict(
+                "CLUSTER_ID_FIXED",
+                &config.cluster_id,
+                format!(
+                    "the cluster id is {:?} and cannot be changed to {:?} once networks or nodes exist",
+                    self.config.cluster_id, config.cluster_id
+                ),
+            ));
         }
         let (vni_min, vni_max) = (u128::from(config.vni_min), u128::from(config.vni_max));
         if let Some(net) = self.networks().find(|n| !(vni_min..=vni_max).contains(&u128::from(n.vni))) {
-            return Err(Error::Conflict(format!(
-                "network {:?} uses VNI {}, outside the new range {}-{}",
-                net.name, net.vni, config.vni_min, config.vni_max
-            )));
+            return Err(Error::conflict(
+                "VNI_IN_USE",
+                &net.name,
+                format!(
+                    "network {:?} uses VNI {}, outside the new range {}-{}",
+                    net.name, net.vni, config.vni_min, config.vni_max
+                ),
+            ));
         }
         let pool_changes = config.tunnel_pool != self.config.tunnel_pool;
         if pool_changes {
             if let Some(node) = self.nodes.keys().next() {
-                return Err(Error::Conflict(format!(
-                    "the tunnel pool cannot change while nodes are registered (node {node:?} holds an address from {})",
-                    self.config.tunnel_pool
-                )));
+                return Err(Error::conflict(
+                    "TUNNEL_POOL_IN_USE",
+                    node,
+                    format!(
+                        "the tunnel pool cannot change while nodes are registered (node {node:?} holds an address from {})",
+                        self.config.tunnel_pool
+                    ),
+                ));
             }
             let pool = config.tunnel_pool;
             if let Some((_, _, Owner::Network(id))) =
                 self.subnets(pool.family()).overlapping(pool.first(), pool.last())
             {
                 let net = &self.networks[id].network;
-                return Err(Error::Conflict(format!(
-                    "tunnel pool {pool} overlaps network {:?} ({})",
-                    net.name,
-                    net.subnet(pool.family()).map_or(String::new(), |s| s.subnet.to_string())
-                )));
+                return Err(Error::conflict(
+                    "SUBNET_OVERLAP",
+                    &net.name,
+                    format!(
+                        "tunnel pool {pool} overlaps network {:?} ({})",
+                        net.name,
+                        net.subnet(pool.family()).map_or(String::new(), |s| s.subnet.to_string())
+                    ),
+                ));
             }
         }
         // Checked; now change.
@@ -449,21 +543,27 @@ impl State {
         }
         validate::labels("label", &request.labels)?;
         let settings =
-            NetworkSettings::parse(&request.options, self.config.encrypt_by_default, request.ipv6.is_some())?;
+            NetworkSettings::parse(&request.options, self.config.encrypt_by_default, request.ipv6.is_some())
+                .map_err(|e| e.about_field("options"))?;
         if let Some(id) = self.network_names.get(&request.name.to_ascii_lowercase()) {
-            return Err(Error::AlreadyExists(format!(
-                "a network named {:?} already exists (id {})",
-                self.networks[id].network.name,
-                id.short()
-            )));
+            return Err(Error::already_exists(
+                "network",
+                &request.name,
+                format!(
+                    "a network named {:?} already exists (id {})",
+                    self.networks[id].network.name,
+                    id.short()
+                ),
+            ));
         }
         if let Some(bridge) = &settings.bridge_name
             && let Some(other) = self.networks().find(|n| n.settings.bridge_name.as_ref() == Some(bridge))
         {
-            return Err(Error::AlreadyExists(format!(
-                "bridge name {bridge:?} is already used by network {:?}",
-                other.name
-            )));
+            return Err(Error::already_exists(
+                "bridge",
+                bridge,
+                format!("bridge name {bridge:?} is already used by network {:?}", other.name),
+            ));
         }
         let ipv4 = self.choose_subnet(&request.name, &request.ipv4, Family::V4)?;
         let ipv6 = match &request.ipv6 {
@@ -471,7 +571,7 @@ impl State {
             None => None,
         };
         let vni = self.vnis.take_lowest_in(0, u128::MAX).ok_or_else(|| {
-            Error::Exhausted(format!(
+            Error::exhausted(format!(
                 "all {} VNIs of the cluster's range {}-{} are in use: remove unused networks or widen the range",
                 u64::from(self.config.vni_max) - u64::from(self.config.vni_min) + 1,
                 self.config.vni_min,
@@ -525,7 +625,7 @@ impl State {
                     || request.gateway.is_some()
                     || !request.aux_addresses.is_empty()
                 {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::bad_request(format!(
                         "network {network:?}: an {family} ip range, gateway or auxiliary address needs an explicit {family} subnet"
                     )));
                 }
@@ -538,18 +638,23 @@ impl State {
     fn check_free_subnet(&self, subnet: &Cidr) -> Result<()> {
         match self.subnets(subnet.family()).overlapping(subnet.first(), subnet.last()) {
             None => Ok(()),
-            Some((_, _, Owner::TunnelPool)) => Err(Error::Conflict(format!(
-                "subnet {subnet} overlaps the cluster's tunnel pool {}",
-                self.config.tunnel_pool
-            ))),
+            Some((_, _, Owner::TunnelPool)) => Err(Error::conflict(
+                "SUBNET_OVERLAP",
+                "tunnel pool",
+                format!("subnet {subnet} overlaps the cluster's tunnel pool {}", self.config.tunnel_pool),
+            )),
             Some((_, _, Owner::Network(id))) => {
                 let other = &self.networks[id].network;
                 let theirs = other.subnet(subnet.family()).map(|s| s.subnet);
-                Err(Error::Conflict(format!(
-                    "subnet {subnet} overlaps {} of network {:?}",
-                    theirs.map_or_else(String::new, |s| s.to_string()),
-                    other.name
-                )))
+                Err(Error::conflict(
+                    "SUBNET_OVERLAP",
+                    &other.name,
+                    format!(
+                        "subnet {subnet} overlaps {} of network {:?}",
+                        theirs.map_or_else(String::new, |s| s.to_string()),
+                        other.name
+                    ),
+                ))
             }
         }
     }
@@ -568,7 +673,7 @@ impl State {
             }
         }
         let names: Vec<String> = pools.iter().map(ToString::to_string).collect();
-        Err(Error::Exhausted(format!(
+        Err(Error::exhausted(format!(
             "no free {family} subnet is left in the address pools [{}]: give a subnet explicitly or add a pool",
             names.join(", ")
         )))
@@ -580,7 +685,7 @@ impl State {
     fn insert_network(&mut self, network: Network) -> Result<()> {
         let lower = network.name.to_ascii_lowercase();
         if self.network_names.contains_key(&lower) || self.networks.contains_key(&network.id) {
-            return Err(Error::AlreadyExists(format!("network {:?} twice", network.name)));
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("network {:?} twice", network.name)));
         }
         let subnets: Vec<Cidr> =
             std::iter::once(network.ipv4.subnet).chain(network.ipv6.as_ref().map(|s| s.subnet)).collect();
@@ -621,12 +726,16 @@ impl State {
             let hosts: BTreeSet<&str> =
                 entry.endpoints.iter().map(|e| self.endpoints[e].node.as_str()).collect();
             let hosts: Vec<&str> = hosts.into_iter().collect();
-            return Err(Error::Conflict(format!(
-                "network {:?} has {} endpoint(s) attached (on {}): disconnect them first, or remove with force",
-                entry.network.name,
-                entry.endpoints.len(),
-                hosts.join(", ")
-            )));
+            return Err(Error::conflict(
+                "NETWORK_IN_USE",
+                &entry.network.name,
+                format!(
+                    "network {:?} has {} endpoint(s) attached (on {}): disconnect them first, or remove with force",
+                    entry.network.name,
+                    entry.endpoints.len(),
+                    hosts.join(", ")
+                ),
+            ));
         }
         self.revision += 1;
         let endpoint_keys: Vec<EndpointKey> = entry.endpoints.iter().copied().collect();
@@ -680,32 +789,46 @@ impl State {
         let entry = &self.networks[&network_id];
         let net_name = &entry.network.name;
         if let Some(existing) = entry.containers.get(&request.container_id) {
-            return Err(Error::AlreadyExists(format!(
-                "container {:?} is already attached to network {net_name:?} (endpoint {})",
-                request.container_id,
-                self.endpoints[existing].id.short()
-            )));
+            return Err(Error::already_exists(
+                "endpoint",
+                format_args!("{net_name}/{}", request.container_id),
+                format!(
+                    "container {} is already attached to network {net_name:?} (endpoint {})",
+                    quoted(&request.container_id),
+                    self.endpoints[existing].id.short()
+                ),
+            ));
         }
         let lower_name = request.container_name.to_ascii_lowercase();
         if let Some(existing) = entry.names.get(&lower_name) {
             let other = &self.endpoints[existing];
-            return Err(Error::AlreadyExists(format!(
-                "container name {:?} is already used on network {net_name:?} by container {:?} on node {:?}",
-                request.container_name, other.container_id, other.node
-            )));
+            return Err(Error::already_exists(
+                "container_name",
+                &request.container_name,
+                format!(
+                    "container name {} is already used on network {net_name:?} by container {:?} on node {:?}",
+                    quoted(&request.container_name),
+                    other.container_id,
+                    other.node
+                ),
+            ));
         }
         if request.ipv6.is_some() && entry.ipv6.is_none() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::bad_request(format!(
                 "network {net_name:?} has no IPv6 subnet, so no IPv6 address can be requested"
             )));
         }
         if let Some(mac) = request.mac
             && let Some(existing) = entry.explicit_macs.get(&mac)
         {
-            return Err(Error::AlreadyExists(format!(
-                "MAC address {mac} is already used on network {net_name:?} by container {:?}",
-                self.endpoints[existing].container_id
-            )));
+            return Err(Error::already_exists(
+                "mac_address",
+                mac,
+                format!(
+                    "MAC address {mac} is already used on network {net_name:?} by container {:?}",
+                    self.endpoints[existing].container_id
+                ),
+            ));
         }
 
         // Addresses: the only fallible steps with side effects; undone if a later check fails.
@@ -873,15 +996,19 @@ impl State {
                 ));
             }
             if let Some(owner) = self.wireguard_keys.get(key).filter(|owner| **owner != request.name) {
-                return Err(Error::AlreadyExists(format!(
-                    "WireGuard public key {key} is already registered by node {owner:?}"
-                )));
+                return Err(Error::already_exists(
+                    "wireguard_public_key",
+                    key,
+                    format!("WireGuard public key {key} is already registered by node {owner:?}"),
+                ));
             }
         }
         if let Some(owner) = self.underlays.get(&underlay).filter(|owner| **owner != request.name) {
-            return Err(Error::AlreadyExists(format!(
-                "underlay address {underlay} is already registered by node {owner:?}"
-            )));
+            return Err(Error::already_exists(
+                "underlay_address",
+                underlay,
+                format!("underlay address {underlay} is already registered by node {owner:?}"),
+            ));
         }
 
         if let Some(existing) = self.nodes.get(&request.name) {
@@ -919,7 +1046,7 @@ impl State {
         }
 
         let tunnel = self.tunnel_addresses.take_lowest_in(0, u128::MAX).ok_or_else(|| {
-            Error::Exhausted(format!(
+            Error::exhausted(format!(
                 "the tunnel pool {} has no free address for another node ({} nodes registered)",
                 self.config.tunnel_pool,
                 self.nodes.len()
@@ -1016,7 +1143,11 @@ impl State {
             ));
         }
         if self.tokens.contains_key(&token.id) {
-            return Err(Error::AlreadyExists(format!("a token with id {} exists", token.id)));
+            return Err(Error::already_exists(
+                "token",
+                &token.id,
+                format!("a token with id {} exists", token.id),
+            ));
         }
         self.tokens.insert(token.id.clone(), token.clone());
         self.unchanged(Response::Token(token.clone()))
@@ -1026,7 +1157,7 @@ impl State {
         let token = self
             .tokens
             .get_mut(id)
-            .ok_or_else(|| Error::NotFound(format!("no join token with id {id:?}")))?;
+            .ok_or_else(|| Error::not_found("token", id, format!("no join token with id {}", quoted(id))))?;
         token.revoked = true;
         let token = token.clone();
         self.unchanged(Response::Token(token))
@@ -1076,6 +1207,9 @@ impl State {
         out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         postcard::to_io(&body, &mut out)
             .unwrap_or_else(|e| unreachable!("encoding to memory cannot fail: {e}"));
+        let answers: Vec<&requests::Remembered> = self.requests.entries().collect();
+        postcard::to_io(&answers, &mut out)
+            .unwrap_or_else(|e| unreachable!("encoding to memory cannot fail: {e}"));
         out
     }
 
@@ -1089,11 +1223,16 @@ impl State {
         let rest = bytes.strip_prefix(SNAPSHOT_MAGIC.as_slice()).ok_or(SnapshotError::BadHeader)?;
         let (version, body) = rest.split_first_chunk::<4>().ok_or(SnapshotError::BadHeader)?;
         let version = u32::from_le_bytes(*version);
-        if version != SNAPSHOT_VERSION {
+        if !(5..=SNAPSHOT_VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
-        let snap: SnapshotV1 =
-            postcard::from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let (snap, rest): (SnapshotV1, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+        let answers: Vec<requests::Remembered> = if version >= 6 {
+            postcard::from_bytes(rest).map_err(|e| SnapshotError::Decode(format!("request ids: {e}")))?
+        } else {
+            Vec::new()
+        };
         let bad = |what: String| SnapshotError::Inconsistent(what);
         let mut state = State::new(snap.config).map_err(|e| bad(e.to_string()))?;
         state.revision = snap.revision;
@@ -1123,37 +1262,43 @@ impl State {
         }
         state.revoked_nodes = snap.revoked_nodes;
         state.tokens = snap.tokens;
+        for answer in answers {
+            state.requests.remember(answer);
+        }
         Ok(state)
     }
 
     fn restore_endpoint(&mut self, endpoint: &Endpoint) -> Result<()> {
         if self.endpoints.contains_key(&endpoint.created_revision) {
-            return Err(Error::AlreadyExists("id appears twice".into()));
+            return Err(Error::new(ErrorKind::AlreadyExists, "id appears twice"));
         }
         if endpoint.created_revision > self.revision || self.new_id(endpoint.created_revision) != endpoint.id
         {
-            return Err(Error::Invalid("its id does not match its creation revision".into()));
+            return Err(Error::bad_request("its id does not match its creation revision"));
         }
         self.node_entry(&endpoint.node)?;
         let entry = self
             .networks
             .get_mut(&endpoint.network)
-            .ok_or_else(|| Error::NotFound("its network is missing".into()))?;
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "its network is missing"))?;
         let name = entry.network.name.clone();
         if entry.containers.contains_key(&endpoint.container_id)
             || entry.names.contains_key(&endpoint.container_name.to_ascii_lowercase())
         {
-            return Err(Error::AlreadyExists(format!("container appears twice on network {name:?}")));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("container appears twice on network {name:?}"),
+            ));
         }
         entry.ipv4.allocate_static(&name, endpoint.ipv4.into(), &entry.network.ipv4)?;
         match (&mut entry.ipv6, &entry.network.ipv6, endpoint.ipv6) {
             (Some(alloc), Some(config), Some(v6)) => alloc.allocate_static(&name, v6.into(), config)?,
             (None, None, None) => {}
-            _ => return Err(Error::Invalid("IPv6 address does not match its network".into())),
+            _ => return Err(Error::bad_request("IPv6 address does not match its network")),
         }
         let explicit = endpoint.mac != MacAddr::from_ipv4(endpoint.ipv4);
         if explicit && entry.explicit_macs.contains_key(&endpoint.mac) {
-            return Err(Error::AlreadyExists(format!("MAC {} appears twice", endpoint.mac)));
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("MAC {} appears twice", endpoint.mac)));
         }
         self.index_endpoint(endpoint, endpoint.container_name.to_ascii_lowercase(), explicit);
         Ok(())
@@ -1225,6 +1370,8 @@ fn id_seed(cluster_id: &str) -> [u64; 4] {
 
 /// The fewest leading hex digits that name an endpoint: the first 64-bit word of its id.
 pub const ENDPOINT_PREFIX_DIGITS: usize = 16;
+/// The shortest endpoint id prefix the API accepts: what `weft endpoint ls` prints.
+pub const SHORT_ENDPOINT_PREFIX_DIGITS: usize = 12;
 
 /// The longest problem a host's report keeps, in characters.
 pub const MAX_PROBLEM_CHARS: usize = 512;
@@ -1263,7 +1410,7 @@ fn unmix64(mut z: u64) -> u64 {
 /// Finds the one key of `map` whose hex form starts with `prefix`.
 fn resolve_id_prefix<V>(map: &BTreeMap<Id, V>, prefix: &str, kind: &str) -> Result<Id> {
     if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::NotFound(format!("no {kind} named or with id {prefix:?}")));
+        return Err(Error::not_found(kind, prefix, format!("no {kind} named or with id {}", quoted(prefix))));
     }
     let prefix = prefix.to_ascii_lowercase();
     // The smallest id with this prefix: the prefix padded with zeros.
@@ -1276,9 +1423,12 @@ fn resolve_id_prefix<V>(map: &BTreeMap<Id, V>, prefix: &str, kind: &str) -> Resu
         map.range(Id(low)..).map(|(id, _)| *id).take_while(|id| id.hex().starts_with(prefix.as_bytes()));
     match (matches.next(), matches.next()) {
         (Some(id), None) => Ok(id),
-        (None, _) => Err(Error::NotFound(format!("no {kind} named or with id {prefix:?}"))),
-        (Some(a), Some(b)) => Err(Error::Invalid(format!(
-            "{kind} id prefix {prefix:?} is ambiguous: it matches {} and {} at least; give more digits",
+        (None, _) => {
+            Err(Error::not_found(kind, &prefix, format!("no {kind} named or with id {}", quoted(&prefix))))
+        }
+        (Some(a), Some(b)) => Err(Error::bad_request(format!(
+            "{kind} id prefix {} is ambiguous: it matches {} and {} at least; give more digits",
+            quoted(&prefix),
             a.short(),
             b.short()
         ))),

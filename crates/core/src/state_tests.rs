@@ -687,6 +687,54 @@ fn snapshots_restore_to_an_equal_state() {
 }
 
 #[test]
+fn a_write_retried_with_its_request_id_answers_what_the_first_attempt_did() {
+    let mut s = cluster();
+    let once = |id: &str, request: NetworkRequest| Command::once(id, Command::CreateNetwork(request));
+    let first = apply(&mut s, once("req-1", network("blue"))).unwrap();
+    let revision = s.revision();
+    let retry = apply(&mut s, once("req-1", network("blue"))).unwrap();
+    assert_eq!(retry.response, first.response, "the retry gets the first answer");
+    assert_eq!(retry.revision, first.revision);
+    assert!(retry.events.is_empty(), "nothing happens twice");
+    assert_eq!(s.revision(), revision);
+    // Somebody else's create of the same name is still refused as a duplicate.
+    assert_eq!(refused(&mut s, once("req-2", network("blue"))).kind(), ErrorKind::AlreadyExists);
+    // The same id for another request is an error the client can see.
+    let err = refused(&mut s, once("req-1", network("green")));
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    assert!(err.message().contains("used for a different request"), "{err}");
+    // Refusals are not remembered: fixing the request and retrying with the id works.
+    let bad = NetworkRequest { driver: Some("bridge".into()), ..network("red") };
+    refused(&mut s, once("req-3", bad));
+    apply(&mut s, once("req-3", network("red"))).unwrap();
+    let empty =
+        Command::Once { request_id: String::new(), command: Box::new(Command::CreateNetwork(network("x"))) };
+    assert_eq!(refused(&mut s, empty).kind(), ErrorKind::Invalid);
+    assert_eq!(refused(&mut s, once("a b", network("x"))).kind(), ErrorKind::Invalid);
+
+    // Kept across snapshots, and forgotten after the retention time.
+    let restored = State::restore(&s.snapshot()).unwrap();
+    assert_eq!(restored, s);
+    let mut later = restored;
+    let after = T0 + crate::requests::RETENTION_MS + 1_000;
+    let err = later
+        .apply(&Proposal { at_ms: after, command: once("req-1", network("blue")) })
+        .expect_err("a forgotten id is a new request");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+}
+
+#[test]
+fn version_5_snapshots_restore_without_request_ids() {
+    let mut s = cluster();
+    create(&mut s, network("blue"));
+    let current = s.snapshot();
+    let mut v5 = current.clone();
+    v5[8..12].copy_from_slice(&5u32.to_le_bytes());
+    v5.pop(); // the empty list of request ids version 6 appends
+    assert_eq!(State::restore(&v5).unwrap(), s);
+}
+
+#[test]
 fn bad_snapshots_are_refused() {
     let s = cluster();
     let bytes = s.snapshot();
@@ -722,6 +770,8 @@ fn inconsistent_snapshots_are_refused() {
         let mut bytes = SNAPSHOT_MAGIC.to_vec();
         bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         bytes.extend(postcard::to_stdvec(snapshot).unwrap());
+        // No remembered request ids.
+        bytes.push(0);
         bytes
     };
     forged.endpoints.push(Arc::new(twin.clone()));
@@ -741,16 +791,26 @@ fn inconsistent_snapshots_are_refused() {
 }
 
 #[test]
-fn endpoint_ids_resolve_from_sixteen_digits() {
+fn endpoint_ids_resolve_from_the_twelve_digits_endpoint_ls_prints() {
     let mut s = cluster();
     create(&mut s, network("app"));
     let e = attach(&mut s, endpoint("app", "h1", "c1"));
+    for i in 2..40 {
+        attach(&mut s, endpoint("app", "h1", &format!("c{i}")));
+    }
     let full = e.id.to_string();
     assert_eq!(s.endpoint(&e.id).map(|found| found.id), Some(e.id));
     assert_eq!(s.resolve_endpoint(&EndpointRef::Id(full[..16].to_uppercase())).unwrap(), e.created_revision);
-    let err = s.resolve_endpoint(&EndpointRef::Id(full[..12].into())).unwrap_err();
+    assert_eq!(s.resolve_endpoint(&EndpointRef::Id(full[..12].into())).unwrap(), e.created_revision);
+    assert_eq!(s.resolve_endpoint(&EndpointRef::Id(full[..13].into())).unwrap(), e.created_revision);
+    let err = s.resolve_endpoint(&EndpointRef::Id(full[..11].into())).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid);
-    assert!(err.message().contains("at least its first 16 hex digits"), "{err}");
+    assert!(err.message().contains("at least 12 hex digits"), "{err}");
+    let mut unknown = full[..12].to_string();
+    unknown.replace_range(11..12, if &full[11..12] == "0" { "1" } else { "0" });
+    if s.endpoints().all(|other| !other.id.to_string().starts_with(&unknown)) {
+        assert_eq!(s.resolve_endpoint(&EndpointRef::Id(unknown)).unwrap_err().kind(), ErrorKind::NotFound);
+    }
     let mut wrong = full.clone();
     wrong.replace_range(20..21, if &full[20..21] == "0" { "1" } else { "0" });
     assert_eq!(s.resolve_endpoint(&EndpointRef::Id(wrong)).unwrap_err().kind(), ErrorKind::NotFound);

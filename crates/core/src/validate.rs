@@ -89,7 +89,7 @@ pub fn ifname(what: &str, name: &str) -> Result<()> {
 /// without '=' or whitespace, values of at most 4096 characters without control characters.
 pub fn labels(what: &str, map: &BTreeMap<String, String>) -> Result<()> {
     if map.len() > MAX_MAP_ENTRIES {
-        return Err(Error::Invalid(format!(
+        return Err(Error::bad_request(format!(
             "too many {what}s: {} given, at most {MAX_MAP_ENTRIES} allowed",
             map.len()
         )));
@@ -105,16 +105,18 @@ pub fn labels(what: &str, map: &BTreeMap<String, String>) -> Result<()> {
                 format_args!(
                     "a key is 1 to {MAX_LABEL_KEY_LEN} characters without '=', spaces or control characters"
                 ),
-            ));
+            )
+            .about_field(&format!("{what}s")));
         }
         if value.len() > MAX_LABEL_VALUE_LEN || value.chars().any(char::is_control) {
             return Err(Error::invalid(
-                &format!("{what} value for {key:?}"),
+                &format!("{what} value for {}", crate::error::quoted(key)),
                 value,
                 format_args!(
                     "a value is at most {MAX_LABEL_VALUE_LEN} characters without control characters"
                 ),
-            ));
+            )
+            .about_field(&format!("{what}s")));
         }
     }
     Ok(())
@@ -123,7 +125,7 @@ pub fn labels(what: &str, map: &BTreeMap<String, String>) -> Result<()> {
 /// Aliases: at most 32, each a valid DNS name, no duplicates (case-insensitive).
 pub fn aliases(aliases: &[String]) -> Result<()> {
     if aliases.len() > MAX_ALIASES {
-        return Err(Error::Invalid(format!(
+        return Err(Error::bad_request(format!(
             "too many aliases: {} given, at most {MAX_ALIASES} allowed",
             aliases.len()
         )));

@@ -348,7 +348,7 @@ impl Lab {
     }
 
     pub fn remove_network(&self, name: &str) {
-        let request = pb::RemoveNetworkRequest { network: name.into(), force: false };
+        let request = pb::RemoveNetworkRequest { network: name.into(), force: false, ..Default::default() };
         self.networks(move |mut client| {
             Box::pin(async move { client.remove_network(request).await.unwrap() })
         });
