@@ -76,7 +76,7 @@ install -d -m 0700 "$state" "$state/tls"
 umask 077
 mkdir -p "$(dirname "$env_file")"
 {
-    echo "WEFT_CONTROLLERS=$controllers"
+    echo "WEFT_CONTROLLER=$controllers"
     echo "WEFT_JOIN_TOKEN=$token"
     echo "WEFT_CA_FINGERPRINT=$fingerprint"
     if [ -n "$name" ]; then echo "WEFT_NODE_NAME=$name"; fi

@@ -2,6 +2,9 @@
 //! what it says on bad input, and its exit codes. (Connecting containers needs a node agent
 //! and root: node/tests/cli.rs.)
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

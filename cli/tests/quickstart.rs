@@ -3,6 +3,9 @@
 //! it. Runs the script with this build's binaries (WEFT_BIN_DIR) under a prefix and underlay
 //! of its own, so a quickstart someone left running is not touched. Needs root.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

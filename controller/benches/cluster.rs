@@ -8,6 +8,9 @@
 //! Clients spread over all three members, as agents do; a member that is not the leader
 //! forwards to it. The client load runs on the same machine as the three controllers.
 
+// A benchmark: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

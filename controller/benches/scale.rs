@@ -12,6 +12,9 @@
 //! reads only the revisions of what it receives, as the bytes arrive, so the client side
 //! stays light on the machine it shares with the three members.
 
+// A benchmark: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;

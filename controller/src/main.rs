@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, env = "WEFT_CONTROLLER_MANIFEST")]
     manifest: Option<PathBuf>,
     /// Deadline of each client request, in milliseconds.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = millis(weft_controller::cluster::DEFAULT_REQUEST_TIMEOUT))]
     request_timeout_ms: u64,
     /// Raft heartbeat interval in milliseconds; elections time out after 3 to 6 of them.
     #[arg(long, default_value_t = 100)]
@@ -53,7 +53,7 @@ struct Args {
     #[arg(long, default_value_t = weft_controller::registry::DEFAULT_WATCH_BUFFER)]
     watch_buffer: usize,
     /// Milliseconds of heartbeat silence after which the leader marks a host down.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = millis(weft_controller::liveness::DEFAULT_NODE_TIMEOUT))]
     node_timeout_ms: u64,
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, env = "WEFT_CONTROLLER_METRICS_LISTEN")]
@@ -119,7 +119,7 @@ async fn join(
 ) -> anyhow::Result<()> {
     use weft_api::pb::join_service_client::JoinServiceClient;
     let (csr_pem, key) = weft_pki::certificate_request(weft_pki::Role::Controller, &id.to_string())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .context("making this member's key and certificate request")?;
     let channel = weft_pki::join::pinned_channel(via, fingerprint, Duration::from_secs(10))
         .await
         .map_err(|e| anyhow::anyhow!("joining through {via}: {e}"))?;
@@ -191,4 +191,9 @@ fn start(args: Args) -> anyhow::Result<()> {
     runtime.block_on(run(opts, async {
         let _ = tokio::signal::ctrl_c().await;
     }))
+}
+
+/// A default duration as the flag's milliseconds.
+const fn millis(duration: std::time::Duration) -> u64 {
+    duration.as_secs() * 1000 + duration.subsec_millis() as u64
 }

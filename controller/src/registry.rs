@@ -231,10 +231,6 @@ impl StateMachine {
         }
         Ok(StateMachine { registry, store })
     }
-
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {

@@ -1,6 +1,9 @@
 //! Controllers as real processes on loopback with real data directories: bootstrap, forwarding,
 //! leader failure, restarts, quorum loss.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -5,6 +5,9 @@
 //! Each test checks what a client would: the status code, the `google.rpc` details, what is
 //! in the registry afterwards, and that every member answers alike.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

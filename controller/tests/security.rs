@@ -1,6 +1,9 @@
 //! Who may talk to a controller: mutual TLS with the cluster CA's certificates, and each role
 //! only its own calls. A real controller process on loopback, real certificates.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -26,14 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("weft_v1_descriptor.bin"))
         .compile_with_config(config, &files, std::slice::from_ref(&proto_root))?;
 
-    // The node agent's local API: a package and descriptor set of its own, so controllers'
-    // reflection never lists a service they do not serve.
+    // The node agent's local API: a package of its own, so controllers' reflection never
+    // lists a service they do not serve.
     let mut config = tonic_prost_build::Config::new();
     if std::env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("weft_agent_v1_descriptor.bin"))
-        .compile_with_config(config, &agent, &[proto_root])?;
+    tonic_prost_build::configure().compile_with_config(config, &agent, &[proto_root])?;
     Ok(())
 }

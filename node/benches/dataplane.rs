@@ -13,6 +13,9 @@
 //! `convergence`, `throughput`, `dns`, `attaches`) run those parts only. Figures go to the benchmark
 //! runner too (`bash bench/run.sh`, see weft-bench).
 
+// A benchmark: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../tests/lab/mod.rs"]
 mod lab;
 

@@ -385,8 +385,19 @@ impl Agent {
         }
         self.refresh_dns(&want, revision).await;
         if full || loaded_rules.as_deref() != Some(script.as_str()) {
-            let loaded = weft_dataplane::rules::enable_forwarding()
-                .and_then(|()| weft_dataplane::rules::load(&script));
+            // nft is a process to spawn and wait for: off the async workers, like the WireGuard
+            // calls, so DNS answers and attaches are not held up behind it.
+            let rules = script.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                weft_dataplane::rules::enable_forwarding().and_then(|()| weft_dataplane::rules::load(&rules))
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(weft_dataplane::KernelError {
+                    doing: "loading weft's nftables rules".into(),
+                    reason: e.to_string(),
+                })
+            });
             match loaded {
                 Ok(()) => *loaded_rules = Some(script),
                 Err(e) => {

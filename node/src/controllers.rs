@@ -55,14 +55,6 @@ impl Controllers {
         self.channels.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    pub fn len(&self) -> usize {
-        self.addresses.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.addresses.is_empty()
-    }
-
     /// The addresses of the members, as given.
     pub fn addresses(&self) -> &[String] {
         &self.addresses

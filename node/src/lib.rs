@@ -3,11 +3,8 @@
 //! pure) and has `weft-dataplane` plan and apply the difference; serves the local attach API
 //! ([`service`]) that plugs containers in.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
-
 pub mod agent;
 pub mod attachments;
-pub mod client;
 pub mod controllers;
 pub mod desired;
 pub mod mirror;

@@ -23,8 +23,9 @@ use weft_node::tunnel::{Mode, Tunnel};
 #[command(version)]
 struct Flags {
     /// Controller members (host:port, comma separated); the agent moves to the next when one
-    /// does not answer.
-    #[arg(long, env = "WEFT_CONTROLLERS", value_delimiter = ',', required_unless_present = "uninstall")]
+    /// does not answer. WEFT_CONTROLLER, as for the `weft` CLI; WEFT_CONTROLLERS, the name
+    /// earlier installs wrote, is read when it is unset.
+    #[arg(long, alias = "controller", env = "WEFT_CONTROLLER", value_delimiter = ',')]
     controllers: Vec<String>,
     /// Remove everything weft made on this host (its links, its nftables tables, the state
     /// file) and exit. Containers lose their weft interfaces; stop the agent first.
@@ -170,24 +171,21 @@ async fn renew_if_due(
     within: Duration,
 ) -> anyhow::Result<bool> {
     use weft_api::pb::join_service_client::JoinServiceClient;
-    let current = weft_pki::Credentials::load(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let expires_ms = current.expires_ms().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let current = weft_pki::Credentials::load(dir).context("loading this host's credential")?;
+    let expires_ms = current.expires_ms().context("reading when this host's certificate expires")?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
     if u128::from(expires_ms) > now_ms + within.as_millis() {
         return Ok(false);
     }
-    let (csr_pem, key) =
-        weft_pki::certificate_request(weft_pki::Role::Node, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (csr_pem, key) = weft_pki::certificate_request(weft_pki::Role::Node, name)
+        .context("making this host's key and certificate request")?;
+    let request = weft_api::pb::RenewRequest { csr_pem };
     let renewed = controllers
-        .call(|c| {
-            let request = weft_api::pb::RenewRequest { csr_pem: csr_pem.clone() };
-            async move { JoinServiceClient::new(c).renew(request).await }
-        })
+        .send(&request, |c, r| async move { JoinServiceClient::new(c).renew(r).await })
         .await
-        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
-        .into_inner();
+        .map_err(|status| anyhow::anyhow!("renewing this host's credential: {}", status.message()))?;
     let credentials = weft_pki::Credentials { ca: renewed.ca_pem, cert: renewed.certificate_pem, key };
-    credentials.save(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    credentials.save(dir).context("saving the renewed credential")?;
     controllers.reconnect_with(credentials.client())?;
     Ok(true)
 }
@@ -203,8 +201,8 @@ async fn join(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     use weft_api::pb::join_service_client::JoinServiceClient;
-    let (csr_pem, key) =
-        weft_pki::certificate_request(weft_pki::Role::Node, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (csr_pem, key) = weft_pki::certificate_request(weft_pki::Role::Node, name)
+        .context("making this host's key and certificate request")?;
     let mut problems = Vec::new();
     for address in controllers {
         let channel = match weft_pki::join::pinned_channel(address, fingerprint, timeout).await {
@@ -242,7 +240,19 @@ async fn join(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let flags = Flags::parse();
+    let mut flags = Flags::parse();
+    if flags.controllers.is_empty() {
+        flags.controllers = std::env::var("WEFT_CONTROLLERS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect();
+    }
+    if flags.controllers.is_empty() && !flags.uninstall {
+        anyhow::bail!("say where the controllers are: --controllers HOST:PORT,... (or WEFT_CONTROLLER)");
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     if flags.log_json {
         tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();

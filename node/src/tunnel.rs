@@ -2,6 +2,7 @@
 //! one, a supervised `wireguard-go` otherwise) and keeping the device in line with the peers
 //! the registry lists. Encrypted networks' VXLAN runs over it between tunnel addresses.
 
+use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -76,7 +77,7 @@ impl Tunnel {
         let existing = kernel
             .observe()
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .context("listing this host's links")?
             .links
             .get(interface)
             .map(|link| link.kind.clone());

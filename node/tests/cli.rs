@@ -3,6 +3,9 @@
 //! meets. Runs `weft` inside a host's namespace as an operator on that host would. Needs
 //! root; skips loudly otherwise.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod lab;
 
 use std::path::PathBuf;

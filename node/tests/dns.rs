@@ -2,6 +2,9 @@
 //! name.network, PTR, round robin, scoping, removal, TCP for large answers, and forwarding to
 //! a stub upstream (with a dead one first) inside the lab. Needs root; skips loudly otherwise.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod lab;
 
 use std::time::{Duration, Instant};

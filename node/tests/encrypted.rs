@@ -3,6 +3,9 @@
 //! to show what actually travels in the clear, key rotation under a running ping, and a host
 //! leaving the cluster. Needs root; skips loudly otherwise.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod lab;
 
 use std::collections::BTreeMap;

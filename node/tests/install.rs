@@ -3,6 +3,9 @@
 //! temporary root and inside a namespace of its own, so nothing on the machine is touched.
 //! Needs root.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
@@ -58,7 +61,7 @@ fn the_node_install_puts_everything_in_place_and_uninstall_takes_it_all_away() {
     assert_eq!(mode(&r.join("var/lib/weft")), 0o700);
     let env = std::fs::read_to_string(r.join("etc/weft/node.env")).unwrap();
     assert!(
-        env.contains("WEFT_CONTROLLERS=10.0.0.1:7001,10.0.0.2:7001\n")
+        env.contains("WEFT_CONTROLLER=10.0.0.1:7001,10.0.0.2:7001\n")
             && env.contains("WEFT_JOIN_TOKEN=weft1.")
             && env.contains("WEFT_NODE_NAME=edge-1"),
         "{env}"

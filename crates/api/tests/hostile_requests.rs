@@ -2,6 +2,9 @@
 //! answers and never panics. The same entry point runs under cargo-fuzz (`fuzz/`); this runs
 //! on stable in every test run.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use prost::Message as _;
 use weft_api::{fuzzing, pb};

@@ -12,6 +12,9 @@
 //!
 //! BENCHMARKS.md records the figures; `WEFT_BENCH_QUICK=1` runs fewer samples.
 
+// A benchmark: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};

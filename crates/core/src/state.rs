@@ -118,7 +118,7 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNAP";
 const SNAPSHOT_VERSION: u32 = 6;
 
 #[derive(Serialize, Deserialize)]
-struct SnapshotV1 {
+struct SnapshotBody {
     revision: u64,
     config: ClusterConfig,
     networks: Vec<Network>,
@@ -224,13 +224,6 @@ impl State {
 
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.get(name).map(|e| &e.node)
-    }
-
-    /// Free addresses left in a network's dynamic range, per family.
-    pub fn free_addresses(&self, network: &Id) -> Option<(u128, Option<u128>)> {
-        self.networks
-            .get(network)
-            .map(|e| (e.ipv4.dynamic_free(), e.ipv6.as_ref().map(SubnetAllocator::dynamic_free)))
     }
 
     fn subnets(&self, family: Family) -> &RangeIndex<Owner> {
@@ -1193,7 +1186,7 @@ impl State {
     /// The canonical data as bytes: a header, a format version, then postcard. Two replicas with
     /// the same history produce identical bytes.
     pub fn snapshot(&self) -> Vec<u8> {
-        let body = SnapshotV1 {
+        let body = SnapshotBody {
             revision: self.revision,
             config: self.config.clone(),
             networks: self.networks().cloned().collect(),
@@ -1226,7 +1219,7 @@ impl State {
         if !(5..=SNAPSHOT_VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
-        let (snap, rest): (SnapshotV1, &[u8]) =
+        let (snap, rest): (SnapshotBody, &[u8]) =
             postcard::take_from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
         let answers: Vec<requests::Remembered> = if version >= 6 {
             postcard::from_bytes(rest).map_err(|e| SnapshotError::Decode(format!("request ids: {e}")))?

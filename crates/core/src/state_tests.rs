@@ -752,7 +752,7 @@ fn inconsistent_snapshots_are_refused() {
     create(&mut s, with_subnet("a", "10.5.0.0/24"));
     let e = attach(&mut s, endpoint("a", "h1", "c1"));
     // Forge a second endpoint holding the same address.
-    let mut forged = SnapshotV1 {
+    let mut forged = SnapshotBody {
         revision: s.revision() + 1,
         config: s.config().clone(),
         networks: s.networks().cloned().collect(),
@@ -766,7 +766,7 @@ fn inconsistent_snapshots_are_refused() {
     twin.id = s.new_id(twin.created_revision);
     twin.container_id = "c2".into();
     twin.container_name = "c2".into();
-    let encode = |snapshot: &SnapshotV1| {
+    let encode = |snapshot: &SnapshotBody| {
         let mut bytes = SNAPSHOT_MAGIC.to_vec();
         bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         bytes.extend(postcard::to_stdvec(snapshot).unwrap());

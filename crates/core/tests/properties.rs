@@ -12,6 +12,9 @@
 //!
 //! `PROPTEST_CASES` overrides the number of cases (default 2,000 per property).
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -2,8 +2,6 @@
 //! turns the difference into operations (both pure), and [`kernel`] dumps and programs the
 //! kernel over rtnetlink.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
-
 pub mod kernel;
 pub mod model;
 pub mod plan;

@@ -20,9 +20,10 @@ pub struct Key(pub [u8; 32]);
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print key material; the first bytes of the base64 form are enough to tell
-        // public keys apart in logs.
-        write!(f, "Key({}…)", &self.to_base64()[..8])
+        // A Key may be private, and whatever derives Debug over one (an Update, a
+        // DeviceConfig, the agent's Tunnel) must be safe to log: no key material at all.
+        // Public keys are logged on purpose with `to_base64`.
+        f.write_str("Key(redacted)")
     }
 }
 
@@ -447,6 +448,18 @@ pub fn changes(want: &DeviceConfig, have: &DeviceState) -> Option<Update> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_key_material() {
+        let private = Key([0xa7; 32]);
+        let update = Update { private_key: Some(private), ..Update::default() };
+        let config = DeviceConfig { private_key: private, listen_port: 51820, peers: Vec::new() };
+        let text = format!("{update:?} {config:?} {private:?}");
+        let base64 = private.to_base64();
+        for window in base64.as_bytes().windows(4) {
+            assert!(!text.contains(std::str::from_utf8(window).unwrap()), "{text}");
+        }
+    }
 
     #[test]
     fn keys_convert_and_derive_the_public_key_as_wg_does() {

@@ -1,6 +1,9 @@
 //! The executor against the real kernel: two hosts (namespaces on an underlay), a container on
 //! each, one overlay network between them. Needs root; skips loudly otherwise.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;

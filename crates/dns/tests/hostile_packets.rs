@@ -2,6 +2,9 @@
 //! bytes flipped, truncated or extended. The same entry point runs under cargo-fuzz
 //! (`fuzz/`); this runs on stable in every test run.
 
+// A test: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 use proptest::prelude::*;

@@ -2,6 +2,9 @@
 //! and link made here is removed when its guard drops, including when a test panics. Names
 //! carry the test process id, so parallel tests never collide.
 
+// Test fixtures: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -220,7 +220,7 @@ impl Lab {
     pub async fn agent(&self, i: usize) -> AgentServiceClient<Channel> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut client) = weft_node::client::connect(&self.hosts[i].socket).await
+            if let Ok(mut client) = weft_api::agent_client::connect(&self.hosts[i].socket).await
                 && client.list(agent::ListRequest {}).await.is_ok()
             {
                 return client;

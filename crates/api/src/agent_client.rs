@@ -1,10 +1,11 @@
-//! A client for the attach API over its unix socket (for the CLI and tests).
+//! A client for a node agent's local API (`weft.agent.v1`) over its unix socket: for the CLI,
+//! runtime front-ends and tests, without linking the agent itself.
 
 use std::path::{Path, PathBuf};
 
+use crate::agent::agent_service_client::AgentServiceClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
-use weft_api::agent::agent_service_client::AgentServiceClient;
 
 /// Connects to the agent listening on `socket`.
 pub async fn connect(socket: &Path) -> Result<AgentServiceClient<Channel>, tonic::transport::Error> {

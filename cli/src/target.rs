@@ -1,0 +1,180 @@
+//! Where the cluster is: controllers and the local agent, from flags, the environment and
+//! the config file. Credentials are loaded by the commands that call controllers, not before.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use weft_api::agent;
+
+use crate::failure::{Failure, Result};
+
+#[derive(Debug, Args)]
+pub(crate) struct Connection {
+    /// Controller addresses (host:port, comma separated).
+    #[arg(long, global = true, env = "WEFT_CONTROLLER", value_delimiter = ',')]
+    controller: Vec<String>,
+    /// The local node agent's socket.
+    #[arg(long, global = true, env = "WEFT_NODE_SOCKET")]
+    node_socket: Option<PathBuf>,
+    /// A TOML file with `controller = ["host:port", ...]` and `node_socket = "..."`
+    /// (default: ~/.config/weft/config.toml when it exists).
+    #[arg(long, global = true, env = "WEFT_CONFIG")]
+    config: Option<PathBuf>,
+    /// TLS credentials for the controllers (ca.pem, cert.pem, key.pem), e.g. the admin
+    /// directory `weft pki init` made. Without, weft talks plaintext (controllers started
+    /// with --insecure).
+    #[arg(long, global = true, env = "WEFT_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Deadline of each request, in seconds.
+    #[arg(long, global = true, default_value_t = 10)]
+    timeout: u64,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    controller: Option<Vec<String>>,
+    node_socket: Option<PathBuf>,
+    tls_dir: Option<PathBuf>,
+}
+
+/// Where to reach the cluster, with flags over environment over the config file.
+pub(crate) struct Target {
+    controllers: Vec<String>,
+    /// Loaded when a command first calls a controller: commands for the local agent work
+    /// whatever the credentials directory holds.
+    tls_dir: Option<PathBuf>,
+    node_socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Target {
+    pub(crate) fn resolve(c: &Connection) -> Result<Target> {
+        let default_file =
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/weft/config.toml"));
+        let file = match (&c.config, default_file) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(path)) if path.exists() => Some(path),
+            _ => None,
+        };
+        let config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| Failure::new(format!("config file {}: {e}", path.display())))?;
+                toml::from_str::<ConfigFile>(&text)
+                    .map_err(|e| Failure::new(format!("config file {}: {}", path.display(), e.message())))?
+            }
+            None => ConfigFile::default(),
+        };
+        let controllers = if c.controller.is_empty() {
+            config.controller.unwrap_or_else(|| vec!["127.0.0.1:7001".to_string()])
+        } else {
+            c.controller.clone()
+        };
+        Ok(Target {
+            tls_dir: c.tls_dir.clone().or(config.tls_dir),
+            controllers: controllers.into_iter().filter(|a| !a.trim().is_empty()).collect(),
+            node_socket: c
+                .node_socket
+                .clone()
+                .or(config.node_socket)
+                .unwrap_or_else(|| PathBuf::from("/run/weft/agent.sock")),
+            timeout: Duration::from_secs(c.timeout.max(1)),
+        })
+    }
+
+    /// A channel to the first controller that accepts a connection.
+    pub(crate) async fn controller(&self) -> Result<Channel> {
+        let tls = match &self.tls_dir {
+            Some(dir) => Some(
+                weft_pki::Credentials::load(dir)
+                    .map_err(|e| Failure::new(format!("--tls-dir: {e}")))?
+                    .client(),
+            ),
+            None => None,
+        };
+        let mut problems = Vec::new();
+        for address in &self.controllers {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let uri = if address.contains("://") { address.clone() } else { format!("{scheme}://{address}") };
+            let mut endpoint = match Channel::from_shared(uri) {
+                Ok(e) => e.connect_timeout(Duration::from_secs(2)).timeout(self.timeout),
+                Err(_) => {
+                    problems.push(format!("{address}: not a host:port"));
+                    continue;
+                }
+            };
+            if let Some(tls) = &tls {
+                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| Failure::new(format!("TLS: {e}")))?;
+            }
+            match endpoint.connect().await {
+                Ok(channel) => return Ok(channel),
+                Err(e) => problems.push(format!("{address}: {}", source_text(&e))),
+            }
+        }
+        Err(Failure::new(format!(
+            "cannot reach a controller ({}); set --controller or WEFT_CONTROLLER",
+            problems.join("; ")
+        )))
+    }
+
+    /// Sends a write, trying again (on the first controller that accepts a connection) while
+    /// the answer is Unavailable — leadership moving, a member restarting — until the
+    /// timeout. `call` builds the request with the same request id every time, so a try that
+    /// committed before its answer was lost is answered, not repeated or refused as taken.
+    pub(crate) async fn write<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(Channel, String) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let request_id = new_request_id();
+        let deadline = std::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let answer = call(self.controller().await?, request_id.clone()).await;
+            match answer {
+                Ok(done) => return Ok(done.into_inner()),
+                Err(status)
+                    if status.code() == Code::Unavailable && std::time::Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    pub(crate) async fn agent(&self) -> Result<agent::agent_service_client::AgentServiceClient<Channel>> {
+        weft_api::agent_client::connect(&self.node_socket).await.map_err(|e| {
+            Failure::new(format!(
+                "cannot reach the node agent at {} ({}); is weft-node running here? (--node-socket / WEFT_NODE_SOCKET)",
+                self.node_socket.display(),
+                source_text(&e)
+            ))
+        })
+    }
+}
+
+/// A request id no other write shares: this process, this instant and a counter.
+fn new_request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host.trim().chars().filter(char::is_ascii_graphic).take(48).collect();
+    format!("weft-cli/{host}/{}/{nanos:x}.{count}", std::process::id())
+}
+
+/// The innermost cause of an error: "Connection refused" rather than "transport error".
+fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
+}
