@@ -1,11 +1,12 @@
 //! weft's Linux data plane. [`model`] says what a host should hold and what it holds, [`plan`]
 //! turns the difference into operations (both pure), and [`kernel`] dumps and programs the
-//! kernel over rtnetlink.
+//! kernel over rtnetlink; [`simulated`] is the same kernel in memory, for tests without root.
 
 pub mod kernel;
 pub mod model;
 pub mod plan;
 pub mod rules;
+pub mod simulated;
 pub mod wireguard;
 
 pub use kernel::{Kernel, KernelError};

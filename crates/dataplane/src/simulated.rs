@@ -1,0 +1,132 @@
+//! A kernel in memory: what each [`Op`] does to an [`Observed`], as Linux does it (links
+//! created up, a deleted bridge releasing its ports, a deleted VXLAN device taking its FDB and
+//! neighbour entries along). Pure; for tests of the planner and of whatever drives it, without
+//! root.
+
+use std::collections::BTreeSet;
+
+use crate::model::{Link, LinkKind, Observed, endpoint_alias};
+use crate::plan::Op;
+
+/// Carries out one operation, or says why the kernel would refuse it (a name taken, a device
+/// missing), leaving `observed` as it was.
+pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), String> {
+    let link = |name: &str, kind: LinkKind, alias: String, master: Option<String>, mtu: u32| Link {
+        index: 0,
+        name: name.to_string(),
+        kind,
+        alias: Some(alias),
+        master,
+        mtu,
+        up: true,
+        mac: None,
+        addresses: BTreeSet::new(),
+    };
+    match op {
+        Op::CreateBridge { name, alias, mac, mtu } => create(
+            observed,
+            Link { mac: Some(*mac), ..link(name, LinkKind::Bridge, alias.clone(), None, *mtu) },
+        ),
+        Op::CreateVxlan { name, alias, vni, port, local, mtu, bridge } => {
+            existing(observed, bridge)?;
+            let kind =
+                LinkKind::Vxlan { vni: *vni, port: *port, local: Some(*local), learning: false, proxy: true };
+            create(observed, link(name, kind, alias.clone(), Some(bridge.clone()), *mtu))
+        }
+        Op::Plug { bridge, endpoint } => {
+            existing(observed, bridge)?;
+            let alias = endpoint_alias(&endpoint.endpoint_id);
+            create(
+                observed,
+                link(&endpoint.host_veth, LinkKind::Veth, alias, Some(bridge.clone()), endpoint.mtu),
+            )
+        }
+        Op::SetLink { name, mtu, master } => {
+            if let Some(master) = master {
+                existing(observed, master)?;
+            }
+            let link = existing(observed, name)?;
+            link.mtu = *mtu;
+            link.up = true;
+            if master.is_some() {
+                link.master.clone_from(master);
+            }
+            Ok(())
+        }
+        Op::AddAddress { link, address } => {
+            let link = existing(observed, link)?;
+            if !link.addresses.insert(*address) {
+                return Err(format!("{address} is already on {}", link.name));
+            }
+            Ok(())
+        }
+        Op::DeleteAddress { link, address } => {
+            let link = existing(observed, link)?;
+            if !link.addresses.remove(address) {
+                return Err(format!("{address} is not on {}", link.name));
+            }
+            Ok(())
+        }
+        Op::DeleteLink { name } => {
+            existing(observed, name)?;
+            observed.links.remove(name);
+            observed.fdb.remove(name);
+            observed.neighbours.remove(name);
+            for port in observed.links.values_mut().filter(|l| l.master.as_deref() == Some(name)) {
+                port.master = None;
+            }
+            Ok(())
+        }
+        Op::SetFdb { vxlan, mac, vtep } => {
+            vxlan_device(observed, vxlan)?;
+            observed.fdb.entry(vxlan.clone()).or_default().insert(*mac, *vtep);
+            Ok(())
+        }
+        Op::DeleteFdb { vxlan, mac, vtep } => {
+            let entries = observed.fdb.get_mut(vxlan);
+            match entries {
+                Some(entries) if entries.get(mac) == Some(vtep) => {
+                    entries.remove(mac);
+                    Ok(())
+                }
+                _ => Err(format!("no FDB entry {mac} → {vtep} on {vxlan}")),
+            }
+        }
+        Op::SetNeighbour { vxlan, ip, mac } => {
+            vxlan_device(observed, vxlan)?;
+            observed.neighbours.entry(vxlan.clone()).or_default().insert(*ip, *mac);
+            Ok(())
+        }
+        Op::DeleteNeighbour { vxlan, ip } => {
+            match observed.neighbours.get_mut(vxlan).and_then(|entries| entries.remove(ip)) {
+                Some(_) => Ok(()),
+                None => Err(format!("no neighbour entry for {ip} on {vxlan}")),
+            }
+        }
+        Op::Conflict { .. } => Ok(()),
+    }
+}
+
+/// Carries out every operation in order; the index and reason of each one refused.
+pub fn apply_all(observed: &mut Observed, ops: &[Op]) -> Vec<(usize, String)> {
+    ops.iter().enumerate().filter_map(|(i, op)| apply(observed, op).err().map(|e| (i, e))).collect()
+}
+
+fn create(observed: &mut Observed, link: Link) -> Result<(), String> {
+    if observed.links.contains_key(&link.name) {
+        return Err(format!("{}: File exists", link.name));
+    }
+    observed.links.insert(link.name.clone(), link);
+    Ok(())
+}
+
+fn existing<'a>(observed: &'a mut Observed, name: &str) -> Result<&'a mut Link, String> {
+    observed.links.get_mut(name).ok_or_else(|| format!("{name}: No such device"))
+}
+
+fn vxlan_device(observed: &mut Observed, name: &str) -> Result<(), String> {
+    match existing(observed, name)?.kind {
+        LinkKind::Vxlan { .. } => Ok(()),
+        _ => Err(format!("{name} is not a VXLAN device")),
+    }
+}
