@@ -194,7 +194,7 @@ async fn watch_once(channel: &Channel, from: u64, received: &AtomicU64, seen: &m
     use http_body_util::BodyExt;
     use tonic::codegen::http;
     use tower::{Service, ServiceExt};
-    let body = weft_controller::watch::frame(&pb::WatchRequest { from_revision: from });
+    let body = weft_controller::frames::frame(&pb::WatchRequest { from_revision: from });
     let request = http::Request::builder()
         .method("POST")
         .uri("/weft.v1.WatchService/Watch")

@@ -5,10 +5,9 @@
 //! Protobuf is converted at this edge only, with `weft_api::convert`. The watch stream is
 //! served by [`crate::watch`].
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Instant;
 
-use openraft::ServerState;
 use tonic::{Request, Response, Status};
 use weft_api::convert;
 use weft_api::pb;
@@ -21,10 +20,8 @@ use weft_core::{Command, Endpoint, Response as Done, State};
 use weft_pki::{Caller, Role};
 
 use crate::cluster::Controller;
+use crate::forward::{AwaitApplied, Beat, MemberRole, MemberView, MembershipChange};
 use crate::metrics::ClientDeadline;
-use crate::raft_network::{
-    AwaitApplied, Beat, ForwardError, LeaderView, MemberRole, MemberView, MembershipChange,
-};
 
 /// A node's certificate lets it act for its own host only; admins act for any.
 fn acting_for<T>(request: &Request<T>, host: &str, what: &str) -> Result<(), Status> {
@@ -407,63 +404,6 @@ impl Controller {
         self.leader_view().await.map(|view| view.applied).unwrap_or_default()
     }
 
-    /// The members as this member's own metrics show them: replication facts only where this
-    /// member leads.
-    pub(crate) fn local_members(&self) -> Vec<MemberView> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let replication = metrics.replication.clone().unwrap_or_default();
-        membership
-            .nodes()
-            .map(|(id, node)| {
-                let role = if Some(*id) == metrics.current_leader {
-                    MemberRole::Leader
-                } else if !voters.contains(id) {
-                    MemberRole::Learner
-                } else if *id == self.id && metrics.state == ServerState::Candidate {
-                    MemberRole::Candidate
-                } else {
-                    MemberRole::Follower
-                };
-                MemberView {
-                    id: *id,
-                    address: node.addr.clone(),
-                    role,
-                    voter: voters.contains(id),
-                    reachable: *id == self.id || replication.get(id).is_some_and(Option::is_some),
-                    matched_index: replication.get(id).and_then(|m| m.as_ref()).map_or(0, |l| l.index),
-                }
-            })
-            .collect()
-    }
-
-    /// The leader's side of [`Controller::leader_view`].
-    pub fn leader_view_as_leader(&self) -> Result<LeaderView, ForwardError> {
-        if self.raft.metrics().borrow().current_leader != Some(self.id) {
-            return Err(ForwardError::NotLeader { leader: None });
-        }
-        Ok(LeaderView {
-            leader: self.id,
-            members: self.local_members(),
-            applied: self.liveness.applied_revisions(),
-        })
-    }
-
-    /// The leader's view, from the leader wherever this runs; `None` when no leader answers in
-    /// time (no quorum, or an election under way).
-    pub(crate) async fn leader_view(&self) -> Option<LeaderView> {
-        let deadline = Instant::now() + self.request_timeout.min(LEADER_VIEW_TIMEOUT);
-        match self.leader() {
-            Some((id, _)) if id == self.id => self.leader_view_as_leader().ok(),
-            Some((_, Some(addr))) => {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                self.peers.leader_view(&addr, remaining).await.ok()?.ok()
-            }
-            _ => None,
-        }
-    }
-
     /// The members as the leader sees them, and whose view that is (0: nobody's but this
     /// member's, with nothing known about the others' reachability).
     async fn members_view(&self) -> (Vec<pb::Member>, u64) {
@@ -482,9 +422,6 @@ impl Controller {
         }
     }
 }
-
-/// How long a follower waits for the leader's view before answering with its own.
-const LEADER_VIEW_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[tonic::async_trait]
 impl ClusterService for Controller {

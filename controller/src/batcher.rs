@@ -16,7 +16,7 @@ use weft_core::Proposal;
 
 use std::time::{Duration, Instant};
 
-use crate::raft_network::{ForwardError, Peers, leader_of};
+use crate::forward::{ForwardError, Peers, leader_of};
 use crate::raft_types::{NodeId, Outcome, ProposalBatch, Raft};
 
 /// Most proposals in one log entry.

@@ -1,21 +1,26 @@
-//! One controller's view of the cluster: proposing writes (here, or through the leader) and
-//! linearizable reads, each with a deadline so a request never hangs when there is no quorum.
+//! One controller's view of the cluster: proposing writes (here, or through the leader),
+//! linearizable reads, and what only the leader knows (heartbeats, replication), each with a
+//! deadline so a request never hangs when there is no quorum. The gRPC services
+//! (`api`, `join`, `watch`, `raft_server`) sit on top of [`Controller`]; the layers under it
+//! are the batcher, forwarding to other members (`forward`) and the registry.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
-use openraft::{BasicNode, ChangeMembers};
-use tonic::Status;
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use weft_core::{Command, NodeStatus, Proposal, Response};
 
 use crate::batcher::Batcher;
+use crate::error::ControllerError;
+use crate::forward::{
+    AppliedAnswer, AwaitApplied, Beat, ForwardError, HeartbeatAnswer, LeaderView, MemberRole, MemberView,
+    MembershipChange, Peers,
+};
 use crate::liveness::Liveness;
 use crate::metrics::{Gauges, Metrics, Timer};
-use crate::raft_network::{
-    AppliedAnswer, AwaitApplied, Beat, ForwardError, HeartbeatAnswer, MembershipChange, Peers,
-};
 use crate::raft_types::{NodeId, Outcome, Raft};
 use crate::registry::Registry;
 
@@ -38,7 +43,7 @@ pub struct Controller {
     pub request_timeout: Duration,
     /// The cluster CA (and its key, on members that hold it), for join tokens; none with
     /// `--insecure`.
-    pub signer: Option<Arc<crate::join::Signer>>,
+    pub signer: Option<Arc<crate::signer::Signer>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -53,29 +58,10 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn expired() -> Status {
-    Status::deadline_exceeded(
-        "the request's deadline passed before it was proposed; nothing was written (retry with a longer deadline)",
-    )
-}
-
-fn no_quorum(what: &str, timeout: Duration, detail: &str) -> Status {
-    let outcome = if what == "the write" {
-        "; it was not confirmed and may still take effect once a majority is back"
-    } else {
-        ""
-    };
-    Status::unavailable(format!(
-        "{what} could not complete within {:.1}s: the controllers have no leader with a quorum ({detail}){outcome}; \
-         check that a majority of members is running and reachable",
-        timeout.as_secs_f64()
-    ))
-}
-
 impl Controller {
     /// Commits a command through Raft and returns what the state machine answered. Writes that
     /// reach a follower are forwarded to the leader.
-    pub async fn propose(&self, command: Command) -> Result<(u64, Response), Status> {
+    pub async fn propose(&self, command: Command) -> Result<(u64, Response), ControllerError> {
         self.propose_by(command, None).await
     }
 
@@ -86,7 +72,7 @@ impl Controller {
         &self,
         command: Command,
         client_deadline: Option<Instant>,
-    ) -> Result<(u64, Response), Status> {
+    ) -> Result<(u64, Response), ControllerError> {
         // Pools, VNI range and the id seed come from the cluster configuration: nothing may be
         // written before it. Once this member has applied it, anything proposed now is
         // ordered after it in the log, so the local check is enough. A new cluster is
@@ -97,9 +83,7 @@ impl Controller {
         if !matches!(command, Command::Configure(_)) {
             while self.registry.with_state(|s| s.config().cluster_id.is_empty()) {
                 if Instant::now() >= deadline {
-                    return Err(Status::unavailable(
-                        "the cluster is still starting: its configuration is not committed yet; retry shortly",
-                    ));
+                    return Err(ControllerError::Starting);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -108,10 +92,7 @@ impl Controller {
         let timer = Timer::start();
         let outcome = self.propose_until(&proposal, deadline, client_deadline).await?;
         self.metrics.observe_commit(timer.elapsed());
-        outcome
-            .result
-            .map(|response| (outcome.revision, response))
-            .map_err(|err| weft_api::convert::status(&err))
+        outcome.result.map(|response| (outcome.revision, response)).map_err(ControllerError::Refused)
     }
 
     async fn propose_until(
@@ -119,23 +100,29 @@ impl Controller {
         proposal: &Proposal,
         deadline: Instant,
         client_deadline: Option<Instant>,
-    ) -> Result<Outcome, Status> {
+    ) -> Result<Outcome, ControllerError> {
         let mut last_problem = String::from("no attempt finished");
         loop {
             if client_deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(expired());
+                return Err(ControllerError::Expired);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(no_quorum("the write", self.request_timeout, &last_problem));
+                return Err(ControllerError::no_quorum("the write", self.request_timeout, &last_problem));
             }
             let attempt =
                 tokio::time::timeout(remaining, self.batcher.submit(proposal.clone(), client_deadline)).await;
             match attempt {
-                Ok(Err(ForwardError::Expired)) => return Err(expired()),
-                Err(_) => return Err(no_quorum("the write", self.request_timeout, "commit timed out")),
+                Ok(Err(ForwardError::Expired)) => return Err(ControllerError::Expired),
+                Err(_) => {
+                    return Err(ControllerError::no_quorum(
+                        "the write",
+                        self.request_timeout,
+                        "commit timed out",
+                    ));
+                }
                 Ok(Ok(outcome)) => return Ok(outcome),
-                Ok(Err(ForwardError::Refused(err))) => return Err(weft_api::convert::status(&err)),
+                Ok(Err(ForwardError::Refused(err))) => return Err(ControllerError::Refused(err)),
                 // Leadership moved or is being decided: the batcher routes the retry to whoever
                 // leads by then.
                 Ok(Err(ForwardError::NotLeader { leader })) => {
@@ -173,17 +160,21 @@ impl Controller {
 
     /// Waits until this member's registry reflects every write committed before the call
     /// (read-index through the leader), so the read that follows is linearizable.
-    pub async fn linearizable(&self) -> Result<(), Status> {
+    pub async fn linearizable(&self) -> Result<(), ControllerError> {
         let deadline = Instant::now() + self.request_timeout;
         let mut last_problem = String::from("no attempt finished");
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(no_quorum("the read", self.request_timeout, &last_problem));
+                return Err(ControllerError::no_quorum("the read", self.request_timeout, &last_problem));
             }
             let leader = match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
                 Err(_) => {
-                    return Err(no_quorum("the read", self.request_timeout, "leadership check timed out"));
+                    return Err(ControllerError::no_quorum(
+                        "the read",
+                        self.request_timeout,
+                        "leadership check timed out",
+                    ));
                 }
                 Ok(Ok(_)) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -191,7 +182,7 @@ impl Controller {
                         .read_index_as_leader(remaining)
                         .await
                         .map(|_| ())
-                        .map_err(|e| no_quorum("the read", self.request_timeout, &e));
+                        .map_err(|e| ControllerError::no_quorum("the read", self.request_timeout, &e));
                 }
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                     f.leader_id.zip(f.leader_node.map(|n| n.addr))
@@ -200,7 +191,9 @@ impl Controller {
                     last_problem = e.to_string();
                     None
                 }
-                Ok(Err(e)) => return Err(Status::unavailable(format!("this controller cannot read: {e}"))),
+                Ok(Err(e)) => {
+                    return Err(ControllerError::Unavailable(format!("this controller cannot read: {e}")));
+                }
             };
             let no_leader = leader.is_none();
             if let Some((leader_id, addr)) = leader.filter(|(id, _)| *id != self.id) {
@@ -214,7 +207,9 @@ impl Controller {
                             .applied_index_at_least(Some(index), "linearizable read")
                             .await
                             .map(|_| ())
-                            .map_err(|e| no_quorum("the read", self.request_timeout, &e.to_string()));
+                            .map_err(|e| {
+                                ControllerError::no_quorum("the read", self.request_timeout, &e.to_string())
+                            });
                     }
                     Ok(Err(e)) => last_problem = e.to_string(),
                     Err(status) => {
@@ -242,7 +237,7 @@ impl Controller {
     }
 
     /// Records a node's heartbeat on the leader, wherever it arrived.
-    pub async fn heartbeat(&self, beat: Beat) -> Result<HeartbeatAnswer, Status> {
+    pub async fn heartbeat(&self, beat: Beat) -> Result<HeartbeatAnswer, ControllerError> {
         let deadline = Instant::now() + self.request_timeout;
         self.on_leader(
             "the heartbeat",
@@ -257,7 +252,7 @@ impl Controller {
     }
 
     /// The applied-everywhere barrier, answered by the leader wherever the request arrived.
-    pub async fn await_applied(&self, wait: AwaitApplied) -> Result<AppliedAnswer, Status> {
+    pub async fn await_applied(&self, wait: AwaitApplied) -> Result<AppliedAnswer, ControllerError> {
         let limit = self.request_timeout;
         let wanted =
             if wait.timeout_ms == 0 { limit } else { Duration::from_millis(wait.timeout_ms).min(limit) };
@@ -325,27 +320,27 @@ impl Controller {
         deadline: Instant,
         local: L,
         remote: R,
-    ) -> Result<T, Status>
+    ) -> Result<T, ControllerError>
     where
         L: Fn() -> LF,
         LF: Future<Output = Result<T, ForwardError>>,
         R: Fn(String, Duration) -> RF,
-        RF: Future<Output = Result<Result<T, ForwardError>, Status>>,
+        RF: Future<Output = Result<Result<T, ForwardError>, tonic::Status>>,
     {
         let mut last_problem = String::from("no leader elected");
         loop {
             match self.leader() {
                 Some((id, _)) if id == self.id => {
                     return local().await.map_err(|e| match e {
-                        ForwardError::Refused(err) => weft_api::convert::status(&err),
-                        other => Status::unavailable(other.to_string()),
+                        ForwardError::Refused(err) => ControllerError::Refused(err),
+                        other => ControllerError::Unavailable(other.to_string()),
                     });
                 }
                 Some((id, Some(addr))) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match remote(addr.clone(), remaining).await {
                         Ok(Ok(answer)) => return Ok(answer),
-                        Ok(Err(ForwardError::Refused(err))) => return Err(weft_api::convert::status(&err)),
+                        Ok(Err(ForwardError::Refused(err))) => return Err(ControllerError::Refused(err)),
                         Ok(Err(e)) => last_problem = e.to_string(),
                         Err(status) => last_problem = format!("leader {id} at {addr}: {}", status.message()),
                     }
@@ -353,7 +348,7 @@ impl Controller {
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(no_quorum(what, self.request_timeout, &last_problem));
+                return Err(ControllerError::no_quorum(what, self.request_timeout, &last_problem));
             }
             tokio::time::sleep(NO_LEADER_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
@@ -397,7 +392,7 @@ impl Controller {
         }
         if status == NodeStatus::Down {
             let command = Command::SetNodeStatus { name: name.to_string(), status: NodeStatus::Up };
-            self.propose(command).await.map_err(|s| ForwardError::Failed(s.message().to_string()))?;
+            self.propose(command).await.map_err(|e| ForwardError::Failed(e.to_string()))?;
             tracing::info!(node = name, "node is up again");
         }
         Ok(HeartbeatAnswer { status: NodeStatus::Up, revision: self.registry.revision() })
@@ -425,7 +420,7 @@ impl Controller {
                         tracing::warn!(node = %name, timeout = ?self.liveness.timeout(), "node missed its heartbeats: marked down")
                     }
                     Err(status) => {
-                        tracing::warn!(node = %name, cause = %status.message(), "marking node down failed")
+                        tracing::warn!(node = %name, cause = %status, "marking node down failed")
                     }
                 }
             }
@@ -440,7 +435,7 @@ impl Controller {
     }
 
     /// Adds or removes a controller, through the leader wherever the request arrived.
-    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), Status> {
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ControllerError> {
         let deadline = Instant::now() + self.request_timeout;
         self.on_leader(
             "the membership change",
@@ -540,4 +535,64 @@ impl Controller {
         tracing::info!(?change, "membership changed");
         Ok(())
     }
+
+    /// The members as this member's own metrics show them: replication facts only where this
+    /// member leads.
+    pub(crate) fn local_members(&self) -> Vec<MemberView> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let replication = metrics.replication.clone().unwrap_or_default();
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let role = if Some(*id) == metrics.current_leader {
+                    MemberRole::Leader
+                } else if !voters.contains(id) {
+                    MemberRole::Learner
+                } else if *id == self.id && metrics.state == ServerState::Candidate {
+                    MemberRole::Candidate
+                } else {
+                    MemberRole::Follower
+                };
+                MemberView {
+                    id: *id,
+                    address: node.addr.clone(),
+                    role,
+                    voter: voters.contains(id),
+                    reachable: *id == self.id || replication.get(id).is_some_and(Option::is_some),
+                    matched_index: replication.get(id).and_then(|m| m.as_ref()).map_or(0, |l| l.index),
+                }
+            })
+            .collect()
+    }
+
+    /// The leader's side of `Controller::leader_view`.
+    pub fn leader_view_as_leader(&self) -> Result<LeaderView, ForwardError> {
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return Err(ForwardError::NotLeader { leader: None });
+        }
+        Ok(LeaderView {
+            leader: self.id,
+            members: self.local_members(),
+            applied: self.liveness.applied_revisions(),
+        })
+    }
+
+    /// The leader's view, from the leader wherever this runs; `None` when no leader answers in
+    /// time (no quorum, or an election under way).
+    pub(crate) async fn leader_view(&self) -> Option<LeaderView> {
+        let deadline = Instant::now() + self.request_timeout.min(LEADER_VIEW_TIMEOUT);
+        match self.leader() {
+            Some((id, _)) if id == self.id => self.leader_view_as_leader().ok(),
+            Some((_, Some(addr))) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                self.peers.leader_view(&addr, remaining).await.ok()?.ok()
+            }
+            _ => None,
+        }
+    }
 }
+
+/// How long a follower waits for the leader's view before answering with its own.
+const LEADER_VIEW_TIMEOUT: Duration = Duration::from_secs(2);

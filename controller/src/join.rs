@@ -15,19 +15,11 @@ use weft_core::{Command, JoinToken, Response as Done, TokenRole};
 use weft_pki::{Authority, Role};
 
 use crate::cluster::{Controller, now_ms};
+use crate::signer::Signer;
 
 /// Longest token lifetime.
 const MAX_TTL: Duration = Duration::from_secs(30 * 86_400);
 const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
-
-/// What a member needs to hand out credentials.
-#[derive(Debug)]
-pub struct Signer {
-    /// The cluster CA certificate (PEM): sent to joiners, fingerprinted in tokens.
-    pub ca_pem: String,
-    /// The CA's key, when this member holds it.
-    pub authority: Option<Authority>,
-}
 
 fn random_hex(bytes: usize) -> Result<String, Status> {
     let mut buffer = vec![0u8; bytes];

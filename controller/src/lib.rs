@@ -1,17 +1,23 @@
 //! weft-controller: a Raft member holding weft's registry.
 //!
 //! # Layout
-//! - [`raft_types`]: the openraft type configuration;
-//! - [`store`]: log, vote and snapshots in redb, fsynced before acknowledging;
+//!
+//! Layers that only point down; each module uses those listed before it.
+//!
+//! - bottom: [`raft_types`] (the openraft type configuration), [`store`] (log, vote and
+//!   snapshots in redb, fsynced before acknowledging), [`frames`] (watch messages encoded once),
+//!   [`error`] (the controller's errors and their one mapping to gRPC statuses),
+//!   [`metrics`] (Prometheus metrics, the request layer and client deadlines), [`liveness`]
+//!   (hosts' heartbeats), [`signer`] (the CA a member signs joiners' credentials with),
+//!   [`manifest`] (the bootstrap manifest);
 //! - [`registry`]: weft-core's state machine under openraft, and the watch hub;
-//! - [`raft_network`]: Raft RPCs between members over gRPC, and forwarding to the leader;
-//! - [`batcher`]: gathers proposals into Raft entries;
-//! - [`cluster`]: proposing writes and linearizable reads with deadlines;
-//! - [`liveness`]: heartbeats and marking silent hosts down;
-//! - [`api`]: the public gRPC services;
-//! - [`watch`]: the watch stream, one shared encoding of each snapshot and change for every watcher;
-//! - [`manifest`]: the bootstrap manifest;
-//! - [`metrics`]: Prometheus metrics and the request-counting layer;
+//! - [`forward`]: what members hand the leader (wire types) and [`forward::Peers`], the client;
+//! - [`raft_network`]: openraft's RPCs to other members, over that client;
+//! - [`batcher`]: gathers proposals into Raft entries, locally or on the leader;
+//! - [`cluster`]: [`cluster::Controller`], proposing writes and linearizable reads with
+//!   deadlines, and the leader's view;
+//! - the gRPC services over it: [`api`] (the public API), [`join`] (tokens and joining),
+//!   [`watch`] (the watch stream), [`raft_server`] (the internal service other members call);
 //! - [`server`]: assembles a member and runs it.
 
 #![forbid(unsafe_code)]
@@ -19,13 +25,27 @@
 pub mod api;
 pub mod batcher;
 pub mod cluster;
+pub mod error;
+pub mod forward;
+pub mod frames;
 pub mod join;
 pub mod liveness;
 pub mod manifest;
 pub mod metrics;
 pub mod raft_network;
+pub mod raft_server;
 pub mod raft_types;
 pub mod registry;
 pub mod server;
+pub mod signer;
 pub mod store;
 pub mod watch;
+
+/// Largest request a client may send: every public request is a few hundred bytes (names,
+/// addresses, labels); anything near this is refused before it is decoded.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Largest Raft message between members. Catch-up AppendEntries carry up to 300 entries, each
+/// a batch of proposals (tens of KB under load), and snapshot chunks are 3 MiB: gRPC's
+/// default of 4 MiB would stall a lagging member for good.
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;

@@ -27,12 +27,12 @@ use tokio::sync::broadcast;
 use weft_api::{convert, pb};
 use weft_core::State;
 
+use crate::frames;
 use crate::raft_types::{
     ApplyResult, Entry, LogId, Outcome, ProposalBatch, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
 use crate::store::{KEY_SNAPSHOT, Store};
-use crate::watch;
 
 /// How many recent revisions are kept for watchers resuming from a revision.
 pub const DEFAULT_RETAINED_REVISIONS: usize = 8192;
@@ -64,7 +64,7 @@ impl Batch {
 
     /// The watch-stream frame carrying this batch.
     pub fn frame(&self) -> Bytes {
-        self.frame.get_or_init(|| watch::events_frame(&self.events)).clone()
+        self.frame.get_or_init(|| frames::events_frame(&self.events)).clone()
     }
 }
 
@@ -194,7 +194,7 @@ impl Registry {
         let registry = self.clone();
         let built = tokio::task::spawn_blocking(move || {
             let full = registry.with_state(convert::full_state);
-            SnapshotFrame { revision: full.revision, frame: watch::snapshot_frame(full) }
+            SnapshotFrame { revision: full.revision, frame: frames::snapshot_frame(full) }
         })
         .await;
         let built = match built {

@@ -16,26 +16,21 @@ use weft_core::{ClusterConfig, Command};
 
 use crate::batcher::Batcher;
 use crate::cluster::Controller;
+use crate::error::ControllerError;
+use crate::forward::{Peers, pb as raft_pb};
 use crate::liveness::Liveness;
 use crate::manifest::Manifest;
 use crate::metrics::{CountRequests, Metrics};
-use crate::raft_network::{Network, Peers, RaftServer, pb as raft_pb};
+use crate::raft_network::Network;
+use crate::raft_server::RaftServer;
 use crate::raft_types::{NodeId, Raft};
 use crate::registry::{Registry, StateMachine};
 use crate::store::Store;
 use crate::watch::WatchRoute;
+use crate::{MAX_RAFT_MESSAGE_BYTES, MAX_REQUEST_BYTES};
 
 /// Which cluster a data directory belongs to; written at bootstrap, checked at every start.
 const KEY_IDENTITY: &str = "identity";
-
-/// Largest request a client may send: every public request is a few hundred bytes (names,
-/// addresses, labels); anything near this is refused before it is decoded.
-pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
-
-/// Largest Raft message between members. Catch-up AppendEntries carry up to 300 entries, each
-/// a batch of proposals (tens of KB under load), and snapshot chunks are 3 MiB: gRPC's
-/// default of 4 MiB would stall a lagging member for good.
-pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How to run one controller.
 #[derive(Debug, Clone)]
@@ -145,7 +140,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         metrics: Arc::new(Metrics::default()),
         request_timeout: opts.request_timeout,
         signer: match (&opts.tls, &opts.tls_dir) {
-            (Some(tls), Some(dir)) => Some(Arc::new(crate::join::Signer {
+            (Some(tls), Some(dir)) => Some(Arc::new(crate::signer::Signer {
                 ca_pem: tls.ca.clone(),
                 authority: if dir.join("ca-key.pem").exists() {
                     Some(weft_pki::Authority::load(dir).context("loading the CA key for join tokens")?)
@@ -296,13 +291,18 @@ async fn create_missing_networks(controller: &Controller, networks: Vec<pb::Crea
                     tracing::info!(network = %request.name, "created from the manifest");
                     break;
                 }
-                Err(status) if status.code() == tonic::Code::AlreadyExists => break,
-                Err(status) if status.code() == tonic::Code::Unavailable => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(status) => {
-                    tracing::error!(network = %request.name, cause = %status.message(), "manifest network refused");
+                Err(ControllerError::Refused(refusal))
+                    if refusal.kind() == weft_core::ErrorKind::AlreadyExists =>
+                {
                     break;
+                }
+                Err(ControllerError::Refused(refusal)) => {
+                    tracing::error!(network = %request.name, cause = %refusal, "manifest network refused");
+                    break;
+                }
+                Err(unavailable) => {
+                    tracing::debug!(network = %request.name, cause = %unavailable, "creating a manifest network: retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
@@ -387,7 +387,7 @@ async fn configure_when_leader(
                     return;
                 }
                 Err(status) => {
-                    tracing::warn!(cause = %status.message(), "configuring the cluster failed; retrying")
+                    tracing::warn!(cause = %status, "configuring the cluster failed; retrying")
                 }
             }
         }

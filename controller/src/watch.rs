@@ -5,7 +5,7 @@
 //! encode each message into a buffer of its own stream: 1,000 agents and 100,000 endpoints
 //! meant 1,000 conversions and encodings of a 10 MB snapshot, each holding the registry lock,
 //! and 1,000 copies in memory at once. Here each snapshot and each batch of changes is
-//! encoded once ([`Registry::snapshot_frame`], [`crate::registry::Batch::frame`]) and every
+//! encoded once ([`crate::registry::Registry::snapshot_frame`], [`crate::registry::Batch::frame`]) and every
 //! watcher sends slices of the same bytes; HTTP/2 flow control paces each stream without
 //! copying. The wire format is exactly `WatchService.Watch` from `proto/weft/v1/watch.proto`:
 //! clients, reflection and grpcurl see no difference.
@@ -27,9 +27,10 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use weft_api::pb;
 
+use crate::MAX_REQUEST_BYTES;
 use crate::cluster::Controller;
+use crate::frames::progress_frame;
 use crate::registry::{Published, WatchStart};
-use crate::server::MAX_REQUEST_BYTES;
 
 /// The service name gRPC clients use.
 pub const SERVICE: &str = "weft.v1.WatchService";
@@ -41,32 +42,6 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 const STREAM_BUFFER: usize = 64;
 /// A snapshot goes to HTTP/2 in pieces of this size, each a slice of the shared encoding.
 const PIECE: usize = 64 * 1024;
-
-/// `message` as one gRPC frame: uncompressed flag, big-endian length, the encoding.
-pub fn frame(message: &impl Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0);
-    // Messages beyond 4 GiB cannot be framed; a registry that large is far outside what a
-    // controller holds (100,000 endpoints encode to about 10 MB).
-    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    message.encode(&mut buf).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
-    Bytes::from(buf)
-}
-
-pub fn events_frame(events: &[pb::Event]) -> Bytes {
-    frame(&pb::WatchResponse {
-        kind: Some(pb::watch_response::Kind::Events(pb::EventBatch { events: events.to_vec() })),
-    })
-}
-
-pub fn snapshot_frame(full: pb::FullState) -> Bytes {
-    frame(&pb::WatchResponse { kind: Some(pb::watch_response::Kind::Snapshot(full)) })
-}
-
-fn progress_frame(revision: u64) -> Bytes {
-    frame(&pb::WatchResponse { kind: Some(pb::watch_response::Kind::Progress(pb::Progress { revision })) })
-}
 
 /// The request message from a unary gRPC request body.
 async fn read_request(body: Body) -> Result<pb::WatchRequest, Status> {
@@ -132,7 +107,7 @@ async fn feed(controller: Controller, from: u64, tx: Sender) {
             "this member is at revision {}, behind the {from} you have seen, and cannot catch up: {}; \
              watch another member or retry",
             registry.revision(),
-            status.message()
+            status
         );
         return finish(&tx, &Status::unavailable(behind)).await;
     }
@@ -240,22 +215,6 @@ impl tower::Service<http::Request<Body>> for WatchRoute {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frames_are_what_a_grpc_client_decodes() {
-        let event = pb::Event { revision: 7, ..Default::default() };
-        let bytes = events_frame(std::slice::from_ref(&event));
-        assert_eq!(bytes[0], 0, "uncompressed");
-        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-        assert_eq!(len, bytes.len() - 5);
-        let decoded = pb::WatchResponse::decode(&bytes[5..]).unwrap();
-        assert_eq!(
-            decoded.kind,
-            Some(pb::watch_response::Kind::Events(pb::EventBatch { events: vec![event] }))
-        );
-        let progress = pb::WatchResponse::decode(&progress_frame(9)[5..]).unwrap();
-        assert_eq!(progress.kind, Some(pb::watch_response::Kind::Progress(pb::Progress { revision: 9 })));
-    }
 
     #[tokio::test]
     async fn requests_are_checked_before_any_watching() {

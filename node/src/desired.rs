@@ -35,7 +35,7 @@ pub fn host_veth(endpoint: &EndpointView) -> String {
 
 /// [`host_veth`] from the endpoint's revision alone.
 pub fn host_veth_name(revision: u64) -> String {
-    format!("weftp{revision:x}")
+    weft_dataplane::model::veth_name(revision)
 }
 
 /// Networks with at least one container on this host get devices; each gets an entry for

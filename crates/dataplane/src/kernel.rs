@@ -376,7 +376,7 @@ impl Kernel {
     async fn plug(&self, master: u32, endpoint: &LocalEndpoint) -> Result<(), KernelError> {
         let host = &endpoint.host_veth;
         // Temporary name of the container end while it is still in the host namespace.
-        let peer = format!("{}c", &host[..host.len().min(14)]);
+        let peer = crate::plan::container_end_name(host);
         let links = self.handle.link();
         let pair = LinkVeth::new(host, &peer).mtu(endpoint.mtu).controller(master).build();
         links.add(pair).execute().await.map_err(failed(format!("creating veth pair {host}")))?;

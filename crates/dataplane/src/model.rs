@@ -35,6 +35,15 @@ impl fmt::Display for IfAddr {
 /// what it made (a user-named bridge included) and adopts it again after a restart.
 pub const ALIAS_PREFIX: &str = "weft ";
 
+/// Every host-side veth weft creates is named with this prefix (and its container end, while
+/// still in the host namespace, too).
+pub const VETH_PREFIX: &str = "weftp";
+
+/// The host-side veth of the endpoint created at registry revision `revision`.
+pub fn veth_name(revision: u64) -> String {
+    format!("{VETH_PREFIX}{revision:x}")
+}
+
 /// The alias of a network's bridge and VXLAN device.
 pub fn network_alias(network_id: &str) -> String {
     format!("{ALIAS_PREFIX}network {network_id}")
@@ -126,9 +135,17 @@ pub struct Link {
 }
 
 impl Link {
-    /// Made by weft (carries weft's alias).
+    /// Made by weft: carries weft's alias, or is a veth with weft's name that never got it.
+    /// The kernel takes no alias at creation, so an agent killed between creating a veth pair
+    /// and labelling it leaves an unlabelled pair named like weft's (seen in the lifecycle
+    /// tests); without this it would stay forever, taken for somebody else's.
     pub fn is_weft(&self) -> bool {
-        self.alias.as_deref().is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+        self.alias.as_deref().is_some_and(|a| a.starts_with(ALIAS_PREFIX)) || self.is_unlabelled_weft_veth()
+    }
+
+    /// A veth named like weft's that was never labelled: half made, to be replaced.
+    pub fn is_unlabelled_weft_veth(&self) -> bool {
+        self.kind == LinkKind::Veth && self.alias.is_none() && self.name.starts_with(VETH_PREFIX)
     }
 }
 

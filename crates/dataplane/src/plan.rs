@@ -130,11 +130,34 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
         .links
         .values()
         .filter(|l| l.is_weft() && !wanted.contains(l.name.as_str()))
+        .filter(|l| !container_end_in_host(l, observed))
         .map(|l| (rank(&l.kind), &l.name))
         .collect();
     stale.sort();
     ops.extend(stale.into_iter().map(|(_, name)| Op::DeleteLink { name: name.clone() }));
     ops
+}
+
+/// The temporary name of a veth's container end while it is still in the host namespace.
+pub fn container_end_name(host_veth: &str) -> String {
+    format!("{}c", &host_veth[..host_veth.len().min(14)])
+}
+
+/// A host veth whose plugging did not finish (the agent was killed in between): never
+/// labelled, or its container end still in the host namespace.
+fn half_made(veth: &crate::model::Link, observed: &Observed) -> bool {
+    veth.is_unlabelled_weft_veth()
+        || observed
+            .links
+            .get(&container_end_name(&veth.name))
+            .is_some_and(crate::model::Link::is_unlabelled_weft_veth)
+}
+
+/// The container end of a half-made pair: it goes with its host end (deleting either end of
+/// a pair deletes both), so it is never removed on its own.
+fn container_end_in_host(link: &crate::model::Link, observed: &Observed) -> bool {
+    link.is_unlabelled_weft_veth()
+        && observed.links.keys().any(|host| host != &link.name && container_end_name(host) == link.name)
 }
 
 fn plan_bridge<'a>(
@@ -219,7 +242,7 @@ fn plan_local(net: &NetworkDevices, observed: &Observed, ops: &mut Vec<Op>, fres
     let replaced_bridge = fresh.contains(net.bridge.as_str());
     for endpoint in net.local.values() {
         match observed.links.get(&endpoint.host_veth) {
-            Some(veth) if veth.kind == LinkKind::Veth && veth.is_weft() => {
+            Some(veth) if veth.kind == LinkKind::Veth && veth.is_weft() && !half_made(veth, observed) => {
                 if replaced_bridge
                     || veth.master.as_deref() != Some(&net.bridge)
                     || veth.mtu != endpoint.mtu

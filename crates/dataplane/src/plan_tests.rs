@@ -308,3 +308,33 @@ fn a_name_taken_by_something_else_is_reported_and_left_alone() {
     let ops = plan(&d, &observed);
     assert!(matches!(&ops[..], [Op::Conflict { name, .. }] if name == "mybridge"), "{ops:#?}");
 }
+
+/// An agent killed while plugging leaves a veth pair in the host namespace, unlabelled (the
+/// kernel takes no alias at creation) or labelled with its container end not handed over.
+/// Weft recognises its own names: an unwanted half-made pair is removed through its host end,
+/// a wanted one is replaced.
+#[test]
+fn half_made_veth_pairs_are_removed_or_replugged() {
+    let mut want = net("weft4096", 4096);
+    want.local.insert("weftp1".into(), local("weftp1", 2));
+    let mut observed = Observed::default();
+    for (name, alias) in [
+        ("weftp7", None),
+        ("weftp7c", None),
+        ("weftp1", Some(endpoint_alias("ep-weftp1"))),
+        ("weftp1c", None),
+    ] {
+        observed.links.insert(name.into(), link(name, LinkKind::Veth, alias, None, 1450));
+    }
+    let ops = plan(&desired(vec![want.clone()]), &observed);
+    assert!(ops.contains(&Op::DeleteLink { name: "weftp1".into() }), "{ops:?}");
+    assert!(ops.contains(&Op::Plug { bridge: "weft4096".into(), endpoint: local("weftp1", 2) }), "{ops:?}");
+    assert!(ops.contains(&Op::DeleteLink { name: "weftp7".into() }), "{ops:?}");
+    for end in ["weftp7c", "weftp1c"] {
+        assert!(!ops.contains(&Op::DeleteLink { name: end.into() }), "{end} goes with its pair: {ops:?}");
+    }
+    // Somebody else's veth with another name is still left alone.
+    let mut theirs = Observed::default();
+    theirs.links.insert("veth0".into(), link("veth0", LinkKind::Veth, None, None, 1500));
+    assert!(plan(&Desired::default(), &theirs).is_empty());
+}

@@ -68,8 +68,15 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), String> {
             Ok(())
         }
         Op::DeleteLink { name } => {
-            existing(observed, name)?;
+            let deleted = existing(observed, name)?.clone();
             observed.links.remove(name);
+            // A veth pair goes as a whole: the container end still in the host namespace too.
+            let container_end = crate::plan::container_end_name(name);
+            if deleted.kind == LinkKind::Veth
+                && observed.links.get(&container_end).is_some_and(Link::is_unlabelled_weft_veth)
+            {
+                observed.links.remove(&container_end);
+            }
             observed.fdb.remove(name);
             observed.neighbours.remove(name);
             for port in observed.links.values_mut().filter(|l| l.master.as_deref() == Some(name)) {

@@ -40,6 +40,11 @@ fn ip4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
 
+/// Container `c`'s host veth on network `n`, named as weft names them.
+fn veth(n: u8, c: u8) -> String {
+    weft_dataplane::model::veth_name(u64::from(n) * 16 + u64::from(c) + 1)
+}
+
 fn desired(specs: &[NetSpec]) -> Desired {
     let mut networks = BTreeMap::new();
     for spec in specs {
@@ -50,7 +55,7 @@ fn desired(specs: &[NetSpec]) -> Desired {
             .locals
             .iter()
             .map(|c| {
-                let veth = format!("wv{n}c{c}");
+                let veth = veth(n, *c);
                 let endpoint = LocalEndpoint {
                     endpoint_id: format!("ep{n}-{c}"),
                     host_veth: veth.clone(),
@@ -123,6 +128,13 @@ enum Drift {
     Vanish {
         link: u8,
     },
+    /// An agent killed while plugging a container: a veth pair left in the host namespace,
+    /// its host end labelled or not.
+    HalfPlugged {
+        n: u8,
+        c: u8,
+        labelled: bool,
+    },
 }
 
 fn drift() -> impl Strategy<Value = Drift> {
@@ -133,6 +145,7 @@ fn drift() -> impl Strategy<Value = Drift> {
         (any::<u8>(), any::<u8>()).prop_map(|(device, last)| Drift::StaleEntry { device, last }),
         (0u8..3).prop_map(|n| Drift::Foreign { n }),
         any::<u8>().prop_map(|link| Drift::Vanish { link }),
+        (0u8..3, 0u8..6, any::<bool>()).prop_map(|(n, c, labelled)| Drift::HalfPlugged { n, c, labelled }),
     ]
 }
 
@@ -197,6 +210,26 @@ fn apply_drift(observed: &mut Observed, drift: &Drift) {
                     addresses: BTreeSet::new(),
                 },
             );
+        }
+        Drift::HalfPlugged { n, c, labelled } => {
+            let host = veth(*n, *c);
+            let alias = labelled.then(|| weft_dataplane::model::endpoint_alias(&format!("ep{n}-{c}")));
+            for (name, alias) in [(weft_dataplane::plan::container_end_name(&host), None), (host, alias)] {
+                observed.links.insert(
+                    name.clone(),
+                    Link {
+                        index: 0,
+                        name,
+                        kind: LinkKind::Veth,
+                        alias,
+                        master: None,
+                        mtu: 1500,
+                        up: false,
+                        mac: None,
+                        addresses: BTreeSet::new(),
+                    },
+                );
+            }
         }
         Drift::Vanish { link } => {
             if let Some(name) = nth_link(observed, *link) {

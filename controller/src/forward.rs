@@ -1,0 +1,262 @@
+//! Forwarding between members: the internal `weft.raft.v1` service's generated code, the
+//! requests a member hands to the leader (proposals, heartbeats, membership changes, waits,
+//! read indexes, the leader's view) with their answers, and [`Peers`], the client that sends
+//! them. Everything travels postcard-encoded in one `Payload` message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status};
+use weft_core::Proposal;
+
+use crate::raft_types::{NodeId, Outcome};
+use crate::store::{decode, encode};
+
+/// Generated code of the internal `weft.raft.v1` service.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("weft.raft.v1");
+}
+
+use pb::raft_service_client::RaftServiceClient;
+
+/// How long a member waits to connect to another.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a forwarded request was not carried out.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// The member asked is not the leader (any more); try the one it names.
+    #[error("member is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, String)> },
+    /// The leader refused the request itself (an unknown node, say).
+    #[error("{0}")]
+    Refused(weft_core::Error),
+    #[error("{0}")]
+    Failed(String),
+    /// The client's deadline passed before the proposal went into a log entry: nothing was
+    /// written.
+    #[error("the request's deadline passed before it was proposed; nothing was written")]
+    Expired,
+}
+
+/// One member as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub address: String,
+    pub role: MemberRole,
+    pub voter: bool,
+    pub reachable: bool,
+    pub matched_index: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberRole {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+}
+
+/// What only the leader knows: replication to each member, and each host's last report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderView {
+    pub leader: NodeId,
+    pub members: Vec<MemberView>,
+    /// Host name → the revision it last reported programmed.
+    pub applied: std::collections::BTreeMap<String, u64>,
+}
+
+/// A change to the set of controllers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Catch up as a learner, then become a voter.
+    Add {
+        id: NodeId,
+        address: String,
+    },
+    Remove {
+        id: NodeId,
+    },
+}
+
+/// An applied-everywhere wait, as one member hands it to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AwaitApplied {
+    pub network: String,
+    pub revision: u64,
+    pub except_node: String,
+    pub timeout_ms: u64,
+    /// The endpoint the revision made, when the wait is for one (may be empty).
+    pub endpoint_id: String,
+}
+
+/// The hosts waited for, those still behind when the wait ran out, and those that reported
+/// they cannot program the endpoint waited for (both empty on success).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppliedAnswer {
+    pub waited_for: Vec<String>,
+    pub behind: Vec<String>,
+    /// Host and what it reported.
+    pub blocked: Vec<(String, String)>,
+}
+
+/// A node's heartbeat, as one member hands it to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Beat {
+    pub name: String,
+    pub applied_revision: u64,
+    pub problems: std::collections::BTreeMap<String, String>,
+}
+
+/// What the leader answers a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    pub status: weft_core::NodeStatus,
+    pub revision: u64,
+}
+
+/// Lazily connected channels to other members, by address.
+#[derive(Clone, Debug, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Mutual TLS towards other members (their certificates name their addresses); none
+    /// with `--insecure`.
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Peers {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Peers {
+        Peers { channels: Arc::default(), tls }
+    }
+
+    /// A client for the member at `addr` (host:port). Connection happens on first use.
+    pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(RaftServiceClient::new(channel.clone()));
+        }
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| Status::internal(format!("bad member address {addr:?}: {e}")))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Status::internal(format!("TLS towards member {addr}: {e}")))?;
+        }
+        let endpoint = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(RaftServiceClient::new(channel))
+    }
+
+    /// Sends a batch of proposals to the member at `addr` (the leader), which commits them
+    /// with its own; answers one result per proposal.
+    pub async fn propose(
+        &self,
+        addr: &str,
+        proposals: &[Proposal],
+        timeout: Duration,
+    ) -> Result<Vec<Result<Outcome, ForwardError>>, Status> {
+        self.forward(addr, Forwarded::Propose, &proposals, timeout).await
+    }
+
+    /// Hands a node's heartbeat to the member at `addr`.
+    pub async fn heartbeat(
+        &self,
+        addr: &str,
+        beat: &Beat,
+        timeout: Duration,
+    ) -> Result<Result<HeartbeatAnswer, ForwardError>, Status> {
+        self.forward(addr, Forwarded::Heartbeat, beat, timeout).await
+    }
+
+    /// Hands a membership change to the member at `addr`.
+    pub async fn change_membership(
+        &self,
+        addr: &str,
+        change: &MembershipChange,
+        timeout: Duration,
+    ) -> Result<Result<(), ForwardError>, Status> {
+        self.forward(addr, Forwarded::ChangeMembership, change, timeout).await
+    }
+
+    /// Hands an applied-everywhere wait to the member at `addr` (the leader).
+    pub async fn await_applied(
+        &self,
+        addr: &str,
+        wait: &AwaitApplied,
+        timeout: Duration,
+    ) -> Result<Result<AppliedAnswer, ForwardError>, Status> {
+        self.forward(addr, Forwarded::AwaitApplied, wait, timeout).await
+    }
+
+    /// Asks the member at `addr` (the leader) for its view of the cluster.
+    pub async fn leader_view(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Result<LeaderView, ForwardError>, Status> {
+        self.forward(addr, Forwarded::LeaderView, &(), timeout).await
+    }
+
+    /// Asks the member at `addr` for a read index.
+    pub async fn read_index(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Result<u64, ForwardError>, Status> {
+        self.forward(addr, Forwarded::ReadIndex, &(), timeout).await
+    }
+
+    /// One forwarded request: encode, call with a deadline, decode the answer.
+    async fn forward<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
+        &self,
+        addr: &str,
+        method: Forwarded,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, Status> {
+        let data = encode(req).map_err(|e| Status::internal(e.to_string()))?;
+        let mut request = Request::new(pb::Payload { data });
+        request.set_timeout(timeout);
+        let mut client = self.client(addr)?;
+        let reply = match method {
+            Forwarded::Propose => client.propose(request).await?,
+            Forwarded::Heartbeat => client.heartbeat(request).await?,
+            Forwarded::ChangeMembership => client.change_membership(request).await?,
+            Forwarded::ReadIndex => client.read_index(request).await?,
+            Forwarded::AwaitApplied => client.await_applied(request).await?,
+            Forwarded::LeaderView => client.leader_view(request).await?,
+        };
+        decode(&reply.into_inner().data)
+            .map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
+    }
+}
+
+/// The requests one member forwards to another.
+#[derive(Debug, Clone, Copy)]
+enum Forwarded {
+    Propose,
+    Heartbeat,
+    ChangeMembership,
+    ReadIndex,
+    AwaitApplied,
+    LeaderView,
+}
+
+/// The leader named by a forward-to-leader error, as (id, address).
+pub(crate) fn leader_of(
+    err: &openraft::error::ForwardToLeader<NodeId, BasicNode>,
+) -> Option<(NodeId, String)> {
+    Some((err.leader_id?, err.leader_node.as_ref()?.addr.clone()))
+}
