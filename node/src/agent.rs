@@ -18,7 +18,7 @@ use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_api::pb::node_service_client::NodeServiceClient;
 use weft_api::pb::watch_service_client::WatchServiceClient;
 use weft_dataplane::model::endpoint_alias;
-use weft_dataplane::{Desired, Kernel, Observed, plan};
+use weft_dataplane::{Dataplane, Desired, Kernel, Observed, plan};
 use weft_dns::server::Dns;
 use weft_dns::{EndpointRecord, NameTable};
 
@@ -59,10 +59,12 @@ struct Shared {
     attachments: Attachments,
 }
 
-pub struct Agent {
+/// `D` is the host's kernel: [`Kernel`] in production, a `weft_dataplane::SimulatedHost` in
+/// tests of the agent's own logic.
+pub struct Agent<D: Dataplane = Kernel> {
     settings: Settings,
     controllers: Controllers,
-    kernel: Kernel,
+    kernel: D,
     shared: Mutex<Shared>,
     store: Store,
     /// One reconcile pass at a time: each plans against a fresh dump.
@@ -92,7 +94,7 @@ pub struct Agent {
     dns_revision: AtomicU64,
 }
 
-impl std::fmt::Debug for Agent {
+impl<D: Dataplane> std::fmt::Debug for Agent<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent").field("host", &self.settings.host).finish_non_exhaustive()
     }
@@ -111,14 +113,14 @@ enum Chore {
     Forget,
 }
 
-impl Agent {
+impl<D: Dataplane> Agent<D> {
     pub fn new(
         settings: Settings,
         controllers: Controllers,
-        kernel: Kernel,
+        kernel: D,
         dns: Arc<Dns>,
         tunnel: Option<Tunnel>,
-    ) -> anyhow::Result<Agent> {
+    ) -> anyhow::Result<Agent<D>> {
         std::fs::create_dir_all(&settings.state_dir)
             .map_err(|e| anyhow::anyhow!("creating state directory {}: {e}", settings.state_dir.display()))?;
         let store = Store::open(&settings.state_dir)?;
@@ -385,19 +387,7 @@ impl Agent {
         }
         self.refresh_dns(&want, revision).await;
         if full || loaded_rules.as_deref() != Some(script.as_str()) {
-            // nft is a process to spawn and wait for: off the async workers, like the WireGuard
-            // calls, so DNS answers and attaches are not held up behind it.
-            let rules = script.clone();
-            let loaded = tokio::task::spawn_blocking(move || {
-                weft_dataplane::rules::enable_forwarding().and_then(|()| weft_dataplane::rules::load(&rules))
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(weft_dataplane::KernelError {
-                    doing: "loading weft's nftables rules".into(),
-                    reason: e.to_string(),
-                })
-            });
+            let loaded = self.kernel.load_rules(&script).await;
             match loaded {
                 Ok(()) => *loaded_rules = Some(script),
                 Err(e) => {

@@ -9,15 +9,17 @@ use tonic::{Request, Response, Status};
 use weft_api::agent;
 use weft_api::agent::agent_service_server::{AgentService, AgentServiceServer};
 
+use weft_dataplane::Dataplane;
+
 use crate::agent::Agent;
 
-#[derive(Debug, Clone)]
-pub struct Service {
-    agent: Arc<Agent>,
+#[derive(Debug)]
+pub struct Service<D: Dataplane> {
+    agent: Arc<Agent<D>>,
 }
 
 #[tonic::async_trait]
-impl AgentService for Service {
+impl<D: Dataplane> AgentService for Service<D> {
     async fn attach(
         &self,
         request: Request<agent::AttachRequest>,
@@ -48,7 +50,7 @@ impl AgentService for Service {
 
 /// Serves the attach API on `socket` until the process ends. A stale socket file from an
 /// earlier run is replaced.
-pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
+pub async fn serve<D: Dataplane>(agent: Arc<Agent<D>>, socket: &Path) -> anyhow::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use weft_dataplane::wireguard::{self, Backend, DeviceConfig, Key, Peer};
-use weft_dataplane::{IfAddr, Kernel, KernelError, LinkKind, Observed, Op};
+use weft_dataplane::{Dataplane, IfAddr, Kernel, KernelError, LinkKind, Observed, Op};
 
 /// How the operator wants WireGuard run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -177,9 +177,9 @@ impl Tunnel {
     /// Makes the device match: running (wireguard-go restarted if it died), the host key and
     /// port, exactly `peers`, the tunnel address, MTU and link up. Peers that are right are
     /// not touched, so their sessions carry on.
-    pub async fn sync(
+    pub async fn sync<D: Dataplane>(
         &self,
-        kernel: &Kernel,
+        kernel: &D,
         observed: &Observed,
         address: Option<IfAddr>,
         mtu: u32,
@@ -237,7 +237,7 @@ impl Tunnel {
         for stale in current.iter().filter(|a| Some(**a) != address && !a.ip.is_ipv6()) {
             ops.push(Op::DeleteAddress { link: self.interface.clone(), address: *stale });
         }
-        errors.extend(kernel.apply(&ops).await);
+        errors.extend(kernel.apply_each(&ops).await.into_iter().map(|(_, e)| e));
         errors
     }
 

@@ -1,7 +1,9 @@
 //! weft's Linux data plane. [`model`] says what a host should hold and what it holds, [`plan`]
 //! turns the difference into operations (both pure), and [`kernel`] dumps and programs the
-//! kernel over rtnetlink; [`simulated`] is the same kernel in memory, for tests without root.
+//! kernel over rtnetlink; [`simulated`] is the same kernel in memory, for tests without root,
+//! and [`host`] is the [`Dataplane`] trait the agent drives either through.
 
+pub mod host;
 pub mod kernel;
 pub mod model;
 pub mod plan;
@@ -9,6 +11,7 @@ pub mod rules;
 pub mod simulated;
 pub mod wireguard;
 
+pub use host::{Dataplane, SimulatedHost};
 pub use kernel::{Kernel, KernelError};
 pub use model::{
     Desired, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, RemoteEndpoint,

@@ -1,0 +1,178 @@
+//! What the node agent needs of its host's kernel, as a trait: the real kernel ([`Kernel`],
+//! netlink and nft) in production, a [`SimulatedHost`] (the [`crate::simulated`] kernel in
+//! memory) where the agent's own logic is tested without root.
+
+use std::future::Future;
+use std::sync::Mutex;
+
+use crate::kernel::{Kernel, KernelError};
+use crate::model::{LinkKind, Observed};
+use crate::plan::Op;
+
+/// A host's kernel as the agent drives it.
+pub trait Dataplane: Send + Sync + 'static {
+    /// What the kernel holds that weft cares about.
+    fn observe(&self) -> impl Future<Output = Result<Observed, KernelError>> + Send;
+    /// Carries out `ops` in order, carrying on past failures; the index of each one refused.
+    fn apply_each(&self, ops: &[Op]) -> impl Future<Output = Vec<(usize, KernelError)>> + Send;
+    /// Whether the link exists and is up.
+    fn link_is_up(&self, name: &str) -> impl Future<Output = bool> + Send;
+    /// Turns on forwarding and loads weft's nftables rules (replacing weft's tables).
+    fn load_rules(&self, script: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// Creates a kernel WireGuard link.
+    fn create_wireguard(&self, name: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
+}
+
+impl Dataplane for Kernel {
+    async fn observe(&self) -> Result<Observed, KernelError> {
+        Kernel::observe(self).await
+    }
+
+    async fn apply_each(&self, ops: &[Op]) -> Vec<(usize, KernelError)> {
+        Kernel::apply_each(self, ops).await
+    }
+
+    async fn link_is_up(&self, name: &str) -> bool {
+        Kernel::link_is_up(self, name).await
+    }
+
+    async fn load_rules(&self, script: &str) -> Result<(), KernelError> {
+        // nft is a process to spawn and wait for: off the async workers, so DNS answers and
+        // attaches are not held up behind it.
+        let script = script.to_string();
+        tokio::task::spawn_blocking(move || {
+            crate::rules::enable_forwarding().and_then(|()| crate::rules::load(&script))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(KernelError { doing: "loading weft's nftables rules".into(), reason: e.to_string() })
+        })
+    }
+
+    async fn create_wireguard(&self, name: &str) -> Result<(), KernelError> {
+        Kernel::create_wireguard(self, name).await
+    }
+}
+
+/// A host whose kernel is [`crate::simulated`]: operations change an [`Observed`] in memory.
+/// Names can be made to fail, as a kernel refusing something would.
+#[derive(Debug, Default)]
+pub struct SimulatedHost {
+    state: Mutex<SimulatedState>,
+}
+
+#[derive(Debug, Default)]
+struct SimulatedState {
+    observed: Observed,
+    rules: Option<String>,
+    /// Links whose creation the kernel refuses, with why.
+    refuse: Vec<(String, String)>,
+}
+
+impl SimulatedHost {
+    fn state(&self) -> std::sync::MutexGuard<'_, SimulatedState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What the kernel holds now.
+    pub fn observed(&self) -> Observed {
+        self.state().observed.clone()
+    }
+
+    /// The rules last loaded.
+    pub fn rules(&self) -> Option<String> {
+        self.state().rules.clone()
+    }
+
+    /// From now on, creating a link named `name` fails with `reason`.
+    pub fn refuse(&self, name: &str, reason: &str) {
+        self.state().refuse.push((name.to_string(), reason.to_string()));
+    }
+
+    /// Changes the kernel behind weft's back (an operator, a crash).
+    pub fn tamper(&self, change: impl FnOnce(&mut Observed)) {
+        change(&mut self.state().observed);
+    }
+}
+
+fn created_name(op: &Op) -> Option<&str> {
+    match op {
+        Op::CreateBridge { name, .. } | Op::CreateVxlan { name, .. } => Some(name),
+        Op::Plug { endpoint, .. } => Some(&endpoint.host_veth),
+        _ => None,
+    }
+}
+
+impl Dataplane for SimulatedHost {
+    async fn observe(&self) -> Result<Observed, KernelError> {
+        Ok(self.observed())
+    }
+
+    async fn apply_each(&self, ops: &[Op]) -> Vec<(usize, KernelError)> {
+        let mut state = self.state();
+        let mut failed = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let refused =
+                created_name(op).and_then(|name| state.refuse.iter().find(|(n, _)| n == name)).cloned();
+            let result = match refused {
+                Some((_, reason)) => Err(reason),
+                None => crate::simulated::apply(&mut state.observed, op),
+            };
+            if let Err(reason) = result {
+                failed.push((i, KernelError { doing: format!("{op:?}"), reason }));
+            }
+        }
+        failed
+    }
+
+    async fn link_is_up(&self, name: &str) -> bool {
+        self.state().observed.links.get(name).is_some_and(|l| l.up)
+    }
+
+    async fn load_rules(&self, script: &str) -> Result<(), KernelError> {
+        self.state().rules = Some(script.to_string());
+        Ok(())
+    }
+
+    async fn create_wireguard(&self, name: &str) -> Result<(), KernelError> {
+        let mut state = self.state();
+        let link = crate::model::Link {
+            index: 0,
+            name: name.to_string(),
+            kind: LinkKind::Other("wireguard".into()),
+            alias: None,
+            master: None,
+            mtu: 1420,
+            up: false,
+            mac: None,
+            addresses: Default::default(),
+        };
+        if state.observed.links.insert(name.to_string(), link).is_some() {
+            return Err(KernelError { doing: format!("creating {name}"), reason: "File exists".into() });
+        }
+        Ok(())
+    }
+}
+
+/// A shared host: tests keep a handle on the [`SimulatedHost`] they give an agent.
+impl<T: Dataplane> Dataplane for std::sync::Arc<T> {
+    async fn observe(&self) -> Result<Observed, KernelError> {
+        T::observe(self).await
+    }
+
+    async fn apply_each(&self, ops: &[Op]) -> Vec<(usize, KernelError)> {
+        T::apply_each(self, ops).await
+    }
+
+    async fn link_is_up(&self, name: &str) -> bool {
+        T::link_is_up(self, name).await
+    }
+
+    async fn load_rules(&self, script: &str) -> Result<(), KernelError> {
+        T::load_rules(self, script).await
+    }
+
+    async fn create_wireguard(&self, name: &str) -> Result<(), KernelError> {
+        T::create_wireguard(self, name).await
+    }
+}
