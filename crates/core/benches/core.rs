@@ -7,6 +7,9 @@
 //! - `apply/create_endpoint`: `State::apply` of a create-endpoint proposal, the hot path of the
 //!   controllers' state machine (validation, allocation, indexes, id, event);
 //! - `apply/remove_endpoint`: the inverse;
+//! - `apply/create_endpoint_with_request_id` (at 1k only): the same create sent as a client's
+//!   write with a request id, which the registry remembers for retries, and
+//!   `apply/retry_with_request_id`: a retry answered from that memory;
 //! - `apply/create_network`: carving a /24 beside 1,000 existing networks, then removing it;
 //! - `snapshot/encode` and `snapshot/restore`: whole-registry snapshots, for Raft.
 //!
@@ -159,6 +162,46 @@ fn apply_endpoints(c: &mut Criterion) {
     remove.finish();
 }
 
+/// What request ids cost the state machine: fingerprinting the command and remembering the
+/// answer (compare with `apply/create_endpoint/1k`), and answering a retry.
+fn apply_with_request_ids(c: &mut Criterion) {
+    let mut group = c.benchmark_group("apply");
+    group.throughput(Throughput::Elements(1));
+    let mut state = registry(1_000);
+    let mut next = 1_000usize;
+    let once = |i: usize| Command::once(&format!("5f0c2a1e-1111-4d4d-8888-{i:012}"), attach_request(i));
+    group.bench_function(BenchmarkId::new("create_endpoint_with_request_id", "1k"), |b| {
+        b.iter_custom(|iters| {
+            let batch: Vec<Proposal> = (0..usize::try_from(iters).expect("batch fits in memory"))
+                .map(|i| proposal(once(next + i)))
+                .collect();
+            next += batch.len();
+            let start = Instant::now();
+            let mut ids = Vec::with_capacity(batch.len());
+            for p in &batch {
+                match state.apply(black_box(p)).expect("room").response {
+                    Response::Endpoint(e) => ids.push(e.id),
+                    other => unreachable!("{other:?}"),
+                }
+            }
+            let elapsed = start.elapsed();
+            for id in ids {
+                state
+                    .apply(&proposal(Command::RemoveEndpoint(EndpointRef::Id(id.to_string()))))
+                    .expect("remove");
+            }
+            elapsed
+        })
+    });
+    let retried = proposal(once(5_000_000));
+    let mut fresh = registry(1_000);
+    fresh.apply(&retried).expect("first attempt");
+    group.bench_function(BenchmarkId::new("retry_with_request_id", "1k"), |b| {
+        b.iter(|| black_box(fresh.apply(black_box(&retried)).expect("answered")))
+    });
+    group.finish();
+}
+
 fn apply_networks(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply/create_network");
     group.throughput(Throughput::Elements(1));
@@ -214,6 +257,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = ipam, apply_endpoints, apply_networks, snapshots
+    targets = ipam, apply_endpoints, apply_with_request_ids, apply_networks, snapshots
 }
 criterion_main!(benches);

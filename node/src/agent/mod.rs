@@ -1,0 +1,177 @@
+//! The agent: registers its host, follows the registry, keeps the kernel in line with it, and
+//! attaches and detaches containers for the local API.
+//!
+//! # Layout
+//! - this module: [`Agent`], its settings and the state its jobs share;
+//! - `follow`: registration, heartbeats and the watch stream into the mirror;
+//! - `reconcile`: passes that bring the kernel (through [`Dataplane`]) in line with the mirror;
+//! - `attach`: the local API's attach, detach, list and key rotation;
+//! - `janitor`: releasing what vanished containers and unfinished attaches left.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tonic::Status;
+use weft_dataplane::{Dataplane, Kernel};
+use weft_dns::server::Dns;
+
+use crate::attachments::{Attachments, Store};
+use crate::controllers::Controllers;
+use crate::desired::{Failures, Host};
+use crate::mirror::Mirror;
+use crate::tunnel::Tunnel;
+
+mod attach;
+mod follow;
+mod janitor;
+mod reconcile;
+
+use attach::remove_orphaned_resolv_confs;
+
+/// Largest watch message the agent accepts: a full snapshot arrives as one message, about
+/// 220 bytes per endpoint (100,000 endpoints: ~22 MB). gRPC's default of 4 MiB broke the
+/// stream at ~20,000 endpoints.
+const MAX_SNAPSHOT_BYTES: usize = 512 * 1024 * 1024;
+
+/// How the agent is run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: Host,
+    /// Where local attachment records are kept across restarts.
+    pub state_dir: PathBuf,
+    pub heartbeat: Duration,
+    /// Full resync period: drift is repaired, and containers gone without a detach are
+    /// released, within it.
+    pub resync: Duration,
+    pub request_timeout: Duration,
+    /// Port of the DNS server on each local network's gateway.
+    pub dns_port: u16,
+    /// The WireGuard interface's name, even when WireGuard is off: encrypted networks'
+    /// VXLAN may leave and enter only through it.
+    pub wireguard_interface: String,
+}
+
+struct Shared {
+    mirror: Mirror,
+    attachments: Attachments,
+}
+
+/// `D` is the host's kernel: [`Kernel`] in production, a `weft_dataplane::SimulatedHost` in
+/// tests of the agent's own logic.
+pub struct Agent<D: Dataplane = Kernel> {
+    settings: Settings,
+    controllers: Controllers,
+    kernel: D,
+    shared: Mutex<Shared>,
+    store: Store,
+    /// One reconcile pass at a time: each plans against a fresh dump.
+    /// Held during a pass; keeps the rule script last loaded, so rules are reloaded only when
+    /// they change (and on every full resync, which repairs hand edits).
+    reconciling: tokio::sync::Mutex<Option<String>>,
+    wake: Notify,
+    applied: watch::Sender<u64>,
+    /// Sends a heartbeat at once: the controllers learn a new applied revision without
+    /// waiting a period (the applied-everywhere barrier waits on it).
+    beat_now: Notify,
+    /// Endpoints the last pass could not program, reported with every heartbeat.
+    problems: Mutex<BTreeMap<String, String>>,
+    /// What the last pass could not do, for callers whose request it covered.
+    last_failures: Mutex<Failures>,
+    /// Passes asked for by callers, and how many of those asks a finished pass covered.
+    pass_requested: AtomicU64,
+    pass_covered: AtomicU64,
+    /// Wakes the janitor: a container is gone, or an attach needs rolling back.
+    janitor: Notify,
+    dns: Arc<Dns>,
+    /// The host's WireGuard interface (none when the operator turned WireGuard off).
+    tunnel: Option<Tunnel>,
+    /// DNS listeners by address, one per local network's gateway.
+    dns_listeners: Mutex<HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
+    /// The registry revision the DNS table was built from.
+    dns_revision: AtomicU64,
+}
+
+impl<D: Dataplane> std::fmt::Debug for Agent<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("host", &self.settings.host).finish_non_exhaustive()
+    }
+}
+
+fn internal(what: impl std::fmt::Display) -> Status {
+    Status::internal(what.to_string())
+}
+
+impl<D: Dataplane> Agent<D> {
+    pub fn new(
+        settings: Settings,
+        controllers: Controllers,
+        kernel: D,
+        dns: Arc<Dns>,
+        tunnel: Option<Tunnel>,
+    ) -> anyhow::Result<Agent<D>> {
+        std::fs::create_dir_all(&settings.state_dir)
+            .map_err(|e| anyhow::anyhow!("creating state directory {}: {e}", settings.state_dir.display()))?;
+        let store = Store::open(&settings.state_dir)?;
+        let attachments = Attachments::from_records(store.load()?);
+        if !attachments.entries.is_empty() {
+            tracing::info!(records = attachments.entries.len(), "attachment records loaded");
+        }
+        remove_orphaned_resolv_confs(&settings.state_dir, &attachments);
+        let (applied, _) = watch::channel(0);
+        Ok(Agent {
+            settings,
+            controllers,
+            kernel,
+            shared: Mutex::new(Shared { mirror: Mirror::default(), attachments }),
+            store,
+            reconciling: tokio::sync::Mutex::new(None),
+            wake: Notify::new(),
+            applied,
+            beat_now: Notify::new(),
+            problems: Mutex::new(BTreeMap::new()),
+            last_failures: Mutex::new(Failures::default()),
+            pass_requested: AtomicU64::new(0),
+            pass_covered: AtomicU64::new(0),
+            janitor: Notify::new(),
+            dns,
+            tunnel,
+            dns_listeners: Mutex::new(HashMap::new()),
+            dns_revision: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn applied_revision(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Endpoints this host could not program at its last pass, with why.
+    pub fn problems(&self) -> BTreeMap<String, String> {
+        self.problems.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+/// The first 12 hex digits of an id, as `weft endpoint ls` prints it.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A request id for one write and its retries: what it does, to what, and when it started
+/// (with a counter so two in the same instant differ). At most 128 characters.
+fn request_id(action: &str, subject: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let subject: String = subject.chars().take(64).collect();
+    format!("weft-node/{action}/{subject}/{nanos:x}.{count:x}")
+}
