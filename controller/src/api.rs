@@ -157,7 +157,9 @@ impl EndpointService for Controller {
         acting_for(&request, &req.node, "create endpoints")?;
         let command = Command::once(&request.get_ref().request_id, Command::CreateEndpoint(req));
         match self.propose_by(command, deadline(&request)).await? {
-            (_, Done::Endpoint(endpoint)) => self
+            (revision, Done::Endpoint(endpoint)) => self
+                .caught_up_to(revision)
+                .await?
                 .registry
                 .with_state(|state| endpoint_pb(state, &endpoint))
                 .map(Response::new)
@@ -172,16 +174,24 @@ impl EndpointService for Controller {
     ) -> Result<Response<pb::RemoveEndpointResponse>, Status> {
         let reference = convert::endpoint_ref(request.get_ref()).map_err(invalid)?;
         if request.extensions().get::<Caller>().is_some_and(|c| c.role == Role::Node) {
-            let host = self
-                .registry
-                .with_state(|state| state.find_endpoint(&reference).map(|e| e.node.clone()))
-                .map_err(invalid)?;
-            acting_for(&request, &host, "remove endpoints")?;
+            let host =
+                self.registry.with_state(|state| state.find_endpoint(&reference).map(|e| e.node.clone()));
+            match host {
+                Ok(host) => acting_for(&request, &host, "remove endpoints")?,
+                // Gone already: a retry whose first attempt removed it gets that attempt's
+                // answer from the request id; anything else gets NotFound from the registry.
+                Err(err) if err.kind() == weft_core::ErrorKind::NotFound => {}
+                Err(err) => return Err(invalid(err)),
+            }
         }
         let command = Command::once(&request.get_ref().request_id, Command::RemoveEndpoint(reference));
         match self.propose_by(command, deadline(&request)).await? {
             (revision, Done::EndpointRemoved(endpoint)) => Ok(Response::new(pb::RemoveEndpointResponse {
-                endpoint: self.registry.with_state(|state| endpoint_pb(state, &endpoint)),
+                endpoint: self
+                    .caught_up_to(revision)
+                    .await?
+                    .registry
+                    .with_state(|state| endpoint_pb(state, &endpoint)),
                 revision,
             })),
             (_, other) => Err(unexpected(&other)),
@@ -369,6 +379,8 @@ impl NodeService for Controller {
             (revision, Done::NodeRemoved { node, endpoints }) => Ok(Response::new(pb::RemoveNodeResponse {
                 node: Some(convert::node(&node, 0, 0)),
                 removed_endpoints: self
+                    .caught_up_to(revision)
+                    .await?
                     .registry
                     .with_state(|state| endpoints.iter().filter_map(|e| endpoint_pb(state, e)).collect()),
                 revision,
@@ -398,6 +410,17 @@ fn member_pb(member: &MemberView) -> pb::Member {
 }
 
 impl Controller {
+    /// This member, once its registry has applied `revision`. A write forwarded to the leader
+    /// is answered before this member (a follower) may have applied it, and answers that
+    /// look up the endpoint's network here need it: a create answered Aborted ("network
+    /// removed") when the network's own creation had not reached this member yet.
+    async fn caught_up_to(&self, revision: u64) -> Result<&Controller, Status> {
+        if self.registry.revision() < revision {
+            self.linearizable().await?;
+        }
+        Ok(self)
+    }
+
     /// What each host last reported applying, as the leader knows it (heartbeats go to the
     /// leader); empty when no leader answers, so every host shows 0, unknown.
     async fn applied_revisions(&self) -> BTreeMap<String, u64> {

@@ -39,6 +39,34 @@ fn failed(doing: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelEr
     move |e| KernelError { doing, reason: e.to_string() }
 }
 
+/// Longest wait for the kernel's answer to one operation (or one dump). Netlink answers in
+/// microseconds, but a socket whose receive buffer overran loses answers for good: under 64
+/// concurrent attaches the benchmark saw "ignoring unsolicited message ... Overrun" and then an
+/// operation that never completed, holding the agent's reconcile pass (and every attach behind
+/// it) forever. Past this, the operation counts as failed and the next pass plans again.
+pub const KERNEL_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `work`, or a failure saying the kernel did not answer in time.
+async fn answered<T>(
+    doing: impl FnOnce() -> String,
+    work: impl std::future::Future<Output = Result<T, KernelError>>,
+) -> Result<T, KernelError> {
+    answered_within(KERNEL_ANSWER_TIMEOUT, doing, work).await
+}
+
+async fn answered_within<T>(
+    limit: std::time::Duration,
+    doing: impl FnOnce() -> String,
+    work: impl std::future::Future<Output = Result<T, KernelError>>,
+) -> Result<T, KernelError> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(KernelError {
+            doing: doing(),
+            reason: format!("no answer from the kernel within {limit:?} (netlink answer lost?)"),
+        })
+    })
+}
+
 fn io_failed(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> KernelError {
     let doing = doing.into();
     move |e| KernelError { doing, reason: e.to_string() }
@@ -84,6 +112,10 @@ impl Kernel {
 
     /// Dumps links, addresses, and the FDB and neighbour entries of weft's VXLAN devices.
     pub async fn observe(&self) -> Result<Observed, KernelError> {
+        answered(|| "dumping links, addresses and entries".into(), self.dump()).await
+    }
+
+    async fn dump(&self) -> Result<Observed, KernelError> {
         let messages: Vec<LinkMessage> =
             self.handle.link().get().execute().try_collect().await.map_err(failed("listing links"))?;
         let names: HashMap<u32, String> =
@@ -201,7 +233,8 @@ impl Kernel {
     /// Whether a link of that name exists and is up.
     pub async fn link_is_up(&self, name: &str) -> bool {
         let mut found = self.handle.link().get().match_name(name.to_string()).execute();
-        matches!(found.try_next().await, Ok(Some(m)) if m.header.flags.contains(LinkFlags::Up))
+        let answer = tokio::time::timeout(KERNEL_ANSWER_TIMEOUT, found.try_next()).await;
+        matches!(answer, Ok(Ok(Some(m))) if m.header.flags.contains(LinkFlags::Up))
     }
 
     /// Carries out `ops` in order, going on past failures; returns what failed. Consecutive
@@ -237,7 +270,7 @@ impl Kernel {
                 for (k, op) in entries.iter().enumerate() {
                     match devices.get(entry_device(op)) {
                         Some(device) => {
-                            let write = self.entry(op, *device);
+                            let write = answered(move || format!("{op:?}"), self.entry(op, *device));
                             writes.push(async move { write.await.map_err(|e| (i + k, e)) });
                         }
                         // Every entry on a missing device fails, each with its own op.
@@ -256,7 +289,8 @@ impl Kernel {
                 i += run;
                 continue;
             }
-            if let Err(e) = self.one(&ops[i], &mut index).await {
+            let op = &ops[i];
+            if let Err(e) = answered(|| format!("{op:?}"), self.one(op, &mut index)).await {
                 errors.push((i, e));
             }
             i += 1;
@@ -635,4 +669,23 @@ fn neighbour_destination(message: &NeighbourMessage) -> Option<IpAddr> {
         },
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_operation_the_kernel_never_answers_fails_instead_of_hanging() {
+        let never = std::future::pending::<Result<(), KernelError>>();
+        let err = answered_within(
+            std::time::Duration::from_millis(20),
+            || "creating veth pair weftp1".into(),
+            never,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.doing, "creating veth pair weftp1");
+        assert!(err.reason.contains("no answer from the kernel"), "{err}");
+    }
 }
