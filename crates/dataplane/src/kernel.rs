@@ -46,6 +46,24 @@ fn failed(doing: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelEr
 /// it) forever. Past this, the operation counts as failed and the next pass plans again.
 pub const KERNEL_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Receive buffer of the agent's netlink socket. The default (rmem_default, 208 KiB here)
+/// overflowed with 64 attaches at once — "netlink socket buffer full", answers lost — while a
+/// dump of a few hundred links was read. Root may go past rmem_max (SO_RCVBUFFORCE); where
+/// that is refused the default stays and lost answers time out instead.
+const NETLINK_RECEIVE_BUFFER: usize = 8 << 20;
+
+fn enlarge_receive_buffer(
+    connection: &mut rtnetlink::proto::Connection<rtnetlink::packet_route::RouteNetlinkMessage>,
+) {
+    use rtnetlink::sys::AsyncSocket as _;
+    let socket = connection.socket_mut().socket_ref();
+    if let Err(e) =
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::RcvBufForce, &NETLINK_RECEIVE_BUFFER)
+    {
+        tracing::debug!(error = %e, "netlink receive buffer left at its default");
+    }
+}
+
 /// `work`, or a failure saying the kernel did not answer in time.
 async fn answered<T>(
     doing: impl FnOnce() -> String,
@@ -81,8 +99,9 @@ pub struct Kernel {
 impl Kernel {
     /// Connects to the namespace this process runs in. Needs a Tokio runtime.
     pub fn connect() -> Result<Kernel, KernelError> {
-        let (connection, handle, _) =
+        let (mut connection, handle, _) =
             rtnetlink::new_connection().map_err(io_failed("opening a netlink socket"))?;
+        enlarge_receive_buffer(&mut connection);
         tokio::spawn(connection);
         Ok(Kernel { handle })
     }
