@@ -312,7 +312,7 @@ mod tests {
     }
 
     fn failure(what: &str) -> KernelError {
-        KernelError { doing: what.into(), reason: "refused".into() }
+        KernelError { doing: what.into(), reason: "refused".into(), source: None }
     }
 
     #[test]

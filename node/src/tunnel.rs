@@ -29,7 +29,7 @@ fn key_file(state_dir: &Path) -> PathBuf {
 }
 
 fn failed(doing: impl Into<String>, reason: impl std::fmt::Display) -> KernelError {
-    KernelError { doing: doing.into(), reason: reason.to_string() }
+    KernelError { doing: doing.into(), reason: reason.to_string(), source: None }
 }
 
 /// The host's WireGuard interface and what runs it.

@@ -186,7 +186,7 @@ const SPECIAL_PURPOSE: &[(&str, &str)] = &[
     ("ff00::/8", "multicast (RFC 4291)"),
 ];
 
-/// The special-purpose block `cidr` overlaps (the first in [`SPECIAL_PURPOSE`]'s order) and
+/// The special-purpose block `cidr` overlaps (the most specific first) and
 /// what it is for.
 pub fn special_purpose(cidr: &Cidr) -> Option<(Cidr, &'static str)> {
     SPECIAL_PURPOSE.iter().find_map(|(block, purpose)| {

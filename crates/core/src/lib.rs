@@ -14,6 +14,15 @@
 //! - [`requests`]: client request ids, so a retried write answers what its first attempt did;
 //! - [`state`]: the state machine itself, snapshots and invariant checks.
 
+//! # Panics
+//!
+//! None on input: every request is checked and refused with an [`Error`]. A few
+//! `unreachable!` in [`state`] mark invariants established a few lines before them (an id
+//! resolved, then looked up); reaching one means a bug in weft, and a replica must stop rather
+//! than apply the rest of a command to a registry it no longer understands and diverge from
+//! the others (fail-stop). The workspace denies `unwrap` and `expect`, so each such place says
+//! which invariant it relies on.
+
 #![forbid(unsafe_code)]
 
 pub mod calendar;

@@ -45,7 +45,11 @@ impl Dataplane for Kernel {
         })
         .await
         .unwrap_or_else(|e| {
-            Err(KernelError { doing: "loading weft's nftables rules".into(), reason: e.to_string() })
+            Err(KernelError {
+                doing: "loading weft's nftables rules".into(),
+                reason: e.to_string(),
+                source: None,
+            })
         })
     }
 
@@ -119,7 +123,7 @@ impl Dataplane for SimulatedHost {
                 None => crate::simulated::apply(&mut state.observed, op),
             };
             if let Err(reason) = result {
-                failed.push((i, KernelError { doing: format!("{op:?}"), reason }));
+                failed.push((i, KernelError { doing: format!("{op:?}"), reason, source: None }));
             }
         }
         failed
@@ -148,7 +152,11 @@ impl Dataplane for SimulatedHost {
             addresses: Default::default(),
         };
         if state.observed.links.insert(name.to_string(), link).is_some() {
-            return Err(KernelError { doing: format!("creating {name}"), reason: "File exists".into() });
+            return Err(KernelError {
+                doing: format!("creating {name}"),
+                reason: "File exists".into(),
+                source: None,
+            });
         }
         Ok(())
     }

@@ -32,11 +32,14 @@ const PIPELINE: usize = 256;
 pub struct KernelError {
     pub doing: String,
     pub reason: String,
+    /// The kernel's (or the OS's) own error, when there is one: kept for `source()` chains.
+    #[source]
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 fn failed(doing: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
     let doing = doing.into();
-    move |e| KernelError { doing, reason: e.to_string() }
+    move |e| KernelError { doing, reason: e.to_string(), source: Some(std::sync::Arc::new(e)) }
 }
 
 /// Longest wait for the kernel's answer to one operation (or one dump). Netlink answers in
@@ -81,13 +84,14 @@ async fn answered_within<T>(
         Err(KernelError {
             doing: doing(),
             reason: format!("no answer from the kernel within {limit:?} (netlink answer lost?)"),
+            source: None,
         })
     })
 }
 
 fn io_failed(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> KernelError {
     let doing = doing.into();
-    move |e| KernelError { doing, reason: e.to_string() }
+    move |e| KernelError { doing, reason: e.to_string(), source: Some(std::sync::Arc::new(e)) }
 }
 
 /// A netlink connection into one network namespace.
@@ -123,7 +127,7 @@ impl Kernel {
             connection
         })
         .await
-        .map_err(|e| KernelError { doing: doing.clone(), reason: e.to_string() })?
+        .map_err(|e| KernelError { doing: doing.clone(), reason: e.to_string(), source: None })?
         .map_err(io_failed(doing))?;
         tokio::spawn(connection);
         Ok(Kernel { handle })
@@ -196,6 +200,7 @@ impl Kernel {
             let link = holder(ip).ok_or_else(|| KernelError {
                 doing: format!("finding the underlay address {ip}"),
                 reason: "no interface on this host has it".into(),
+                source: None,
             })?;
             return Ok((ip, link.name.clone(), link.mtu));
         }
@@ -203,6 +208,7 @@ impl Kernel {
             doing: "finding the underlay from the default route".into(),
             reason: "no IPv4 default route with an addressed interface; pass the underlay address explicitly"
                 .into(),
+            source: None,
         };
         let routes: Vec<_> = self
             .handle
@@ -298,6 +304,7 @@ impl Kernel {
                             KernelError {
                                 doing: format!("writing an entry on {}", entry_device(op)),
                                 reason: "the device does not exist".into(),
+                                source: None,
                             },
                         )),
                     }
@@ -399,9 +406,11 @@ impl Kernel {
                 let master = self.index_of(bridge, cache).await?;
                 self.plug(master, endpoint).await
             }
-            Op::Conflict { name, reason } => {
-                Err(KernelError { doing: format!("leaving link {name} alone"), reason: reason.clone() })
-            }
+            Op::Conflict { name, reason } => Err(KernelError {
+                doing: format!("leaving link {name} alone"),
+                reason: reason.clone(),
+                source: None,
+            }),
             Op::SetFdb { .. }
             | Op::DeleteFdb { .. }
             | Op::SetNeighbour { .. }
@@ -562,9 +571,11 @@ impl Kernel {
                     .await
                     .map_err(failed(format!("deleting neighbour {ip} on {vxlan}")))
             }
-            other => {
-                Err(KernelError { doing: format!("{other:?}"), reason: "not an entry operation".into() })
-            }
+            other => Err(KernelError {
+                doing: format!("{other:?}"),
+                reason: "not an entry operation".into(),
+                source: None,
+            }),
         }
     }
 }
@@ -597,9 +608,11 @@ async fn link_index(handle: &Handle, name: &str) -> Result<u32, KernelError> {
     let mut found = handle.link().get().match_name(name.to_string()).execute();
     match found.try_next().await {
         Ok(Some(message)) => Ok(message.header.index),
-        Ok(None) => {
-            Err(KernelError { doing: format!("looking up link {name}"), reason: "no such link".into() })
-        }
+        Ok(None) => Err(KernelError {
+            doing: format!("looking up link {name}"),
+            reason: "no such link".into(),
+            source: None,
+        }),
         Err(e) => Err(failed(format!("looking up link {name}"))(e)),
     }
 }
@@ -693,6 +706,18 @@ fn neighbour_destination(message: &NeighbourMessage) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernels_own_error_stays_the_source() {
+        let err =
+            io_failed("opening a netlink socket")(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        let source = std::error::Error::source(&err).expect("a source");
+        assert_eq!(
+            source.to_string(),
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied).to_string()
+        );
+        assert!(err.to_string().starts_with("opening a netlink socket: "), "{err}");
+    }
 
     #[tokio::test]
     async fn an_operation_the_kernel_never_answers_fails_instead_of_hanging() {

@@ -126,8 +126,11 @@ pub fn removal() -> String {
 
 /// Loads a script with `nft -f -` in the current network namespace.
 pub fn load(script: &str) -> Result<(), crate::KernelError> {
-    let failed =
-        |reason: String| crate::KernelError { doing: "loading weft's nftables rules".into(), reason };
+    let failed = |reason: String| crate::KernelError {
+        doing: "loading weft's nftables rules".into(),
+        reason,
+        source: None,
+    };
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -158,6 +161,7 @@ pub fn enable_forwarding() -> Result<(), crate::KernelError> {
         std::fs::write(path, "1").map_err(|e| crate::KernelError {
             doing: format!("enabling {what} forwarding ({path})"),
             reason: e.to_string(),
+            source: None,
         })?;
     }
     Ok(())
