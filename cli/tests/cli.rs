@@ -35,10 +35,8 @@ fn start() -> Controller {
     let dir = tempfile::tempdir().unwrap();
     // A loopback IP of this test process's own: the port is picked by bind-and-release, and
     // on a shared IP another test could take it in between.
-    let pid = std::process::id();
-    let ip = format!("127.{}.{}.2", (pid >> 8) & 0xff, pid & 0xff);
-    let port = std::net::TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
-    let address = format!("{ip}:{port}");
+    let ip = weft_testbed::own_loopback(2);
+    let address = weft_testbed::free_address_on(&ip);
     // Credentials made the way an operator makes them.
     let pki = dir.path().join("pki");
     let init = Command::new(WEFT)

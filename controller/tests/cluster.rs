@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,10 +27,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
 /// shared 127.0.0.1 another test could take the port between release and the controller's
 /// bind, and a member of its cluster would then answer this one's Raft traffic.
 fn free_address() -> String {
-    let pid = std::process::id();
-    let ip = format!("127.{}.{}.1", (pid >> 8) & 0xff, pid & 0xff);
-    let port = TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
-    format!("{ip}:{port}")
+    weft_testbed::free_address_on(&weft_testbed::own_loopback(1))
 }
 
 struct Member {

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
@@ -22,12 +22,13 @@ use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_api::pb::node_service_client::NodeServiceClient;
 use weft_api::pb::watch_service_client::WatchServiceClient;
 use weft_pki::{Authority, Credentials, Role};
+use weft_testbed::{Process, free_address_on, own_loopback};
 
 /// Three controllers from one manifest, each with its own certificate from one CA; an admin
 /// credential for the tests. Killed when dropped, even when a test fails.
 struct SecureCluster {
     addresses: Vec<String>,
-    children: Vec<Option<Child>>,
+    members: Vec<Option<Process>>,
     dirs: Vec<PathBuf>,
     manifest: PathBuf,
     admin: Credentials,
@@ -35,27 +36,11 @@ struct SecureCluster {
     _tmp: tempfile::TempDir,
 }
 
-impl Drop for SecureCluster {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
-    }
-}
-
 impl SecureCluster {
     async fn start() -> SecureCluster {
         let tmp = tempfile::tempdir().unwrap();
-        // A loopback IP of this test process's own (nextest runs each test in a process).
-        let pid = std::process::id();
-        let ip = format!("127.{}.{}.7", (pid >> 8) & 0xff, pid & 0xff);
-        let addresses: Vec<String> = (0..3)
-            .map(|_| {
-                let port =
-                    std::net::TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
-                format!("{ip}:{port}")
-            })
-            .collect();
+        let ip = own_loopback(7);
+        let addresses: Vec<String> = (0..3).map(|_| free_address_on(&ip)).collect();
         let ca = Authority::create("conformance").unwrap();
         let members: Vec<String> = addresses
             .iter()
@@ -80,7 +65,7 @@ impl SecureCluster {
         admin.save(&admin_dir).unwrap();
         let mut cluster = SecureCluster {
             addresses,
-            children: vec![None, None, None],
+            members: vec![None, None, None],
             dirs,
             manifest,
             admin,
@@ -107,15 +92,12 @@ impl SecureCluster {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn weft-controller");
-        self.children[i] = Some(child);
+        self.members[i] = Some(Process(child));
     }
 
     /// `kill -9`.
     fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.children[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.members[i] = None;
     }
 
     fn channel(&self, i: usize) -> Channel {
@@ -147,7 +129,7 @@ impl SecureCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut leaders = Vec::new();
-            for i in (0..3).filter(|i| self.children[*i].is_some()) {
+            for i in (0..3).filter(|i| self.members[*i].is_some()) {
                 match self.cluster(i).status(pb::StatusRequest {}).await {
                     Ok(s) if !s.get_ref().cluster_id.is_empty() => leaders.push(s.into_inner().leader_id),
                     _ => leaders.push(0),

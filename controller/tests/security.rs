@@ -42,10 +42,8 @@ impl Controller {
     fn start_with(signs: bool) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         // A loopback IP of this test process's own: no other test can take the port picked.
-        let pid = std::process::id();
-        let ip = format!("127.{}.{}.3", (pid >> 8) & 0xff, pid & 0xff);
-        let port = std::net::TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
-        let address = format!("{ip}:{port}");
+        let ip = weft_testbed::own_loopback(3);
+        let address = weft_testbed::free_address_on(&ip);
         let ca = Authority::create("secure").unwrap();
         ca.issue(Role::Controller, "1", &[ip]).unwrap().save(&dir.path().join("tls")).unwrap();
         if signs {

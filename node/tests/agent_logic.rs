@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,30 +24,21 @@ use weft_dataplane::model::{LinkKind, Observed};
 use weft_node::agent::{Agent, Settings};
 use weft_node::controllers::Controllers;
 use weft_node::desired::Host;
+use weft_testbed::{Process, free_address_on, own_loopback};
 
 const NODE: &str = env!("CARGO_BIN_EXE_weft-node");
 
 /// One controller on a loopback address of this test process's own.
 struct Controller {
-    child: Child,
+    _process: Process,
     address: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Controller {
     async fn start() -> Controller {
         let dir = tempfile::tempdir().unwrap();
-        let pid = std::process::id();
-        let ip = format!("127.{}.{}.9", (pid >> 8) & 0xff, pid & 0xff);
-        let port = std::net::TcpListener::bind((ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
-        let address = format!("{ip}:{port}");
+        let address = free_address_on(&own_loopback(9));
         let child = Command::new(weft_testbed::workspace_binary(NODE, "weft-controller"))
             .args(["--insecure", "--listen", &address, "--heartbeat-ms", "50", "--data-dir"])
             .arg(dir.path().join("data"))
@@ -55,7 +46,7 @@ impl Controller {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let controller = Controller { child, address, _dir: dir };
+        let controller = Controller { _process: Process(child), address, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         while controller.networks().list_networks(pb::ListNetworksRequest::default()).await.is_err() {
             assert!(Instant::now() < deadline, "the controller did not come up");

@@ -75,6 +75,33 @@ fn registry(n: usize) -> State {
     state
 }
 
+/// Applies `iters` creates made by `create` (containers `next`, `next + 1`, ...) and returns
+/// the time they took; removes them again untimed, so the registry stays at its size.
+fn time_creates(
+    state: &mut State,
+    next: &mut usize,
+    iters: u64,
+    create: impl Fn(usize) -> Command,
+) -> Duration {
+    let batch: Vec<Proposal> = (0..usize::try_from(iters).expect("batch fits in memory"))
+        .map(|i| proposal(create(*next + i)))
+        .collect();
+    *next += batch.len();
+    let start = Instant::now();
+    let mut ids = Vec::with_capacity(batch.len());
+    for p in &batch {
+        match state.apply(black_box(p)).expect("room").response {
+            Response::Endpoint(e) => ids.push(e.id),
+            other => unreachable!("{other:?}"),
+        }
+    }
+    let elapsed = start.elapsed();
+    for id in ids {
+        state.apply(&proposal(Command::RemoveEndpoint(EndpointRef::Id(id.to_string())))).expect("remove");
+    }
+    elapsed
+}
+
 fn ipam(c: &mut Criterion) {
     let mut group = c.benchmark_group("ipam/allocate_release");
     group.throughput(Throughput::Elements(1));
@@ -104,29 +131,7 @@ fn apply_endpoints(c: &mut Criterion) {
         let mut state = registry(n);
         let mut next = n;
         create.bench_function(BenchmarkId::from_parameter(label), |b| {
-            // Time only the creates of a batch; remove them again untimed so the registry stays
-            // at its size.
-            b.iter_custom(|iters| {
-                let batch: Vec<Proposal> = (0..usize::try_from(iters).expect("batch fits in memory"))
-                    .map(|i| proposal(attach_request(next + i)))
-                    .collect();
-                next += batch.len();
-                let start = Instant::now();
-                let mut ids = Vec::with_capacity(batch.len());
-                for p in &batch {
-                    match state.apply(black_box(p)).expect("room").response {
-                        Response::Endpoint(e) => ids.push(e.id),
-                        other => unreachable!("{other:?}"),
-                    }
-                }
-                let elapsed = start.elapsed();
-                for id in ids {
-                    state
-                        .apply(&proposal(Command::RemoveEndpoint(EndpointRef::Id(id.to_string()))))
-                        .expect("remove");
-                }
-                elapsed
-            })
+            b.iter_custom(|iters| time_creates(&mut state, &mut next, iters, attach_request))
         });
         states.push((state, label));
     }
@@ -171,27 +176,7 @@ fn apply_with_request_ids(c: &mut Criterion) {
     let mut next = 1_000usize;
     let once = |i: usize| Command::once(&format!("5f0c2a1e-1111-4d4d-8888-{i:012}"), attach_request(i));
     group.bench_function(BenchmarkId::new("create_endpoint_with_request_id", "1k"), |b| {
-        b.iter_custom(|iters| {
-            let batch: Vec<Proposal> = (0..usize::try_from(iters).expect("batch fits in memory"))
-                .map(|i| proposal(once(next + i)))
-                .collect();
-            next += batch.len();
-            let start = Instant::now();
-            let mut ids = Vec::with_capacity(batch.len());
-            for p in &batch {
-                match state.apply(black_box(p)).expect("room").response {
-                    Response::Endpoint(e) => ids.push(e.id),
-                    other => unreachable!("{other:?}"),
-                }
-            }
-            let elapsed = start.elapsed();
-            for id in ids {
-                state
-                    .apply(&proposal(Command::RemoveEndpoint(EndpointRef::Id(id.to_string()))))
-                    .expect("remove");
-            }
-            elapsed
-        })
+        b.iter_custom(|iters| time_creates(&mut state, &mut next, iters, once))
     });
     let retried = proposal(once(5_000_000));
     let mut fresh = registry(1_000);

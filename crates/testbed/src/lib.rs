@@ -87,6 +87,32 @@ pub fn workspace_binary(sibling: &str, name: &str) -> std::path::PathBuf {
     path
 }
 
+/// A loopback IP of this test process's own, `127.A.B.host` with A.B from the process id
+/// (nextest runs each test in a process of its own). Ports there are picked by
+/// bind-and-release; on a shared 127.0.0.1 another test could take the port in between, and a
+/// controller of its cluster would answer this one's traffic.
+pub fn own_loopback(host: u8) -> String {
+    let pid = std::process::id();
+    format!("127.{}.{}.{host}", (pid >> 8) & 0xff, pid & 0xff)
+}
+
+/// `ip:port` with a port free on `ip` right now.
+pub fn free_address_on(ip: &str) -> String {
+    let port = std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+    format!("{ip}:{port}")
+}
+
+/// A process a test started: killed and reaped when dropped, even when the test panics.
+#[derive(Debug)]
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A name unique to this test process: `w<pid><tag><n>`, at most 15 characters so that it
 /// also works as an interface name.
 pub fn unique(tag: &str) -> String {
