@@ -159,15 +159,11 @@ impl Target {
     }
 }
 
-/// A request id no other write shares: this process, this instant and a counter.
+/// The request id of one write and its retries: this host and process.
 fn new_request_id() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host: String = host.trim().chars().filter(char::is_ascii_graphic).take(48).collect();
-    format!("weft-cli/{host}/{}/{nanos:x}.{count}", std::process::id())
+    weft_api::request_id(&format!("weft-cli/{host}/{}", std::process::id()))
 }
 
 /// The innermost cause of an error: "Connection refused" rather than "transport error".

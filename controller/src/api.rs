@@ -211,14 +211,8 @@ impl EndpointService for Controller {
                     key => Some(state.resolve_network(key)?.id),
                 };
                 let node = (!req.node.is_empty()).then_some(req.node.as_str());
-                if let Some(name) = node
-                    && state.node(name).is_none()
-                {
-                    return Err(weft_core::Error::not_found(
-                        "node",
-                        name,
-                        format!("no node named {} is registered", quoted(name)),
-                    ));
+                if let Some(name) = node {
+                    state.registered_node(name)?;
                 }
                 let endpoints = match (network, node) {
                     (Some(id), _) => {
@@ -349,23 +343,17 @@ impl NodeService for Controller {
         let applied = self.applied_revisions().await.get(name).copied().unwrap_or(0);
         self.registry
             .with_state(|state| {
-                let node = state.node(name)?;
+                let node = state.registered_node(name)?;
                 let endpoints: Vec<pb::Endpoint> =
                     state.node_endpoints(name).filter_map(|e| endpoint_pb(state, e)).collect();
-                Some(pb::InspectNodeResponse {
+                Ok(pb::InspectNodeResponse {
                     node: Some(convert::node(node, endpoints.len(), applied)),
                     endpoints,
                     revision: state.revision(),
                 })
             })
             .map(Response::new)
-            .ok_or_else(|| {
-                invalid(weft_core::Error::not_found(
-                    "node",
-                    name,
-                    format!("no node named {} is registered", quoted(name)),
-                ))
-            })
+            .map_err(invalid)
     }
 
     async fn remove_node(

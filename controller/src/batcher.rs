@@ -184,14 +184,12 @@ async fn run(route: Route, mut submissions: mpsc::Receiver<Submission>) {
         // A client that stopped waiting (its deadline passed, or it went away and its request
         // was dropped) must not find its write committed later: such proposals are left out.
         let now = Instant::now();
-        batch.retain_mut(|s| {
-            let expired = s.deadline.is_some_and(|d| now >= d);
-            if expired && !s.reply.is_closed() {
-                let (done, _) = oneshot::channel();
-                let _ = std::mem::replace(&mut s.reply, done).send(Err(ForwardError::Expired));
-            }
-            !expired && !s.reply.is_closed()
-        });
+        let (expired, waiting): (Vec<Submission>, Vec<Submission>) =
+            batch.into_iter().partition(|s| s.deadline.is_some_and(|d| now >= d));
+        for submission in expired {
+            let _ = submission.reply.send(Err(ForwardError::Expired));
+        }
+        let batch: Vec<Submission> = waiting.into_iter().filter(|s| !s.reply.is_closed()).collect();
         if batch.is_empty() {
             continue;
         }

@@ -151,8 +151,8 @@ pub fn network_request(req: &pb::CreateNetworkRequest) -> Result<NetworkRequest,
         };
         if slot.is_some() {
             return Err(Error::bad_request(format!(
-                "network {:?}: at most one IPv4 and one IPv6 IPAM config are allowed",
-                req.name
+                "network {}: at most one IPv4 and one IPv6 IPAM config are allowed",
+                weft_core::error::quoted(&req.name)
             )));
         }
         *slot = Some(parsed);
@@ -247,30 +247,26 @@ pub fn prune_filter(req: &pb::PruneNetworksRequest) -> Result<PruneFilter, Error
 
 // === endpoints ===
 
+/// A static address of the family `A` (`--ip`, `--ip6`), refused when malformed, of the other
+/// family, or special-purpose.
+fn static_address<A: FromStr + Into<IpAddr> + Copy>(
+    field: &str,
+    what: &str,
+    example: &str,
+    text: &str,
+) -> Result<A, Error> {
+    let addr: A = text.parse().map_err(|_| {
+        Error::invalid(what, text, format_args!("expected an {what} like {example}")).about_field(field)
+    })?;
+    check_unicast_address(what, addr.into()).map_err(|e| e.about_field(field))?;
+    Ok(addr)
+}
+
 pub fn endpoint_request(req: &pb::CreateEndpointRequest) -> Result<EndpointRequest, Error> {
-    let static_address = |field: &str, what: &str, text: &str, example: &str| {
-        let addr: IpAddr = text.parse().map_err(|_| {
-            Error::invalid(what, text, format_args!("expected an {what} like {example}")).about_field(field)
-        })?;
-        check_unicast_address(what, addr).map_err(|e| e.about_field(field))?;
-        Ok::<_, Error>(addr)
-    };
-    let ipv4 = optional(&req.ipv4_address, |t| {
-        static_address("ipv4_address", "IPv4 address", t, "10.0.1.5").and_then(|a| match a {
-            IpAddr::V4(v4) => Ok(v4),
-            IpAddr::V6(_) => Err(Error::invalid("IPv4 address", t, "expected an IPv4 address like 10.0.1.5")
-                .about_field("ipv4_address")),
-        })
-    })?;
-    let ipv6 = optional(&req.ipv6_address, |t| {
-        static_address("ipv6_address", "IPv6 address", t, "fd00:1::5").and_then(|a| match a {
-            IpAddr::V6(v6) => Ok(v6),
-            IpAddr::V4(_) => {
-                Err(Error::invalid("IPv6 address", t, "expected an IPv6 address like fd00:1::5")
-                    .about_field("ipv6_address"))
-            }
-        })
-    })?;
+    let ipv4 =
+        optional(&req.ipv4_address, |t| static_address("ipv4_address", "IPv4 address", "10.0.1.5", t))?;
+    let ipv6 =
+        optional(&req.ipv6_address, |t| static_address("ipv6_address", "IPv6 address", "fd00:1::5", t))?;
     Ok(EndpointRequest {
         network: req.network.clone(),
         node: req.node.clone(),

@@ -11,6 +11,17 @@
 
 pub mod agent_client;
 pub mod convert;
+
+/// A request id (see `proto/weft/v1`: a write and its retries share one) no other write
+/// shares: `origin` (who writes, and about what), this instant and a counter, so two made in
+/// the same instant differ. Callers keep `origin` short: the id has at most 128 characters.
+pub fn request_id(origin: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{origin}/{nanos:x}.{count:x}")
+}
 #[doc(hidden)]
 pub mod fuzzing;
 

@@ -360,6 +360,11 @@ impl State {
         }
     }
 
+    /// The host named `name`, or NotFound naming it.
+    pub fn registered_node(&self, name: &str) -> Result<&Node> {
+        self.node_entry(name).map(|entry| &entry.node)
+    }
+
     fn node_entry(&self, name: &str) -> Result<&NodeEntry> {
         self.nodes.get(name).ok_or_else(|| {
             Error::not_found("node", name, format!("no node named {} is registered", quoted(name)))

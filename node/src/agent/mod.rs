@@ -165,13 +165,8 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-/// A request id for one write and its retries: what it does, to what, and when it started
-/// (with a counter so two in the same instant differ). At most 128 characters.
+/// The request id of one write and its retries: what it does, and to what.
 fn request_id(action: &str, subject: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let subject: String = subject.chars().take(64).collect();
-    format!("weft-node/{action}/{subject}/{nanos:x}.{count:x}")
+    weft_api::request_id(&format!("weft-node/{action}/{subject}"))
 }
