@@ -146,15 +146,14 @@ impl Controller {
     /// 100,164 when 101,061 had been acknowledged (found by the scale benchmark). A leader now
     /// vouches only for an index at or past the end of its log as the read arrives, once it has
     /// applied that far: every acknowledged write is in its log.
-    pub async fn read_index_as_leader(&self, timeout: Duration) -> Result<u64, String> {
+    pub async fn read_index_as_leader(&self, timeout: Duration) -> Result<u64, openraft::metrics::WaitError> {
         // Everything in the leader's log when the read arrives: every acknowledged write is
         // there (and so is openraft's own read index, which cannot be past the log's end).
         let last_log = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         self.raft
             .wait(Some(timeout))
             .applied_index_at_least(Some(last_log), "the leader applies its whole log")
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(last_log)
     }
 
@@ -178,11 +177,9 @@ impl Controller {
                 }
                 Ok(Ok(_)) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    return self
-                        .read_index_as_leader(remaining)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| ControllerError::no_quorum("the read", self.request_timeout, &e));
+                    return self.read_index_as_leader(remaining).await.map(|_| ()).map_err(|e| {
+                        ControllerError::no_quorum("the read", self.request_timeout, &e.to_string())
+                    });
                 }
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                     f.leader_id.zip(f.leader_node.map(|n| n.addr))

@@ -122,7 +122,7 @@ async fn join(
         .context("making this member's key and certificate request")?;
     let channel = weft_pki::join::pinned_channel(via, fingerprint, Duration::from_secs(10))
         .await
-        .map_err(|e| anyhow::anyhow!("joining through {via}: {e}"))?;
+        .with_context(|| format!("joining through {via}"))?;
     let host = advertise.rsplit_once(':').map_or(advertise, |(host, _)| host).trim_matches(['[', ']']);
     let joined = JoinServiceClient::new(channel)
         .join(weft_api::pb::JoinRequest {
@@ -136,7 +136,7 @@ async fn join(
         .into_inner();
     weft_pki::Credentials { ca: joined.ca_pem, cert: joined.certificate_pem, key }
         .save(dir)
-        .map_err(|e| anyhow::anyhow!("saving the credential: {e}"))?;
+        .context("saving the credential")?;
     tracing::info!(dir = %dir.display(), "joined: credential for controller:{id} saved");
     Ok(())
 }
@@ -146,7 +146,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(Manifest::parse(&text).map_err(|e| anyhow::anyhow!("manifest {}: {e}", path.display()))?)
+            Some(Manifest::parse(&text).with_context(|| format!("manifest {}", path.display()))?)
         }
         None => None,
     };

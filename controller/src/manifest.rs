@@ -92,32 +92,49 @@ pub struct Manifest {
     pub networks: Vec<pb::CreateNetworkRequest>,
 }
 
+/// What is wrong with a manifest, naming the field (or, for TOML errors, the line) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error("cluster_id: give the cluster a name, e.g. cluster_id = \"prod-eu-1\"")]
+    NoClusterId,
+    #[error("members: a cluster has 1, 3 or 5 members ({0} given); an even count adds no fault tolerance")]
+    MemberCount(usize),
+    #[error("members: ids start at 1")]
+    MemberIdZero,
+    #[error("members: member {id} has address {address:?}; expected ip:port, like 10.1.0.1:7001")]
+    MemberAddress { id: u64, address: String },
+    #[error("members: id {0} appears twice")]
+    MemberTwice(u64),
+    #[error("{0}")]
+    Config(weft_core::Error),
+    #[error("networks[{index}] ({name:?}): {source}")]
+    Network { index: usize, name: String, source: weft_core::Error },
+    #[error("networks[{index}]: the name {name:?} appears twice")]
+    NetworkTwice { index: usize, name: String },
+}
+
 impl Manifest {
     /// Parses and checks a manifest; errors name the line (TOML errors) or the field at fault.
-    pub fn parse(text: &str) -> Result<Manifest, String> {
-        let file: ManifestFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        let file: ManifestFile = toml::from_str(text)?;
         if file.cluster_id.trim().is_empty() {
-            return Err("cluster_id: give the cluster a name, e.g. cluster_id = \"prod-eu-1\"".into());
+            return Err(ManifestError::NoClusterId);
         }
         if !matches!(file.members.len(), 1 | 3 | 5) {
-            return Err(format!(
-                "members: a cluster has 1, 3 or 5 members ({} given); an even count adds no fault tolerance",
-                file.members.len()
-            ));
+            return Err(ManifestError::MemberCount(file.members.len()));
         }
         let mut members = BTreeMap::new();
         for member in &file.members {
             if member.id == 0 {
-                return Err("members: ids start at 1".into());
+                return Err(ManifestError::MemberIdZero);
             }
             if member.address.parse::<SocketAddr>().is_err() {
-                return Err(format!(
-                    "members: member {} has address {:?}; expected ip:port, like 10.1.0.1:7001",
-                    member.id, member.address
-                ));
+                return Err(ManifestError::MemberAddress { id: member.id, address: member.address.clone() });
             }
             if members.insert(member.id, member.address.clone()).is_some() {
-                return Err(format!("members: id {} appears twice", member.id));
+                return Err(ManifestError::MemberTwice(member.id));
             }
         }
         let defaults = convert::cluster_config(&ClusterConfig::default());
@@ -136,7 +153,7 @@ impl Manifest {
             tunnel_pool: file.tunnel_pool.unwrap_or(defaults.tunnel_pool),
             encrypt_by_default: file.encrypt_by_default.unwrap_or(defaults.encrypt_by_default),
         };
-        let config = convert::cluster_config_from_pb(&wire).map_err(|e| e.to_string())?;
+        let config = convert::cluster_config_from_pb(&wire).map_err(ManifestError::Config)?;
         let mut networks = Vec::new();
         for (i, n) in file.networks.into_iter().enumerate() {
             let request = pb::CreateNetworkRequest {
@@ -152,13 +169,16 @@ impl Manifest {
                 ..Default::default()
             };
             // Checked here, so a bad entry stops the start with its place named.
-            convert::network_request(&request)
-                .map_err(|e| format!("networks[{i}] ({:?}): {e}", request.name))?;
+            convert::network_request(&request).map_err(|source| ManifestError::Network {
+                index: i,
+                name: request.name.clone(),
+                source,
+            })?;
             if networks
                 .iter()
                 .any(|other: &pb::CreateNetworkRequest| other.name.eq_ignore_ascii_case(&request.name))
             {
-                return Err(format!("networks[{i}]: the name {:?} appears twice", request.name));
+                return Err(ManifestError::NetworkTwice { index: i, name: request.name });
             }
             networks.push(request);
         }
@@ -207,12 +227,12 @@ vni_min = 5000
         let bad = format!(
             "{THREE}\n[[networks]]\nname = \"ok\"\n[[networks]]\nname = \"bad\"\nsubnet = \"10.20.0.1/24\"\n"
         );
-        let err = Manifest::parse(&bad).unwrap_err();
+        let err = Manifest::parse(&bad).unwrap_err().to_string();
         assert!(err.starts_with("networks[1] (\"bad\")") && err.contains("10.20.0.1/24"), "{err}");
         let twice = format!("{THREE}\n[[networks]]\nname = \"a\"\n[[networks]]\nname = \"A\"\n");
-        assert!(Manifest::parse(&twice).unwrap_err().contains("appears twice"));
+        assert!(Manifest::parse(&twice).unwrap_err().to_string().contains("appears twice"));
         let unknown = format!("{THREE}\n[[networks]]\nname = \"a\"\ncolour = \"red\"\n");
-        assert!(Manifest::parse(&unknown).unwrap_err().contains("colour"));
+        assert!(Manifest::parse(&unknown).unwrap_err().to_string().contains("colour"));
     }
 
     #[test]
@@ -233,11 +253,11 @@ vni_min = 5000
             (format!("{THREE}\nipv6_pools = [{{ base = \"fe80::/10\", size = 64 }}]"), "link-local"),
         ];
         for (text, expect) in cases {
-            let err = Manifest::parse(&text).unwrap_err();
+            let err = Manifest::parse(&text).unwrap_err().to_string();
             assert!(err.contains(expect), "{expect}: {err}");
         }
         // TOML syntax errors carry the line.
-        let err = Manifest::parse("cluster_id = \n").unwrap_err();
+        let err = Manifest::parse("cluster_id = \n").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
     }
 }

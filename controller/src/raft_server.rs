@@ -106,7 +106,7 @@ impl pb::raft_service_server::RaftService for RaftServer {
                 .controller
                 .read_index_as_leader(self.controller.request_timeout)
                 .await
-                .map_err(ForwardError::Failed),
+                .map_err(|e| ForwardError::Failed(e.to_string())),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ForwardError::NotLeader { leader: leader_of(&f) })
             }

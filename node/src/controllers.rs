@@ -2,6 +2,7 @@
 //! when one does not answer. Any member serves any request (followers forward writes), so the
 //! agent never needs to know who leads.
 
+use anyhow::Context;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,9 +131,9 @@ fn connect(
         .iter()
         .map(|a| {
             let mut endpoint = Endpoint::from_shared(format!("{scheme}://{a}"))
-                .map_err(|e| anyhow::anyhow!("controller address {a:?}: {e}"))?;
+                .with_context(|| format!("controller address {a:?}"))?;
             if let Some(tls) = &tls {
-                endpoint = endpoint.tls_config(tls.clone()).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+                endpoint = endpoint.tls_config(tls.clone()).context("TLS")?;
             }
             Ok(endpoint.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true).connect_lazy())
         })

@@ -208,7 +208,7 @@ async fn join(
         let channel = match weft_pki::join::pinned_channel(address, fingerprint, timeout).await {
             Ok(channel) => channel,
             Err(e) => {
-                problems.push(e);
+                problems.push(e.to_string());
                 continue;
             }
         };
@@ -223,7 +223,7 @@ async fn join(
                 let joined = joined.into_inner();
                 weft_pki::Credentials { ca: joined.ca_pem, cert: joined.certificate_pem, key }
                     .save(dir)
-                    .map_err(|e| anyhow::anyhow!("saving the credential: {e}"))?;
+                    .context("saving the credential")?;
                 tracing::info!(dir = %dir.display(), "joined the cluster: credential for node:{name} saved");
                 return Ok(());
             }
@@ -279,9 +279,7 @@ async fn main() -> anyhow::Result<()> {
         join(&flags.controllers, &name, token, fingerprint, dir, timeout).await?;
     }
     let tls = match (&flags.tls_dir, flags.insecure) {
-        (Some(dir), false) => {
-            Some(weft_pki::Credentials::load(dir).map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?.client())
-        }
+        (Some(dir), false) => Some(weft_pki::Credentials::load(dir).context("--tls-dir")?.client()),
         (None, true) => {
             tracing::warn!("--insecure: talking to the controllers in plaintext");
             None

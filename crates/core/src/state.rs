@@ -1305,25 +1305,32 @@ impl State {
 
 // === impl State: invariants ===
 
+/// What [`State::check_invariants`] found out of step: a bug in weft, described for the test
+/// that caught it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("broken invariant: {0}")]
+pub struct BrokenInvariant(pub String);
+
 impl State {
     /// Recomputes every derived structure from the canonical records and compares: the
     /// allocators, indexes and counts must agree with the networks, endpoints and nodes. Tests
     /// call this after every step; it is linear in the size of the registry.
-    pub fn check_invariants(&self) -> std::result::Result<(), String> {
-        let mut rebuilt = State::new(self.config.clone()).map_err(|e| e.to_string())?;
+    pub fn check_invariants(&self) -> std::result::Result<(), BrokenInvariant> {
+        let broken = |what: String| BrokenInvariant(what);
+        let mut rebuilt = State::new(self.config.clone()).map_err(|e| broken(e.to_string()))?;
         rebuilt.revision = self.revision;
         rebuilt.id_seed = self.id_seed;
         let mut seen_vnis = BTreeSet::new();
         for entry in self.networks.values() {
             if !seen_vnis.insert(entry.network.vni) {
-                return Err(format!("VNI {} held twice", entry.network.vni));
+                return Err(broken(format!("VNI {} held twice", entry.network.vni)));
             }
-            rebuilt.insert_network(entry.network.clone()).map_err(|e| e.to_string())?;
+            rebuilt.insert_network(entry.network.clone()).map_err(|e| broken(e.to_string()))?;
         }
         for entry in self.nodes.values() {
             let node = &entry.node;
             if !rebuilt.tunnel_addresses.take(to_u128(node.tunnel_address)) {
-                return Err(format!("tunnel address {} held twice", node.tunnel_address));
+                return Err(broken(format!("tunnel address {} held twice", node.tunnel_address)));
             }
             rebuilt.index_node_keys(node);
             rebuilt
@@ -1333,14 +1340,14 @@ impl State {
         for endpoint in self.endpoints.values() {
             rebuilt
                 .restore_endpoint(endpoint)
-                .map_err(|e| format!("endpoint {} ({}): {e}", endpoint.id.short(), endpoint.ipv4))?;
+                .map_err(|e| broken(format!("endpoint {} ({}): {e}", endpoint.id.short(), endpoint.ipv4)))?;
             rebuilt.endpoints.insert(endpoint.created_revision, endpoint.clone());
         }
         // Canonical, not derived: carried over as they are.
         rebuilt.revoked_nodes = self.revoked_nodes.clone();
         rebuilt.tokens = self.tokens.clone();
         if rebuilt != *self {
-            return Err("derived state differs from a rebuild of the canonical records".into());
+            return Err(broken("derived state differs from a rebuild of the canonical records".into()));
         }
         Ok(())
     }

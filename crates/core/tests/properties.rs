@@ -191,7 +191,7 @@ fn check_no_double_holding(state: &State) -> Result<(), TestCaseError> {
     }
     let tunnels: BTreeSet<IpAddr> = state.nodes().map(|n| n.tunnel_address).collect();
     prop_assert_eq!(tunnels.len(), state.nodes().count(), "a tunnel address is held twice");
-    state.check_invariants().map_err(TestCaseError::fail)
+    state.check_invariants().map_err(|e| TestCaseError::fail(e.to_string()))
 }
 
 /// The lowest address of a network's dynamic range that no endpoint, gateway or aux address

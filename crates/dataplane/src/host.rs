@@ -119,11 +119,13 @@ impl Dataplane for SimulatedHost {
             let refused =
                 created_name(op).and_then(|name| state.refuse.iter().find(|(n, _)| n == name)).cloned();
             let result = match refused {
-                Some((_, reason)) => Err(reason),
+                Some((_, reason)) => Err(crate::simulated::Refusal::Scripted(reason)),
                 None => crate::simulated::apply(&mut state.observed, op),
             };
-            if let Err(reason) = result {
-                failed.push((i, KernelError { doing: format!("{op:?}"), reason, source: None }));
+            if let Err(refusal) = result {
+                let reason = refusal.to_string();
+                let source = Some(std::sync::Arc::new(refusal) as _);
+                failed.push((i, KernelError { doing: format!("{op:?}"), reason, source }));
             }
         }
         failed

@@ -5,12 +5,32 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::{Link, LinkKind, Observed, endpoint_alias};
+use crate::model::{IfAddr, Link, LinkKind, Observed, endpoint_alias};
 use crate::plan::Op;
+
+/// Why the kernel would refuse an operation, in its words where it has them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}: File exists")]
+    Exists(String),
+    #[error("{0}: No such device")]
+    NoSuchDevice(String),
+    #[error("{address} is already on {link}")]
+    AddressPresent { address: IfAddr, link: String },
+    #[error("{address} is not on {link}")]
+    AddressAbsent { address: IfAddr, link: String },
+    #[error("{0} is not a VXLAN device")]
+    NotVxlan(String),
+    #[error("no {0}")]
+    NoEntry(String),
+    /// A refusal a test scripted ([`crate::SimulatedHost::refuse`]).
+    #[error("{0}")]
+    Scripted(String),
+}
 
 /// Carries out one operation, or says why the kernel would refuse it (a name taken, a device
 /// missing), leaving `observed` as it was.
-pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), String> {
+pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), Refusal> {
     let link = |name: &str, kind: LinkKind, alias: String, master: Option<String>, mtu: u32| Link {
         index: 0,
         name: name.to_string(),
@@ -56,14 +76,14 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), String> {
         Op::AddAddress { link, address } => {
             let link = existing(observed, link)?;
             if !link.addresses.insert(*address) {
-                return Err(format!("{address} is already on {}", link.name));
+                return Err(Refusal::AddressPresent { address: *address, link: link.name.clone() });
             }
             Ok(())
         }
         Op::DeleteAddress { link, address } => {
             let link = existing(observed, link)?;
             if !link.addresses.remove(address) {
-                return Err(format!("{address} is not on {}", link.name));
+                return Err(Refusal::AddressAbsent { address: *address, link: link.name.clone() });
             }
             Ok(())
         }
@@ -96,7 +116,7 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), String> {
                     entries.remove(mac);
                     Ok(())
                 }
-                _ => Err(format!("no FDB entry {mac} → {vtep} on {vxlan}")),
+                _ => Err(Refusal::NoEntry(format!("FDB entry {mac} → {vtep} on {vxlan}"))),
             }
         }
         Op::SetNeighbour { vxlan, ip, mac } => {
@@ -107,7 +127,7 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), String> {
         Op::DeleteNeighbour { vxlan, ip } => {
             match observed.neighbours.get_mut(vxlan).and_then(|entries| entries.remove(ip)) {
                 Some(_) => Ok(()),
-                None => Err(format!("no neighbour entry for {ip} on {vxlan}")),
+                None => Err(Refusal::NoEntry(format!("neighbour entry for {ip} on {vxlan}"))),
             }
         }
         Op::Conflict { .. } => Ok(()),
@@ -115,25 +135,25 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), String> {
 }
 
 /// Carries out every operation in order; the index and reason of each one refused.
-pub fn apply_all(observed: &mut Observed, ops: &[Op]) -> Vec<(usize, String)> {
+pub fn apply_all(observed: &mut Observed, ops: &[Op]) -> Vec<(usize, Refusal)> {
     ops.iter().enumerate().filter_map(|(i, op)| apply(observed, op).err().map(|e| (i, e))).collect()
 }
 
-fn create(observed: &mut Observed, link: Link) -> Result<(), String> {
+fn create(observed: &mut Observed, link: Link) -> Result<(), Refusal> {
     if observed.links.contains_key(&link.name) {
-        return Err(format!("{}: File exists", link.name));
+        return Err(Refusal::Exists(link.name));
     }
     observed.links.insert(link.name.clone(), link);
     Ok(())
 }
 
-fn existing<'a>(observed: &'a mut Observed, name: &str) -> Result<&'a mut Link, String> {
-    observed.links.get_mut(name).ok_or_else(|| format!("{name}: No such device"))
+fn existing<'a>(observed: &'a mut Observed, name: &str) -> Result<&'a mut Link, Refusal> {
+    observed.links.get_mut(name).ok_or_else(|| Refusal::NoSuchDevice(name.to_string()))
 }
 
-fn vxlan_device(observed: &mut Observed, name: &str) -> Result<(), String> {
+fn vxlan_device(observed: &mut Observed, name: &str) -> Result<(), Refusal> {
     match existing(observed, name)?.kind {
         LinkKind::Vxlan { .. } => Ok(()),
-        _ => Err(format!("{name} is not a VXLAN device")),
+        _ => Err(Refusal::NotVxlan(name.to_string())),
     }
 }

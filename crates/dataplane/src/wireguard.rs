@@ -186,13 +186,26 @@ pub struct DeviceState {
     pub peers: Vec<PeerState>,
 }
 
+/// Why a device's description could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceReadError {
+    #[error("the device answered errno {0}")]
+    Errno(String),
+    #[error("malformed UAPI line {0:?}")]
+    UapiLine(String),
+    #[error("wg printed nothing for the device")]
+    NoDevice,
+    #[error("unexpected {what} line {line:?} from wg")]
+    DumpLine { what: &'static str, line: String },
+}
+
 /// Parses the answer to `get=1`; an `errno` other than 0 is an error.
-pub fn parse_get(text: &str) -> Result<DeviceState, String> {
+pub fn parse_get(text: &str) -> Result<DeviceState, DeviceReadError> {
     let mut device = DeviceState::default();
     for line in text.lines().filter(|l| !l.is_empty()) {
-        let (key, value) = line.split_once('=').ok_or_else(|| format!("malformed UAPI line {line:?}"))?;
+        let (key, value) = line.split_once('=').ok_or_else(|| DeviceReadError::UapiLine(line.to_string()))?;
         match key {
-            "errno" if value != "0" => return Err(format!("the device answered errno {value}")),
+            "errno" if value != "0" => return Err(DeviceReadError::Errno(value.to_string())),
             "private_key" => device.public_key = Key::from_hex(value).map(|k| k.public()),
             "listen_port" => device.listen_port = value.parse().unwrap_or(0),
             "public_key" => {
@@ -368,11 +381,13 @@ pub fn wg_set_args(interface: &str, update: &Update) -> (Vec<String>, Option<Str
 /// Parses `wg show IFACE dump`: the device on the first line (private key, public key,
 /// listen port, fwmark), then one line per peer (public key, preshared key, endpoint,
 /// allowed IPs, latest handshake, rx, tx, keepalive), tab separated.
-pub fn parse_dump(text: &str) -> Result<DeviceState, String> {
+pub fn parse_dump(text: &str) -> Result<DeviceState, DeviceReadError> {
     let mut lines = text.lines().filter(|l| !l.is_empty());
-    let first = lines.next().ok_or("wg printed nothing for the device")?;
+    let first = lines.next().ok_or(DeviceReadError::NoDevice)?;
     let fields: Vec<&str> = first.split('\t').collect();
-    let [_, public, port, ..] = fields[..] else { return Err(format!("unexpected device line {first:?}")) };
+    let [_, public, port, ..] = fields[..] else {
+        return Err(DeviceReadError::DumpLine { what: "device", line: first.to_string() });
+    };
     let mut device = DeviceState {
         public_key: Key::from_base64(public),
         listen_port: port.parse().unwrap_or(0),
@@ -381,7 +396,7 @@ pub fn parse_dump(text: &str) -> Result<DeviceState, String> {
     for line in lines {
         let fields: Vec<&str> = line.split('\t').collect();
         let [public, _, endpoint, allowed, handshake, rx, tx, ..] = fields[..] else {
-            return Err(format!("unexpected peer line {line:?}"));
+            return Err(DeviceReadError::DumpLine { what: "peer", line: line.to_string() });
         };
         let allowed_ips = allowed
             .split(',')

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::{Caller, Role};
+use crate::{Caller, CallerError, Role};
 
 /// What a host's agent calls: its registration, heartbeats, the watch, its own endpoints
 /// and the applied-everywhere barrier, and two reads the watch already shows it (a network
@@ -84,13 +84,13 @@ impl<S> std::fmt::Debug for Authorized<S> {
 }
 
 /// Who presented the request's client certificate.
-fn caller_of<B>(request: &http::Request<B>) -> Result<Caller, String> {
+fn caller_of<B>(request: &http::Request<B>) -> Result<Caller, CallerError> {
     let certs = request
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()
         .and_then(TlsConnectInfo::peer_certs)
-        .ok_or("no client certificate")?;
-    let first = certs.first().ok_or("no client certificate")?;
+        .ok_or(CallerError::NoCertificate)?;
+    let first = certs.first().ok_or(CallerError::NoCertificate)?;
     Caller::from_certificate(first)
 }
 

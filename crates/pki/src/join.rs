@@ -77,27 +77,54 @@ impl ServerCertVerifier for PinnedCa {
     }
 }
 
+/// Why a channel for joining could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinChannelError {
+    #[error("CA fingerprint {0:?}: expected 64 hex digits (SHA-256)")]
+    Fingerprint(String),
+    #[error("TLS settings: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{address}: {source}")]
+    ServerName { address: String, source: rustls::pki_types::InvalidDnsNameError },
+    /// Shows the innermost cause: tonic's own message ("transport error") says nothing.
+    #[error("{address}: {}", innermost(.source))]
+    Connect { address: String, source: tonic::transport::Error },
+}
+
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = error;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
+}
+
 /// A channel to the controller at `address` (host:port) over TLS checked against the CA
 /// fingerprint, presenting no client certificate (only joining is allowed that way).
-pub async fn pinned_channel(address: &str, fingerprint: &str, timeout: Duration) -> Result<Channel, String> {
+pub async fn pinned_channel(
+    address: &str,
+    fingerprint: &str,
+    timeout: Duration,
+) -> Result<Channel, JoinChannelError> {
     let fingerprint = fingerprint.trim().to_ascii_lowercase().replace(':', "");
     if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("CA fingerprint {fingerprint:?}: expected 64 hex digits (SHA-256)"));
+        return Err(JoinChannelError::Fingerprint(fingerprint));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCa { fingerprint, provider }))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let host = address.rsplit_once(':').map_or(address, |(host, _)| host).trim_matches(['[', ']']);
-    let server_name = ServerName::try_from(host.to_string()).map_err(|e| format!("{address}: {e}"))?;
+    let server_name = ServerName::try_from(host.to_string())
+        .map_err(|source| JoinChannelError::ServerName { address: address.to_string(), source })?;
     let target = address.to_string();
+    let failed = |source| JoinChannelError::Connect { address: address.to_string(), source };
     Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| format!("{address}: {e}"))?
+        .map_err(failed)?
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -109,11 +136,5 @@ pub async fn pinned_channel(address: &str, fingerprint: &str, timeout: Duration)
             }
         }))
         .await
-        .map_err(|e| {
-            let mut inner: &dyn std::error::Error = &e;
-            while let Some(next) = inner.source() {
-                inner = next;
-            }
-            format!("{address}: {inner}")
-        })
+        .map_err(failed)
 }

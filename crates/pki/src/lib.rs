@@ -91,34 +91,56 @@ impl fmt::Display for Caller {
     }
 }
 
+/// Why a certificate does not name a weft caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallerError {
+    #[error("no client certificate")]
+    NoCertificate,
+    /// x509-parser's error borrows the certificate's bytes; its message is kept instead.
+    #[error("unreadable certificate: {0}")]
+    Unreadable(String),
+    #[error("the certificate has no common name")]
+    NoCommonName,
+    #[error("common name {0:?} is not role:name")]
+    NotRoleName(String),
+    #[error("unknown role {role:?} in certificate {common_name:?}")]
+    UnknownRole { role: String, common_name: String },
+    #[error("certificate {0:?} names nobody")]
+    NoName(String),
+}
+
 impl Caller {
     /// Reads `role:name` from a certificate's common name (DER).
-    pub fn from_certificate(der: &[u8]) -> Result<Caller, String> {
+    pub fn from_certificate(der: &[u8]) -> Result<Caller, CallerError> {
         let (_, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| format!("unreadable certificate: {e}"))?;
+            x509_parser::parse_x509_certificate(der).map_err(|e| CallerError::Unreadable(e.to_string()))?;
         let cn = cert
             .subject()
             .iter_common_name()
             .next()
             .and_then(|cn| cn.as_str().ok())
-            .ok_or("the certificate has no common name")?;
+            .ok_or(CallerError::NoCommonName)?;
         let not_before = u64::try_from(cert.validity().not_before.timestamp()).unwrap_or(0);
         let issued_ms = (not_before + CLOCK_SKEW.as_secs()) * 1000;
         Ok(Caller { issued_ms, ..Caller::parse(cn)? })
     }
 
-    pub fn parse(common_name: &str) -> Result<Caller, String> {
-        let (role, name) = common_name
-            .split_once(':')
-            .ok_or_else(|| format!("common name {common_name:?} is not role:name"))?;
+    pub fn parse(common_name: &str) -> Result<Caller, CallerError> {
+        let (role, name) =
+            common_name.split_once(':').ok_or_else(|| CallerError::NotRoleName(common_name.to_string()))?;
         let role = match role {
             "admin" => Role::Admin,
             "node" => Role::Node,
             "controller" => Role::Controller,
-            other => return Err(format!("unknown role {other:?} in certificate {common_name:?}")),
+            other => {
+                return Err(CallerError::UnknownRole {
+                    role: other.to_string(),
+                    common_name: common_name.to_string(),
+                });
+            }
         };
         if name.is_empty() {
-            return Err(format!("certificate {common_name:?} names nobody"));
+            return Err(CallerError::NoName(common_name.to_string()));
         }
         Ok(Caller { role, name: name.to_string(), issued_ms: 0 })
     }
@@ -321,7 +343,7 @@ mod tests {
             caller.issued_ms
         );
         assert!(Caller::parse("nobody").is_err());
-        assert!(Caller::parse("root:x").unwrap_err().contains("unknown role"));
+        assert!(Caller::parse("root:x").unwrap_err().to_string().contains("unknown role"));
         assert!(Caller::parse("node:").is_err());
     }
 
