@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # weft's benchmarks, from a fresh Debian machine: installs what they need, builds in release
-# mode, runs every part (or the parts named: control scale agent dns dataplane), prints each
+# mode, runs every part (or the parts named: control scale agent dns dnsserver dataplane), prints each
 # figure beside its target and updates BENCHMARKS.md and bench/results.json.
 #
 #   bash bench/run.sh                # everything, about 10 minutes on 2 cores

@@ -180,7 +180,7 @@ fn describe(bound: Bound, unit: &str) -> String {
 }
 
 /// The order parts appear in, the order the runner runs them.
-pub const PARTS: &[&str] = &["control", "scale", "agent", "dns", "dataplane"];
+pub const PARTS: &[&str] = &["control", "scale", "agent", "dns", "dnsserver", "dataplane"];
 
 fn part_rank(part: &str) -> usize {
     PARTS.iter().position(|p| *p == part).unwrap_or(PARTS.len())

@@ -25,6 +25,7 @@ fn command_of(part: &str) -> Option<Vec<&'static str>> {
             "attaches",
         ],
         "dns" => &["bench", "-p", "weft-node", "--bench", "dataplane", "--", "dns"],
+        "dnsserver" => &["bench", "-p", "weft-dns", "--bench", "servers"],
         "dataplane" => &["bench", "-p", "weft-node", "--bench", "dataplane", "--", "throughput"],
         _ => return None,
     };
