@@ -132,6 +132,51 @@ pub(crate) struct ConnectArgs {
     /// Return only once every host with a container on the network can reach this one.
     #[arg(long)]
     wait: bool,
+    /// Publish a container port on this host: [HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/tcp|udp|sctp].
+    #[arg(long, short = 'p', value_name = "SPEC")]
+    publish: Vec<String>,
+    /// Publish every --expose port on a free host port.
+    #[arg(long, short = 'P')]
+    publish_all: bool,
+    /// A port --publish-all publishes: PORT[-END][/tcp|udp|sctp].
+    #[arg(long, value_name = "PORT")]
+    expose: Vec<String>,
+}
+
+/// `-p` specs as the attach API takes them; a bad one stops the command before anything is sent.
+fn port_requests(specs: &[String]) -> Result<Vec<agent::PortRequest>> {
+    specs
+        .iter()
+        .map(|text| {
+            let spec: weft_core::PortSpec =
+                text.parse().map_err(|e: weft_core::Error| Failure::new(e.to_string()))?;
+            let (host_port, host_port_end) =
+                spec.host_ports.map_or((0, 0), |r| (u32::from(*r.start()), u32::from(*r.end())));
+            Ok(agent::PortRequest {
+                protocol: spec.protocol.to_string(),
+                host_ip: spec.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                host_port,
+                host_port_end,
+                container_port: (*spec.container_ports.start()).into(),
+                container_port_end: (*spec.container_ports.end()).into(),
+            })
+        })
+        .collect()
+}
+
+fn exposed_ports(ports: &[String]) -> Result<Vec<agent::ExposedPort>> {
+    ports
+        .iter()
+        .map(|text| {
+            let (protocol, range) =
+                weft_core::ports::parse_exposed(text).map_err(|e| Failure::new(e.to_string()))?;
+            Ok(agent::ExposedPort {
+                protocol: protocol.to_string(),
+                port: (*range.start()).into(),
+                port_end: (*range.end()).into(),
+            })
+        })
+        .collect()
 }
 
 fn create_request(args: CreateArgs) -> Result<pb::CreateNetworkRequest> {
@@ -329,6 +374,9 @@ pub(crate) async fn run(target: &Target, command: NetworkCommand) -> Result<()> 
                 mac_address: String::new(),
                 wait_everywhere: args.wait,
                 write_resolv_conf: !args.netns.starts_with('/') || args.netns.starts_with("/run/netns/"),
+                publish: port_requests(&args.publish)?,
+                publish_all: args.publish_all,
+                expose: exposed_ports(&args.expose)?,
             };
             agent.attach(request).await?;
         }

@@ -64,7 +64,54 @@ pub fn endpoint_row(e: &pb::Endpoint, truncate: bool) -> Row {
         ("IPv6", e.ipv6_address.clone()),
         ("MAC", e.mac_address.clone()),
         ("State", endpoint_state(e)),
+        ("Ports", ports_column(e)),
     ]
+}
+
+/// The host addresses a published port is open on, as Docker prints them: every address is
+/// 0.0.0.0, and :: too on a dual-stack endpoint.
+fn host_ips(e: &pb::Endpoint, p: &pb::PublishedPort) -> Vec<String> {
+    if !p.host_ip.is_empty() {
+        return vec![p.host_ip.clone()];
+    }
+    let mut ips = vec!["0.0.0.0".to_string()];
+    if !e.ipv6_address.is_empty() {
+        ips.push("::".to_string());
+    }
+    ips
+}
+
+fn protocol(p: &pb::PublishedPort) -> &str {
+    if p.protocol.is_empty() { "tcp" } else { &p.protocol }
+}
+
+/// `docker ps`'s PORTS: `0.0.0.0:8080->80/tcp, :::8080->80/tcp`.
+pub fn ports_column(e: &pb::Endpoint) -> String {
+    e.ports
+        .iter()
+        .flat_map(|p| {
+            host_ips(e, p).into_iter().map(move |ip| {
+                let host = if ip.contains(':') && ip != "::" { format!("[{ip}]") } else { ip };
+                format!("{host}:{}->{}/{}", p.host_port, p.container_port, protocol(p))
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Docker's `NetworkSettings.Ports`: `{"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}`.
+pub fn ports_map(e: &pb::Endpoint) -> Value {
+    let mut map = serde_json::Map::new();
+    for p in &e.ports {
+        let key = format!("{}/{}", p.container_port, protocol(p));
+        let bindings = map.entry(key).or_insert_with(|| json!([]));
+        if let Value::Array(list) = bindings {
+            for ip in host_ips(e, p) {
+                list.push(json!({ "HostIp": ip, "HostPort": p.host_port.to_string() }));
+            }
+        }
+    }
+    Value::Object(map)
 }
 
 /// `ok`, or `failed: <why>` as the container's host reported it.
@@ -72,7 +119,7 @@ pub fn endpoint_state(e: &pb::Endpoint) -> String {
     if e.problem.is_empty() { "ok".to_string() } else { format!("failed: {}", e.problem) }
 }
 
-pub const ENDPOINT_COLUMNS: &[&str] = &["ID", "Network", "Node", "Name", "IPv4", "MAC", "State"];
+pub const ENDPOINT_COLUMNS: &[&str] = &["ID", "Network", "Node", "Name", "IPv4", "MAC", "State", "Ports"];
 
 pub fn node_status(status: i32) -> &'static str {
     match pb::NodeStatus::try_from(status) {
@@ -272,6 +319,7 @@ pub fn inspect_network(n: &pb::Network, endpoints: &[pb::Endpoint]) -> Value {
                     "Aliases": e.aliases,
                     "Node": e.node,
                     "State": endpoint_state(e),
+                    "Ports": ports_map(e),
                 }),
             )
         })

@@ -154,8 +154,9 @@ impl EndpointService for Controller {
         request: Request<pb::CreateEndpointRequest>,
     ) -> Result<Response<pb::Endpoint>, Status> {
         let req = convert::endpoint_request(request.get_ref()).map_err(invalid)?;
+        let ports = convert::published_ports(&request.get_ref().ports).map_err(invalid)?;
         acting_for(&request, &req.node, "create endpoints")?;
-        let command = Command::once(&request.get_ref().request_id, Command::CreateEndpoint(req));
+        let command = Command::once(&request.get_ref().request_id, Command::create_endpoint(req, ports));
         match self.propose_by(command, deadline(&request)).await? {
             (revision, Done::Endpoint(endpoint)) => self
                 .caught_up_to(revision)

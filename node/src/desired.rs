@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use weft_dataplane::rules::{EncryptedVxlan, NetworkRules};
+use weft_dataplane::rules::{EncryptedVxlan, NetworkRules, PublishedRule};
 use weft_dataplane::wireguard::Peer;
 use weft_dataplane::{Desired, IfAddr, KernelError, LocalEndpoint, NetworkDevices, Op, RemoteEndpoint};
 
@@ -169,9 +169,37 @@ pub fn rules(mirror: &Mirror, desired: &Desired) -> Vec<NetworkRules> {
                 masquerade: network.settings.masquerade,
                 icc: network.settings.icc,
                 ports: std::iter::once(devices.vxlan.clone()).chain(devices.local.keys().cloned()).collect(),
+                published: devices
+                    .local
+                    .values()
+                    .filter_map(|local| mirror.endpoints.get(&local.endpoint_id))
+                    .flat_map(published_rules)
+                    .collect(),
             })
         })
         .collect()
+}
+
+/// The forwarding rules of one container's published ports: a mapping for every host address
+/// becomes one rule per family the container has; one for an address of a family the container
+/// lacks (IPv6 on an IPv4-only network, refused by the controllers) none.
+pub fn published_rules(endpoint: &EndpointView) -> Vec<PublishedRule> {
+    let mut rules = Vec::new();
+    for port in &endpoint.ports {
+        for container in [endpoint.ipv4, endpoint.ipv6].into_iter().flatten() {
+            let family_matches = port.host_ip.is_none_or(|ip| ip.is_ipv4() == container.ip.is_ipv4());
+            if family_matches {
+                rules.push(PublishedRule {
+                    protocol: port.protocol,
+                    host_ip: port.host_ip,
+                    host_port: port.host_port,
+                    container_ip: container.ip,
+                    container_port: port.container_port,
+                });
+            }
+        }
+    }
+    rules
 }
 
 /// What a reconcile pass could not do, sorted by whose it was.

@@ -8,6 +8,7 @@ pub mod attachments;
 pub mod controllers;
 pub mod desired;
 pub mod mirror;
+pub mod publishing;
 pub mod sandboxes;
 pub mod service;
 pub mod tunnel;

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use weft_api::pb;
 use weft_api::pb::event::Kind;
+use weft_core::PublishedPort;
 use weft_core::options::NetworkSettings;
 use weft_dataplane::wireguard::Key;
 use weft_dataplane::{IfAddr, Mac};
@@ -59,6 +60,8 @@ pub struct EndpointView {
     pub ipv4: Option<IfAddr>,
     pub ipv6: Option<IfAddr>,
     pub revision: u64,
+    /// Host ports published to the container, on its host.
+    pub ports: Vec<PublishedPort>,
 }
 
 /// A host as the data plane needs it.
@@ -157,6 +160,8 @@ pub fn endpoint_view(e: &pb::Endpoint) -> Result<EndpointView, Unusable> {
         ipv4: if_addr(&e.ipv4_address)?,
         ipv6: if_addr(&e.ipv6_address)?,
         revision: e.created_revision,
+        ports: weft_api::convert::published_ports(&e.ports)
+            .map_err(|err| unusable(&format!("published ports of endpoint {}", e.id), err))?,
     })
 }
 

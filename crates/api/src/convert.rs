@@ -14,7 +14,7 @@ use weft_core::cidr::check_unicast_address;
 use weft_core::{
     AddressPool, Cidr, ClusterConfig, Endpoint, EndpointRef, EndpointRequest, Error, ErrorKind, Event,
     EventKind, Family, LabelFilter, MacAddr, Network, NetworkRequest, Node, NodeRequest, NodeStatus,
-    PruneFilter, State, SubnetConfig, SubnetRequest, error::Subject,
+    PortProtocol, PruneFilter, PublishedPort, State, SubnetConfig, SubnetRequest, error::Subject,
 };
 
 use crate::pb;
@@ -279,6 +279,48 @@ pub fn endpoint_request(req: &pb::CreateEndpointRequest) -> Result<EndpointReque
     })
 }
 
+/// The ports an endpoint asks to publish, each one checked on its own (clashes between them
+/// and with other containers are the state machine's to find).
+pub fn published_ports(ports: &[pb::PublishedPort]) -> Result<Vec<PublishedPort>, Error> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let field = |name: &str| format!("ports[{i}].{name}");
+            let port = |name: &str, value: u32| {
+                u16::try_from(value).ok().filter(|p| *p != 0).ok_or_else(|| {
+                    Error::invalid(&name.replace('_', " "), value, "ports run from 1 to 65535")
+                        .about_field(&field(name))
+                })
+            };
+            let host_ip = optional(&p.host_ip, |t| {
+                t.parse::<IpAddr>().map_err(|_| {
+                    Error::invalid("host address", t, "expected an IP address like 192.0.2.10 or ::1")
+                        .about_field(&field("host_ip"))
+                })
+            })?;
+            Ok(PublishedPort {
+                protocol: p
+                    .protocol
+                    .parse::<PortProtocol>()
+                    .map_err(|e| e.about_field(&field("protocol")))?,
+                host_ip,
+                host_port: port("host_port", p.host_port)?,
+                container_port: port("container_port", p.container_port)?,
+            })
+        })
+        .collect()
+}
+
+pub fn published_port(port: &PublishedPort) -> pb::PublishedPort {
+    pb::PublishedPort {
+        protocol: port.protocol.to_string(),
+        host_ip: port.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        host_port: port.host_port.into(),
+        container_port: port.container_port.into(),
+    }
+}
+
 pub fn endpoint_ref(req: &pb::RemoveEndpointRequest) -> Result<EndpointRef, Error> {
     match &req.target {
         Some(pb::remove_endpoint_request::Target::EndpointId(id)) => Ok(EndpointRef::Id(id.clone())),
@@ -307,6 +349,7 @@ pub fn endpoint(ep: &Endpoint, network: &Network) -> pb::Endpoint {
         created: Some(timestamp(ep.created_ms)),
         created_revision: ep.created_revision,
         problem: ep.problem.clone().unwrap_or_default(),
+        ports: ep.ports.iter().map(published_port).collect(),
     }
 }
 

@@ -43,10 +43,10 @@ pub fn apply(state: &mut State, kind: u8, bytes: &[u8]) {
             .ok()
             .and_then(|r| convert::network_request(&r).ok())
             .map(Command::CreateNetwork),
-        2 => pb::CreateEndpointRequest::decode(bytes)
-            .ok()
-            .and_then(|r| convert::endpoint_request(&r).ok())
-            .map(Command::CreateEndpoint),
+        2 => pb::CreateEndpointRequest::decode(bytes).ok().and_then(|r| {
+            let ports = convert::published_ports(&r.ports).ok()?;
+            Some(Command::create_endpoint(convert::endpoint_request(&r).ok()?, ports))
+        }),
         3 => pb::RemoveEndpointRequest::decode(bytes)
             .ok()
             .and_then(|r| convert::endpoint_ref(&r).ok())

@@ -32,7 +32,9 @@ proptest! {
     fn well_formed_requests_with_hostile_fields_never_panic(
         name in field(), subnet in field(), gateway in field(), range in field(), aux in field(),
         key in field(), value in field(), ip in field(), mac in field(), v6 in any::<bool>(),
+        port in prop_oneof![Just(0u32), Just(65_535), Just(65_536), any::<u32>(), 1u32..1024],
     ) {
+        let (gateway_copy, protocol) = (gateway.clone(), key.clone());
         let mut state = fuzzing::registry();
         let network = pb::CreateNetworkRequest {
             name: name.clone(),
@@ -59,6 +61,10 @@ proptest! {
             ipv6_address: ip,
             mac_address: mac,
             request_id: String::new(),
+            ports: vec![
+                pb::PublishedPort { protocol, host_ip: gateway_copy, host_port: port, container_port: port },
+                pb::PublishedPort { protocol: "udp".into(), host_ip: String::new(), host_port: port, container_port: 1 },
+            ],
         };
         fuzzing::apply(&mut state, 2, &endpoint.encode_to_vec());
         let node = pb::RegisterNodeRequest { name, underlay_address: endpoint.ipv4_address, underlay_mtu: 1500, ..Default::default() };

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::ipam::SubnetRequest;
 use crate::model::{ClusterConfig, Endpoint, JoinToken, MacAddr, Network, Node, NodeStatus};
+use crate::ports::PublishedPort;
 
 /// One log entry's payload: a command and the time the leader proposed it. Time enters the
 /// state machine only here, so every replica records the same timestamps.
@@ -66,9 +67,24 @@ pub enum Command {
         request_id: String,
         command: Box<Command>,
     },
+    /// An attach that publishes ports (`-p`). Its own variant, after the others, so logs
+    /// written before published ports existed still read: [`Command::create_endpoint`] picks.
+    CreateEndpointPublishing {
+        request: EndpointRequest,
+        ports: Vec<PublishedPort>,
+    },
 }
 
 impl Command {
+    /// An attach, publishing `ports` (the host ports already chosen).
+    pub fn create_endpoint(request: EndpointRequest, ports: Vec<PublishedPort>) -> Command {
+        if ports.is_empty() {
+            Command::CreateEndpoint(request)
+        } else {
+            Command::CreateEndpointPublishing { request, ports }
+        }
+    }
+
     /// `command` under `request_id`, or as it is when the client gave none.
     pub fn once(request_id: &str, command: Command) -> Command {
         if request_id.is_empty() {

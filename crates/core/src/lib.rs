@@ -10,6 +10,7 @@
 //! - [`ipam`]: one subnet's gateway, aux addresses, ip range and static requests;
 //! - [`validate`] and [`options`]: names, labels and driver options users send;
 //! - [`model`]: networks, endpoints, nodes and the cluster configuration;
+//! - [`ports`]: published ports, from `-p` specs to the mappings the registry records;
 //! - [`command`] and [`event`]: what the state machine is asked and what changed;
 //! - [`requests`]: client request ids, so a retried write answers what its first attempt did;
 //! - [`state`]: the state machine itself, snapshots and invariant checks.
@@ -33,6 +34,7 @@ pub mod event;
 pub mod ipam;
 pub mod model;
 pub mod options;
+pub mod ports;
 pub mod ranges;
 pub mod requests;
 pub mod state;
@@ -51,4 +53,5 @@ pub use model::{
     TokenRole,
 };
 pub use options::NetworkSettings;
+pub use ports::{PortProtocol, PortSpec, PublishedPort};
 pub use state::{SnapshotError, State};

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::cidr::{Cidr, Family};
 use crate::error::{Error, Result};
 use crate::options::{DERIVED_BRIDGE_PREFIX, NetworkSettings};
+use crate::ports::PublishedPort;
 
 /// A 256-bit identifier, printed as 64 lowercase hex digits like Docker's ids. Any unique prefix
 /// names the object in requests.
@@ -192,6 +193,9 @@ pub struct Endpoint {
     pub created_revision: u64,
     /// What its host reported it could not program (`None`: programmed, or not yet reported).
     pub problem: Option<String>,
+    /// Host ports published to this container (`-p`), on its host. Last, so the snapshot
+    /// reader for format 6 can build an endpoint without them.
+    pub ports: Vec<PublishedPort>,
 }
 
 /// Whether a host is heartbeating.

@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -31,6 +31,7 @@ use crate::event::{Event, EventKind};
 use crate::ipam::{SubnetAllocator, SubnetRequest, usable_range};
 use crate::model::{ClusterConfig, Endpoint, Id, JoinToken, MacAddr, Network, Node, NodeStatus, TokenRole};
 use crate::options::NetworkSettings;
+use crate::ports::{self, PublishedPort};
 use crate::ranges::{FreeRanges, RangeIndex};
 use crate::requests::{self, RequestLog};
 use crate::validate;
@@ -114,8 +115,11 @@ impl Default for State {
 const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNAP";
 /// 2: nodes carry their WireGuard backend. 3: removed nodes' revocation times. 4: join tokens.
 /// 5: endpoint problems. 6: answers to client request ids, after the version 5 body (so a
-/// version 5 snapshot still restores, with none).
-const SNAPSHOT_VERSION: u32 = 6;
+/// version 5 snapshot still restores, with none). 7: endpoints' published ports (versions 5
+/// and 6 still restore, their endpoints publishing nothing; a version 6 snapshot's remembered
+/// answers are dropped, since they hold endpoints in the old shape: a retry of a request
+/// answered before the upgrade is carried out again).
+const SNAPSHOT_VERSION: u32 = 7;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
@@ -126,6 +130,71 @@ struct SnapshotBody {
     endpoints: Vec<Arc<Endpoint>>,
     revoked_nodes: BTreeMap<String, u64>,
     tokens: BTreeMap<String, JoinToken>,
+}
+
+/// An endpoint as snapshot formats 5 and 6 wrote it: before published ports.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct EndpointV6 {
+    id: Id,
+    network: Id,
+    node: String,
+    container_id: String,
+    container_name: String,
+    aliases: Vec<String>,
+    mac: MacAddr,
+    ipv4: Ipv4Addr,
+    ipv6: Option<Ipv6Addr>,
+    created_ms: u64,
+    created_revision: u64,
+    problem: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct SnapshotBodyV6 {
+    revision: u64,
+    config: ClusterConfig,
+    networks: Vec<Network>,
+    nodes: Vec<Node>,
+    endpoints: Vec<EndpointV6>,
+    revoked_nodes: BTreeMap<String, u64>,
+    tokens: BTreeMap<String, JoinToken>,
+}
+
+impl From<SnapshotBodyV6> for SnapshotBody {
+    fn from(old: SnapshotBodyV6) -> SnapshotBody {
+        let endpoints = old
+            .endpoints
+            .into_iter()
+            .map(|e| {
+                Arc::new(Endpoint {
+                    id: e.id,
+                    network: e.network,
+                    node: e.node,
+                    container_id: e.container_id,
+                    container_name: e.container_name,
+                    aliases: e.aliases,
+                    mac: e.mac,
+                    ipv4: e.ipv4,
+                    ipv6: e.ipv6,
+                    created_ms: e.created_ms,
+                    created_revision: e.created_revision,
+                    problem: e.problem,
+                    ports: Vec::new(),
+                })
+            })
+            .collect();
+        SnapshotBody {
+            revision: old.revision,
+            config: old.config,
+            networks: old.networks,
+            nodes: old.nodes,
+            endpoints,
+            revoked_nodes: old.revoked_nodes,
+            tokens: old.tokens,
+        }
+    }
 }
 
 /// Why a snapshot could not be restored.
@@ -396,7 +465,8 @@ impl State {
             Command::CreateNetwork(request) => self.create_network(request, at),
             Command::RemoveNetwork { network, force } => self.remove_network(network, *force),
             Command::PruneNetworks(filter) => self.prune_networks(filter),
-            Command::CreateEndpoint(request) => self.create_endpoint(request, at),
+            Command::CreateEndpoint(request) => self.create_endpoint(request, &[], at),
+            Command::CreateEndpointPublishing { request, ports } => self.create_endpoint(request, ports, at),
             Command::RemoveEndpoint(reference) => self.remove_endpoint(reference),
             Command::RegisterNode(request) => self.register_node(request, at),
             Command::SetNodeStatus { name, status } => self.set_node_status(name, *status, at),
@@ -778,7 +848,12 @@ impl State {
         self.changed(Response::Pruned(removed), kinds)
     }
 
-    fn create_endpoint(&mut self, request: &EndpointRequest, at: u64) -> Result<Applied> {
+    fn create_endpoint(
+        &mut self,
+        request: &EndpointRequest,
+        ports: &[PublishedPort],
+        at: u64,
+    ) -> Result<Applied> {
         validate::container_id(&request.container_id)?;
         validate::dns_name("container name", &request.container_name)?;
         validate::aliases(&request.aliases)?;
@@ -816,6 +891,7 @@ impl State {
                 "network {net_name:?} has no IPv6 subnet, so no IPv6 address can be requested"
             )));
         }
+        self.check_published(entry, &request.node, ports)?;
         if let Some(mac) = request.mac
             && let Some(existing) = entry.explicit_macs.get(&mac)
         {
@@ -897,11 +973,63 @@ impl State {
             created_ms: at,
             created_revision: self.revision,
             problem: None,
+            ports: ports.to_vec(),
         };
         let endpoint = Arc::new(endpoint);
         self.index_endpoint(&endpoint, lower_name, mac != MacAddr::from_ipv4(ipv4));
         self.endpoints.insert(endpoint.created_revision, endpoint.clone());
         self.changed_once(Response::Endpoint(endpoint.clone()), EventKind::EndpointCreated(endpoint))
+    }
+
+    /// Published ports: not on internal networks, IPv6 host addresses only on dual-stack
+    /// networks, and no host port that another container on the same host holds.
+    fn check_published(&self, network: &NetworkEntry, node: &str, ports: &[PublishedPort]) -> Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        ports::check_mappings(ports)?;
+        let net_name = &network.network.name;
+        if network.network.internal {
+            return Err(Error::conflict(
+                "NETWORK_INTERNAL",
+                net_name,
+                format!(
+                    "network {net_name:?} is internal: nothing outside it may reach its containers, so it cannot publish ports"
+                ),
+            ));
+        }
+        if network.ipv6.is_none()
+            && let Some(v6) = ports.iter().find(|p| p.host_ip.is_some_and(|ip| ip.is_ipv6()))
+        {
+            return Err(Error::bad_request(format!(
+                "host address {} is IPv6, but network {net_name:?} has no IPv6 subnet to forward it to",
+                v6.host_side()
+            ))
+            .about_field("ports"));
+        }
+        let Some(host) = self.nodes.get(node) else { return Ok(()) };
+        for key in &host.endpoints {
+            let other = &self.endpoints[key];
+            for mine in ports {
+                if let Some(theirs) = other.ports.iter().find(|theirs| theirs.clashes_with(mine)) {
+                    let holder_network =
+                        self.networks.get(&other.network).map_or("?", |n| n.network.name.as_str());
+                    return Err(Error::already_exists(
+                        "published port",
+                        format_args!("{node}/{}/{}", mine.host_side(), mine.protocol),
+                        format!(
+                            "host port {}/{} on host {node:?} is already published by container {:?} (network {holder_network:?}, endpoint {}, as {})",
+                            mine.host_side(),
+                            mine.protocol,
+                            other.container_name,
+                            other.id.short(),
+                            theirs.docker_form()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Records an endpoint whose addresses are already allocated in the indexes.
@@ -1224,9 +1352,15 @@ impl State {
         if !(5..=SNAPSHOT_VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
-        let (snap, rest): (SnapshotBody, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|e| SnapshotError::Decode(e.to_string()))?;
-        let answers: Vec<requests::Remembered> = if version >= 6 {
+        let decode_error = |e: postcard::Error| SnapshotError::Decode(e.to_string());
+        let (snap, rest): (SnapshotBody, &[u8]) = if version >= 7 {
+            postcard::take_from_bytes(body).map_err(decode_error)?
+        } else {
+            let (old, rest): (SnapshotBodyV6, &[u8]) =
+                postcard::take_from_bytes(body).map_err(decode_error)?;
+            (old.into(), rest)
+        };
+        let answers: Vec<requests::Remembered> = if version >= 7 {
             postcard::from_bytes(rest).map_err(|e| SnapshotError::Decode(format!("request ids: {e}")))?
         } else {
             Vec::new()

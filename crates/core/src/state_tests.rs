@@ -8,6 +8,7 @@ use super::*;
 use crate::command::LabelFilter;
 use crate::error::ErrorKind;
 use crate::model::AddressPool;
+use crate::ports::{PortProtocol, PublishedPort};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -920,4 +921,123 @@ fn hosts_report_problems_with_their_own_endpoints_only() {
 
     let err = refused(&mut s, Command::SetEndpointProblems { node: "ghost".into(), problems: Vec::new() });
     assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+// === published ports ===
+
+fn published(text: &str) -> PublishedPort {
+    let spec: crate::ports::PortSpec = text.parse().unwrap();
+    let host = spec.host_ports.unwrap();
+    PublishedPort {
+        protocol: spec.protocol,
+        host_ip: spec.host_ip,
+        host_port: *host.start(),
+        container_port: *spec.container_ports.start(),
+    }
+}
+
+fn publish(state: &mut State, request: EndpointRequest, ports: &[&str]) -> Result<Applied> {
+    apply(state, Command::create_endpoint(request, ports.iter().map(|p| published(p)).collect()))
+}
+
+#[test]
+fn published_ports_are_recorded_and_a_host_port_is_held_once_per_host() {
+    let mut s = cluster();
+    register(&mut s, "h2", 2);
+    create(&mut s, network("web"));
+    create(&mut s, network("other"));
+    let Response::Endpoint(first) =
+        publish(&mut s, endpoint("web", "h1", "a"), &["8080:80", "127.0.0.1:9000:90/udp"]).unwrap().response
+    else {
+        panic!("an endpoint")
+    };
+    assert_eq!(first.ports.len(), 2);
+    assert_eq!(first.ports[0].docker_form(), "*:8080->80/tcp");
+
+    // The same host port on the same host, from any network and any overlapping address.
+    for (net, port) in [("web", "8080:81"), ("other", "10.0.0.1:8080:80"), ("other", "127.0.0.1:9000:91/udp")]
+    {
+        let err = publish(&mut s, endpoint(net, "h1", "b"), &[port]).expect_err(port);
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+        assert!(err.message().contains("container \"a\""), "{err}");
+    }
+    // Another protocol, another address of the same family where the first named one, or
+    // another host: free.
+    publish(&mut s, endpoint("other", "h1", "b"), &["8080:80/udp", "127.0.0.2:9000:90/udp"]).unwrap();
+    publish(&mut s, endpoint("web", "h2", "c"), &["8080:80"]).unwrap();
+    s.check_invariants().unwrap();
+
+    // Removing the container frees its ports.
+    apply(
+        &mut s,
+        Command::RemoveEndpoint(EndpointRef::Container { network: "web".into(), container_id: "a".into() }),
+    )
+    .unwrap();
+    publish(&mut s, endpoint("other", "h1", "d"), &["8080:80"]).unwrap();
+}
+
+#[test]
+fn publishing_is_refused_where_it_cannot_work_and_nothing_is_allocated() {
+    let mut s = cluster();
+    create(&mut s, NetworkRequest { internal: true, ..network("closed") });
+    create(&mut s, network("v4only"));
+    let before = s.clone();
+    let err = publish(&mut s, endpoint("closed", "h1", "a"), &["8080:80"]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.message().contains("internal"), "{err}");
+    let err = publish(&mut s, endpoint("v4only", "h1", "a"), &["[::1]:8080:80"]).unwrap_err();
+    assert!(err.message().contains("no IPv6 subnet"), "{err}");
+    let err = publish(&mut s, endpoint("v4only", "h1", "a"), &["8080:80", "8080:81"]).unwrap_err();
+    assert!(err.message().contains("asked for twice"), "{err}");
+    let zero = PublishedPort { protocol: PortProtocol::Tcp, host_ip: None, host_port: 0, container_port: 80 };
+    let err = apply(&mut s, Command::create_endpoint(endpoint("v4only", "h1", "a"), vec![zero])).unwrap_err();
+    assert!(err.message().contains("1 to 65535"), "{err}");
+    assert_eq!(s, before);
+}
+
+#[test]
+fn published_ports_survive_snapshots_and_version_6_snapshots_still_restore() {
+    let mut s = cluster();
+    create(&mut s, network("web"));
+    publish(&mut s, endpoint("web", "h1", "a"), &["8080:80"]).unwrap();
+    attach(&mut s, endpoint("web", "h1", "b"));
+    let restored = State::restore(&s.snapshot()).unwrap();
+    assert_eq!(restored, s);
+    assert_eq!(restored.endpoints.values().next().unwrap().ports, vec![published("8080:80")]);
+
+    // The same registry as a version 6 snapshot wrote it (no ports; remembered answers after).
+    let body = SnapshotBodyV6 {
+        revision: s.revision,
+        config: s.config.clone(),
+        networks: s.networks().cloned().collect(),
+        nodes: s.nodes().cloned().collect(),
+        endpoints: s
+            .endpoints
+            .values()
+            .map(|e| EndpointV6 {
+                id: e.id,
+                network: e.network,
+                node: e.node.clone(),
+                container_id: e.container_id.clone(),
+                container_name: e.container_name.clone(),
+                aliases: e.aliases.clone(),
+                mac: e.mac,
+                ipv4: e.ipv4,
+                ipv6: e.ipv6,
+                created_ms: e.created_ms,
+                created_revision: e.created_revision,
+                problem: e.problem.clone(),
+            })
+            .collect(),
+        revoked_nodes: s.revoked_nodes.clone(),
+        tokens: s.tokens.clone(),
+    };
+    let mut v6 = SNAPSHOT_MAGIC.to_vec();
+    v6.extend_from_slice(&6u32.to_le_bytes());
+    v6.extend_from_slice(&postcard::to_allocvec(&body).unwrap());
+    v6.push(0); // no remembered answers
+    let old = State::restore(&v6).unwrap();
+    assert_eq!(old.endpoints.len(), 2);
+    assert!(old.endpoints.values().all(|e| e.ports.is_empty()));
+    old.check_invariants().unwrap();
 }

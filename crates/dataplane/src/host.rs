@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use crate::kernel::{Kernel, KernelError};
 use crate::model::{LinkKind, Observed};
 use crate::plan::Op;
+use crate::rules::PublishedRule;
 
 /// A host's kernel as the agent drives it.
 pub trait Dataplane: Send + Sync + 'static {
@@ -21,6 +22,21 @@ pub trait Dataplane: Send + Sync + 'static {
     fn load_rules(&self, script: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
     /// Creates a kernel WireGuard link.
     fn create_wireguard(&self, name: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// Lets the host's 127.0.0.1 reach published ports of containers on these bridges.
+    fn route_localnet(&self, bridges: &[String]) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// Drops the connection-tracking entries of published ports that are gone, so a new
+    /// container on the same host port gets new flows instead of the old container's.
+    fn forget_flows(&self, gone: &[PublishedRule]) -> impl Future<Output = Result<(), KernelError>> + Send;
+}
+
+/// Runs blocking work (a sysctl write, a process) off the async workers.
+async fn off_the_workers(
+    doing: &str,
+    work: impl FnOnce() -> Result<(), KernelError> + Send + 'static,
+) -> Result<(), KernelError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(KernelError { doing: doing.to_string(), reason: e.to_string(), source: None })
+    })
 }
 
 impl Dataplane for Kernel {
@@ -56,6 +72,20 @@ impl Dataplane for Kernel {
     async fn create_wireguard(&self, name: &str) -> Result<(), KernelError> {
         Kernel::create_wireguard(self, name).await
     }
+
+    async fn route_localnet(&self, bridges: &[String]) -> Result<(), KernelError> {
+        let bridges = bridges.to_vec();
+        off_the_workers("setting route_localnet", move || {
+            bridges.iter().try_for_each(|b| crate::rules::route_localnet(b))
+        })
+        .await
+    }
+
+    async fn forget_flows(&self, gone: &[PublishedRule]) -> Result<(), KernelError> {
+        let gone = gone.to_vec();
+        off_the_workers("forgetting flows", move || gone.iter().try_for_each(crate::rules::forget_flows))
+            .await
+    }
 }
 
 /// A host whose kernel is [`crate::simulated`]: operations change an [`Observed`] in memory.
@@ -69,6 +99,8 @@ pub struct SimulatedHost {
 struct SimulatedState {
     observed: Observed,
     rules: Option<String>,
+    localnet: std::collections::BTreeSet<String>,
+    forgotten: Vec<PublishedRule>,
     /// Links whose creation the kernel refuses, with why.
     refuse: Vec<(String, String)>,
 }
@@ -86,6 +118,16 @@ impl SimulatedHost {
     /// The rules last loaded.
     pub fn rules(&self) -> Option<String> {
         self.state().rules.clone()
+    }
+
+    /// Bridges 127.0.0.1 may reach containers through.
+    pub fn localnet(&self) -> Vec<String> {
+        self.state().localnet.iter().cloned().collect()
+    }
+
+    /// Published ports whose flows were forgotten, in order.
+    pub fn forgotten(&self) -> Vec<PublishedRule> {
+        self.state().forgotten.clone()
     }
 
     /// From now on, creating a link named `name` fails with `reason`.
@@ -162,6 +204,16 @@ impl Dataplane for SimulatedHost {
         }
         Ok(())
     }
+
+    async fn route_localnet(&self, bridges: &[String]) -> Result<(), KernelError> {
+        self.state().localnet.extend(bridges.iter().cloned());
+        Ok(())
+    }
+
+    async fn forget_flows(&self, gone: &[PublishedRule]) -> Result<(), KernelError> {
+        self.state().forgotten.extend_from_slice(gone);
+        Ok(())
+    }
 }
 
 /// A shared host: tests keep a handle on the [`SimulatedHost`] they give an agent.
@@ -184,5 +236,13 @@ impl<T: Dataplane> Dataplane for std::sync::Arc<T> {
 
     async fn create_wireguard(&self, name: &str) -> Result<(), KernelError> {
         T::create_wireguard(self, name).await
+    }
+
+    async fn route_localnet(&self, bridges: &[String]) -> Result<(), KernelError> {
+        T::route_localnet(self, bridges).await
+    }
+
+    async fn forget_flows(&self, gone: &[PublishedRule]) -> Result<(), KernelError> {
+        T::forget_flows(self, gone).await
     }
 }

@@ -7,6 +7,10 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
+use std::net::IpAddr;
+
+use weft_core::PortProtocol;
+
 use crate::model::IfAddr;
 
 /// The name of weft's tables.
@@ -26,6 +30,38 @@ pub struct NetworkRules {
     pub icc: bool,
     /// The bridge's ports (the VXLAN device and the containers' veths), for `icc=false`.
     pub ports: Vec<String>,
+    /// Host ports published to this network's containers on this host.
+    pub published: Vec<PublishedRule>,
+}
+
+/// One host address and port forwarded to a container (one family: a mapping for every
+/// address of a dual-stack host is two of these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublishedRule {
+    pub protocol: PortProtocol,
+    /// `None`: every address of the container address's family.
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_ip: IpAddr,
+    pub container_port: u16,
+}
+
+impl PublishedRule {
+    /// The nft rule, for the `published` chain.
+    fn nft(&self) -> String {
+        let v4 = self.container_ip.is_ipv4();
+        let (family, nfproto) = if v4 { ("ip", "ipv4") } else { ("ip6", "ipv6") };
+        let to = if v4 {
+            format!("{}:{}", self.container_ip, self.container_port)
+        } else {
+            format!("[{}]:{}", self.container_ip, self.container_port)
+        };
+        let matching = match self.host_ip.filter(|ip| !ip.is_unspecified()) {
+            Some(ip) => format!("{family} daddr {ip}"),
+            None => format!("meta nfproto {nfproto}"),
+        };
+        format!("{matching} {} dport {} dnat {family} to {to}", self.protocol, self.host_port)
+    }
 }
 
 /// Encrypted networks' VXLAN may only travel inside WireGuard: their VNIs are dropped on any
@@ -65,6 +101,17 @@ pub fn ruleset(networks: &[NetworkRules], encrypted: &EncryptedVxlan) -> String 
     };
     let _ = writeln!(s, "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{");
     let _ = writeln!(s, "  chain forward {{\n    type filter hook forward priority filter; policy accept;");
+    for n in networks.iter().filter(|n| n.internal) {
+        let _ = writeln!(s, "    iifname \"{0}\" oifname != \"{0}\" drop", n.bridge);
+        let _ = writeln!(s, "    oifname \"{0}\" iifname != \"{0}\" drop", n.bridge);
+    }
+    let publishing: Vec<&NetworkRules> = networks.iter().filter(|n| !n.published.is_empty()).collect();
+    if !publishing.is_empty() {
+        // A published port is open to everyone, containers of other networks included (they
+        // reach it through a host address, like any client): only weft's own DNAT makes
+        // these flows, and internal networks were closed above.
+        let _ = writeln!(s, "    ct status dnat accept");
+    }
     // Isolation: nothing is routed from one weft network's bridge to another's.
     for n in networks {
         let others = quoted(&mut networks.iter().map(|o| &o.bridge).filter(|b| **b != n.bridge));
@@ -72,11 +119,10 @@ pub fn ruleset(networks: &[NetworkRules], encrypted: &EncryptedVxlan) -> String 
             let _ = writeln!(s, "    iifname \"{}\" oifname {{ {others} }} drop", n.bridge);
         }
     }
-    for n in networks.iter().filter(|n| n.internal) {
-        let _ = writeln!(s, "    iifname \"{0}\" oifname != \"{0}\" drop", n.bridge);
-        let _ = writeln!(s, "    oifname \"{0}\" iifname != \"{0}\" drop", n.bridge);
-    }
     let _ = writeln!(s, "  }}");
+    if !publishing.is_empty() {
+        published_chains(&mut s, &publishing);
+    }
     let _ =
         writeln!(s, "  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;");
     for n in networks.iter().filter(|n| !n.internal && n.masquerade) {
@@ -85,6 +131,23 @@ pub fn ruleset(networks: &[NetworkRules], encrypted: &EncryptedVxlan) -> String 
             let _ = writeln!(
                 s,
                 "    {family} saddr {} oifname != \"{}\" masquerade",
+                network_of(subnet),
+                n.bridge
+            );
+        }
+    }
+    for n in &publishing {
+        // The host's own 127.0.0.1 as a client: the container must answer the bridge's
+        // address, not a loopback address it cannot route back to.
+        let _ = writeln!(s, "    ct status dnat ip saddr 127.0.0.0/8 oifname \"{}\" masquerade", n.bridge);
+        // Hairpin: a container of the same network reaching a published port (its own
+        // included) through a host address. Without the rewrite the answer would go straight
+        // across the bridge, from an address the asker never sent to.
+        for subnet in &n.subnets {
+            let family = if subnet.ip.is_ipv4() { "ip" } else { "ip6" };
+            let _ = writeln!(
+                s,
+                "    ct status dnat {family} saddr {} oifname \"{}\" masquerade",
                 network_of(subnet),
                 n.bridge
             );
@@ -115,6 +178,34 @@ pub fn ruleset(networks: &[NetworkRules], encrypted: &EncryptedVxlan) -> String 
     }
     let _ = writeln!(s, "  }}\n}}");
     s
+}
+
+/// Destination NAT for published ports: traffic for a local address (arriving, or sent by the
+/// host itself) goes through the `published` chain, one rule per mapping. No userland proxy:
+/// the container sees the client's own address.
+fn published_chains(s: &mut String, publishing: &[&NetworkRules]) {
+    let _ = writeln!(
+        s,
+        "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump published\n  }}"
+    );
+    let _ = writeln!(
+        s,
+        "  chain output {{\n    type nat hook output priority -100; policy accept;\n    fib daddr type local jump published\n  }}"
+    );
+    let _ = writeln!(s, "  chain published {{");
+    for rule in publishing.iter().flat_map(|n| &n.published) {
+        let _ = writeln!(s, "    {}", rule.nft());
+    }
+    let _ = writeln!(s, "  }}");
+    // 127.0.0.1 reaches containers only because weft sets route_localnet on these bridges; so
+    // that containers cannot use it to reach the host's loopback services, nothing addressed
+    // from or to 127.0.0.0/8 may arrive on them.
+    let bridges = publishing.iter().map(|n| format!("\"{}\"", n.bridge)).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(
+        s,
+        "  chain loopback_guard {{\n    type filter hook prerouting priority raw; policy accept;\n    \
+         iifname {{ {bridges} }} ip daddr 127.0.0.0/8 drop\n    iifname {{ {bridges} }} ip saddr 127.0.0.0/8 drop\n  }}"
+    );
 }
 
 /// The script that removes weft's tables (for uninstall); succeeds when they are absent.
@@ -149,6 +240,43 @@ pub fn load(script: &str) -> Result<(), crate::KernelError> {
     }
 }
 
+/// Lets packets from the host's 127.0.0.0/8 leave through `bridge` once DNAT has sent them
+/// to a container (the kernel drops them as martians otherwise). The `loopback_guard` chain
+/// keeps containers from using the same setting to reach the host's loopback services.
+pub fn route_localnet(bridge: &str) -> Result<(), crate::KernelError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").map_err(|e| crate::KernelError {
+        doing: format!("letting 127.0.0.1 reach containers on {bridge} ({path})"),
+        reason: e.to_string(),
+        source: Some(std::sync::Arc::new(e)),
+    })
+}
+
+/// Deletes the connection-tracking entries a published port made (`conntrack -D`): UDP
+/// "connections" live as long as packets keep coming, so without this a client would go on
+/// reaching the old container, or nothing, after the port moved to a new one.
+pub fn forget_flows(rule: &PublishedRule) -> Result<(), crate::KernelError> {
+    let doing = format!("forgetting the flows of {} port {}", rule.protocol, rule.host_port);
+    let failed = |reason: String| crate::KernelError { doing: doing.clone(), reason, source: None };
+    let family = if rule.container_ip.is_ipv4() { "ipv4" } else { "ipv6" };
+    let out = Command::new("conntrack")
+        .args(["-D", "-f", family, "-p", rule.protocol.as_str()])
+        .args(["--orig-port-dst", &rule.host_port.to_string()])
+        .args(["--reply-src", &rule.container_ip.to_string()])
+        .output()
+        .map_err(|e| failed(format!("cannot run conntrack ({e}); install the conntrack package")))?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    // conntrack exits 1 when there was nothing to delete.
+    if out.status.success() || said.contains("flow entries have been deleted") {
+        Ok(())
+    } else {
+        Err(failed(said.trim().to_string()))
+    }
+}
+
 /// Turns on IPv4 (and IPv6) forwarding in this namespace: containers reach anything beyond
 /// their bridge only through it.
 pub fn enable_forwarding() -> Result<(), crate::KernelError> {
@@ -180,6 +308,7 @@ mod tests {
             masquerade: true,
             icc,
             ports: vec![format!("{bridge}x"), format!("{bridge}p")],
+            published: vec![],
         }
     }
 

@@ -116,7 +116,8 @@ async fn two_hosts_carry_a_ping_and_drift_is_repaired() {
 
 #[test]
 fn the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone() {
-    use weft_dataplane::rules::{EncryptedVxlan, NetworkRules, removal, ruleset};
+    use weft_core::PortProtocol;
+    use weft_dataplane::rules::{EncryptedVxlan, NetworkRules, PublishedRule, removal, ruleset};
     if !root_or_skip("the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone") {
         return;
     }
@@ -129,6 +130,7 @@ fn the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone() {
         masquerade: true,
         icc,
         ports: vec!["weftx1".to_string(), "weftp1".to_string()],
+        published: vec![],
     };
     let load = |script: String| {
         let out = host.try_exec_with_stdin(&["nft", "-f", "-"], &script);
@@ -141,6 +143,33 @@ fn the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone() {
     ));
     let listed = host.exec(&["nft", "list", "chain", "inet", "weft", "output"]);
     assert!(listed.contains("oifname != \"weftwg\" udp dport 4789 @th,96,24 0x1001 drop"), "{listed}");
+    // Published ports of every protocol and family load as the kernel takes them.
+    let publish = |protocol, host_ip: Option<&str>, container_ip: &str| PublishedRule {
+        protocol,
+        host_ip: host_ip.map(ip),
+        host_port: 8080,
+        container_ip: ip(container_ip),
+        container_port: 80,
+    };
+    let publishing = NetworkRules {
+        published: vec![
+            publish(PortProtocol::Tcp, None, "10.0.1.2"),
+            publish(PortProtocol::Udp, Some("127.0.0.1"), "10.0.1.2"),
+            publish(PortProtocol::Sctp, None, "fd00:1::2"),
+            publish(PortProtocol::Tcp, Some("fd00:9::1"), "fd00:1::2"),
+        ],
+        ..net("weft4096", "10.0.1.1", false, true)
+    };
+    load(ruleset(&[publishing], &EncryptedVxlan::default()));
+    let listed = host.exec(&["nft", "list", "chain", "inet", "weft", "published"]);
+    for rule in [
+        "meta nfproto ipv4 tcp dport 8080 dnat ip to 10.0.1.2:80",
+        "ip daddr 127.0.0.1 udp dport 8080 dnat ip to 10.0.1.2:80",
+        "meta nfproto ipv6 sctp dport 8080 dnat ip6 to [fd00:1::2]:80",
+        "ip6 daddr fd00:9::1 tcp dport 8080 dnat ip6 to [fd00:1::2]:80",
+    ] {
+        assert!(listed.contains(rule), "{rule}: {listed}");
+    }
     load(ruleset(&[net("weft4096", "10.0.1.1", false, true)], &EncryptedVxlan::default()));
     let listed = host.exec(&["nft", "list", "ruleset"]);
     assert!(listed.contains("table inet mine"), "{listed}");

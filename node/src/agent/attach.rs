@@ -12,6 +12,8 @@ use weft_api::pb;
 use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_api::pb::node_service_client::NodeServiceClient;
+use weft_core::PublishedPort;
+use weft_core::ports::PortSpec;
 use weft_dataplane::Dataplane;
 
 use crate::attachments::{Attachments, Entry, NamespaceId, Record, Stage};
@@ -48,6 +50,15 @@ impl<D: Dataplane> Agent<D> {
             netns_name(&netns)?;
         }
         let network = self.resolve_network(&request.network).await?;
+        let specs = crate::publishing::specs(&request)?;
+        if !specs.is_empty() && network.internal {
+            return Err(Status::failed_precondition(format!(
+                "network {:?} is internal: nothing outside it may reach its containers, so it cannot publish ports",
+                network.name
+            )));
+        }
+        // Held until the endpoint is in the mirror, where the next attach sees its ports.
+        let chosen = self.choose_ports(&specs, &network)?;
         let mut record = self.claim(&request, &network, netns, namespace).await?;
         let key = record.key();
         if let Err(e) = self.store.save(&record) {
@@ -71,6 +82,7 @@ impl<D: Dataplane> Agent<D> {
             // Every retry of this create (another controller, after a timeout) carries it, so
             // one that committed before its answer was lost answers with that endpoint.
             request_id: request_id("attach", &key),
+            ports: chosen.ports.iter().map(weft_api::convert::published_port).collect(),
         };
         let created = match self.create_endpoint(&create).await {
             Ok(created) => created,
@@ -84,6 +96,7 @@ impl<D: Dataplane> Agent<D> {
         record.revision = endpoint.revision;
         self.update(&record);
         self.shared().mirror.insert_endpoint(endpoint.clone());
+        drop(chosen);
         if let Err(e) = self.store.save(&record) {
             return Err(self.abandon(record, internal(e)).await);
         }
@@ -460,6 +473,83 @@ impl<D: Dataplane> Agent<D> {
                 .map(|g| g.ip.to_string())
                 .collect(),
             dns_search: vec![network.name.clone()],
+            ports: endpoint
+                .ports
+                .iter()
+                .map(|p| agent::PublishedPort {
+                    protocol: p.protocol.to_string(),
+                    host_ip: p.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    host_port: p.host_port.into(),
+                    container_port: p.container_port.into(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Turns port specs into host ports this host can give: random ones from its ephemeral
+    /// range that neither the registry, another attach in flight, nor a program holds; given
+    /// ones checked against programs and the host's addresses. (Whether another container
+    /// publishes a given one is the controllers' to say: they name it.)
+    fn choose_ports(&self, specs: &[PortSpec], network: &NetworkView) -> Result<ChosenPorts, Status> {
+        if specs.is_empty() {
+            return Ok(ChosenPorts { ports: Vec::new(), choosing: self.choosing_ports.clone() });
+        }
+        let host = self.settings.host.name.clone();
+        let ipv6 = network.gateways.iter().any(|g| g.ip.is_ipv6());
+        let registered: Vec<PublishedPort> = self
+            .shared()
+            .mirror
+            .endpoints
+            .values()
+            .filter(|e| e.node == host)
+            .flat_map(|e| e.ports.iter().copied())
+            .collect();
+        let mut choosing = self.choosing_ports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let default_host_ip = network.settings.host_binding_ipv4.map(std::net::IpAddr::V4);
+        let ports = weft_core::ports::resolve(
+            specs,
+            default_host_ip,
+            crate::publishing::ephemeral_range(),
+            |protocol, host_ip, host_port| {
+                let candidate = PublishedPort { protocol, host_ip, host_port, container_port: 1 };
+                !registered.iter().chain(choosing.iter()).any(|p| p.clashes_with(&candidate))
+                    && crate::publishing::check(protocol, host_ip, host_port, ipv6).is_ok()
+            },
+        )
+        .map_err(|e| weft_api::convert::status(&e))?;
+        for port in &ports {
+            if let Some(other) = choosing.iter().find(|p| p.clashes_with(port)) {
+                return Err(Status::already_exists(format!(
+                    "host port {}/{} on host {host:?} is being published by another attach (as {})",
+                    port.host_side(),
+                    port.protocol,
+                    other.docker_form()
+                )));
+            }
+            crate::publishing::check(port.protocol, port.host_ip, port.host_port, ipv6)
+                .map_err(|why| crate::publishing::refusal(port, &why, &host))?;
+        }
+        choosing.extend(ports.iter().copied());
+        Ok(ChosenPorts { ports, choosing: self.choosing_ports.clone() })
+    }
+}
+
+/// Host ports an attach has chosen, held against other attaches until dropped.
+struct ChosenPorts {
+    ports: Vec<PublishedPort>,
+    choosing: Arc<std::sync::Mutex<Vec<PublishedPort>>>,
+}
+
+impl Drop for ChosenPorts {
+    fn drop(&mut self) {
+        if self.ports.is_empty() {
+            return;
+        }
+        let mut choosing = self.choosing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for port in &self.ports {
+            if let Some(at) = choosing.iter().position(|p| p == port) {
+                choosing.swap_remove(at);
+            }
         }
     }
 }

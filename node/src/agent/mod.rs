@@ -5,7 +5,8 @@
 //! - this module: [`Agent`], its settings and the state its jobs share;
 //! - `follow`: registration, heartbeats and the watch stream into the mirror;
 //! - `reconcile`: passes that bring the kernel (through [`Dataplane`]) in line with the mirror;
-//! - `attach`: the local API's attach, detach, list and key rotation;
+//! - `attach`: the local API's attach, detach, list and key rotation (published ports chosen
+//!   with [`crate::publishing`]);
 //! - `janitor`: releasing what vanished containers and unfinished attaches left.
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +62,16 @@ struct Shared {
     attachments: Attachments,
 }
 
+/// What the last pass put into the host's nftables rules.
+#[derive(Debug, Default)]
+struct LoadedRules {
+    /// The script, so rules are reloaded only when they change (and on every full resync,
+    /// which repairs hand edits). `None` after a failed load.
+    script: Option<String>,
+    /// The published ports in it: the flows of those that go are forgotten.
+    published: std::collections::BTreeSet<weft_dataplane::rules::PublishedRule>,
+}
+
 /// `D` is the host's kernel: [`Kernel`] in production, a `weft_dataplane::SimulatedHost` in
 /// tests of the agent's own logic.
 pub struct Agent<D: Dataplane = Kernel> {
@@ -69,10 +80,12 @@ pub struct Agent<D: Dataplane = Kernel> {
     kernel: D,
     shared: Mutex<Shared>,
     store: Store,
-    /// One reconcile pass at a time: each plans against a fresh dump.
-    /// Held during a pass; keeps the rule script last loaded, so rules are reloaded only when
-    /// they change (and on every full resync, which repairs hand edits).
-    reconciling: tokio::sync::Mutex<Option<String>>,
+    /// One reconcile pass at a time: each plans against a fresh dump. Held during a pass;
+    /// keeps what the pass loaded into the host's rules.
+    reconciling: tokio::sync::Mutex<LoadedRules>,
+    /// Host ports attaches in flight have chosen but the mirror does not show yet: two
+    /// attaches at once never pick the same random port.
+    choosing_ports: Arc<Mutex<Vec<weft_core::PublishedPort>>>,
     wake: Notify,
     applied: watch::Sender<u64>,
     /// Sends a heartbeat at once: the controllers learn a new applied revision without
@@ -129,7 +142,8 @@ impl<D: Dataplane> Agent<D> {
             kernel,
             shared: Mutex::new(Shared { mirror: Mirror::default(), attachments }),
             store,
-            reconciling: tokio::sync::Mutex::new(None),
+            reconciling: tokio::sync::Mutex::new(LoadedRules::default()),
+            choosing_ports: Arc::new(Mutex::new(Vec::new())),
             wake: Notify::new(),
             applied,
             beat_now: Notify::new(),

@@ -54,23 +54,23 @@ impl<D: Dataplane> Agent<D> {
     /// one pass rather than one pass each (a pass dumps the whole kernel).
     pub async fn reconcile(&self) -> Failures {
         let ticket = self.pass_requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut loaded_rules = self.reconciling.lock().await;
+        let mut loaded = self.reconciling.lock().await;
         if self.pass_covered.load(Ordering::SeqCst) >= ticket {
             return self.last_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         }
         // Everyone who asked so far has their change in place by now: this pass covers them.
         let covers = self.pass_requested.load(Ordering::SeqCst);
-        let failures = self.pass(&mut loaded_rules, false).await;
+        let failures = self.pass(&mut loaded, false).await;
         self.pass_covered.store(covers, Ordering::SeqCst);
         failures
     }
 
     pub(super) async fn reconcile_pass(&self, full: bool) -> Failures {
-        let mut loaded_rules = self.reconciling.lock().await;
-        self.pass(&mut loaded_rules, full).await
+        let mut loaded = self.reconciling.lock().await;
+        self.pass(&mut loaded, full).await
     }
 
-    pub(super) async fn pass(&self, loaded_rules: &mut Option<String>, full: bool) -> Failures {
+    pub(super) async fn pass(&self, loaded: &mut LoadedRules, full: bool) -> Failures {
         let host = &self.settings.host;
         if !self.shared().mirror.synced {
             return Failures::default();
@@ -80,15 +80,16 @@ impl<D: Dataplane> Agent<D> {
             Err(e) => return Failures { host: vec![e.to_string()], ..Failures::default() },
         };
         self.check_presence(&observed);
-        let (want, script, revision, peers, tunnel_address) = {
+        let (want, network_rules, script, revision, peers, tunnel_address) = {
             let shared = self.shared();
             let want = desired(&shared.mirror, host, &shared.attachments.plumbing());
+            let network_rules = rules(&shared.mirror, &want);
             let script = weft_dataplane::rules::ruleset(
-                &rules(&shared.mirror, &want),
+                &network_rules,
                 &encrypted_vxlan(&shared.mirror, &self.settings.wireguard_interface),
             );
             let peers = wireguard_peers(&shared.mirror, host);
-            (want, script, shared.mirror.revision, peers, tunnel_address(&shared.mirror, host))
+            (want, network_rules, script, shared.mirror.revision, peers, tunnel_address(&shared.mirror, host))
         };
         let ops = plan(&want, &observed);
         if !ops.is_empty() {
@@ -102,15 +103,15 @@ impl<D: Dataplane> Agent<D> {
             failures.host.extend(errors.iter().map(ToString::to_string));
         }
         self.refresh_dns(&want, revision).await;
-        if full || loaded_rules.as_deref() != Some(script.as_str()) {
-            let loaded = self.kernel.load_rules(&script).await;
-            match loaded {
-                Ok(()) => *loaded_rules = Some(script),
+        if full || loaded.script.as_deref() != Some(script.as_str()) {
+            match self.kernel.load_rules(&script).await {
+                Ok(()) => loaded.script = Some(script),
                 Err(e) => {
-                    *loaded_rules = None;
+                    loaded.script = None;
                     failures.host.push(e.to_string());
                 }
             }
+            self.published_ports_loaded(loaded, &network_rules, &mut failures).await;
         }
         let mut beat = false;
         {
@@ -128,6 +129,34 @@ impl<D: Dataplane> Agent<D> {
         }
         self.last_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone_from(&failures);
         failures
+    }
+
+    /// After the rules load: 127.0.0.1 may reach the bridges that publish ports, and the
+    /// flows of published ports that went are forgotten.
+    async fn published_ports_loaded(
+        &self,
+        loaded: &mut LoadedRules,
+        network_rules: &[weft_dataplane::rules::NetworkRules],
+        failures: &mut Failures,
+    ) {
+        let publishing: Vec<String> =
+            network_rules.iter().filter(|n| !n.published.is_empty()).map(|n| n.bridge.clone()).collect();
+        if let Err(e) = self.kernel.route_localnet(&publishing).await {
+            failures.host.push(e.to_string());
+        }
+        if loaded.script.is_none() {
+            return;
+        }
+        let now: std::collections::BTreeSet<_> =
+            network_rules.iter().flat_map(|n| n.published.iter().copied()).collect();
+        let gone: Vec<_> = loaded.published.difference(&now).copied().collect();
+        if !gone.is_empty() {
+            // Best effort: a flow left behind ends when its client stops sending.
+            if let Err(e) = self.kernel.forget_flows(&gone).await {
+                tracing::warn!(error = %e, "could not forget the flows of unpublished ports");
+            }
+        }
+        loaded.published = now;
     }
 
     /// Checks that every attached container is still in the namespace it was attached in. A
