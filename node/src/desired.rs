@@ -175,6 +175,14 @@ pub fn rules(mirror: &Mirror, desired: &Desired) -> Vec<NetworkRules> {
                     .filter_map(|local| mirror.endpoints.get(&local.endpoint_id))
                     .flat_map(published_rules)
                     .collect(),
+                hairpin: devices
+                    .local
+                    .values()
+                    .filter(|local| {
+                        mirror.endpoints.get(&local.endpoint_id).is_some_and(|e| !e.ports.is_empty())
+                    })
+                    .map(|local| local.host_veth.clone())
+                    .collect(),
             })
         })
         .collect()

@@ -60,7 +60,14 @@ async fn containers_connect_through_the_cli_and_show_up_cluster_wide() {
     ok(&lab, 0, &["network", "create", "--subnet", "10.61.0.0/30", "tiny"]);
     let (a, b, c) = (Netns::new("c"), Netns::new("c"), Netns::new("c"));
 
-    ok(&lab, 0, &["network", "connect", "--alias", "frontend", "web", "a", "--netns", &a.name]);
+    ok(
+        &lab,
+        0,
+        &["network", "connect", "--alias", "frontend", "-p", "8080:80", "-p", "127.0.0.1:5353:53/udp", "-P"]
+            .into_iter()
+            .chain(["--expose", "81", "web", "a", "--netns", &a.name])
+            .collect::<Vec<_>>(),
+    );
     ok(&lab, 1, &["network", "connect", "--ip", "10.60.0.50", "--wait", "web", "b", "--netns", &b.path()]);
     assert!(a.pings("10.60.0.50"), "a cannot reach b after a waiting connect");
     // The name is resolvable: `ip netns exec` shows the resolv.conf weft wrote.
@@ -75,9 +82,35 @@ async fn containers_connect_through_the_cli_and_show_up_cluster_wide() {
     assert_eq!(containers["b"]["Node"], "h2");
     assert_eq!(containers["b"]["IPv4Address"], "10.60.0.50/24");
     assert_eq!(containers["a"]["Aliases"][0], "frontend");
+    // Docker's Ports shape: container port/protocol → host bindings.
+    let ports = &containers["a"]["Ports"];
+    assert_eq!(ports["80/tcp"][0]["HostIp"], "0.0.0.0", "{ports}");
+    assert_eq!(ports["80/tcp"][0]["HostPort"], "8080", "{ports}");
+    assert_eq!(ports["53/udp"][0]["HostIp"], "127.0.0.1", "{ports}");
+    let random: u32 = ports["81/tcp"][0]["HostPort"].as_str().unwrap().parse().unwrap();
+    let listed = ok(&lab, 0, &["endpoint", "ls", "--network", "web", "--format", "{{.Name}} {{.Ports}}"]);
+    assert!(
+        listed.contains(&format!("a 0.0.0.0:8080->80/tcp, 127.0.0.1:5353->53/udp, 0.0.0.0:{random}->81/tcp")),
+        "{listed}"
+    );
+    // Bad specs stop at the CLI with one line naming the rule; a clash names the holder.
+    fails(
+        &lab,
+        1,
+        &["network", "connect", "-p", "8080:80/icmp", "web", "x", "--netns", &c.name],
+        &["tcp, udp or sctp"],
+    );
+    fails(&lab, 1, &["network", "connect", "-p", "0:80", "web", "x", "--netns", &c.name], &["1 to 65535"]);
+    fails(
+        &lab,
+        0,
+        &["network", "connect", "-p", "8080:80", "tiny", "x", "--netns", &c.name],
+        &["container \"a\""],
+    );
 
     let endpoints =
         ok(&lab, 0, &["endpoint", "ls", "--network", "web", "--format", "{{.Node}} {{.Name}} {{.IPv4}}"]);
+    assert!(!endpoints.contains("x "), "a refused connect left an endpoint: {endpoints}");
     let mut lines: Vec<&str> = endpoints.lines().collect();
     lines.sort_unstable();
     assert_eq!(lines, vec!["h1 a 10.60.0.2/24", "h2 b 10.60.0.50/24"]);

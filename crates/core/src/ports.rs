@@ -223,7 +223,8 @@ impl FromStr for PortSpec {
         };
         let (rest, protocol) = match text.rsplit_once('/') {
             Some((rest, protocol)) => {
-                (rest, protocol.parse::<PortProtocol>().map_err(|_| wrong("unknown protocol"))?)
+                let unknown = || wrong(&format!("protocol {protocol:?} is not tcp, udp or sctp"));
+                (rest, protocol.parse::<PortProtocol>().map_err(|_| unknown())?)
             }
             None => (text, PortProtocol::Tcp),
         };
@@ -359,7 +360,7 @@ mod tests {
         for (text, expect) in [
             ("0:80", "1 to 65535"),
             ("8080:65536", "1 to 65535"),
-            ("8080:80/icmp", "unknown protocol"),
+            ("8080:80/icmp", "\"icmp\" is not tcp, udp or sctp"),
             ("8000-8002:80-81", "different lengths"),
             ("1.2.3:8080:80", "not an IP address"),
             ("a:b:c:d", "too many"),

@@ -22,8 +22,13 @@ pub trait Dataplane: Send + Sync + 'static {
     fn load_rules(&self, script: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
     /// Creates a kernel WireGuard link.
     fn create_wireguard(&self, name: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
-    /// Lets the host's 127.0.0.1 reach published ports of containers on these bridges.
-    fn route_localnet(&self, bridges: &[String]) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// Lets the host's 127.0.0.1 reach published ports of containers on these bridges, and
+    /// puts these bridge ports into hairpin mode.
+    fn prepare_publishing(
+        &self,
+        bridges: &[String],
+        hairpin: &[String],
+    ) -> impl Future<Output = Result<(), KernelError>> + Send;
     /// Drops the connection-tracking entries of published ports that are gone, so a new
     /// container on the same host port gets new flows instead of the old container's.
     fn forget_flows(&self, gone: &[PublishedRule]) -> impl Future<Output = Result<(), KernelError>> + Send;
@@ -73,10 +78,11 @@ impl Dataplane for Kernel {
         Kernel::create_wireguard(self, name).await
     }
 
-    async fn route_localnet(&self, bridges: &[String]) -> Result<(), KernelError> {
-        let bridges = bridges.to_vec();
-        off_the_workers("setting route_localnet", move || {
-            bridges.iter().try_for_each(|b| crate::rules::route_localnet(b))
+    async fn prepare_publishing(&self, bridges: &[String], hairpin: &[String]) -> Result<(), KernelError> {
+        let (bridges, hairpin) = (bridges.to_vec(), hairpin.to_vec());
+        off_the_workers("preparing bridges for published ports", move || {
+            bridges.iter().try_for_each(|b| crate::rules::route_localnet(b))?;
+            hairpin.iter().try_for_each(|p| crate::rules::hairpin(p))
         })
         .await
     }
@@ -100,6 +106,7 @@ struct SimulatedState {
     observed: Observed,
     rules: Option<String>,
     localnet: std::collections::BTreeSet<String>,
+    hairpin: std::collections::BTreeSet<String>,
     forgotten: Vec<PublishedRule>,
     /// Links whose creation the kernel refuses, with why.
     refuse: Vec<(String, String)>,
@@ -123,6 +130,11 @@ impl SimulatedHost {
     /// Bridges 127.0.0.1 may reach containers through.
     pub fn localnet(&self) -> Vec<String> {
         self.state().localnet.iter().cloned().collect()
+    }
+
+    /// Bridge ports in hairpin mode.
+    pub fn hairpin(&self) -> Vec<String> {
+        self.state().hairpin.iter().cloned().collect()
     }
 
     /// Published ports whose flows were forgotten, in order.
@@ -205,8 +217,10 @@ impl Dataplane for SimulatedHost {
         Ok(())
     }
 
-    async fn route_localnet(&self, bridges: &[String]) -> Result<(), KernelError> {
-        self.state().localnet.extend(bridges.iter().cloned());
+    async fn prepare_publishing(&self, bridges: &[String], hairpin: &[String]) -> Result<(), KernelError> {
+        let mut state = self.state();
+        state.localnet.extend(bridges.iter().cloned());
+        state.hairpin.extend(hairpin.iter().cloned());
         Ok(())
     }
 
@@ -238,8 +252,8 @@ impl<T: Dataplane> Dataplane for std::sync::Arc<T> {
         T::create_wireguard(self, name).await
     }
 
-    async fn route_localnet(&self, bridges: &[String]) -> Result<(), KernelError> {
-        T::route_localnet(self, bridges).await
+    async fn prepare_publishing(&self, bridges: &[String], hairpin: &[String]) -> Result<(), KernelError> {
+        T::prepare_publishing(self, bridges, hairpin).await
     }
 
     async fn forget_flows(&self, gone: &[PublishedRule]) -> Result<(), KernelError> {

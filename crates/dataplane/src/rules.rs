@@ -32,6 +32,11 @@ pub struct NetworkRules {
     pub ports: Vec<String>,
     /// Host ports published to this network's containers on this host.
     pub published: Vec<PublishedRule>,
+    /// Host-side veths of the containers that publish ports: in hairpin mode, so that where
+    /// br_netfilter hands bridged frames to the IP hooks (Docker and Kubernetes hosts load
+    /// it), a container reaching its own published port gets the answer back out of the port
+    /// it asked through.
+    pub hairpin: Vec<String>,
 }
 
 /// One host address and port forwarded to a container (one family: a mapping for every
@@ -255,6 +260,19 @@ pub fn route_localnet(bridge: &str) -> Result<(), crate::KernelError> {
     })
 }
 
+/// Puts a bridge port into hairpin mode (frames may leave through the port they came in by).
+pub fn hairpin(port: &str) -> Result<(), crate::KernelError> {
+    let path = format!("/sys/class/net/{port}/brport/hairpin_mode");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").map_err(|e| crate::KernelError {
+        doing: format!("turning on hairpin mode on {port} ({path})"),
+        reason: e.to_string(),
+        source: Some(std::sync::Arc::new(e)),
+    })
+}
+
 /// Deletes the connection-tracking entries a published port made (`conntrack -D`): UDP
 /// "connections" live as long as packets keep coming, so without this a client would go on
 /// reaching the old container, or nothing, after the port moved to a new one.
@@ -309,6 +327,7 @@ mod tests {
             icc,
             ports: vec![format!("{bridge}x"), format!("{bridge}p")],
             published: vec![],
+            hairpin: vec![],
         }
     }
 

@@ -131,6 +131,7 @@ fn the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone() {
         icc,
         ports: vec!["weftx1".to_string(), "weftp1".to_string()],
         published: vec![],
+        hairpin: vec![],
     };
     let load = |script: String| {
         let out = host.try_exec_with_stdin(&["nft", "-f", "-"], &script);

@@ -504,6 +504,12 @@ impl<D: Dataplane> Agent<D> {
             .filter(|e| e.node == host)
             .flat_map(|e| e.ports.iter().copied())
             .collect();
+        if !ipv6 && let Some(v6) = specs.iter().find_map(|s| s.host_ip.filter(|ip| ip.is_ipv6())) {
+            return Err(Status::invalid_argument(format!(
+                "host address {v6} is IPv6, but network {:?} has no IPv6 subnet to forward it to",
+                network.name
+            )));
+        }
         let mut choosing = self.choosing_ports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let default_host_ip = network.settings.host_binding_ipv4.map(std::net::IpAddr::V4);
         let ports = weft_core::ports::resolve(

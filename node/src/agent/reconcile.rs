@@ -131,8 +131,8 @@ impl<D: Dataplane> Agent<D> {
         failures
     }
 
-    /// After the rules load: 127.0.0.1 may reach the bridges that publish ports, and the
-    /// flows of published ports that went are forgotten.
+    /// After the rules load: 127.0.0.1 may reach the bridges that publish ports, publishing
+    /// containers' ports hairpin, and the flows of published ports that went are forgotten.
     async fn published_ports_loaded(
         &self,
         loaded: &mut LoadedRules,
@@ -141,7 +141,8 @@ impl<D: Dataplane> Agent<D> {
     ) {
         let publishing: Vec<String> =
             network_rules.iter().filter(|n| !n.published.is_empty()).map(|n| n.bridge.clone()).collect();
-        if let Err(e) = self.kernel.route_localnet(&publishing).await {
+        let hairpin: Vec<String> = network_rules.iter().flat_map(|n| n.hairpin.iter().cloned()).collect();
+        if let Err(e) = self.kernel.prepare_publishing(&publishing, &hairpin).await {
             failures.host.push(e.to_string());
         }
         if loaded.script.is_none() {
