@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 source tests/prerequisites.sh
 
 # The test suite's packages, plus the load generators: iperf3 (TCP throughput) and dnsperf.
-packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables procps bind9-dnsutils wireguard-go wireguard-tools tcpdump iperf3 dnsperf)
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump iperf3 dnsperf)
 install_missing "weft's benchmarks" "${packages[@]}"
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -62,7 +62,7 @@ fi
 [ -x "$binary" ] || die "$binary is not an executable weft-node (build it, or pass --binary)"
 if [ -z "$root" ]; then
     missing=()
-    for pkg in iproute2 nftables wireguard-go; do
+    for pkg in iproute2 nftables conntrack wireguard-go; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then

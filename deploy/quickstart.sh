@@ -64,7 +64,7 @@ if [ "${1:-up}" = "down" ]; then
 fi
 [ "${1:-up}" = "up" ] || die "usage: bash deploy/quickstart.sh [up|down]"
 
-packages=(ca-certificates gcc libc6-dev pkg-config iproute2 iputils-ping nftables procps bind9-dnsutils wireguard-go wireguard-tools)
+packages=(ca-certificates gcc libc6-dev pkg-config iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools)
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
