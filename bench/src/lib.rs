@@ -128,6 +128,12 @@ pub const TARGETS: &[Target] = &[
     Target { id: "scale.watchers", bound: Bound::AtLeast(1_000.0) },
     // Not a performance target: a watcher must never be taken back in time.
     Target { id: "scale.backwards", bound: Bound::AtMost(0.0) },
+    // Published ports (issue 19): at least 95 % of reaching the container directly, and ahead
+    // of Docker's `-p` for clients on the host (docker-proxy's path).
+    Target { id: "published.ratio.rt", bound: Bound::AtLeast(95.0) },
+    Target { id: "published.ratio.conn", bound: Bound::AtLeast(95.0) },
+    Target { id: "published.vs_docker.rt", bound: Bound::AtLeast(1.0) },
+    Target { id: "published.vs_docker.conn", bound: Bound::AtLeast(1.0) },
 ];
 
 pub fn target(id: &str) -> Option<Bound> {
@@ -180,7 +186,7 @@ fn describe(bound: Bound, unit: &str) -> String {
 }
 
 /// The order parts appear in, the order the runner runs them.
-pub const PARTS: &[&str] = &["control", "scale", "agent", "dns", "dnsserver", "dataplane"];
+pub const PARTS: &[&str] = &["control", "scale", "agent", "dns", "dnsserver", "dataplane", "published"];
 
 fn part_rank(part: &str) -> usize {
     PARTS.iter().position(|p| *p == part).unwrap_or(PARTS.len())

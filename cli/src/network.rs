@@ -150,16 +150,7 @@ fn port_requests(specs: &[String]) -> Result<Vec<agent::PortRequest>> {
         .map(|text| {
             let spec: weft_core::PortSpec =
                 text.parse().map_err(|e: weft_core::Error| Failure::new(e.to_string()))?;
-            let (host_port, host_port_end) =
-                spec.host_ports.map_or((0, 0), |r| (u32::from(*r.start()), u32::from(*r.end())));
-            Ok(agent::PortRequest {
-                protocol: spec.protocol.to_string(),
-                host_ip: spec.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                host_port,
-                host_port_end,
-                container_port: (*spec.container_ports.start()).into(),
-                container_port_end: (*spec.container_ports.end()).into(),
-            })
+            Ok(weft_api::agent_client::port_request(&spec))
         })
         .collect()
 }

@@ -90,22 +90,7 @@ async fn answer(what: &str, mut ask: impl FnMut() -> Option<String>) -> String {
 }
 
 fn publish(specs: &[&str]) -> Vec<agent::PortRequest> {
-    specs
-        .iter()
-        .map(|text| {
-            let spec: weft_core::PortSpec = text.parse().unwrap();
-            let (host_port, host_port_end) =
-                spec.host_ports.map_or((0, 0), |r| (u32::from(*r.start()), u32::from(*r.end())));
-            agent::PortRequest {
-                protocol: spec.protocol.to_string(),
-                host_ip: spec.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                host_port,
-                host_port_end,
-                container_port: (*spec.container_ports.start()).into(),
-                container_port_end: (*spec.container_ports.end()).into(),
-            }
-        })
-        .collect()
+    specs.iter().map(|text| weft_api::agent_client::port_request(&text.parse().unwrap())).collect()
 }
 
 fn publishing(container: &Netns, network: &str, name: &str, specs: &[&str]) -> agent::AttachRequest {

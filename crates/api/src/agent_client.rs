@@ -22,3 +22,17 @@ pub async fn connect(socket: &Path) -> Result<AgentServiceClient<Channel>, tonic
             .await?;
     Ok(AgentServiceClient::new(channel))
 }
+
+/// A `-p` spec as the attach API takes it, field by field.
+pub fn port_request(spec: &weft_core::PortSpec) -> crate::agent::PortRequest {
+    let (host_port, host_port_end) =
+        spec.host_ports.as_ref().map_or((0, 0), |r| (u32::from(*r.start()), u32::from(*r.end())));
+    crate::agent::PortRequest {
+        protocol: spec.protocol.to_string(),
+        host_ip: spec.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        host_port,
+        host_port_end,
+        container_port: (*spec.container_ports.start()).into(),
+        container_port_end: (*spec.container_ports.end()).into(),
+    }
+}

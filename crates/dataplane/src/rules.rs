@@ -245,32 +245,34 @@ pub fn load(script: &str) -> Result<(), crate::KernelError> {
     }
 }
 
-/// Lets packets from the host's 127.0.0.0/8 leave through `bridge` once DNAT has sent them
-/// to a container (the kernel drops them as martians otherwise). The `loopback_guard` chain
-/// keeps containers from using the same setting to reach the host's loopback services.
-pub fn route_localnet(bridge: &str) -> Result<(), crate::KernelError> {
-    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
-    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+/// Sets a kernel switch (a sysctl or sysfs file) to 1, unless it already is.
+fn switch_on(path: &str, doing: String) -> Result<(), crate::KernelError> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
         return Ok(());
     }
-    std::fs::write(&path, "1").map_err(|e| crate::KernelError {
-        doing: format!("letting 127.0.0.1 reach containers on {bridge} ({path})"),
+    std::fs::write(path, "1").map_err(|e| crate::KernelError {
+        doing: format!("{doing} ({path})"),
         reason: e.to_string(),
         source: Some(std::sync::Arc::new(e)),
     })
 }
 
+/// Lets packets from the host's 127.0.0.0/8 leave through `bridge` once DNAT has sent them
+/// to a container (the kernel drops them as martians otherwise). The `loopback_guard` chain
+/// keeps containers from using the same setting to reach the host's loopback services.
+pub fn route_localnet(bridge: &str) -> Result<(), crate::KernelError> {
+    switch_on(
+        &format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"),
+        format!("letting 127.0.0.1 reach containers on {bridge}"),
+    )
+}
+
 /// Puts a bridge port into hairpin mode (frames may leave through the port they came in by).
 pub fn hairpin(port: &str) -> Result<(), crate::KernelError> {
-    let path = format!("/sys/class/net/{port}/brport/hairpin_mode");
-    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
-    }
-    std::fs::write(&path, "1").map_err(|e| crate::KernelError {
-        doing: format!("turning on hairpin mode on {port} ({path})"),
-        reason: e.to_string(),
-        source: Some(std::sync::Arc::new(e)),
-    })
+    switch_on(
+        &format!("/sys/class/net/{port}/brport/hairpin_mode"),
+        format!("turning on hairpin mode on {port}"),
+    )
 }
 
 /// Deletes the connection-tracking entries a published port made (`conntrack -D`): UDP

@@ -142,6 +142,12 @@ impl Lab {
         lab
     }
 
+    /// Joins `ns` to the lab's underlay at `UNDERLAY.octet`, routed through the outside.
+    pub fn join_underlay(&self, ns: &Netns, octet: u8) {
+        self._underlay.join(ns, octet, 1500);
+        ns.exec(&["ip", "route", "add", "default", "via", OUTSIDE]);
+    }
+
     pub fn start_controller(&mut self, i: usize) {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ctl.name])
