@@ -295,3 +295,53 @@ async fn vanished_containers_restarts_drift_and_remote_containers() {
     .await;
     assert!(running.agent.problems().is_empty(), "{:?}", running.agent.problems());
 }
+
+/// Published ports through the agent's own logic: random host ports chosen at once never
+/// clash, each becomes a DNAT rule, the publishing containers' veths hairpin and their bridge
+/// takes 127.0.0.1, and a port that goes has its flows forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_ports_become_rules_and_their_flows_go_with_them() {
+    let (controller, dir) = setup().await;
+    let host = Arc::new(SimulatedHost::default());
+    let running = start_agent(&controller, &host, &dir.path().join("state")).await;
+    let attaches: Vec<_> = (0..10)
+        .map(|i| {
+            let agent = running.agent.clone();
+            let netns = container(dir.path(), &format!("ns{i}"));
+            let mut request = attach_request(&netns, &format!("c{i}"));
+            request.publish_all = true;
+            request.expose = vec![agent::ExposedPort { protocol: "tcp".into(), port: 80, port_end: 0 }];
+            tokio::spawn(async move { agent.attach(request).await })
+        })
+        .collect();
+    let mut host_ports = BTreeSet::new();
+    let mut attached = Vec::new();
+    for task in attaches {
+        let attachment = task.await.unwrap().expect("attach");
+        assert!(host_ports.insert(attachment.ports[0].host_port), "a random host port handed out twice");
+        attached.push(attachment);
+    }
+    let rules = host.rules().unwrap();
+    for a in &attached {
+        let ip = a.ipv4_address.split('/').next().unwrap();
+        let rule = format!("meta nfproto ipv4 tcp dport {} dnat ip to {ip}:80", a.ports[0].host_port);
+        assert!(rules.contains(&rule), "{rule} missing from {rules}");
+    }
+    let observed = host.observed();
+    let bridge = observed.links.values().find(|l| l.kind == LinkKind::Bridge).unwrap().name.clone();
+    assert_eq!(host.localnet(), vec![bridge]);
+    assert_eq!(host.hairpin().into_iter().collect::<BTreeSet<_>>(), weft_veths(&observed));
+
+    let gone = &attached[0];
+    running
+        .agent
+        .detach(agent::DetachRequest { network: "blue".into(), container_id: "c0".into() })
+        .await
+        .unwrap();
+    let port = gone.ports[0].host_port;
+    eventually("the gone port's flows are forgotten", async || {
+        host.forgotten().iter().any(|f| u32::from(f.host_port) == port)
+    })
+    .await;
+    assert!(!host.rules().unwrap().contains(&format!("dport {port} ")), "the rule went with the container");
+}

@@ -337,3 +337,68 @@ async fn hand_deleted_rules_come_back_and_an_agent_restart_keeps_flows() {
         assert!(ask_tcp(&lab.outside, &at).is_some(), "a new connection after the restart");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_networks_publish_on_ipv6_and_a_named_host_address_only() {
+    if !root_or_skip("dual_stack_networks_publish_on_ipv6_and_a_named_host_address_only") {
+        return;
+    }
+    let lab = Lab::new(1);
+    lab.create(pb::CreateNetworkRequest { name: "both".into(), enable_ipv6: true, ..Default::default() });
+    // The underlay gets IPv6 too: the host fd77::1, the outside machine fd77::fe.
+    let host_ns = &lab.hosts[0].ns;
+    host_ns.exec(&["ip", "-6", "addr", "add", "fd77::1/64", "dev", "ul0", "nodad"]);
+    lab.outside.exec(&["ip", "-6", "addr", "add", "fd77::fe/64", "dev", "ul0", "nodad"]);
+    let mut h1 = lab.agent(0).await;
+    let s1 = Netns::new("c");
+    serve_v6(&s1, 80, "s1");
+    let attached = h1
+        .attach(publishing(&s1, "both", "s1", &["8080:80", "192.168.77.1:8090:80", "[fd77::1]:8091:80"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .attachment
+        .unwrap();
+    assert!(!attached.ipv6_address.is_empty(), "{attached:?}");
+
+    // Every address of the host, both families: the container sees the client's own address.
+    assert_eq!(answer("v4", || ask_tcp(&lab.outside, &format!("{H1}:8080"))).await, format!("s1 {OUTSIDE}"));
+    assert_eq!(answer("v6", || ask_tcp(&lab.outside, "[fd77::1]:8080")).await, "s1 fd77::fe");
+    // A port published on one address answers there only.
+    assert_eq!(
+        answer("named v4", || ask_tcp(&lab.outside, &format!("{H1}:8090"))).await,
+        format!("s1 {OUTSIDE}")
+    );
+    assert!(ask_tcp(host_ns, "127.0.0.1:8090").is_none(), "8090 is published on 192.168.77.1 only");
+    assert_eq!(answer("named v6", || ask_tcp(&lab.outside, "[fd77::1]:8091")).await, "s1 fd77::fe");
+    assert!(ask_tcp(&lab.outside, &format!("{H1}:8091")).is_none(), "8091 is published on fd77::1 only");
+}
+
+/// A TCP responder on `port` for both families inside `container` (IPv6-only socket beside
+/// the IPv4 one [`serve`] opens).
+fn serve_v6(container: &Netns, port: u16, tag: &str) {
+    serve(container, port, tag);
+    let listener = container.run_in(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        socket.set_only_v6(true).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into()).unwrap();
+        socket.listen(128).unwrap();
+        TcpListener::from(socket)
+    });
+    let tag = tag.to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let tag = tag.clone();
+            std::thread::spawn(move || {
+                let peer = stream.peer_addr().unwrap().ip();
+                let mut writer = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines() {
+                    if line.is_err() || writeln!(writer, "{tag} {peer}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
