@@ -291,6 +291,20 @@ async fn clashes_bad_specs_and_internal_networks_are_refused_leaving_nothing_beh
     ports.sort_unstable();
     ports.dedup();
     assert_eq!(ports.len(), containers.len(), "random ports collided: {attached:?}");
+
+    // A container that dies without a detach gives its ports back once the agent notices.
+    drop(holder);
+    let taker = Netns::new("c");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match h1.attach(publishing(&taker, "other", "taker", &["8080:80"])).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::AlreadyExists && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("8080 was not released with its vanished container: {e:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
