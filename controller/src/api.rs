@@ -129,6 +129,25 @@ impl NetworkService for Controller {
         }
     }
 
+    async fn rename_network(
+        &self,
+        request: Request<pb::RenameNetworkRequest>,
+    ) -> Result<Response<pb::Network>, Status> {
+        let until = deadline(&request);
+        let req = request.into_inner();
+        let command =
+            Command::once(&req.request_id, Command::RenameNetwork { network: req.network, name: req.name });
+        match self.propose_by(command, until).await? {
+            (revision, Done::Network(network)) => Ok(Response::new(
+                self.caught_up_to(revision)
+                    .await?
+                    .registry
+                    .with_state(|state| convert::network(&network, state.endpoint_count(&network.id))),
+            )),
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
     async fn prune_networks(
         &self,
         request: Request<pb::PruneNetworksRequest>,
@@ -195,6 +214,31 @@ impl EndpointService for Controller {
                     .with_state(|state| endpoint_pb(state, &endpoint)),
                 revision,
             })),
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn update_endpoint(
+        &self,
+        request: Request<pb::UpdateEndpointRequest>,
+    ) -> Result<Response<pb::Endpoint>, Status> {
+        let command = convert::endpoint_update(request.get_ref()).map_err(invalid)?;
+        if let Command::UpdateEndpoint { endpoint, .. } = &command
+            && request.extensions().get::<Caller>().is_some_and(|c| c.role == Role::Node)
+        {
+            let host =
+                self.registry.with_state(|state| state.find_endpoint(endpoint).map(|e| e.node.clone()));
+            acting_for(&request, &host.map_err(invalid)?, "update endpoints")?;
+        }
+        let command = Command::once(&request.get_ref().request_id, command);
+        match self.propose_by(command, deadline(&request)).await? {
+            (revision, Done::Endpoint(endpoint)) => self
+                .caught_up_to(revision)
+                .await?
+                .registry
+                .with_state(|state| endpoint_pb(state, &endpoint))
+                .map(Response::new)
+                .ok_or_else(|| Status::aborted("the endpoint's network was removed meanwhile")),
             (_, other) => Err(unexpected(&other)),
         }
     }

@@ -197,6 +197,30 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
         ..Default::default()
     };
     denied(EndpointServiceClient::new(a.clone()).remove_endpoint(remove("cb")).await, &["node:a", "remove"]);
+    // A host names its own endpoints (as the Docker plugin does once Docker tells it), and
+    // only its own.
+    let update = |container: &str, name: &str| pb::UpdateEndpointRequest {
+        target: Some(pb::update_endpoint_request::Target::Container(pb::ContainerOnNetwork {
+            network: "shared".into(),
+            container_id: container.into(),
+        })),
+        container_name: name.into(),
+        aliases: vec![format!("{name}-alias")],
+        ..Default::default()
+    };
+    let named = EndpointServiceClient::new(a.clone())
+        .update_endpoint(update("ca", "web"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (named.container_name.as_str(), named.aliases.as_slice()),
+        ("web", ["web-alias".to_string()].as_slice())
+    );
+    denied(
+        EndpointServiceClient::new(a.clone()).update_endpoint(update("cb", "stolen")).await,
+        &["node:a", "update"],
+    );
     // Nodes do not manage networks or other nodes.
     denied(
         NetworkServiceClient::new(a.clone())

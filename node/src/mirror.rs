@@ -249,7 +249,7 @@ impl Mirror {
 
     fn apply_one(&mut self, event: &pb::Event) -> Result<(), Unusable> {
         match &event.kind {
-            Some(Kind::NetworkCreated(n)) => {
+            Some(Kind::NetworkCreated(n) | Kind::NetworkUpdated(n)) => {
                 let view = network_view(n)?;
                 self.networks.insert(view.id.clone(), view);
             }

@@ -128,3 +128,58 @@ async fn containers_resolve_each_other_by_name_across_hosts() {
     .unwrap();
     assert!(!std::path::Path::new(&resolv_conf).exists(), "{resolv_conf} left behind");
 }
+
+/// Names told after the address (the Docker plugin's path): a renamed network and an updated
+/// endpoint resolve by their new names on every host, and the old names are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_given_after_the_address_resolve_on_every_host() {
+    if !root_or_skip("names_given_after_the_address_resolve_on_every_host") {
+        return;
+    }
+    let lab = Lab::new(2);
+    lab.create_network("docker-4a1b", false);
+    lab.networks(|mut client| {
+        Box::pin(async move {
+            client
+                .rename_network(pb::RenameNetworkRequest {
+                    network: "docker-4a1b".into(),
+                    name: "app".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        })
+    });
+    let (asker, named) = (Netns::new("c"), Netns::new("c"));
+    let mut h1 = lab.agent(0).await;
+    let mut h2 = lab.agent(1).await;
+    let mut request = attach_request(&asker, "app", "asker");
+    request.write_resolv_conf = true;
+    let asking = h1.attach(request).await.unwrap().into_inner().attachment.unwrap();
+    assert_eq!(asking.dns_search, vec!["app".to_string()], "the search domain is the new name");
+    let reservation = h2.attach(attach_request(&named, "app", "reservation-7")).await.unwrap().into_inner();
+    let reservation = reservation.attachment.unwrap();
+    assert_eq!(dig(&asker, &["reservation-7"]), vec![ip_of(&reservation)]);
+
+    let endpoint_id = reservation.endpoint_id.clone();
+    lab.with_controller(move |channel| {
+        Box::pin(async move {
+            EndpointServiceClient::new(channel)
+                .update_endpoint(pb::UpdateEndpointRequest {
+                    target: Some(pb::update_endpoint_request::Target::EndpointId(endpoint_id)),
+                    container_name: "web".into(),
+                    aliases: vec!["api".into()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        })
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dig(&asker, &["web"]) != vec![ip_of(&reservation)] {
+        assert!(Instant::now() < deadline, "the new name did not resolve on h1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dig(&asker, &["api.app"]), vec![ip_of(&reservation)]);
+    assert_eq!(status(&asker, "reservation-7"), "NXDOMAIN", "the provisional name is gone");
+}

@@ -12,8 +12,8 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use weft_core::cidr::check_unicast_address;
 use weft_core::{
-    AddressPool, Cidr, ClusterConfig, Endpoint, EndpointRef, EndpointRequest, Error, ErrorKind, Event,
-    EventKind, Family, LabelFilter, MacAddr, Network, NetworkRequest, Node, NodeRequest, NodeStatus,
+    AddressPool, Cidr, ClusterConfig, Command, Endpoint, EndpointRef, EndpointRequest, Error, ErrorKind,
+    Event, EventKind, Family, LabelFilter, MacAddr, Network, NetworkRequest, Node, NodeRequest, NodeStatus,
     PortProtocol, PruneFilter, PublishedPort, State, SubnetConfig, SubnetRequest, error::Subject,
 };
 
@@ -333,6 +333,26 @@ pub fn endpoint_ref(req: &pb::RemoveEndpointRequest) -> Result<EndpointRef, Erro
     }
 }
 
+pub fn endpoint_update(req: &pb::UpdateEndpointRequest) -> Result<Command, Error> {
+    let endpoint = match &req.target {
+        Some(pb::update_endpoint_request::Target::EndpointId(id)) => EndpointRef::Id(id.clone()),
+        Some(pb::update_endpoint_request::Target::Container(c)) => {
+            EndpointRef::Container { network: c.network.clone(), container_id: c.container_id.clone() }
+        }
+        None => {
+            return Err(Error::bad_request(
+                "say which endpoint to update: an endpoint id or a network and container id",
+            ));
+        }
+    };
+    Ok(Command::UpdateEndpoint {
+        endpoint,
+        container_id: (!req.container_id.is_empty()).then(|| req.container_id.clone()),
+        container_name: req.container_name.clone(),
+        aliases: req.aliases.clone(),
+    })
+}
+
 pub fn endpoint(ep: &Endpoint, network: &Network) -> pb::Endpoint {
     let prefix = |family| network.subnet(family).map_or(0, |s| s.subnet.prefix());
     pb::Endpoint {
@@ -474,6 +494,7 @@ pub fn events(batch: &[Event], state: &State) -> Vec<pb::Event> {
                 EventKind::Configured(c) => Kind::ClusterConfigured(cluster_config(c)),
                 EventKind::NetworkCreated(n) => Kind::NetworkCreated(network(n, state.endpoint_count(&n.id))),
                 EventKind::NetworkRemoved(n) => Kind::NetworkRemoved(network(n, 0)),
+                EventKind::NetworkUpdated(n) => Kind::NetworkUpdated(network(n, state.endpoint_count(&n.id))),
                 EventKind::EndpointCreated(e) => Kind::EndpointCreated(endpoint(e, network_of(e)?)),
                 EventKind::EndpointRemoved(e) => Kind::EndpointRemoved(endpoint(e, network_of(e)?)),
                 EventKind::EndpointUpdated(e) => Kind::EndpointUpdated(endpoint(e, network_of(e)?)),

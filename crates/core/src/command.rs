@@ -73,6 +73,21 @@ pub enum Command {
         request: EndpointRequest,
         ports: Vec<PublishedPort>,
     },
+    /// Gives a network another name: a runtime that learns a network's name only after asking
+    /// for its addresses (Docker) creates it under a provisional one. Only while no endpoint is
+    /// on it, since containers resolve names under the network's name.
+    RenameNetwork {
+        network: String,
+        name: String,
+    },
+    /// Sets an endpoint's container, DNS name and aliases, for runtimes that tell them only
+    /// after the address is allocated (Docker). `container_id: None` keeps the container.
+    UpdateEndpoint {
+        endpoint: EndpointRef,
+        container_id: Option<String>,
+        container_name: String,
+        aliases: Vec<String>,
+    },
 }
 
 impl Command {

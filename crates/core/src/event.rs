@@ -27,4 +27,6 @@ pub enum EventKind {
     NodeRegistered(Node),
     NodeStatusChanged(Node),
     NodeRemoved(Node),
+    /// Renamed (the only change a network takes).
+    NetworkUpdated(Network),
 }

@@ -467,6 +467,10 @@ impl State {
             Command::PruneNetworks(filter) => self.prune_networks(filter),
             Command::CreateEndpoint(request) => self.create_endpoint(request, &[], at),
             Command::CreateEndpointPublishing { request, ports } => self.create_endpoint(request, ports, at),
+            Command::RenameNetwork { network, name } => self.rename_network(network, name),
+            Command::UpdateEndpoint { endpoint, container_id, container_name, aliases } => {
+                self.update_endpoint(endpoint, container_id.as_deref(), container_name, aliases)
+            }
             Command::RemoveEndpoint(reference) => self.remove_endpoint(reference),
             Command::RegisterNode(request) => self.register_node(request, at),
             Command::SetNodeStatus { name, status } => self.set_node_status(name, *status, at),
@@ -819,6 +823,45 @@ impl State {
         self.changed(Response::NetworkRemoved { network, endpoints: removed }, kinds)
     }
 
+    fn rename_network(&mut self, key: &str, name: &str) -> Result<Applied> {
+        validate::dns_name("network name", name)?;
+        let id = self.resolve_network_id(key)?;
+        let entry = &self.networks[&id];
+        if entry.network.name == name {
+            return self.unchanged(Response::Network(entry.network.clone()));
+        }
+        if !entry.endpoints.is_empty() {
+            return Err(Error::conflict(
+                "NETWORK_IN_USE",
+                &entry.network.name,
+                format!(
+                    "network {:?} has {} endpoint(s): its containers resolve names under it, so it can be renamed only while empty",
+                    entry.network.name,
+                    entry.endpoints.len()
+                ),
+            ));
+        }
+        let lower = name.to_ascii_lowercase();
+        if let Some(other) = self.network_names.get(&lower).filter(|other| **other != id) {
+            return Err(Error::already_exists(
+                "network",
+                name,
+                format!(
+                    "a network named {:?} already exists (id {})",
+                    self.networks[other].network.name,
+                    other.short()
+                ),
+            ));
+        }
+        self.revision += 1;
+        let entry = self.networks.get_mut(&id).unwrap_or_else(|| unreachable!("resolved network"));
+        let old = std::mem::replace(&mut entry.network.name, name.to_string());
+        let network = entry.network.clone();
+        self.network_names.remove(&old.to_ascii_lowercase());
+        self.network_names.insert(lower, id);
+        self.changed_once(Response::Network(network.clone()), EventKind::NetworkUpdated(network))
+    }
+
     /// Removes an endpoint-free network and releases its subnets and VNI.
     fn take_network(&mut self, id: &Id) -> Network {
         let entry = self.networks.remove(id).unwrap_or_else(|| unreachable!("take_network of a resolved id"));
@@ -1048,6 +1091,71 @@ impl State {
         if let Some(node) = self.nodes.get_mut(&endpoint.node) {
             node.endpoints.insert(key);
         }
+    }
+
+    fn update_endpoint(
+        &mut self,
+        reference: &EndpointRef,
+        container_id: Option<&str>,
+        name: &str,
+        aliases: &[String],
+    ) -> Result<Applied> {
+        validate::dns_name("container name", name)?;
+        validate::aliases(aliases)?;
+        if let Some(id) = container_id {
+            validate::container_id(id)?;
+        }
+        let key = self.resolve_endpoint(reference)?;
+        let endpoint = self.endpoints[&key].clone();
+        let container_id = container_id.unwrap_or(&endpoint.container_id);
+        if endpoint.container_id == container_id
+            && endpoint.container_name == name
+            && endpoint.aliases == aliases
+        {
+            return self.unchanged(Response::Endpoint(endpoint));
+        }
+        let entry =
+            self.networks.get_mut(&endpoint.network).unwrap_or_else(|| unreachable!("endpoint's network"));
+        if let Some(other) = entry.containers.get(container_id).filter(|other| **other != key) {
+            return Err(Error::already_exists(
+                "endpoint",
+                format_args!("{}/{container_id}", entry.network.name),
+                format!(
+                    "container {} is already attached to network {:?} (endpoint {})",
+                    quoted(container_id),
+                    entry.network.name,
+                    self.endpoints[other].id.short()
+                ),
+            ));
+        }
+        let lower = name.to_ascii_lowercase();
+        if let Some(other) = entry.names.get(&lower).filter(|other| **other != key) {
+            let other = &self.endpoints[other];
+            return Err(Error::already_exists(
+                "container_name",
+                name,
+                format!(
+                    "container name {} is already used on network {:?} by container {:?} on node {:?}",
+                    quoted(name),
+                    entry.network.name,
+                    other.container_id,
+                    other.node
+                ),
+            ));
+        }
+        self.revision += 1;
+        entry.names.remove(&endpoint.container_name.to_ascii_lowercase());
+        entry.names.insert(lower, key);
+        entry.containers.remove(&endpoint.container_id);
+        entry.containers.insert(container_id.to_string(), key);
+        let updated = Arc::new(Endpoint {
+            container_id: container_id.to_string(),
+            container_name: name.to_string(),
+            aliases: aliases.to_vec(),
+            ..(*endpoint).clone()
+        });
+        self.endpoints.insert(key, updated.clone());
+        self.changed_once(Response::Endpoint(updated.clone()), EventKind::EndpointUpdated(updated))
     }
 
     fn remove_endpoint(&mut self, reference: &EndpointRef) -> Result<Applied> {
@@ -1476,6 +1584,23 @@ impl State {
                 .restore_endpoint(endpoint)
                 .map_err(|e| broken(format!("endpoint {} ({}): {e}", endpoint.id.short(), endpoint.ipv4)))?;
             rebuilt.endpoints.insert(endpoint.created_revision, endpoint.clone());
+        }
+        for node in self.nodes.values() {
+            let mut held: Vec<(&PublishedPort, &Endpoint)> = Vec::new();
+            for endpoint in node.endpoints.iter().map(|key| &self.endpoints[key]) {
+                for port in &endpoint.ports {
+                    if let Some((_, holder)) = held.iter().find(|(other, _)| other.clashes_with(port)) {
+                        return Err(broken(format!(
+                            "host port {} on node {:?} published by endpoints {} and {}",
+                            port.docker_form(),
+                            node.node.name,
+                            holder.id.short(),
+                            endpoint.id.short()
+                        )));
+                    }
+                    held.push((port, endpoint));
+                }
+            }
         }
         // Canonical, not derived: carried over as they are.
         rebuilt.revoked_nodes = self.revoked_nodes.clone();

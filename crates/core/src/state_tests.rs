@@ -1041,3 +1041,96 @@ fn published_ports_survive_snapshots_and_version_6_snapshots_still_restore() {
     assert!(old.endpoints.values().all(|e| e.ports.is_empty()));
     old.check_invariants().unwrap();
 }
+
+// === renames and endpoint updates (runtimes that learn names late) ===
+
+#[test]
+fn an_empty_network_takes_a_new_name_and_only_while_empty() {
+    let mut s = cluster();
+    let provisional = create(&mut s, network("docker-1f2e"));
+    create(&mut s, network("taken"));
+    let applied =
+        apply(&mut s, Command::RenameNetwork { network: "docker-1f2e".into(), name: "app".into() }).unwrap();
+    let Response::Network(renamed) = &applied.response else { panic!("{applied:?}") };
+    assert_eq!((renamed.id, renamed.name.as_str()), (provisional.id, "app"));
+    assert!(
+        matches!(&applied.events[..], [Event { kind: EventKind::NetworkUpdated(n), .. }] if n.name == "app")
+    );
+    assert_eq!(s.resolve_network("APP").unwrap().id, provisional.id);
+    assert_eq!(
+        refused(&mut s, Command::RenameNetwork { network: "docker-1f2e".into(), name: "x".into() }).kind(),
+        ErrorKind::NotFound
+    );
+    // The same name again changes nothing; a taken or bad name is refused.
+    let again = apply(&mut s, Command::RenameNetwork { network: "app".into(), name: "app".into() }).unwrap();
+    assert!(again.events.is_empty());
+    assert_eq!(
+        refused(&mut s, Command::RenameNetwork { network: "app".into(), name: "Taken".into() }).kind(),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        refused(&mut s, Command::RenameNetwork { network: "app".into(), name: "no spaces".into() }).kind(),
+        ErrorKind::Invalid
+    );
+    attach(&mut s, endpoint("app", "h1", "c1"));
+    let err = refused(&mut s, Command::RenameNetwork { network: "app".into(), name: "other".into() });
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.message().contains("only while empty"), "{err}");
+    // The old name is free for another network.
+    create(&mut s, network("docker-1f2e"));
+    s.check_invariants().unwrap();
+    assert_eq!(State::restore(&s.snapshot()).unwrap(), s);
+}
+
+#[test]
+fn an_endpoint_takes_its_name_and_aliases_after_its_address() {
+    let mut s = cluster();
+    create(&mut s, network("app"));
+    let reserved = attach(&mut s, endpoint("app", "h1", "reservation-1"));
+    attach(&mut s, endpoint("app", "h1", "web"));
+    let update = |name: &str, aliases: &[&str]| Command::UpdateEndpoint {
+        endpoint: EndpointRef::Id(reserved.id.to_string()),
+        container_id: Some("d0c4e2".into()),
+        container_name: name.into(),
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+    };
+    let applied = apply(&mut s, update("api-1", &["api"])).unwrap();
+    let Response::Endpoint(updated) = &applied.response else { panic!("{applied:?}") };
+    assert_eq!(
+        (updated.container_id.as_str(), updated.container_name.as_str(), updated.aliases.clone()),
+        ("d0c4e2", "api-1", vec!["api".to_string()])
+    );
+    assert_eq!((updated.ipv4, updated.id), (reserved.ipv4, reserved.id), "the address and id stay");
+    assert!(matches!(&applied.events[..], [Event { kind: EventKind::EndpointUpdated(_), .. }]));
+    assert!(apply(&mut s, update("api-1", &["api"])).unwrap().events.is_empty(), "no change, no event");
+    let err = refused(&mut s, update("WEB", &[]));
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(err.message().contains("\"web\""), "{err}");
+    assert_eq!(refused(&mut s, update("bad name", &[])).kind(), ErrorKind::Invalid);
+    // Another endpoint may not take a container that is already on the network.
+    let web = s.endpoints.values().find(|e| e.container_id == "web").unwrap().id;
+    let taken = Command::UpdateEndpoint {
+        endpoint: EndpointRef::Id(web.to_string()),
+        container_id: Some("d0c4e2".into()),
+        container_name: "web".into(),
+        aliases: vec![],
+    };
+    assert_eq!(refused(&mut s, taken).kind(), ErrorKind::AlreadyExists);
+    // The provisional container and name are free again; the new ones are held.
+    attach(&mut s, endpoint("app", "h1", "reservation-1"));
+    assert_eq!(
+        apply(
+            &mut s,
+            Command::RemoveEndpoint(EndpointRef::Container {
+                network: "app".into(),
+                container_id: "d0c4e2".into()
+            })
+        )
+        .unwrap()
+        .events
+        .len(),
+        1
+    );
+    s.check_invariants().unwrap();
+    assert_eq!(State::restore(&s.snapshot()).unwrap(), s);
+}

@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use proptest::prelude::*;
 use weft_core::{
     AddressPool, ClusterConfig, Command, EndpointRef, EndpointRequest, Id, NetworkRequest, NodeRequest,
-    NodeStatus, Proposal, PruneFilter, Response, State, SubnetRequest,
+    NodeStatus, PortProtocol, Proposal, PruneFilter, PublishedPort, Response, State, SubnetRequest,
 };
 
 #[derive(Debug, Clone)]
@@ -43,6 +43,17 @@ enum Op {
         node: u8,
         container: u8,
         static_last_octet: Option<u8>,
+        /// A published host port from a small set, so clashes are common.
+        host_port: Option<u16>,
+    },
+    Rename {
+        from: u8,
+        to: u8,
+    },
+    Update {
+        network: u8,
+        container: u8,
+        to: u8,
     },
     Detach {
         network: u8,
@@ -72,8 +83,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(index, fixed, ipv6, ip_range)| Op::CreateNetwork { index, fixed, ipv6, ip_range }),
         1 => (0..4u8, prop::bool::weighted(0.3)).prop_map(|(index, force)| Op::RemoveNetwork { index, force }),
         1 => prop::bool::weighted(0.2).prop_map(|prune| if prune { Op::Prune } else { Op::Detach { network: 0, container: 0 } }),
-        8 => (network(), 0..3u8, 0..16u8, prop::option::weighted(0.2, 0..20u8))
-            .prop_map(|(network, node, container, static_last_octet)| Op::Attach { network, node, container, static_last_octet }),
+        8 => (network(), 0..3u8, 0..16u8, prop::option::weighted(0.2, 0..20u8), prop::option::weighted(0.3, 8080..8084u16))
+            .prop_map(|(network, node, container, static_last_octet, host_port)| Op::Attach { network, node, container, static_last_octet, host_port }),
+        1 => (0..4u8, 0..5u8).prop_map(|(from, to)| Op::Rename { from, to }),
+        1 => (network(), 0..16u8, 0..16u8).prop_map(|(network, container, to)| Op::Update { network, container, to }),
         4 => (network(), 0..16u8).prop_map(|(network, container)| Op::Detach { network, container }),
         2 => (0..3u8, 0..4u8).prop_map(|(node, underlay)| Op::Register { node, underlay }),
         1 => (0..3u8, any::<bool>()).prop_map(|(node, up)| Op::SetStatus { node, up }),
@@ -113,16 +126,37 @@ fn command(op: &Op) -> Command {
             Command::RemoveNetwork { network: format!("n{index}"), force: *force }
         }
         Op::Prune => Command::PruneNetworks(PruneFilter::default()),
-        Op::Attach { network, node, container, static_last_octet } => {
-            Command::CreateEndpoint(EndpointRequest {
+        Op::Attach { network, node, container, static_last_octet, host_port } => Command::create_endpoint(
+            EndpointRequest {
                 network: format!("n{network}"),
                 node: format!("h{node}"),
                 container_id: format!("c{container}"),
                 container_name: format!("c{container}"),
                 ipv4: static_last_octet.map(|o| Ipv4Addr::new(172, 16, 0, o)),
                 ..EndpointRequest::default()
-            })
+            },
+            host_port
+                .map(|host_port| PublishedPort {
+                    protocol: PortProtocol::Tcp,
+                    host_ip: None,
+                    host_port,
+                    container_port: 80,
+                })
+                .into_iter()
+                .collect(),
+        ),
+        Op::Rename { from, to } => {
+            Command::RenameNetwork { network: format!("n{from}"), name: format!("n{to}") }
         }
+        Op::Update { network, container, to } => Command::UpdateEndpoint {
+            endpoint: EndpointRef::Container {
+                network: format!("n{network}"),
+                container_id: format!("c{container}"),
+            },
+            container_id: Some(format!("c{to}")),
+            container_name: format!("c{to}"),
+            aliases: vec![format!("a{to}")],
+        },
         Op::Detach { network, container } => Command::RemoveEndpoint(EndpointRef::Container {
             network: format!("n{network}"),
             container_id: format!("c{container}"),

@@ -13,7 +13,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use crate::{Caller, CallerError, Role};
 
 /// What a host's agent calls: its registration, heartbeats, the watch, its own endpoints
-/// and the applied-everywhere barrier, and two reads the watch already shows it (a network
+/// (created, named, removed) and the applied-everywhere barrier, and two reads the watch already shows it (a network
 /// created a moment ago, and whether an endpoint of its own exists after a lost answer).
 const NODE_METHODS: &[&str] = &[
     "/weft.v1.NodeService/RegisterNode",
@@ -22,6 +22,7 @@ const NODE_METHODS: &[&str] = &[
     "/weft.v1.WatchService/Watch",
     "/weft.v1.EndpointService/CreateEndpoint",
     "/weft.v1.EndpointService/RemoveEndpoint",
+    "/weft.v1.EndpointService/UpdateEndpoint",
     "/weft.v1.EndpointService/ListEndpoints",
     "/weft.v1.NetworkService/ListNetworks",
     "/weft.v1.JoinService/Renew",
