@@ -81,6 +81,7 @@ pub fn desired(mirror: &Mirror, host: &Host, sandboxes: &Sandboxes) -> Desired {
                     addresses: e.ipv4.iter().chain(e.ipv6.iter()).copied().collect(),
                     default_routes: if sandbox.default_route { gateways.clone() } else { Vec::new() },
                     mtu,
+                    handover: weft_dataplane::Handover::Weft,
                 };
                 (endpoint.host_veth.clone(), endpoint)
             })

@@ -20,7 +20,9 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard, RouteMessageBuilder};
 
-use crate::model::{IfAddr, Link, LinkKind, LocalEndpoint, Mac, Observed, endpoint_alias};
+use crate::model::{
+    Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, Observed, endpoint_alias, handover_alias,
+};
 use crate::plan::Op;
 
 /// How many entry writes may be in flight on the netlink socket at once.
@@ -443,7 +445,11 @@ impl Kernel {
         let pair = LinkVeth::new(host, &peer).mtu(endpoint.mtu).controller(master).build();
         links.add(pair).execute().await.map_err(failed(format!("creating veth pair {host}")))?;
         let result = match self.label(host, &endpoint_alias(&endpoint.endpoint_id)).await {
-            Ok(()) => self.hand_over(&peer, endpoint).await,
+            Ok(()) => match endpoint.handover {
+                Handover::Weft => self.hand_over(&peer, endpoint).await,
+                // The runtime moves it; labelled so that no pass takes it for a half-made pair.
+                Handover::Runtime => self.ready_for_runtime(&peer, endpoint).await,
+            },
             Err(e) => Err(e),
         };
         let result = match result {
@@ -460,6 +466,19 @@ impl Kernel {
             let _ = links.del(index).execute().await;
         }
         result
+    }
+
+    /// Leaves the container end in the host namespace for the runtime, with the endpoint's MAC
+    /// (remote hosts already point their FDB entries at it) and a label.
+    async fn ready_for_runtime(&self, peer: &str, endpoint: &LocalEndpoint) -> Result<(), KernelError> {
+        let index = link_index(&self.handle, peer).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).address(endpoint.mac.0.to_vec()).mtu(endpoint.mtu).build())
+            .execute()
+            .await
+            .map_err(failed(format!("setting the MAC of {peer}")))?;
+        self.label(peer, &handover_alias(&endpoint.endpoint_id)).await
     }
 
     async fn hand_over(&self, peer: &str, endpoint: &LocalEndpoint) -> Result<(), KernelError> {

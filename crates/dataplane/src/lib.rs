@@ -14,6 +14,6 @@ pub mod wireguard;
 pub use host::{Dataplane, SimulatedHost};
 pub use kernel::{Kernel, KernelError};
 pub use model::{
-    Desired, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, RemoteEndpoint,
+    Desired, Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, RemoteEndpoint,
 };
 pub use plan::{Op, plan};

@@ -84,6 +84,27 @@ pub struct NetworkDevices {
     pub remote: BTreeMap<Mac, RemoteEndpoint>,
 }
 
+/// Who puts the container end of an endpoint's veth pair into the container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Handover {
+    /// weft moves it into `netns`, names it, gives it its MAC, addresses and routes.
+    #[default]
+    Weft,
+    /// The container runtime (Docker's remote driver protocol): weft leaves the end in the
+    /// host namespace, labelled ([`handover_alias`]) and named by
+    /// [`crate::plan::container_end_name`], for the runtime to move, rename and address. Once
+    /// it has, weft sees only the host end, which is all it keeps in line.
+    Runtime,
+}
+
+/// The alias of a container end waiting in the host namespace for its runtime.
+pub fn handover_alias(endpoint_id: &str) -> String {
+    format!("{HANDOVER_ALIAS_PREFIX}{endpoint_id}")
+}
+
+/// How [`handover_alias`] begins.
+pub const HANDOVER_ALIAS_PREFIX: &str = "weft handover ";
+
 /// A container interface on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalEndpoint {
@@ -101,6 +122,9 @@ pub struct LocalEndpoint {
     /// first network).
     pub default_routes: Vec<IpAddr>,
     pub mtu: u32,
+    /// Who hands the container end over; with [`Handover::Runtime`], `netns`, `ifname`,
+    /// `addresses` and `default_routes` are the runtime's to apply.
+    pub handover: Handover,
 }
 
 /// A container on another host, reached through that host's VTEP.

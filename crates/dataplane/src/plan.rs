@@ -114,12 +114,21 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
 
     // Whatever weft made and nobody wants any more: veths first, then VXLAN devices, then
     // bridges, so nothing is removed while something still hangs on it.
+    let handed_over: Vec<String> = desired
+        .networks
+        .values()
+        .flat_map(|n| n.local.values())
+        .filter(|e| e.handover == crate::model::Handover::Runtime)
+        .map(|e| container_end_name(&e.host_veth))
+        .collect();
+    // Container ends waiting for their runtime are wanted too, until it takes them.
     let wanted: BTreeSet<&str> = desired
         .networks
         .values()
         .flat_map(|n| {
             [n.bridge.as_str(), n.vxlan.as_str()].into_iter().chain(n.local.keys().map(String::as_str))
         })
+        .chain(handed_over.iter().map(String::as_str))
         .collect();
     let rank = |kind: &LinkKind| match kind {
         LinkKind::Bridge => 2,
@@ -153,10 +162,13 @@ fn half_made(veth: &crate::model::Link, observed: &Observed) -> bool {
             .is_some_and(crate::model::Link::is_unlabelled_weft_veth)
 }
 
-/// The container end of a half-made pair: it goes with its host end (deleting either end of
-/// a pair deletes both), so it is never removed on its own.
+/// The container end of a pair still in the host namespace (half made, or waiting for its
+/// runtime): it goes with its host end (deleting either end of a pair deletes both), so it is
+/// never removed on its own.
 fn container_end_in_host(link: &crate::model::Link, observed: &Observed) -> bool {
-    link.is_unlabelled_weft_veth()
+    let waiting = link.alias.as_deref().is_some_and(|a| a.starts_with(crate::model::HANDOVER_ALIAS_PREFIX));
+    link.kind == LinkKind::Veth
+        && (link.is_unlabelled_weft_veth() || waiting)
         && observed.links.keys().any(|host| host != &link.name && container_end_name(host) == link.name)
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::{Op, plan};
 use crate::model::{
-    Desired, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, RemoteEndpoint,
+    Desired, Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, RemoteEndpoint,
     endpoint_alias, network_alias,
 };
 
@@ -38,6 +38,7 @@ fn local(veth: &str, last: u8) -> LocalEndpoint {
         addresses: vec![IfAddr { ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)), prefix: 24 }],
         default_routes: vec![ip("10.0.0.1")],
         mtu: 1450,
+        handover: Handover::Weft,
     }
 }
 
@@ -337,4 +338,36 @@ fn half_made_veth_pairs_are_removed_or_replugged() {
     let mut theirs = Observed::default();
     theirs.links.insert("veth0".into(), link("veth0", LinkKind::Veth, None, None, 1500));
     assert!(plan(&Desired::default(), &theirs).is_empty());
+}
+
+/// Docker's endpoints: the pair is made with the container end left in the host namespace for
+/// the runtime; nothing is redone while it waits or after the runtime took it, and both ends go
+/// together.
+#[test]
+fn a_runtime_takes_the_container_end_and_weft_keeps_the_host_end() {
+    let mut desired = desired(vec![net("wbr1", 100)]);
+    let endpoint = LocalEndpoint { handover: Handover::Runtime, ..local("weftp7", 7) };
+    desired.networks.get_mut("wbr1").unwrap().local.insert("weftp7".into(), endpoint);
+    let mut observed = Observed::default();
+    let ops = plan(&desired, &observed);
+    assert!(
+        ops.iter().any(|op| matches!(op, Op::Plug { endpoint, .. } if endpoint.host_veth == "weftp7")),
+        "{ops:?}"
+    );
+    assert!(crate::simulated::apply_all(&mut observed, &ops).is_empty());
+    let waiting = &observed.links["weftp7c"];
+    assert_eq!((waiting.mac, waiting.master.as_deref()), (Some(Mac([2, 0x42, 10, 0, 0, 7])), None));
+    assert_eq!(plan(&desired, &observed), vec![], "waiting for the runtime is not half made");
+    // The runtime moves it into the container.
+    observed.links.remove("weftp7c");
+    assert_eq!(plan(&desired, &observed), vec![]);
+    // Gone from the desired state, waiting or not: the host end goes, taking its pair along.
+    let mut waiting = observed.clone();
+    crate::simulated::apply_all(&mut waiting, &plan(&desired, &Observed::default()));
+    desired.networks.get_mut("wbr1").unwrap().local.clear();
+    for observed in [&observed, &waiting] {
+        let ops = plan(&desired, observed);
+        let deleted: Vec<&Op> = ops.iter().filter(|op| matches!(op, Op::DeleteLink { .. })).collect();
+        assert_eq!(deleted, vec![&Op::DeleteLink { name: "weftp7".into() }], "{ops:?}");
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::{IfAddr, Link, LinkKind, Observed, endpoint_alias};
+use crate::model::{Handover, IfAddr, Link, LinkKind, Observed, endpoint_alias, handover_alias};
 use crate::plan::Op;
 
 /// Why the kernel would refuse an operation, in its words where it has them.
@@ -59,7 +59,19 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), Refusal> {
             create(
                 observed,
                 link(&endpoint.host_veth, LinkKind::Veth, alias, Some(bridge.clone()), endpoint.mtu),
-            )
+            )?;
+            if endpoint.handover == Handover::Runtime {
+                // Left in the host namespace, down, for the runtime to take.
+                let end = crate::plan::container_end_name(&endpoint.host_veth);
+                let alias = handover_alias(&endpoint.endpoint_id);
+                let waiting = Link {
+                    up: false,
+                    mac: Some(endpoint.mac),
+                    ..link(&end, LinkKind::Veth, alias, None, endpoint.mtu)
+                };
+                observed.links.insert(end, waiting);
+            }
+            Ok(())
         }
         Op::SetLink { name, mtu, master } => {
             if let Some(master) = master {
@@ -93,7 +105,7 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), Refusal> {
             // A veth pair goes as a whole: the container end still in the host namespace too.
             let container_end = crate::plan::container_end_name(name);
             if deleted.kind == LinkKind::Veth
-                && observed.links.get(&container_end).is_some_and(Link::is_unlabelled_weft_veth)
+                && observed.links.get(&container_end).is_some_and(|end| end.kind == LinkKind::Veth)
             {
                 observed.links.remove(&container_end);
             }

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use weft_dataplane::{Desired, IfAddr, Kernel, LocalEndpoint, Mac, NetworkDevices, Op, RemoteEndpoint, plan};
+use weft_dataplane::{
+    Desired, Handover, IfAddr, Kernel, LocalEndpoint, Mac, NetworkDevices, Op, RemoteEndpoint, plan,
+};
 use weft_testbed::{Netns, Underlay, root_or_skip};
 
 fn ip(s: &str) -> IpAddr {
@@ -31,6 +33,7 @@ fn host_desired(vtep: &str, netns: &Netns, last: u8, other_vtep: &str, other: u8
         addresses: vec![IfAddr { ip: ip(&format!("10.7.0.{last}")), prefix: 24 }],
         default_routes: vec![ip("10.7.0.1")],
         mtu: 1450,
+        handover: Handover::Weft,
     };
     let remote = RemoteEndpoint {
         mac: container_mac(other),
@@ -181,6 +184,46 @@ fn the_ruleset_loads_replaces_itself_and_leaves_other_tables_alone() {
     let listed = host.exec(&["nft", "list", "ruleset"]);
     assert!(!listed.contains("weft"), "{listed}");
     assert!(listed.contains("table inet mine"), "{listed}");
+}
+
+/// Docker's way: weft leaves the container end in the host namespace with the endpoint's MAC;
+/// the runtime moves, renames and addresses it; weft then keeps only the host end in line, and
+/// takes the pair away when the endpoint goes.
+#[tokio::test]
+async fn a_runtime_takes_the_container_end_weft_leaves_for_it() {
+    if !root_or_skip("a_runtime_takes_the_container_end_weft_leaves_for_it") {
+        return;
+    }
+    let (host, container, peer) = (Netns::new("h"), Netns::new("c"), Netns::new("c"));
+    let kernel = Kernel::connect_in(&PathBuf::from(host.path())).await.unwrap();
+    let mut desired = host_desired("192.0.2.1", &peer, 2, "192.0.2.9", 9);
+    let net = desired.networks.get_mut("weft4100").unwrap();
+    let handed = LocalEndpoint {
+        endpoint_id: "endpoint-5".into(),
+        host_veth: "weftp5".into(),
+        mac: container_mac(5),
+        addresses: vec![IfAddr { ip: ip("10.7.0.5"), prefix: 24 }],
+        handover: Handover::Runtime,
+        ..net.local["weftp2"].clone()
+    };
+    net.local.insert("weftp5".into(), handed);
+    converge(&kernel, &desired).await;
+    let waiting = host.exec(&["ip", "-o", "link", "show", "weftp5c"]);
+    assert!(waiting.contains("02:42:0a:07:00:05") && waiting.contains("mtu 1450"), "{waiting}");
+    assert!(host.exec(&["ip", "-d", "link", "show", "weftp5c"]).contains("alias weft handover endpoint-5"));
+
+    // What dockerd does with the Join answer.
+    host.exec(&["ip", "link", "set", "weftp5c", "netns", &container.name]);
+    container.exec(&["ip", "link", "set", "weftp5c", "name", "eth0"]);
+    container.exec(&["ip", "addr", "add", "10.7.0.5/24", "dev", "eth0"]);
+    container.exec(&["ip", "link", "set", "eth0", "up"]);
+    assert_eq!(plan(&desired, &kernel.observe().await.unwrap()), vec![], "weft redid the runtime's part");
+    assert!(container.pings("10.7.0.2"), "the runtime's container cannot reach weft's on the same bridge");
+
+    // The endpoint goes: both ends with it.
+    desired.networks.get_mut("weft4100").unwrap().local.remove("weftp5");
+    converge(&kernel, &desired).await;
+    assert!(!container.exec(&["ip", "-o", "link"]).contains("eth0"), "the container kept its interface");
 }
 
 /// The userspace backend end to end: wireguard-go in two host namespaces, configured only
