@@ -7,6 +7,7 @@ pub mod agent;
 pub mod attachments;
 pub mod controllers;
 pub mod desired;
+pub mod docker;
 pub mod mirror;
 pub mod publishing;
 pub mod sandboxes;

@@ -1,0 +1,7 @@
+//! weft as a Docker network and IPAM driver (decision record 0002): dockerd on every host, no
+//! swarm, containers on weft networks.
+//!
+//! # Layout
+//! - [`protocol`]: the remote driver and IPAM messages (pure, serde).
+
+pub mod protocol;
