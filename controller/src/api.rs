@@ -24,6 +24,39 @@ use crate::forward::{AwaitApplied, Beat, MemberRole, MemberView, MembershipChang
 use crate::metrics::ClientDeadline;
 
 /// A node's certificate lets it act for its own host only; admins act for any.
+impl Controller {
+    /// Whether the network is one of the Docker plugin's provisional ones.
+    fn is_provisional(&self, reference: &str) -> bool {
+        self.registry.with_state(|state| {
+            state.resolve_network(reference).is_ok_and(|n| provisional(&n.name, &n.labels))
+        })
+    }
+}
+
+/// The label of a network a host's Docker plugin created before Docker told it the name.
+pub const PROVISIONAL_LABEL: &str = "weft.docker.provisional";
+
+/// Labelled so, and still under its provisional name (`docker-…`): once renamed to the name
+/// Docker gave it, a network is no longer a host's to manage.
+fn provisional(name: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    name.starts_with("docker-") && labels.get(PROVISIONAL_LABEL).is_some_and(|v| v == "true")
+}
+
+/// Hosts manage only the provisional networks of their Docker plugin (decision record 0002);
+/// every other network is an administrator's.
+fn provisional_only<T>(request: &Request<T>, is_provisional: bool, method: &str) -> Result<(), Status> {
+    match request.extensions().get::<Caller>() {
+        Some(caller) if caller.role == Role::Node && !is_provisional => {
+            let message = format!(
+                "{caller} may call {method} only for the Docker plugin's provisional networks (named docker-…, label {PROVISIONAL_LABEL}=true)"
+            );
+            tracing::warn!(%caller, "permission denied: {message}");
+            Err(Status::permission_denied(message))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn acting_for<T>(request: &Request<T>, host: &str, what: &str) -> Result<(), Status> {
     match request.extensions().get::<Caller>() {
         Some(caller) if caller.role == Role::Node && caller.name != host => {
@@ -62,6 +95,7 @@ impl NetworkService for Controller {
         request: Request<pb::CreateNetworkRequest>,
     ) -> Result<Response<pb::Network>, Status> {
         let req = convert::network_request(request.get_ref()).map_err(invalid)?;
+        provisional_only(&request, provisional(&req.name, &req.labels), "CreateNetwork")?;
         let command = Command::once(&request.get_ref().request_id, Command::CreateNetwork(req));
         match self.propose_by(command, deadline(&request)).await? {
             (_, Done::Network(network)) => Ok(Response::new(convert::network(&network, 0))),
@@ -113,6 +147,8 @@ impl NetworkService for Controller {
         &self,
         request: Request<pb::RemoveNetworkRequest>,
     ) -> Result<Response<pb::RemoveNetworkResponse>, Status> {
+        let provisional = self.is_provisional(&request.get_ref().network) && !request.get_ref().force;
+        provisional_only(&request, provisional, "RemoveNetwork")?;
         let until = deadline(&request);
         let req = request.into_inner();
         let command =
@@ -133,6 +169,7 @@ impl NetworkService for Controller {
         &self,
         request: Request<pb::RenameNetworkRequest>,
     ) -> Result<Response<pb::Network>, Status> {
+        provisional_only(&request, self.is_provisional(&request.get_ref().network), "RenameNetwork")?;
         let until = deadline(&request);
         let req = request.into_inner();
         let command =

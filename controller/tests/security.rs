@@ -234,6 +234,31 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
             .await,
         &["RemoveNode"],
     );
+    // Except the Docker plugin's provisional networks: made, renamed once (then an
+    // administrator's), removed while still provisional.
+    let provisional = |name: &str| pb::CreateNetworkRequest {
+        name: name.into(),
+        labels: BTreeMap::from([("weft.docker.provisional".to_string(), "true".to_string())]),
+        ..Default::default()
+    };
+    let mut nets = NetworkServiceClient::new(a.clone());
+    nets.create_network(provisional("docker-0a1b")).await.unwrap();
+    nets.create_network(provisional("docker-0a1c")).await.unwrap();
+    denied(nets.create_network(provisional("not-provisional")).await, &["node:a", "CreateNetwork"]);
+    let rename = |network: &str, name: &str| pb::RenameNetworkRequest {
+        network: network.into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    nets.rename_network(rename("docker-0a1b", "app")).await.unwrap();
+    denied(nets.rename_network(rename("app", "app2")).await, &["node:a", "RenameNetwork"]);
+    denied(
+        nets.remove_network(pb::RemoveNetworkRequest { network: "app".into(), ..Default::default() }).await,
+        &["node:a", "RemoveNetwork"],
+    );
+    nets.remove_network(pb::RemoveNetworkRequest { network: "docker-0a1c".into(), ..Default::default() })
+        .await
+        .unwrap();
     // b's endpoint is still there; its own host and an admin may remove endpoints.
     let listed = EndpointServiceClient::new(admin.clone())
         .list_endpoints(pb::ListEndpointsRequest::default())

@@ -73,6 +73,9 @@ pub struct Record {
     pub stage: Stage,
     /// weft wrote `/etc/netns/NAME/resolv.conf` for this container.
     pub resolv_conf: bool,
+    /// The runtime (Docker) moves the container end of the veth into `netns` itself.
+    #[serde(default)]
+    pub runtime_handover: bool,
 }
 
 impl Record {
@@ -195,6 +198,7 @@ impl Attachments {
                         netns: r.netns.clone(),
                         ifname: r.ifname.clone(),
                         default_route: r.default_route,
+                        runtime_handover: r.runtime_handover,
                     },
                 ))
             })
@@ -330,6 +334,7 @@ impl Store {
                 revision: 0,
                 stage: Stage::Attached,
                 resolv_conf: false,
+                runtime_handover: false,
             })?;
         }
         std::fs::remove_file(legacy).map_err(|e| anyhow::anyhow!("removing {}: {e}", legacy.display()))?;
@@ -354,6 +359,7 @@ mod tests {
             revision: 7,
             stage: Stage::Attached,
             resolv_conf: false,
+            runtime_handover: false,
         }
     }
 

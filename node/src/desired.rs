@@ -81,7 +81,11 @@ pub fn desired(mirror: &Mirror, host: &Host, sandboxes: &Sandboxes) -> Desired {
                     addresses: e.ipv4.iter().chain(e.ipv6.iter()).copied().collect(),
                     default_routes: if sandbox.default_route { gateways.clone() } else { Vec::new() },
                     mtu,
-                    handover: weft_dataplane::Handover::Weft,
+                    handover: if sandbox.runtime_handover {
+                        weft_dataplane::Handover::Runtime
+                    } else {
+                        weft_dataplane::Handover::Weft
+                    },
                 };
                 (endpoint.host_veth.clone(), endpoint)
             })
@@ -395,6 +399,7 @@ mod tests {
                 netns: PathBuf::from("/run/netns/c1"),
                 ifname: "eth0".into(),
                 default_route: true,
+                runtime_handover: false,
             },
         );
         s
@@ -431,6 +436,7 @@ mod tests {
                 netns: PathBuf::from("/run/netns/c1"),
                 ifname: "eth1".into(),
                 default_route: false,
+                runtime_handover: false,
             },
         );
         let d = desired(&m, &host(), &s);

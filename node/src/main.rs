@@ -41,6 +41,10 @@ struct Flags {
     /// The attach API's unix socket.
     #[arg(long, default_value = "/run/weft/agent.sock")]
     socket: PathBuf,
+    /// Serve Docker's network and IPAM plugin protocols on this socket (dockerd finds
+    /// `/run/docker/plugins/weft.sock` as the driver `weft`). Off unless given.
+    #[arg(long)]
+    docker_plugin_socket: Option<PathBuf>,
     /// Where the agent keeps what only this host knows (container namespaces, interface names).
     #[arg(long, default_value = "/var/lib/weft")]
     state_dir: PathBuf,
@@ -356,8 +360,15 @@ async fn main() -> anyhow::Result<()> {
         }),
     ];
     let serve = weft_node::service::serve(agent.clone(), &flags.socket);
+    let docker = async {
+        match &flags.docker_plugin_socket {
+            Some(socket) => weft_node::docker::server::serve(agent.clone(), socket).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = serve => result?,
+        result = docker => result?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; leaving the data plane as it is"),
     }
     for task in tasks {

@@ -15,6 +15,9 @@ pub struct Sandbox {
     pub ifname: String,
     /// The container's default route goes through this network (its first one).
     pub default_route: bool,
+    /// The runtime (Docker) moves the container end into the sandbox itself.
+    #[serde(default)]
+    pub runtime_handover: bool,
 }
 
 /// Local endpoints to plumb, by endpoint id.

@@ -25,6 +25,10 @@ const NODE_METHODS: &[&str] = &[
     "/weft.v1.EndpointService/UpdateEndpoint",
     "/weft.v1.EndpointService/ListEndpoints",
     "/weft.v1.NetworkService/ListNetworks",
+    // The Docker plugin's provisional networks only; the API checks the label.
+    "/weft.v1.NetworkService/CreateNetwork",
+    "/weft.v1.NetworkService/RenameNetwork",
+    "/weft.v1.NetworkService/RemoveNetwork",
     "/weft.v1.JoinService/Renew",
 ];
 
@@ -154,7 +158,7 @@ mod tests {
         assert!(allowed(Role::Admin, "/weft.v1.NetworkService/CreateNetwork"));
         assert!(allowed(Role::Node, "/weft.v1.WatchService/Watch"));
         assert!(allowed(Role::Node, "/weft.v1.EndpointService/CreateEndpoint"));
-        assert!(!allowed(Role::Node, "/weft.v1.NetworkService/CreateNetwork"));
+        assert!(!allowed(Role::Node, "/weft.v1.NetworkService/PruneNetworks"));
         assert!(!allowed(Role::Node, "/weft.v1.NodeService/RemoveNode"));
         assert!(!allowed(Role::Node, "/weft.raft.v1.RaftService/AppendEntries"));
         assert!(allowed(Role::Controller, "/weft.raft.v1.RaftService/AppendEntries"));

@@ -189,6 +189,7 @@ impl<D: Dataplane> Agent<D> {
                             revision: 0,
                             stage: Stage::Attaching,
                             resolv_conf: false,
+                            runtime_handover: false,
                         };
                         attachments.entries.insert(
                             key,

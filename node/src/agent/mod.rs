@@ -28,6 +28,7 @@ use crate::mirror::Mirror;
 use crate::tunnel::Tunnel;
 
 mod attach;
+mod docker;
 mod follow;
 mod janitor;
 mod reconcile;
@@ -83,6 +84,8 @@ pub struct Agent<D: Dataplane = Kernel> {
     /// One reconcile pass at a time: each plans against a fresh dump. Held during a pass;
     /// keeps what the pass loaded into the host's rules.
     reconciling: tokio::sync::Mutex<LoadedRules>,
+    /// Docker's ids for weft's networks and endpoints on this host (the Docker plugin).
+    docker: Mutex<docker::DockerBindings>,
     /// Host ports attaches in flight have chosen but the mirror does not show yet: two
     /// attaches at once never pick the same random port.
     choosing_ports: Arc<Mutex<Vec<weft_core::PublishedPort>>>,
@@ -136,6 +139,7 @@ impl<D: Dataplane> Agent<D> {
         }
         remove_orphaned_resolv_confs(&settings.state_dir, &attachments);
         let (applied, _) = watch::channel(0);
+        let docker = docker::DockerBindings::load(&settings.state_dir);
         Ok(Agent {
             settings,
             controllers,
@@ -144,6 +148,7 @@ impl<D: Dataplane> Agent<D> {
             store,
             reconciling: tokio::sync::Mutex::new(LoadedRules::default()),
             choosing_ports: Arc::new(Mutex::new(Vec::new())),
+            docker: Mutex::new(docker),
             wake: Notify::new(),
             applied,
             beat_now: Notify::new(),

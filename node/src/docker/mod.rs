@@ -2,6 +2,9 @@
 //! swarm, containers on weft networks.
 //!
 //! # Layout
-//! - [`protocol`]: the remote driver and IPAM messages (pure, serde).
+//! - [`protocol`]: the remote driver and IPAM messages (pure, serde);
+//! - [`server`]: the plugin socket dockerd calls;
+//! - what each call does lives with the agent (`crate::agent`'s Docker part).
 
 pub mod protocol;
+pub mod server;

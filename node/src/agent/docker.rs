@@ -1,0 +1,418 @@
+//! The agent as Docker's network and IPAM driver (decision record 0002): what each call of
+//! the remote driver protocol does to weft's registry and this host's kernel. The HTTP side
+//! is `crate::docker::server`; the messages are `crate::docker::protocol`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+use weft_api::pb;
+use weft_api::pb::network_service_client::NetworkServiceClient;
+use weft_dataplane::Dataplane;
+
+use crate::attachments::{Entry, NamespaceId, Record, Stage};
+use crate::docker::protocol as docker;
+use crate::mirror::{EndpointView, NetworkView, endpoint_view};
+
+use super::*;
+
+/// Where an endpoint made for Docker keeps its container id until Docker says which
+/// container it is: `docker-` and the address request's own id.
+const RESERVATION_PREFIX: &str = "docker-";
+
+/// What Docker knows by its own ids, and weft by its own, on this host: kept on disk, since
+/// dockerd does not repeat `CreateNetwork` when either restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerBindings {
+    /// Docker network id → weft network id.
+    pub networks: BTreeMap<String, String>,
+    /// Docker endpoint id → weft endpoint id.
+    pub endpoints: BTreeMap<String, String>,
+}
+
+impl DockerBindings {
+    fn path(state_dir: &std::path::Path) -> PathBuf {
+        state_dir.join("docker.json")
+    }
+
+    pub fn load(state_dir: &std::path::Path) -> DockerBindings {
+        std::fs::read(Self::path(state_dir))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, state_dir: &std::path::Path) -> Result<(), Status> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(internal)?;
+        let path = Self::path(state_dir);
+        let temporary = path.with_extension("json.new");
+        std::fs::write(&temporary, bytes)
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .map_err(|e| internal(format!("saving {}: {e}", path.display())))
+    }
+}
+
+fn with_prefix(address: &Option<weft_dataplane::IfAddr>) -> String {
+    address.map(|a| a.to_string()).unwrap_or_default()
+}
+
+impl<D: Dataplane> Agent<D> {
+    fn bindings(&self) -> std::sync::MutexGuard<'_, DockerBindings> {
+        self.docker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn save_bindings(&self, change: impl FnOnce(&mut DockerBindings)) -> Result<(), Status> {
+        let mut bindings = self.bindings();
+        change(&mut bindings);
+        bindings.save(&self.settings.state_dir)
+    }
+
+    /// The weft network behind a Docker network id.
+    fn docker_network(&self, docker_network: &str) -> Result<NetworkView, Status> {
+        let id = self.bindings().networks.get(docker_network).cloned().ok_or_else(|| {
+            Status::not_found(format!("Docker network {} is not a weft network here", short(docker_network)))
+        })?;
+        self.shared()
+            .mirror
+            .networks
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("weft network {} is gone", short(&id))))
+    }
+
+    /// `IpamDriver.RequestPool`: the network named by `--ipam-opt weft.network=` (how agents
+    /// create a network that exists already on every host), or a new one under a provisional
+    /// name, so its subnet is the cluster's at once.
+    pub async fn docker_request_pool(
+        &self,
+        request: docker::RequestPool,
+    ) -> Result<docker::PoolAnswer, Status> {
+        if request.v6 {
+            return Err(Status::unimplemented(
+                "IPv6 on Docker networks is not available through weft's plugin yet; create the network with `weft network create --ipv6` and use IPv4 from Docker",
+            ));
+        }
+        if request.pool.is_empty() && !request.sub_pool.is_empty() {
+            return Err(Status::invalid_argument("--ip-range needs --subnet"));
+        }
+        let network = match request.options.get("weft.network") {
+            Some(reference) => self.resolve_network(reference).await?,
+            None => {
+                let provisional = format!("{RESERVATION_PREFIX}{}", fresh_id(12));
+                let create = pb::CreateNetworkRequest {
+                    name: provisional.clone(),
+                    ipam_config: vec![pb::IpamConfig {
+                        subnet: request.pool.clone(),
+                        ip_range: request.sub_pool.clone(),
+                        ..Default::default()
+                    }]
+                    .into_iter()
+                    .filter(|c| !c.subnet.is_empty())
+                    .collect(),
+                    labels: BTreeMap::from([("weft.docker.provisional".to_string(), "true".to_string())]),
+                    request_id: request_id("pool", &provisional),
+                    ..Default::default()
+                };
+                let created = self
+                    .controllers
+                    .send(&create, |c, r| async move { NetworkServiceClient::new(c).create_network(r).await })
+                    .await?;
+                self.wait_for_network(&created.id).await?
+            }
+        };
+        let pool = network
+            .gateways
+            .iter()
+            .find(|g| g.ip.is_ipv4())
+            .map(subnet_of)
+            .ok_or_else(|| internal(format!("network {} has no IPv4 subnet", network.name)))?;
+        Ok(docker::PoolAnswer { pool_id: network.id, pool, data: BTreeMap::new() })
+    }
+
+    /// `IpamDriver.RequestAddress`: the gateway is weft's; a container's address is a weft
+    /// endpoint made now (a static `--ip` is refused when any host holds it), named by the
+    /// request until Docker says whose it is.
+    pub async fn docker_request_address(
+        &self,
+        request: docker::RequestAddress,
+    ) -> Result<docker::AddressAnswer, Status> {
+        let network = self.wait_for_network(&request.pool_id).await?;
+        if request.is_gateway() {
+            let gateway = network.gateways.iter().find(|g| g.ip.is_ipv4()).copied();
+            return match gateway {
+                Some(g) if request.address.is_empty() || request.address == g.ip.to_string() => {
+                    Ok(docker::AddressAnswer { address: g.to_string(), data: BTreeMap::new() })
+                }
+                Some(g) => Err(Status::invalid_argument(format!(
+                    "network {:?} has gateway {}; --gateway {} cannot change it",
+                    network.name, g.ip, request.address
+                ))),
+                None => Err(internal(format!("network {} has no IPv4 gateway", network.name))),
+            };
+        }
+        let reservation = format!("{RESERVATION_PREFIX}{}", fresh_id(20));
+        let create = pb::CreateEndpointRequest {
+            network: network.id.clone(),
+            node: self.settings.host.name.clone(),
+            container_id: reservation.clone(),
+            container_name: reservation.clone(),
+            ipv4_address: request.address.clone(),
+            mac_address: request.options.get(docker::MAC_OPTION).cloned().unwrap_or_default(),
+            request_id: request_id("address", &reservation),
+            ..Default::default()
+        };
+        let created = self.create_endpoint(&create).await?;
+        let endpoint = endpoint_view(&created).map_err(internal)?;
+        let address = with_prefix(&endpoint.ipv4);
+        self.shared().mirror.insert_endpoint(endpoint);
+        Ok(docker::AddressAnswer { address, data: BTreeMap::new() })
+    }
+
+    /// This host's endpoint on `network` with the IPv4 address `address` ("10.1.0.5", with or
+    /// without its prefix length).
+    fn endpoint_at(&self, network: &str, address: &str) -> Option<EndpointView> {
+        let ip = address.split('/').next().unwrap_or_default();
+        let host = &self.settings.host.name;
+        self.shared()
+            .mirror
+            .endpoints
+            .values()
+            .find(|e| {
+                e.network_id == network && &e.node == host && e.ipv4.is_some_and(|a| a.ip.to_string() == ip)
+            })
+            .cloned()
+    }
+
+    /// `IpamDriver.ReleaseAddress`: the endpoint goes (the gateway is the network's own).
+    pub async fn docker_release_address(&self, request: docker::ReleaseAddress) -> Result<(), Status> {
+        let Some(endpoint) = self.endpoint_at(&request.pool_id, &request.address) else { return Ok(()) };
+        let record = Record {
+            network_id: endpoint.network_id.clone(),
+            container_id: endpoint.container_id.clone(),
+            netns: PathBuf::new(),
+            namespace: NamespaceId { dev: 0, ino: 0 },
+            ifname: String::new(),
+            default_route: false,
+            endpoint_id: Some(endpoint.id.clone()),
+            revision: endpoint.revision,
+            stage: Stage::Attached,
+            resolv_conf: false,
+            runtime_handover: true,
+        };
+        self.release(&record).await?;
+        self.shared().mirror.endpoints.remove(&endpoint.id);
+        self.save_bindings(|b| b.endpoints.retain(|_, weft| *weft != endpoint.id))
+    }
+
+    /// `IpamDriver.ReleasePool`: a provisional network Docker gave up on (its create failed
+    /// half-way) is removed; any other stays, for the other hosts using it.
+    pub async fn docker_release_pool(&self, request: docker::ReleasePool) -> Result<(), Status> {
+        let provisional = self
+            .shared()
+            .mirror
+            .networks
+            .get(&request.pool_id)
+            .is_some_and(|n| n.name.starts_with(RESERVATION_PREFIX));
+        if provisional {
+            let remove = pb::RemoveNetworkRequest {
+                network: request.pool_id.clone(),
+                force: false,
+                request_id: request_id("release-pool", &request.pool_id),
+            };
+            let removed = self
+                .controllers
+                .send(&remove, |c, r| async move { NetworkServiceClient::new(c).remove_network(r).await })
+                .await;
+            if let Err(status) = removed
+                && status.code() != tonic::Code::NotFound
+            {
+                return Err(status);
+            }
+        }
+        Ok(())
+    }
+
+    /// `NetworkDriver.CreateNetwork`: binds Docker's network id to the weft network whose
+    /// subnet Docker's IPAM data names.
+    pub async fn docker_create_network(&self, request: docker::CreateNetwork) -> Result<(), Status> {
+        let pool = request.ipv4_data.first().map(|d| d.pool.clone()).unwrap_or_default();
+        let network = self
+            .shared()
+            .mirror
+            .networks
+            .values()
+            .find(|n| n.gateways.iter().any(|g| subnet_of(g) == pool))
+            .cloned()
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "no weft network has subnet {pool}: create Docker networks on weft with --ipam-driver weft"
+                ))
+            })?;
+        self.save_bindings(|b| {
+            b.networks.insert(request.network_id.clone(), network.id.clone());
+        })
+    }
+
+    /// `NetworkDriver.DeleteNetwork`: only this host's Docker object goes; the weft network
+    /// stays for the other hosts (`weft network rm` removes it).
+    pub async fn docker_delete_network(&self, request: docker::NetworkRef) -> Result<(), Status> {
+        self.save_bindings(|b| {
+            b.networks.remove(&request.network_id);
+        })
+    }
+
+    /// `NetworkDriver.CreateEndpoint`: Docker's endpoint id for the weft endpoint its address
+    /// request made.
+    pub async fn docker_create_endpoint(
+        &self,
+        request: docker::CreateEndpoint,
+    ) -> Result<docker::CreateEndpointAnswer, Status> {
+        let network = self.docker_network(&request.network_id)?;
+        let address = request.interface.as_ref().map(|i| i.address.clone()).unwrap_or_default();
+        let endpoint = self.endpoint_at(&network.id, &address).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "no address {address:?} was handed out on network {:?} here; use weft as the network's IPAM driver too (--ipam-driver weft)",
+                network.name
+            ))
+        })?;
+        self.save_bindings(|b| {
+            b.endpoints.insert(request.endpoint_id.clone(), endpoint.id.clone());
+        })?;
+        Ok(docker::CreateEndpointAnswer::default())
+    }
+
+    /// `NetworkDriver.DeleteEndpoint`: the address goes with `ReleaseAddress`, which follows.
+    pub async fn docker_delete_endpoint(&self, request: docker::EndpointRef) -> Result<(), Status> {
+        self.save_bindings(|b| {
+            b.endpoints.remove(&request.endpoint_id);
+        })
+    }
+
+    fn docker_endpoint(&self, docker_endpoint: &str) -> Result<EndpointView, Status> {
+        let id = self.bindings().endpoints.get(docker_endpoint).cloned().ok_or_else(|| {
+            Status::not_found(format!("Docker endpoint {} is not weft's here", short(docker_endpoint)))
+        })?;
+        self.shared()
+            .mirror
+            .endpoints
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("weft endpoint {} is gone", short(&id))))
+    }
+
+    /// `NetworkDriver.Join`: the veth pair, its host end on the network's bridge and the
+    /// container end left in this namespace for Docker to move into the sandbox.
+    pub async fn docker_join(&self, request: docker::Join) -> Result<docker::JoinAnswer, Status> {
+        let network = self.docker_network(&request.network_id)?;
+        let endpoint = self.docker_endpoint(&request.endpoint_id)?;
+        let netns = PathBuf::from(&request.sandbox_key);
+        let namespace_file = File::open(&netns).map_err(|e| {
+            Status::invalid_argument(format!("sandbox {} cannot be opened: {e}", netns.display()))
+        })?;
+        let namespace = NamespaceId::of(&namespace_file).map_err(internal)?;
+        let record = Record {
+            network_id: network.id.clone(),
+            container_id: endpoint.container_id.clone(),
+            netns,
+            namespace,
+            ifname: String::new(),
+            default_route: false,
+            endpoint_id: Some(endpoint.id.clone()),
+            revision: endpoint.revision,
+            stage: Stage::Attached,
+            resolv_conf: false,
+            runtime_handover: true,
+        };
+        self.store.save(&record).map_err(internal)?;
+        self.shared().attachments.entries.insert(
+            record.key(),
+            Entry { record, held: Some(std::sync::Arc::new(namespace_file)), busy: false, gone: None },
+        );
+        let failures = self.reconcile().await;
+        let host_veth = crate::desired::host_veth(&endpoint);
+        let waiting = weft_dataplane::plan::container_end_name(&host_veth);
+        let made = self.kernel.observe().await.is_ok_and(|o| o.links.contains_key(&waiting));
+        if !made {
+            let problem = failures.endpoints.get(&endpoint.id).or(failures.host.first()).cloned();
+            return Err(Status::failed_precondition(format!(
+                "could not make the interface for Docker: {}",
+                problem.unwrap_or_else(|| "it did not appear".into())
+            )));
+        }
+        let gateway = |v6: bool| {
+            network
+                .gateways
+                .iter()
+                .find(|g| g.ip.is_ipv6() == v6)
+                .map(|g| g.ip.to_string())
+                .unwrap_or_default()
+        };
+        Ok(docker::JoinAnswer {
+            interface_name: docker::InterfaceName { src_name: waiting, dst_prefix: "eth".into() },
+            gateway: gateway(false),
+            gateway_ipv6: gateway(true),
+        })
+    }
+
+    /// `NetworkDriver.Leave`: the interface goes (Docker has moved it back out of the sandbox,
+    /// or the sandbox is gone with it).
+    pub async fn docker_leave(&self, request: docker::EndpointRef) -> Result<(), Status> {
+        let endpoint = self.docker_endpoint(&request.endpoint_id)?;
+        let record = self
+            .shared()
+            .attachments
+            .entries
+            .get(&crate::attachments::key(&endpoint.network_id, &endpoint.container_id))
+            .map(|e| e.record.clone());
+        if let Some(record) = record {
+            self.drop_record(&record);
+            // `drop_record` forgets the endpoint in the mirror too; it is still registered.
+            self.shared().mirror.insert_endpoint(endpoint);
+            let _ = self.reconcile().await;
+        }
+        Ok(())
+    }
+
+    /// `NetworkDriver.ProgramExternalConnectivity`: published ports through Docker come in a
+    /// later step; until then a `-p` is refused rather than silently ignored.
+    pub async fn docker_program_external(&self, request: docker::ExternalConnectivity) -> Result<(), Status> {
+        let bindings = request
+            .port_bindings()
+            .map_err(|e| Status::invalid_argument(format!("com.docker.network.portmap: {e}")))?;
+        if bindings.is_empty() {
+            Ok(())
+        } else {
+            Err(Status::unimplemented(
+                "published ports (-p) on weft networks through Docker are not available yet; publish with `weft network connect -p`",
+            ))
+        }
+    }
+}
+
+/// "10.1.0.0/24" for a gateway "10.1.0.1/24".
+fn subnet_of(gateway: &weft_dataplane::IfAddr) -> String {
+    match gateway.ip {
+        std::net::IpAddr::V4(v4) => {
+            let mask =
+                if gateway.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(gateway.prefix.min(32))) };
+            format!("{}/{}", std::net::Ipv4Addr::from(u32::from(v4) & mask), gateway.prefix)
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mask =
+                if gateway.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(gateway.prefix.min(128))) };
+            format!("{}/{}", std::net::Ipv6Addr::from(u128::from(v6) & mask), gateway.prefix)
+        }
+    }
+}
+
+/// `digits` hex digits no two calls share, for things Docker asks for without naming them.
+fn fresh_id(digits: usize) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seed =
+        format!("{}-{}-{}", std::process::id(), now.as_nanos(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    weft_pki::sha256_hex(seed.as_bytes())[..digits].to_string()
+}

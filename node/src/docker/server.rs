@@ -1,0 +1,151 @@
+//! The plugin socket: HTTP/1.1 POSTs from dockerd, each answered with JSON. A refusal is
+//! `{"Err": "..."}` with status 200, which dockerd shows as `remote: ...`; an unknown path is
+//! 404, which dockerd takes for "not implemented" and carries on.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixListener;
+use tonic::Status;
+use weft_dataplane::Dataplane;
+
+use super::protocol::{self as docker, Refusal};
+use crate::agent::Agent;
+
+/// Largest request body taken: dockerd's are a few hundred bytes.
+const MAX_BODY: usize = 1 << 20;
+
+/// Serves the plugin protocols on `socket` until the task is dropped.
+pub async fn serve<D: Dataplane>(agent: Arc<Agent<D>>, socket: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("removing the old socket {}: {e}", socket.display()),
+    }
+    let listener =
+        UnixListener::bind(socket).map_err(|e| anyhow::anyhow!("listening on {}: {e}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "Docker network and IPAM plugin listening");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let agent = agent.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&agent, request).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "plugin connection ended");
+            }
+        });
+    }
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/vnd.docker.plugins.v1+json"),
+    );
+    response
+}
+
+fn refused(message: String) -> Response<Full<Bytes>> {
+    json(StatusCode::OK, &Refusal { err: message })
+}
+
+/// The request, or why it is unreadable (answered 400).
+fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("unreadable request: {e}"))
+}
+
+/// A weft refusal as Docker shows it to its user.
+fn from_status(status: &Status) -> Response<Full<Bytes>> {
+    refused(status.message().to_string())
+}
+
+fn done<T: Serialize>(result: Result<T, Status>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(status) => from_status(&status),
+    }
+}
+
+fn empty(result: Result<(), Status>) -> Response<Full<Bytes>> {
+    done(result.map(|()| serde_json::json!({})))
+}
+
+async fn answer<D: Dataplane>(
+    agent: &Agent<D>,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_string();
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return refused(format!("reading the request: {e}")),
+    };
+    if body.len() > MAX_BODY {
+        return refused(format!("request of {} bytes is larger than {MAX_BODY}", body.len()));
+    }
+    tracing::debug!(%path, body = %String::from_utf8_lossy(&body), "Docker plugin call");
+    macro_rules! call {
+        ($handler:ident, $kind:ty) => {
+            match parse::<$kind>(&body) {
+                Ok(parsed) => agent.$handler(parsed).await,
+                Err(why) => return json(StatusCode::BAD_REQUEST, &Refusal { err: why }),
+            }
+        };
+    }
+    match path.as_str() {
+        "/Plugin.Activate" => {
+            json(StatusCode::OK, &docker::Manifest { implements: vec!["NetworkDriver", "IpamDriver"] })
+        }
+        "/NetworkDriver.GetCapabilities" => {
+            json(StatusCode::OK, &docker::DriverCapabilities { scope: "local", connectivity_scope: "global" })
+        }
+        "/IpamDriver.GetCapabilities" => {
+            json(StatusCode::OK, &docker::IpamCapabilities { requires_mac_address: true })
+        }
+        "/IpamDriver.GetDefaultAddressSpaces" => json(
+            StatusCode::OK,
+            &docker::AddressSpaces {
+                local_default_address_space: "weft",
+                global_default_address_space: "weft",
+            },
+        ),
+        "/IpamDriver.RequestPool" => done(call!(docker_request_pool, docker::RequestPool)),
+        "/IpamDriver.ReleasePool" => empty(call!(docker_release_pool, docker::ReleasePool)),
+        "/IpamDriver.RequestAddress" => done(call!(docker_request_address, docker::RequestAddress)),
+        "/IpamDriver.ReleaseAddress" => empty(call!(docker_release_address, docker::ReleaseAddress)),
+        "/NetworkDriver.CreateNetwork" => empty(call!(docker_create_network, docker::CreateNetwork)),
+        "/NetworkDriver.DeleteNetwork" => empty(call!(docker_delete_network, docker::NetworkRef)),
+        "/NetworkDriver.CreateEndpoint" => done(call!(docker_create_endpoint, docker::CreateEndpoint)),
+        "/NetworkDriver.DeleteEndpoint" => empty(call!(docker_delete_endpoint, docker::EndpointRef)),
+        "/NetworkDriver.Join" => done(call!(docker_join, docker::Join)),
+        "/NetworkDriver.Leave" => empty(call!(docker_leave, docker::EndpointRef)),
+        "/NetworkDriver.ProgramExternalConnectivity" => {
+            empty(call!(docker_program_external, docker::ExternalConnectivity))
+        }
+        "/NetworkDriver.RevokeExternalConnectivity"
+        | "/NetworkDriver.DiscoverNew"
+        | "/NetworkDriver.DiscoverDelete" => json(StatusCode::OK, &serde_json::json!({})),
+        "/NetworkDriver.EndpointOperInfo" => json(StatusCode::OK, &serde_json::json!({ "Value": {} })),
+        _ => json(StatusCode::NOT_FOUND, &Refusal { err: format!("{path} is not implemented") }),
+    }
+}
