@@ -19,7 +19,7 @@ source tests/prerequisites.sh
 # The test suite's packages, plus the load generators: iperf3 (TCP throughput) and dnsperf;
 # and docker.io, whose `-p` the published-port benchmark compares with (its dockerd runs in a
 # namespace of its own, with its own data and exec roots).
-packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump iperf3 dnsperf docker.io)
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump iperf3 dnsperf docker.io busybox-static)
 install_missing "weft's benchmarks" "${packages[@]}"
 
 if [ "$(id -u)" -ne 0 ]; then

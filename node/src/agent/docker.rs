@@ -3,7 +3,6 @@
 //! is `crate::docker::server`; the messages are `crate::docker::protocol`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -304,14 +303,14 @@ impl<D: Dataplane> Agent<D> {
 
     /// `NetworkDriver.Join`: the veth pair, its host end on the network's bridge and the
     /// container end left in this namespace for Docker to move into the sandbox.
+    /// The sandbox (`SandboxKey`) need not exist yet: dockerd makes it when the container
+    /// starts, after Join, and moves the interface in then. Whether the container is still
+    /// there is Docker's to say (Leave, DeleteEndpoint), not a namespace this agent holds.
     pub async fn docker_join(&self, request: docker::Join) -> Result<docker::JoinAnswer, Status> {
         let network = self.docker_network(&request.network_id)?;
         let endpoint = self.docker_endpoint(&request.endpoint_id)?;
         let netns = PathBuf::from(&request.sandbox_key);
-        let namespace_file = File::open(&netns).map_err(|e| {
-            Status::invalid_argument(format!("sandbox {} cannot be opened: {e}", netns.display()))
-        })?;
-        let namespace = NamespaceId::of(&namespace_file).map_err(internal)?;
+        let namespace = NamespaceId { dev: 0, ino: 0 };
         let record = Record {
             network_id: network.id.clone(),
             container_id: endpoint.container_id.clone(),
@@ -326,10 +325,10 @@ impl<D: Dataplane> Agent<D> {
             runtime_handover: true,
         };
         self.store.save(&record).map_err(internal)?;
-        self.shared().attachments.entries.insert(
-            record.key(),
-            Entry { record, held: Some(std::sync::Arc::new(namespace_file)), busy: false, gone: None },
-        );
+        self.shared()
+            .attachments
+            .entries
+            .insert(record.key(), Entry { record, held: None, busy: false, gone: None });
         let failures = self.reconcile().await;
         let host_veth = crate::desired::host_veth(&endpoint);
         let waiting = weft_dataplane::plan::container_end_name(&host_veth);

@@ -170,7 +170,13 @@ impl<D: Dataplane> Agent<D> {
             let mut shared = self.shared();
             let Shared { mirror, attachments } = &mut *shared;
             for entry in attachments.entries.values_mut() {
-                if entry.busy || entry.gone.is_some() || entry.record.stage != Stage::Attached {
+                // A runtime that moves interfaces itself also says when a container goes
+                // (Docker: Leave, DeleteEndpoint); its sandbox may not exist yet at all.
+                if entry.busy
+                    || entry.gone.is_some()
+                    || entry.record.stage != Stage::Attached
+                    || entry.record.runtime_handover
+                {
                     continue;
                 }
                 let Some(endpoint_id) = entry.record.endpoint_id.clone() else { continue };

@@ -262,11 +262,20 @@ impl ExternalConnectivity {
     }
 }
 
-/// How a refusal reaches the user: Docker prints `Error response from daemon: remote: <Err>`.
+/// How a network driver's refusal reaches the user: Docker prints
+/// `Error response from daemon: remote: <Err>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Refusal {
     pub err: String,
+}
+
+/// The IPAM protocol's refusal: the same, under another field name (`Error`, libnetwork's
+/// `ipams/remote/api`; an IPAM answer with `Err` reads as "No address returned").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamRefusal {
+    pub error: String,
 }
 
 #[cfg(test)]

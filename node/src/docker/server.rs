@@ -15,7 +15,7 @@ use tokio::net::UnixListener;
 use tonic::Status;
 use weft_dataplane::Dataplane;
 
-use super::protocol::{self as docker, Refusal};
+use super::protocol::{self as docker, IpamRefusal, Refusal};
 use crate::agent::Agent;
 
 /// Largest request body taken: dockerd's are a few hundred bytes.
@@ -63,8 +63,13 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     response
 }
 
-fn refused(message: String) -> Response<Full<Bytes>> {
-    json(StatusCode::OK, &Refusal { err: message })
+/// A refusal in the field the protocol of `path` reads it from.
+fn refused(path: &str, message: String) -> Response<Full<Bytes>> {
+    if path.starts_with("/IpamDriver.") {
+        json(StatusCode::OK, &IpamRefusal { error: message })
+    } else {
+        json(StatusCode::OK, &Refusal { err: message })
+    }
 }
 
 /// The request, or why it is unreadable (answered 400).
@@ -75,20 +80,15 @@ fn parse<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| format!("unreadable request: {e}"))
 }
 
-/// A weft refusal as Docker shows it to its user.
-fn from_status(status: &Status) -> Response<Full<Bytes>> {
-    refused(status.message().to_string())
-}
-
-fn done<T: Serialize>(result: Result<T, Status>) -> Response<Full<Bytes>> {
+fn done<T: Serialize>(path: &str, result: Result<T, Status>) -> Response<Full<Bytes>> {
     match result {
         Ok(answer) => json(StatusCode::OK, &answer),
-        Err(status) => from_status(&status),
+        Err(status) => refused(path, status.message().to_string()),
     }
 }
 
-fn empty(result: Result<(), Status>) -> Response<Full<Bytes>> {
-    done(result.map(|()| serde_json::json!({})))
+fn empty(path: &str, result: Result<(), Status>) -> Response<Full<Bytes>> {
+    done(path, result.map(|()| serde_json::json!({})))
 }
 
 async fn answer<D: Dataplane>(
@@ -98,10 +98,10 @@ async fn answer<D: Dataplane>(
     let path = request.uri().path().to_string();
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) => return refused(format!("reading the request: {e}")),
+        Err(e) => return refused(&path, format!("reading the request: {e}")),
     };
     if body.len() > MAX_BODY {
-        return refused(format!("request of {} bytes is larger than {MAX_BODY}", body.len()));
+        return refused(&path, format!("request of {} bytes is larger than {MAX_BODY}", body.len()));
     }
     tracing::debug!(%path, body = %String::from_utf8_lossy(&body), "Docker plugin call");
     macro_rules! call {
@@ -129,18 +129,18 @@ async fn answer<D: Dataplane>(
                 global_default_address_space: "weft",
             },
         ),
-        "/IpamDriver.RequestPool" => done(call!(docker_request_pool, docker::RequestPool)),
-        "/IpamDriver.ReleasePool" => empty(call!(docker_release_pool, docker::ReleasePool)),
-        "/IpamDriver.RequestAddress" => done(call!(docker_request_address, docker::RequestAddress)),
-        "/IpamDriver.ReleaseAddress" => empty(call!(docker_release_address, docker::ReleaseAddress)),
-        "/NetworkDriver.CreateNetwork" => empty(call!(docker_create_network, docker::CreateNetwork)),
-        "/NetworkDriver.DeleteNetwork" => empty(call!(docker_delete_network, docker::NetworkRef)),
-        "/NetworkDriver.CreateEndpoint" => done(call!(docker_create_endpoint, docker::CreateEndpoint)),
-        "/NetworkDriver.DeleteEndpoint" => empty(call!(docker_delete_endpoint, docker::EndpointRef)),
-        "/NetworkDriver.Join" => done(call!(docker_join, docker::Join)),
-        "/NetworkDriver.Leave" => empty(call!(docker_leave, docker::EndpointRef)),
+        "/IpamDriver.RequestPool" => done(&path, call!(docker_request_pool, docker::RequestPool)),
+        "/IpamDriver.ReleasePool" => empty(&path, call!(docker_release_pool, docker::ReleasePool)),
+        "/IpamDriver.RequestAddress" => done(&path, call!(docker_request_address, docker::RequestAddress)),
+        "/IpamDriver.ReleaseAddress" => empty(&path, call!(docker_release_address, docker::ReleaseAddress)),
+        "/NetworkDriver.CreateNetwork" => empty(&path, call!(docker_create_network, docker::CreateNetwork)),
+        "/NetworkDriver.DeleteNetwork" => empty(&path, call!(docker_delete_network, docker::NetworkRef)),
+        "/NetworkDriver.CreateEndpoint" => done(&path, call!(docker_create_endpoint, docker::CreateEndpoint)),
+        "/NetworkDriver.DeleteEndpoint" => empty(&path, call!(docker_delete_endpoint, docker::EndpointRef)),
+        "/NetworkDriver.Join" => done(&path, call!(docker_join, docker::Join)),
+        "/NetworkDriver.Leave" => empty(&path, call!(docker_leave, docker::EndpointRef)),
         "/NetworkDriver.ProgramExternalConnectivity" => {
-            empty(call!(docker_program_external, docker::ExternalConnectivity))
+            empty(&path, call!(docker_program_external, docker::ExternalConnectivity))
         }
         "/NetworkDriver.RevokeExternalConnectivity"
         | "/NetworkDriver.DiscoverNew"

@@ -45,6 +45,9 @@ pub struct Host {
     pub agent: Option<Child>,
     /// Unique on the machine: wireguard-go's control sockets share one directory.
     pub wireguard_interface: String,
+    /// A mount namespace of the host's own (for hosts running dockerd: its plugin directory
+    /// and its sandboxes' mounts are the agent's too), entered with the network namespace.
+    pub mount_ns: Option<PathBuf>,
 }
 
 /// Hosts on an underlay with an "outside" namespace standing in for the internet (it has no
@@ -96,6 +99,7 @@ impl Lab {
                     state: tmp.path().join(format!("h{i}")),
                     agent: None,
                     wireguard_interface: weft_testbed::unique("wg"),
+                    mount_ns: None,
                 }
             })
             .collect();
@@ -180,17 +184,23 @@ impl Lab {
     /// Starts host `i`'s agent with extra flags.
     pub fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
         let host = &mut self.hosts[i];
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &host.ns.name,
-                NODE,
-                "--controllers",
-                &CONTROLLERS.join(","),
-                "--name",
-                &host.name,
-            ])
+        let mut command = match &host.mount_ns {
+            Some(mount_ns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--mount={}", mount_ns.display()))
+                    .arg(format!("--net={}", host.ns.path()))
+                    .arg(NODE);
+                command
+            }
+            None => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &host.ns.name, NODE]);
+                command
+            }
+        };
+        let child = command
+            .args(["--controllers", &CONTROLLERS.join(","), "--name", &host.name])
             .arg("--socket")
             .arg(&host.socket)
             .arg("--state-dir")
