@@ -45,6 +45,10 @@ struct Flags {
     /// `/run/docker/plugins/weft.sock` as the driver `weft`). Off unless given.
     #[arg(long)]
     docker_plugin_socket: Option<PathBuf>,
+    /// dockerd's API socket, where the plugin learns the names Docker does not send it
+    /// (networks', containers', aliases).
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    docker_api_socket: PathBuf,
     /// Where the agent keeps what only this host knows (container namespaces, interface names).
     #[arg(long, default_value = "/var/lib/weft")]
     state_dir: PathBuf,
@@ -308,6 +312,7 @@ async fn main() -> anyhow::Result<()> {
         request_timeout: timeout,
         dns_port: flags.dns_port,
         wireguard_interface: flags.wireguard_interface.clone(),
+        docker_api: flags.docker_plugin_socket.as_ref().map(|_| flags.docker_api_socket.clone()),
     };
     let upstreams = if flags.dns_upstream.is_empty() {
         let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();

@@ -99,6 +99,7 @@ async fn start_agent(
         request_timeout: Duration::from_secs(3),
         dns_port: 0,
         wireguard_interface: "weftwg-test".into(),
+        docker_api: None,
     };
     let controllers =
         Controllers::new(vec![controller.address.clone()], Duration::from_secs(3), None).unwrap();

@@ -178,12 +178,21 @@ async fn docker_containers_on_two_hosts_share_a_weft_network() {
     for i in 0..2 {
         let mount_ns = mounts_dir.join(format!("h{}", i + 1));
         mount_namespace(&mount_ns);
-        lab.kill_agent(i);
-        lab.hosts[i].mount_ns = Some(mount_ns.clone());
-        lab.start_agent_with(i, &["--docker-plugin-socket", "/run/docker/plugins/weft.sock"]);
-        lab.agent(i).await;
         let docker_dir = dir.path().join(format!("docker{}", i + 1));
         std::fs::create_dir_all(&docker_dir).unwrap();
+        lab.kill_agent(i);
+        lab.hosts[i].mount_ns = Some(mount_ns.clone());
+        let api = docker_dir.join("docker.sock");
+        lab.start_agent_with(
+            i,
+            &[
+                "--docker-plugin-socket",
+                "/run/docker/plugins/weft.sock",
+                "--docker-api-socket",
+                api.to_str().unwrap(),
+            ],
+        );
+        lab.agent(i).await;
         let dockerd = Dockerd::start(&mount_ns, &lab.hosts[i].ns.path(), &docker_dir);
         dockerd.import_busybox();
         dockerds.push(dockerd);
@@ -200,6 +209,24 @@ async fn docker_containers_on_two_hosts_share_a_weft_network() {
     });
     let weft_network =
         weft_network.into_iter().find(|n| n.ipam_config.iter().any(|c| c.subnet == pool)).unwrap();
+    // Docker tells a plugin no name; the agent asks dockerd and names the weft network so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = weft_network.id.clone();
+    loop {
+        let id = id.clone();
+        let name = lab.networks(move |mut client| {
+            Box::pin(async move {
+                let listed =
+                    client.list_networks(pb::ListNetworksRequest::default()).await.unwrap().into_inner();
+                listed.networks.into_iter().find(|n| n.id == id).map(|n| n.name).unwrap_or_default()
+            })
+        });
+        if name == "app" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the weft network is still named {name:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The same network on h2 (until agents create it by themselves).
     d2.run(&[
         "network",
@@ -217,7 +244,19 @@ async fn docker_containers_on_two_hosts_share_a_weft_network() {
     ]);
 
     d1.run(&["run", "-d", "--name", "alpha", "--network", "app", IMAGE, "sleep", "1000"]);
-    d2.run(&["run", "-d", "--name", "bravo", "--network", "app", IMAGE, "sleep", "1000"]);
+    d2.run(&[
+        "run",
+        "-d",
+        "--name",
+        "bravo",
+        "--network",
+        "app",
+        "--network-alias",
+        "api",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
     let (a_ip, b_ip) = (d1.ip_of("alpha", "app"), d2.ip_of("bravo", "app"));
     assert_ne!(a_ip, b_ip);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -231,6 +270,26 @@ async fn docker_containers_on_two_hosts_share_a_weft_network() {
         registered.iter().find(|e| e.ipv4_address.starts_with(&format!("{ip}/"))).map(|e| e.node.clone())
     };
     assert_eq!((on(&a_ip).as_deref(), on(&b_ip).as_deref()), (Some("h1"), Some("h2")), "{registered:?}");
+
+    // Names and aliases reach the registry, and weft's DNS answers them on the other host.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !endpoints(&lab)
+        .iter()
+        .any(|e| e.container_name == "bravo" && e.aliases.contains(&"api".to_string()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "bravo's name and alias did not reach the registry: {:?}",
+            endpoints(&lab)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gateway =
+        d1.run(&["inspect", "-f", "{{(index .NetworkSettings.Networks \"app\").Gateway}}", "alpha"]);
+    for name in ["bravo", "api", "bravo.app"] {
+        let answer = d1.run(&["exec", "alpha", "nslookup", name, &gateway]);
+        assert!(answer.contains(&b_ip), "{name} through weft's DNS on h1: {answer}");
+    }
 
     // An address another host holds is refused, which Docker alone would not do.
     let refused =

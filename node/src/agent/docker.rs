@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 use weft_api::pb;
+use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_dataplane::Dataplane;
 
@@ -359,11 +360,14 @@ impl<D: Dataplane> Agent<D> {
     /// or the sandbox is gone with it).
     pub async fn docker_leave(&self, request: docker::EndpointRef) -> Result<(), Status> {
         let endpoint = self.docker_endpoint(&request.endpoint_id)?;
+        // By endpoint: the record keeps the container id of the address request, the
+        // registry the container's own once Docker told it.
         let record = self
             .shared()
             .attachments
             .entries
-            .get(&crate::attachments::key(&endpoint.network_id, &endpoint.container_id))
+            .values()
+            .find(|e| e.record.endpoint_id.as_ref() == Some(&endpoint.id))
             .map(|e| e.record.clone());
         if let Some(record) = record {
             self.drop_record(&record);
@@ -389,6 +393,114 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 }
+
+impl<D: Dataplane> Agent<D> {
+    fn docker_api(&self) -> Option<crate::docker::api::DockerApi> {
+        self.settings.docker_api.clone().map(crate::docker::api::DockerApi::new)
+    }
+
+    /// Asks dockerd until `ready` finds what it needs in the network (it shows a network only
+    /// once `CreateNetwork` returned, a container once its endpoint joined).
+    async fn docker_network_info<T>(
+        &self,
+        docker_network: &str,
+        ready: impl Fn(&crate::docker::api::NetworkInfo) -> Option<T>,
+    ) -> Option<T> {
+        let api = self.docker_api()?;
+        let deadline = tokio::time::Instant::now() + DOCKER_PATIENCE;
+        loop {
+            match api.network(docker_network).await {
+                Ok(info) => {
+                    if let Some(found) = ready(&info) {
+                        return Some(found);
+                    }
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(error = %e, network = %short(docker_network), "cannot learn names from dockerd");
+                    return None;
+                }
+                Err(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// After `CreateNetwork`: a provisional weft network takes the name the user gave Docker,
+    /// while it is still empty.
+    pub async fn docker_learn_network_name(&self, docker_network: String) {
+        let Some(name) = self.docker_network_info(&docker_network, |info| Some(info.name.clone())).await
+        else {
+            return;
+        };
+        let Ok(network) = self.docker_network(&docker_network) else { return };
+        if !network.name.starts_with(RESERVATION_PREFIX) || name.is_empty() {
+            return;
+        }
+        let rename = pb::RenameNetworkRequest {
+            network: network.id.clone(),
+            name: name.clone(),
+            request_id: request_id("rename", &network.id),
+        };
+        let renamed = self
+            .controllers
+            .send(&rename, |c, r| async move { NetworkServiceClient::new(c).rename_network(r).await })
+            .await;
+        match renamed {
+            Ok(_) => tracing::info!(network = %short(&network.id), %name, "named as in Docker"),
+            Err(status) => tracing::warn!(
+                network = %short(&network.id), %name, %status,
+                "the weft network keeps its provisional name"
+            ),
+        }
+    }
+
+    /// After `Join`: the container's id, name and aliases, which Docker never sends a plugin,
+    /// so that weft's DNS answers them on every host.
+    pub async fn docker_learn_container(&self, docker_network: String, docker_endpoint: String) {
+        let found = self
+            .docker_network_info(&docker_network, |info| {
+                info.containers
+                    .iter()
+                    .find(|(_, c)| c.endpoint_id == docker_endpoint)
+                    .map(|(id, c)| (id.clone(), c.name.trim_start_matches('/').to_string()))
+            })
+            .await;
+        let Some((container_id, name)) = found else { return };
+        let aliases = match self.docker_api() {
+            Some(api) => api.aliases(&container_id, &docker_endpoint).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut aliases: Vec<String> = aliases
+            .into_iter()
+            .filter(|a| *a != name && weft_core::validate::dns_name("alias", a).is_ok())
+            .collect();
+        aliases.dedup();
+        let Ok(endpoint) = self.docker_endpoint(&docker_endpoint) else { return };
+        let update = pb::UpdateEndpointRequest {
+            target: Some(pb::update_endpoint_request::Target::EndpointId(endpoint.id.clone())),
+            container_id,
+            container_name: name.clone(),
+            aliases,
+            request_id: request_id("name", &endpoint.id),
+        };
+        let updated = self
+            .controllers
+            .send(&update, |c, r| async move { EndpointServiceClient::new(c).update_endpoint(r).await })
+            .await;
+        match updated.map_err(|s| s.to_string()).and_then(|e| endpoint_view(&e).map_err(|e| e.to_string())) {
+            Ok(view) => self.shared().mirror.insert_endpoint(view),
+            Err(e) => {
+                tracing::warn!(endpoint = %short(&endpoint.id), %name, error = %e, "cannot name the endpoint")
+            }
+        }
+    }
+}
+
+/// How long the agent waits for dockerd to show what it just told the plugin about.
+const DOCKER_PATIENCE: Duration = Duration::from_secs(10);
 
 /// "10.1.0.0/24" for a gateway "10.1.0.1/24".
 fn subnet_of(gateway: &weft_dataplane::IfAddr) -> String {

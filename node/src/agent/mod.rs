@@ -56,6 +56,8 @@ pub struct Settings {
     /// The WireGuard interface's name, even when WireGuard is off: encrypted networks'
     /// VXLAN may leave and enter only through it.
     pub wireguard_interface: String,
+    /// dockerd's API socket, where the Docker plugin learns names Docker never sends it.
+    pub docker_api: Option<PathBuf>,
 }
 
 struct Shared {

@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`protocol`]: the remote driver and IPAM messages (pure, serde);
 //! - [`server`]: the plugin socket dockerd calls;
+//! - [`api`]: what the agent asks dockerd's own API (names it never sends a plugin);
 //! - what each call does lives with the agent (`crate::agent`'s Docker part).
 
+pub mod api;
 pub mod protocol;
 pub mod server;

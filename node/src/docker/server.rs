@@ -92,7 +92,7 @@ fn empty(path: &str, result: Result<(), Status>) -> Response<Full<Bytes>> {
 }
 
 async fn answer<D: Dataplane>(
-    agent: &Agent<D>,
+    agent: &Arc<Agent<D>>,
     request: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_string();
@@ -133,11 +133,34 @@ async fn answer<D: Dataplane>(
         "/IpamDriver.ReleasePool" => empty(&path, call!(docker_release_pool, docker::ReleasePool)),
         "/IpamDriver.RequestAddress" => done(&path, call!(docker_request_address, docker::RequestAddress)),
         "/IpamDriver.ReleaseAddress" => empty(&path, call!(docker_release_address, docker::ReleaseAddress)),
-        "/NetworkDriver.CreateNetwork" => empty(&path, call!(docker_create_network, docker::CreateNetwork)),
+        "/NetworkDriver.CreateNetwork" => match parse::<docker::CreateNetwork>(&body) {
+            Ok(create) => {
+                let network = create.network_id.clone();
+                let result = agent.docker_create_network(create).await;
+                if result.is_ok() {
+                    // Docker shows the network (and its name) only once this call returned.
+                    let agent = agent.clone();
+                    tokio::spawn(async move { agent.docker_learn_network_name(network).await });
+                }
+                empty(&path, result)
+            }
+            Err(why) => json(StatusCode::BAD_REQUEST, &Refusal { err: why }),
+        },
         "/NetworkDriver.DeleteNetwork" => empty(&path, call!(docker_delete_network, docker::NetworkRef)),
         "/NetworkDriver.CreateEndpoint" => done(&path, call!(docker_create_endpoint, docker::CreateEndpoint)),
         "/NetworkDriver.DeleteEndpoint" => empty(&path, call!(docker_delete_endpoint, docker::EndpointRef)),
-        "/NetworkDriver.Join" => done(&path, call!(docker_join, docker::Join)),
+        "/NetworkDriver.Join" => match parse::<docker::Join>(&body) {
+            Ok(join) => {
+                let (network, endpoint) = (join.network_id.clone(), join.endpoint_id.clone());
+                let result = agent.docker_join(join).await;
+                if result.is_ok() {
+                    let agent = agent.clone();
+                    tokio::spawn(async move { agent.docker_learn_container(network, endpoint).await });
+                }
+                done(&path, result)
+            }
+            Err(why) => json(StatusCode::BAD_REQUEST, &Refusal { err: why }),
+        },
         "/NetworkDriver.Leave" => empty(&path, call!(docker_leave, docker::EndpointRef)),
         "/NetworkDriver.ProgramExternalConnectivity" => {
             empty(&path, call!(docker_program_external, docker::ExternalConnectivity))
