@@ -25,6 +25,25 @@ use crate::metrics::ClientDeadline;
 
 /// A node's certificate lets it act for its own host only; admins act for any.
 impl Controller {
+    /// Proposes a write whose answer is an endpoint, and answers it as this member sees it
+    /// once it has applied the write.
+    async fn endpoint_written(
+        &self,
+        command: Command,
+        until: Option<Instant>,
+    ) -> Result<Response<pb::Endpoint>, Status> {
+        match self.propose_by(command, until).await? {
+            (revision, Done::Endpoint(endpoint)) => self
+                .caught_up_to(revision)
+                .await?
+                .registry
+                .with_state(|state| endpoint_pb(state, &endpoint))
+                .map(Response::new)
+                .ok_or_else(|| Status::aborted("the endpoint's network was removed meanwhile")),
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
     /// Whether the network is one of the Docker plugin's provisional ones.
     fn is_provisional(&self, reference: &str) -> bool {
         self.registry.with_state(|state| {
@@ -213,16 +232,7 @@ impl EndpointService for Controller {
         let ports = convert::published_ports(&request.get_ref().ports).map_err(invalid)?;
         acting_for(&request, &req.node, "create endpoints")?;
         let command = Command::once(&request.get_ref().request_id, Command::create_endpoint(req, ports));
-        match self.propose_by(command, deadline(&request)).await? {
-            (revision, Done::Endpoint(endpoint)) => self
-                .caught_up_to(revision)
-                .await?
-                .registry
-                .with_state(|state| endpoint_pb(state, &endpoint))
-                .map(Response::new)
-                .ok_or_else(|| Status::aborted("the endpoint's network was removed meanwhile")),
-            (_, other) => Err(unexpected(&other)),
-        }
+        self.endpoint_written(command, deadline(&request)).await
     }
 
     async fn remove_endpoint(
@@ -268,16 +278,7 @@ impl EndpointService for Controller {
             acting_for(&request, &host.map_err(invalid)?, "update endpoints")?;
         }
         let command = Command::once(&request.get_ref().request_id, command);
-        match self.propose_by(command, deadline(&request)).await? {
-            (revision, Done::Endpoint(endpoint)) => self
-                .caught_up_to(revision)
-                .await?
-                .registry
-                .with_state(|state| endpoint_pb(state, &endpoint))
-                .map(Response::new)
-                .ok_or_else(|| Status::aborted("the endpoint's network was removed meanwhile")),
-            (_, other) => Err(unexpected(&other)),
-        }
+        self.endpoint_written(command, deadline(&request)).await
     }
 
     async fn list_endpoints(

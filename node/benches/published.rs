@@ -29,6 +29,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lab::dockerd::Dockerd;
 use lab::*;
 use weft_api::agent;
 use weft_bench::{Figure, percentile, record, setting};
@@ -156,16 +157,16 @@ fn wait_listening(from: &Netns, target: SocketAddr, what: &str) {
     }
 }
 
-/// dockerd in a namespace of its own, joined to the lab's underlay as `DOCKER_HOST`.
+/// dockerd in a namespace of its own, joined to the lab's underlay as `DOCKER_HOST`, with
+/// Docker's own `-p` (iptables and docker-proxy) as it ships.
 struct Docker {
+    dockerd: Dockerd,
     ns: Netns,
-    socket: String,
-    daemon: Option<std::process::Child>,
 }
 
 impl Docker {
     fn start(lab: &Lab, dir: &Path) -> Option<Docker> {
-        if weft_testbed::output("sh", &["-c", "command -v dockerd && command -v docker"]).stdout.is_empty() {
+        if !Dockerd::installed() {
             println!(
                 "\n#### dockerd is not installed: Docker's side is skipped (apt-get install docker.io) ####\n"
             );
@@ -173,39 +174,12 @@ impl Docker {
         }
         let ns = Netns::new("d");
         lab.join_underlay(&ns, 20);
-        let socket = format!("unix://{}/docker.sock", dir.display());
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        // nsenter, not `ip netns exec`: that mounts a sysfs of the namespace's own, without
-        // the cgroup mounts dockerd needs.
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
-            .arg("dockerd")
-            .arg(format!("--data-root={}/data", dir.display()))
-            .arg(format!("--exec-root={}/exec", dir.display()))
-            .arg(format!("--pidfile={}/docker.pid", dir.display()))
-            .arg(format!("--host={socket}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let docker = Docker { ns, socket, daemon: Some(child) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !docker.try_run(&["version"]).status.success() {
-            assert!(Instant::now() < deadline, "dockerd did not come up; see {}/dockerd.log", dir.display());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Some(docker)
-    }
-
-    fn try_run(&self, args: &[&str]) -> std::process::Output {
-        Command::new("docker").arg("-H").arg(&self.socket).args(args).output().unwrap()
+        let dockerd = Dockerd::start(&[format!("--net={}", ns.path())], dir, &[]);
+        Some(Docker { dockerd, ns })
     }
 
     fn run(&self, args: &[&str]) -> String {
-        let out = self.try_run(args);
-        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        self.dockerd.run(args)
     }
 
     /// An image holding only `weft-echo` and the libraries it links.
@@ -220,25 +194,7 @@ impl Docker {
             std::fs::create_dir_all(target.parent().unwrap()).unwrap();
             std::fs::copy(path, target).unwrap();
         }
-        let tarball = dir.join("rootfs.tar");
-        weft_testbed::run("tar", &["-C", root.to_str().unwrap(), "-cf", tarball.to_str().unwrap(), "."]);
-        self.run(&["import", tarball.to_str().unwrap(), "weft-echo:bench"]);
-    }
-}
-
-impl Drop for Docker {
-    /// The container first, then dockerd with a TERM, so it stops its containerd too.
-    fn drop(&mut self) {
-        let _ = self.try_run(&["rm", "-f", "echo"]);
-        if let Some(mut daemon) = self.daemon.take() {
-            let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-        }
+        self.dockerd.import(&root, "weft-echo:bench");
     }
 }
 

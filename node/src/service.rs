@@ -50,7 +50,10 @@ impl<D: Dataplane> AgentService for Service<D> {
 
 /// Serves the attach API on `socket` until the process ends. A stale socket file from an
 /// earlier run is replaced.
-pub async fn serve<D: Dataplane>(agent: Arc<Agent<D>>, socket: &Path) -> anyhow::Result<()> {
+/// Listens on `socket` (its directory made, a stale socket file replaced), for root only:
+/// what is served there puts interfaces into namespaces. (A group that should share it can be
+/// given access with chmod/chgrp afterwards.)
+pub fn listen_for_root(socket: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     }
@@ -61,13 +64,14 @@ pub async fn serve<D: Dataplane>(agent: Arc<Agent<D>>, socket: &Path) -> anyhow:
     }
     let listener =
         UnixListener::bind(socket).map_err(|e| anyhow::anyhow!("listening on {}: {e}", socket.display()))?;
-    // Attaching puts interfaces into namespaces and rotates the host key: root's business
-    // only. (A group that should share it can be given access with chmod/chgrp afterwards.)
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| anyhow::anyhow!("restricting {}: {e}", socket.display()))?;
-    }
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| anyhow::anyhow!("restricting {}: {e}", socket.display()))?;
+    Ok(listener)
+}
+
+pub async fn serve<D: Dataplane>(agent: Arc<Agent<D>>, socket: &Path) -> anyhow::Result<()> {
+    let listener = listen_for_root(socket)?;
     tracing::info!(socket = %socket.display(), "attach API listening");
     tonic::transport::Server::builder()
         .add_service(AgentServiceServer::new(Service { agent }))

@@ -9,110 +9,30 @@
 mod lab;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lab::dockerd::Dockerd;
 use lab::*;
 use weft_api::pb;
-use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_testbed::root_or_skip;
 
 const IMAGE: &str = "weft-busybox:test";
 
-/// One host's dockerd, in the host's own mount and network namespaces.
-struct Dockerd {
-    socket: String,
-    dir: PathBuf,
-    daemon: Option<std::process::Child>,
+/// busybox-static as an image, with the applets the tests use.
+fn import_busybox(dockerd: &Dockerd) {
+    let root = dockerd.dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "sleep", "ping", "wget", "nslookup", "ip", "cat", "hostname"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    dockerd.import(&root, IMAGE);
 }
 
-impl Dockerd {
-    fn start(mount_ns: &Path, netns: &str, dir: &Path) -> Dockerd {
-        let socket = format!("unix://{}/docker.sock", dir.display());
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let daemon = Command::new("nsenter")
-            .arg(format!("--mount={}", mount_ns.display()))
-            .arg(format!("--net={netns}"))
-            .arg("dockerd")
-            .arg(format!("--data-root={}/data", dir.display()))
-            .arg(format!("--exec-root={}/exec", dir.display()))
-            .arg(format!("--pidfile={}/docker.pid", dir.display()))
-            .arg(format!("--host={socket}"))
-            // weft does the forwarding and NAT of its networks; dockerd leaves the host alone.
-            .args(["--iptables=false", "--ip-forward=false", "--bridge=none"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let dockerd = Dockerd { socket, dir: dir.to_path_buf(), daemon: Some(daemon) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !dockerd.try_run(&["version"]).status.success() {
-            assert!(Instant::now() < deadline, "dockerd did not come up: {}", dockerd.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        dockerd
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
-    }
-
-    fn try_run(&self, args: &[&str]) -> Output {
-        Command::new("docker").arg("-H").arg(&self.socket).args(args).output().unwrap()
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.try_run(args);
-        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.try_run(args);
-        assert!(!out.status.success(), "docker {args:?} succeeded");
-        String::from_utf8_lossy(&out.stderr).trim().to_string()
-    }
-
-    /// busybox-static as an image, with the applets the tests use.
-    fn import_busybox(&self) {
-        let root = self.dir.join("rootfs");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for applet in ["sh", "sleep", "ping", "wget", "nslookup", "ip", "cat", "hostname"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        let tarball = self.dir.join("rootfs.tar");
-        weft_testbed::run("tar", &["-C", root.to_str().unwrap(), "-cf", tarball.to_str().unwrap(), "."]);
-        self.run(&["import", tarball.to_str().unwrap(), IMAGE]);
-    }
-
-    fn ip_of(&self, container: &str, network: &str) -> String {
-        self.run(&[
-            "inspect",
-            "-f",
-            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
-            container,
-        ])
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let listed = self.try_run(&["ps", "-aq"]);
-        for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
-            let _ = self.try_run(&["rm", "-f", id]);
-        }
-        if let Some(mut daemon) = self.daemon.take() {
-            let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-        }
-    }
+fn address_in(dockerd: &Dockerd, container: &str, network: &str) -> String {
+    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+    dockerd.run(&["inspect", "-f", &format, container])
 }
 
 /// A persistent mount namespace at `file` with a private, empty `/run/docker/plugins`.
@@ -143,25 +63,12 @@ impl Drop for Mounts {
     }
 }
 
-fn endpoints(lab: &Lab) -> Vec<pb::Endpoint> {
-    lab.with_controller(|channel| {
-        Box::pin(async move {
-            EndpointServiceClient::new(channel)
-                .list_endpoints(pb::ListEndpointsRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .endpoints
-        })
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_containers_on_two_hosts_share_a_weft_network() {
     if !root_or_skip("docker_containers_on_two_hosts_share_a_weft_network") {
         return;
     }
-    if weft_testbed::output("sh", &["-c", "command -v dockerd && command -v docker"]).stdout.is_empty() {
+    if !Dockerd::installed() {
         eprintln!(
             "\n#### dockerd is not installed: the Docker plugin test is SKIPPED (apt-get install docker.io) ####\n"
         );
@@ -193,8 +100,11 @@ async fn docker_containers_on_two_hosts_share_a_weft_network() {
             ],
         );
         lab.agent(i).await;
-        let dockerd = Dockerd::start(&mount_ns, &lab.hosts[i].ns.path(), &docker_dir);
-        dockerd.import_busybox();
+        let enter = [format!("--mount={}", mount_ns.display()), format!("--net={}", lab.hosts[i].ns.path())];
+        // weft does the forwarding and NAT of its networks; dockerd leaves the host alone.
+        let dockerd =
+            Dockerd::start(&enter, &docker_dir, &["--iptables=false", "--ip-forward=false", "--bridge=none"]);
+        import_busybox(&dockerd);
         dockerds.push(dockerd);
     }
     let (d1, d2) = (&dockerds[0], &dockerds[1]);
@@ -257,7 +167,7 @@ async fn docker_containers_on_two_hosts_share_a_weft_network() {
         "sleep",
         "1000",
     ]);
-    let (a_ip, b_ip) = (d1.ip_of("alpha", "app"), d2.ip_of("bravo", "app"));
+    let (a_ip, b_ip) = (address_in(d1, "alpha", "app"), address_in(d2, "bravo", "app"));
     assert_ne!(a_ip, b_ip);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !d1.try_run(&["exec", "alpha", "ping", "-c", "1", "-W", "1", &b_ip]).status.success() {
@@ -265,7 +175,7 @@ async fn docker_containers_on_two_hosts_share_a_weft_network() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(d2.try_run(&["exec", "bravo", "ping", "-c", "1", "-W", "1", &a_ip]).status.success());
-    let registered = endpoints(&lab);
+    let registered = lab.endpoints();
     let on = |ip: &str| {
         registered.iter().find(|e| e.ipv4_address.starts_with(&format!("{ip}/"))).map(|e| e.node.clone())
     };
@@ -273,14 +183,15 @@ async fn docker_containers_on_two_hosts_share_a_weft_network() {
 
     // Names and aliases reach the registry, and weft's DNS answers them on the other host.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !endpoints(&lab)
+    while !lab
+        .endpoints()
         .iter()
         .any(|e| e.container_name == "bravo" && e.aliases.contains(&"api".to_string()))
     {
         assert!(
             Instant::now() < deadline,
             "bravo's name and alias did not reach the registry: {:?}",
-            endpoints(&lab)
+            lab.endpoints()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -302,7 +213,7 @@ async fn docker_containers_on_two_hosts_share_a_weft_network() {
     // Removing a container releases its address everywhere.
     d1.run(&["rm", "-f", "alpha"]);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while endpoints(&lab).iter().any(|e| e.ipv4_address.starts_with(&format!("{a_ip}/"))) {
+    while lab.endpoints().iter().any(|e| e.ipv4_address.starts_with(&format!("{a_ip}/"))) {
         assert!(Instant::now() < deadline, "alpha's address was not released");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

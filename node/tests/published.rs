@@ -17,7 +17,6 @@ use lab::*;
 use tonic::Code;
 use weft_api::agent;
 use weft_api::pb;
-use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_testbed::{Netns, root_or_skip};
 
 const H1: &str = "192.168.77.1";
@@ -28,21 +27,7 @@ fn serve(container: &Netns, port: u16, tag: &str) {
     let (tcp, udp) = container.run_in(|| {
         (TcpListener::bind(("0.0.0.0", port)).unwrap(), UdpSocket::bind(("0.0.0.0", port)).unwrap())
     });
-    let tag_tcp = tag.to_string();
-    std::thread::spawn(move || {
-        for stream in tcp.incoming().flatten() {
-            let tag = tag_tcp.clone();
-            std::thread::spawn(move || {
-                let peer = stream.peer_addr().unwrap().ip();
-                let mut writer = stream.try_clone().unwrap();
-                for line in BufReader::new(stream).lines() {
-                    if line.is_err() || writeln!(writer, "{tag} {peer}").is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    answer_lines(tcp, tag);
     let tag = tag.to_string();
     std::thread::spawn(move || {
         let mut buffer = [0u8; 512];
@@ -95,19 +80,6 @@ fn publish(specs: &[&str]) -> Vec<agent::PortRequest> {
 
 fn publishing(container: &Netns, network: &str, name: &str, specs: &[&str]) -> agent::AttachRequest {
     agent::AttachRequest { publish: publish(specs), ..attach_request(container, network, name) }
-}
-
-fn endpoints(lab: &Lab) -> Vec<pb::Endpoint> {
-    lab.with_controller(|channel| {
-        Box::pin(async move {
-            EndpointServiceClient::new(channel)
-                .list_endpoints(pb::ListEndpointsRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .endpoints
-        })
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +164,7 @@ async fn reached_from_everywhere(br_netfilter: bool) {
     assert!(ask_tcp(&peer, &format!("{}:8080", ip_of(&peer_web))).is_none(), "only s1 publishes 8080");
 
     // The registry lists them, in the attach's answer and to any client.
-    let listed = endpoints(&lab);
+    let listed = lab.endpoints();
     let s1_listed = listed.iter().find(|e| e.container_name == "s1").unwrap();
     let mut shown: Vec<String> = s1_listed
         .ports
@@ -271,7 +243,7 @@ async fn clashes_bad_specs_and_internal_networks_are_refused_leaving_nothing_beh
         assert!(err.message().contains(expect), "{}", err.message());
     }
     // Nothing half-made: no endpoint, no attachment, no interface, no rule.
-    assert!(endpoints(&lab).iter().all(|e| e.container_name != "refused"));
+    assert!(lab.endpoints().iter().all(|e| e.container_name != "refused"));
     let listed = h1.list(agent::ListRequest {}).await.unwrap().into_inner();
     assert_eq!(listed.attachments.len(), 1, "{listed:?}");
     assert!(!refused.exec(&["ip", "-o", "link"]).contains("eth0"), "an interface was left behind");
@@ -400,6 +372,12 @@ fn serve_v6(container: &Netns, port: u16, tag: &str) {
         socket.listen(128).unwrap();
         TcpListener::from(socket)
     });
+    answer_lines(listener, tag);
+}
+
+/// Answers each line on each connection with `"<tag> <the client's address>"`, on threads of
+/// its own for the life of the test process.
+fn answer_lines(listener: TcpListener, tag: &str) {
     let tag = tag.to_string();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {

@@ -462,9 +462,11 @@ impl<D: Dataplane> Agent<D> {
     pub async fn docker_learn_container(&self, docker_network: String, docker_endpoint: String) {
         let found = self
             .docker_network_info(&docker_network, |info| {
+                // Until the sandbox is bound to its container, Docker lists the endpoint under
+                // "ep-<endpoint id>": the container id comes a moment later.
                 info.containers
                     .iter()
-                    .find(|(_, c)| c.endpoint_id == docker_endpoint)
+                    .find(|(id, c)| c.endpoint_id == docker_endpoint && !id.starts_with("ep-"))
                     .map(|(id, c)| (id.clone(), c.name.trim_start_matches('/').to_string()))
             })
             .await;

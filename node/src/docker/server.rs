@@ -11,7 +11,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::UnixListener;
 use tonic::Status;
 use weft_dataplane::Dataplane;
 
@@ -23,16 +22,7 @@ const MAX_BODY: usize = 1 << 20;
 
 /// Serves the plugin protocols on `socket` until the task is dropped.
 pub async fn serve<D: Dataplane>(agent: Arc<Agent<D>>, socket: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-    }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => anyhow::bail!("removing the old socket {}: {e}", socket.display()),
-    }
-    let listener =
-        UnixListener::bind(socket).map_err(|e| anyhow::anyhow!("listening on {}: {e}", socket.display()))?;
+    let listener = crate::service::listen_for_root(socket)?;
     tracing::info!(socket = %socket.display(), "Docker network and IPAM plugin listening");
     loop {
         let (stream, _) = listener.accept().await?;

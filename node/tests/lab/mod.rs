@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod dockerd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -293,6 +295,20 @@ impl Lab {
                     };
                     call(channel).await
                 })
+            })
+        })
+    }
+
+    /// Every endpoint in the registry.
+    pub fn endpoints(&self) -> Vec<pb::Endpoint> {
+        self.with_controller(|channel| {
+            Box::pin(async move {
+                EndpointServiceClient::new(channel)
+                    .list_endpoints(pb::ListEndpointsRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .endpoints
             })
         })
     }
