@@ -137,21 +137,16 @@ async fn docker_containers_on_two_hosts_share_a_weft_network() {
         assert!(Instant::now() < deadline, "the weft network is still named {name:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The same network on h2 (until agents create it by themselves).
-    d2.run(&[
-        "network",
-        "create",
-        "-d",
-        "weft",
-        "--ipam-driver",
-        "weft",
-        "--ipam-opt",
-        &format!("weft.network={}", weft_network.id),
-        // Docker takes --ip only on networks whose subnet the user gave.
-        "--subnet",
-        &pool,
-        "app",
-    ]);
+    // h2's agent creates it in h2's dockerd by itself, with its subnet (so --ip works there).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d2.try_run(&["network", "inspect", "app"]).status.success() {
+        assert!(Instant::now() < deadline, "h2's dockerd never got network app");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(d2.run(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", "app"]), pool);
+    // Creating it again there meets Docker's own refusal.
+    let again = d2.fails(&["network", "create", "-d", "weft", "--ipam-driver", "weft", "app"]);
+    assert!(again.contains("already exists"), "{again}");
 
     d1.run(&["run", "-d", "--name", "alpha", "--network", "app", IMAGE, "sleep", "1000"]);
     d2.run(&[

@@ -428,6 +428,50 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
+    /// Every weft network appears in this host's dockerd under its name, so a network created
+    /// on one host (through Docker or weft) is usable by `docker run` on all. Networks still
+    /// under a provisional name wait for it; a Docker network of that name already there is
+    /// left alone. Runs for the life of the agent when the plugin is on.
+    pub async fn docker_offer_networks_forever(&self) {
+        let Some(api) = self.docker_api() else { return };
+        loop {
+            let networks: Vec<NetworkView> = {
+                let shared = self.shared();
+                if !shared.mirror.synced {
+                    Vec::new()
+                } else {
+                    let bound: Vec<String> = self.bindings().networks.values().cloned().collect();
+                    shared
+                        .mirror
+                        .networks
+                        .values()
+                        .filter(|n| !n.name.starts_with(RESERVATION_PREFIX) && !bound.contains(&n.id))
+                        .cloned()
+                        .collect()
+                }
+            };
+            for network in networks {
+                let Some(subnet) = network.gateways.iter().find(|g| g.ip.is_ipv4()).map(subnet_of) else {
+                    continue;
+                };
+                match api.has_network(&network.name).await {
+                    Ok(true) => {}
+                    Ok(false) => match api.create_weft_network(&network.name, &network.id, &subnet).await {
+                        Ok(()) => tracing::info!(network = %network.name, "created in Docker"),
+                        Err(e) => {
+                            tracing::warn!(network = %network.name, error = %e, "cannot create it in Docker")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::debug!(error = %e, "dockerd does not answer yet");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(self.settings.resync).await;
+        }
+    }
+
     /// After `CreateNetwork`: a provisional weft network takes the name the user gave Docker,
     /// while it is still empty.
     pub async fn docker_learn_network_name(&self, docker_network: String) {

@@ -74,9 +74,22 @@ impl DockerApi {
     }
 
     async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, ApiError> {
+        self.call("GET", path, None).await
+    }
+
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, ApiError> {
         let io = |source| ApiError::Io { socket: self.socket.display().to_string(), source };
         let mut stream = UnixStream::connect(&self.socket).await.map_err(io)?;
-        let request = format!("GET /{API_VERSION}{path} HTTP/1.0\r\nHost: docker\r\n\r\n");
+        let body = body.map(serde_json::Value::to_string).unwrap_or_default();
+        let request = format!(
+            "{method} /{API_VERSION}{path} HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         stream.write_all(request.as_bytes()).await.map_err(io)?;
         let mut answer = Vec::new();
         stream.take(MAX_ANSWER).read_to_end(&mut answer).await.map_err(io)?;
@@ -91,6 +104,32 @@ impl DockerApi {
 
     pub async fn network(&self, id: &str) -> Result<NetworkInfo, ApiError> {
         self.get(&format!("/networks/{id}")).await
+    }
+
+    /// Whether dockerd has a network by this name or id.
+    pub async fn has_network(&self, name: &str) -> Result<bool, ApiError> {
+        match self.network(name).await {
+            Ok(_) => Ok(true),
+            Err(ApiError::Status { status, .. }) if status.contains(" 404") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the Docker network `name` on weft network `weft_id` (subnet `subnet`), as
+    /// `docker network create -d weft --ipam-driver weft --subnet S --ipam-opt weft.network=ID`.
+    pub async fn create_weft_network(&self, name: &str, weft_id: &str, subnet: &str) -> Result<(), ApiError> {
+        let body = serde_json::json!({
+            "Name": name,
+            "Driver": "weft",
+            "CheckDuplicate": true,
+            "IPAM": {
+                "Driver": "weft",
+                "Config": [{ "Subnet": subnet }],
+                "Options": { "weft.network": weft_id },
+            },
+        });
+        let _: serde_json::Value = self.call("POST", "/networks/create", Some(&body)).await?;
+        Ok(())
     }
 
     /// The container's aliases on the network whose endpoint is `endpoint_id` (what
