@@ -35,6 +35,11 @@ impl NetworkView {
         format!("weftx{}", self.vni)
     }
 
+    /// The gateway (with its prefix length) of the IPv6 subnet, or else the IPv4 one.
+    pub fn gateway(&self, v6: bool) -> Option<IfAddr> {
+        self.gateways.iter().find(|g| g.ip.is_ipv6() == v6).copied()
+    }
+
     /// The gateway's MAC, the same on every host: 02:42 and the gateway's IPv4 octets, as
     /// Docker derives container MACs.
     pub fn gateway_mac(&self) -> Mac {

@@ -25,6 +25,24 @@ pub struct IfAddr {
     pub prefix: u8,
 }
 
+impl IfAddr {
+    /// The subnet the address is on, as a CIDR: "10.0.1.0/24" for "10.0.1.1/24".
+    pub fn network(&self) -> String {
+        match self.ip {
+            IpAddr::V4(v4) => {
+                let mask =
+                    if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix.min(32))) };
+                format!("{}/{}", std::net::Ipv4Addr::from(u32::from(v4) & mask), self.prefix)
+            }
+            IpAddr::V6(v6) => {
+                let mask =
+                    if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix.min(128))) };
+                format!("{}/{}", std::net::Ipv6Addr::from(u128::from(v6) & mask), self.prefix)
+            }
+        }
+    }
+}
+
 impl fmt::Display for IfAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.ip, self.prefix)

@@ -82,21 +82,6 @@ pub struct EncryptedVxlan {
     pub tunnel: String,
 }
 
-fn network_of(address: &IfAddr) -> String {
-    match address.ip {
-        std::net::IpAddr::V4(v4) => {
-            let mask =
-                if address.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(address.prefix.min(32))) };
-            format!("{}/{}", std::net::Ipv4Addr::from(u32::from(v4) & mask), address.prefix)
-        }
-        std::net::IpAddr::V6(v6) => {
-            let mask =
-                if address.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(address.prefix.min(128))) };
-            format!("{}/{}", std::net::Ipv6Addr::from(u128::from(v6) & mask), address.prefix)
-        }
-    }
-}
-
 /// The nft script that makes weft's tables exactly this: each table is created (so the
 /// delete cannot fail), deleted and written anew in one transaction.
 pub fn ruleset(networks: &[NetworkRules], encrypted: &EncryptedVxlan) -> String {
@@ -133,12 +118,8 @@ pub fn ruleset(networks: &[NetworkRules], encrypted: &EncryptedVxlan) -> String 
     for n in networks.iter().filter(|n| !n.internal && n.masquerade) {
         for subnet in &n.subnets {
             let family = if subnet.ip.is_ipv4() { "ip" } else { "ip6" };
-            let _ = writeln!(
-                s,
-                "    {family} saddr {} oifname != \"{}\" masquerade",
-                network_of(subnet),
-                n.bridge
-            );
+            let _ =
+                writeln!(s, "    {family} saddr {} oifname != \"{}\" masquerade", subnet.network(), n.bridge);
         }
     }
     for n in &publishing {
@@ -153,7 +134,7 @@ pub fn ruleset(networks: &[NetworkRules], encrypted: &EncryptedVxlan) -> String 
             let _ = writeln!(
                 s,
                 "    ct status dnat {family} saddr {} oifname \"{}\" masquerade",
-                network_of(subnet),
+                subnet.network(),
                 n.bridge
             );
         }
@@ -303,14 +284,7 @@ pub fn enable_forwarding() -> Result<(), crate::KernelError> {
     for (path, what) in
         [("/proc/sys/net/ipv4/ip_forward", "IPv4"), ("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6")]
     {
-        if std::fs::read_to_string(path).map(|v| v.trim() == "1").unwrap_or(false) {
-            continue;
-        }
-        std::fs::write(path, "1").map_err(|e| crate::KernelError {
-            doing: format!("enabling {what} forwarding ({path})"),
-            reason: e.to_string(),
-            source: None,
-        })?;
+        switch_on(path, format!("enabling {what} forwarding"))?;
     }
     Ok(())
 }

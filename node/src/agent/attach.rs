@@ -442,14 +442,7 @@ impl<D: Dataplane> Agent<D> {
         record: &Record,
         network: &NetworkView,
     ) -> agent::Attachment {
-        let gateway = |v6: bool| {
-            network
-                .gateways
-                .iter()
-                .find(|g| g.ip.is_ipv6() == v6)
-                .map(|g| g.ip.to_string())
-                .unwrap_or_default()
-        };
+        let gateway = |v6: bool| network.gateway(v6).map(|g| g.ip.to_string()).unwrap_or_default();
         let mtu = network_mtu(network, &self.settings.host);
         agent::Attachment {
             endpoint_id: endpoint.id.clone(),

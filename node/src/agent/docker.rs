@@ -123,10 +123,8 @@ impl<D: Dataplane> Agent<D> {
             }
         };
         let pool = network
-            .gateways
-            .iter()
-            .find(|g| g.ip.is_ipv4())
-            .map(subnet_of)
+            .gateway(false)
+            .map(|g| g.network())
             .ok_or_else(|| internal(format!("network {} has no IPv4 subnet", network.name)))?;
         Ok(docker::PoolAnswer { pool_id: network.id, pool, data: BTreeMap::new() })
     }
@@ -140,7 +138,7 @@ impl<D: Dataplane> Agent<D> {
     ) -> Result<docker::AddressAnswer, Status> {
         let network = self.wait_for_network(&request.pool_id).await?;
         if request.is_gateway() {
-            let gateway = network.gateways.iter().find(|g| g.ip.is_ipv4()).copied();
+            let gateway = network.gateway(false);
             return match gateway {
                 Some(g) if request.address.is_empty() || request.address == g.ip.to_string() => {
                     Ok(docker::AddressAnswer { address: g.to_string(), data: BTreeMap::new() })
@@ -188,20 +186,7 @@ impl<D: Dataplane> Agent<D> {
     /// `IpamDriver.ReleaseAddress`: the endpoint goes (the gateway is the network's own).
     pub async fn docker_release_address(&self, request: docker::ReleaseAddress) -> Result<(), Status> {
         let Some(endpoint) = self.endpoint_at(&request.pool_id, &request.address) else { return Ok(()) };
-        let record = Record {
-            network_id: endpoint.network_id.clone(),
-            container_id: endpoint.container_id.clone(),
-            netns: PathBuf::new(),
-            namespace: NamespaceId { dev: 0, ino: 0 },
-            ifname: String::new(),
-            default_route: false,
-            endpoint_id: Some(endpoint.id.clone()),
-            revision: endpoint.revision,
-            stage: Stage::Attached,
-            resolv_conf: false,
-            runtime_handover: true,
-        };
-        self.release(&record).await?;
+        self.release_endpoint(endpoint.id.clone()).await?;
         self.shared().mirror.endpoints.remove(&endpoint.id);
         self.save_bindings(|b| b.endpoints.retain(|_, weft| *weft != endpoint.id))
     }
@@ -243,7 +228,7 @@ impl<D: Dataplane> Agent<D> {
             .mirror
             .networks
             .values()
-            .find(|n| n.gateways.iter().any(|g| subnet_of(g) == pool))
+            .find(|n| n.gateways.iter().any(|g| g.network() == pool))
             .cloned()
             .ok_or_else(|| {
                 Status::failed_precondition(format!(
@@ -341,14 +326,7 @@ impl<D: Dataplane> Agent<D> {
                 problem.unwrap_or_else(|| "it did not appear".into())
             )));
         }
-        let gateway = |v6: bool| {
-            network
-                .gateways
-                .iter()
-                .find(|g| g.ip.is_ipv6() == v6)
-                .map(|g| g.ip.to_string())
-                .unwrap_or_default()
-        };
+        let gateway = |v6: bool| network.gateway(v6).map(|g| g.ip.to_string()).unwrap_or_default();
         Ok(docker::JoinAnswer {
             interface_name: docker::InterfaceName { src_name: waiting, dst_prefix: "eth".into() },
             gateway: gateway(false),
@@ -451,7 +429,7 @@ impl<D: Dataplane> Agent<D> {
                 }
             };
             for network in networks {
-                let Some(subnet) = network.gateways.iter().find(|g| g.ip.is_ipv4()).map(subnet_of) else {
+                let Some(subnet) = network.gateway(false).map(|g| g.network()) else {
                     continue;
                 };
                 match api.has_network(&network.name).await {
@@ -547,22 +525,6 @@ impl<D: Dataplane> Agent<D> {
 
 /// How long the agent waits for dockerd to show what it just told the plugin about.
 const DOCKER_PATIENCE: Duration = Duration::from_secs(10);
-
-/// "10.1.0.0/24" for a gateway "10.1.0.1/24".
-fn subnet_of(gateway: &weft_dataplane::IfAddr) -> String {
-    match gateway.ip {
-        std::net::IpAddr::V4(v4) => {
-            let mask =
-                if gateway.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(gateway.prefix.min(32))) };
-            format!("{}/{}", std::net::Ipv4Addr::from(u32::from(v4) & mask), gateway.prefix)
-        }
-        std::net::IpAddr::V6(v6) => {
-            let mask =
-                if gateway.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(gateway.prefix.min(128))) };
-            format!("{}/{}", std::net::Ipv6Addr::from(u128::from(v6) & mask), gateway.prefix)
-        }
-    }
-}
 
 /// `digits` hex digits no two calls share, for things Docker asks for without naming them.
 fn fresh_id(digits: usize) -> String {

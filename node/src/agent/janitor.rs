@@ -129,6 +129,11 @@ impl<D: Dataplane> Agent<D> {
                 None => return Ok(()),
             },
         };
+        self.release_endpoint(endpoint_id).await
+    }
+
+    /// Removes an endpoint from the registry; one already gone counts as removed.
+    pub(super) async fn release_endpoint(&self, endpoint_id: String) -> Result<(), Status> {
         let request = pb::RemoveEndpointRequest {
             request_id: request_id("detach", &endpoint_id),
             target: Some(pb::remove_endpoint_request::Target::EndpointId(endpoint_id)),

@@ -142,7 +142,9 @@ impl<D: Dataplane> Agent<D> {
         let publishing: Vec<String> =
             network_rules.iter().filter(|n| !n.published.is_empty()).map(|n| n.bridge.clone()).collect();
         let hairpin: Vec<String> = network_rules.iter().flat_map(|n| n.hairpin.iter().cloned()).collect();
-        if let Err(e) = self.kernel.prepare_publishing(&publishing, &hairpin).await {
+        if !(publishing.is_empty() && hairpin.is_empty())
+            && let Err(e) = self.kernel.prepare_publishing(&publishing, &hairpin).await
+        {
             failures.host.push(e.to_string());
         }
         if loaded.script.is_none() {
