@@ -115,7 +115,7 @@ pub fn desired(mirror: &Mirror, host: &Host, sandboxes: &Sandboxes) -> Desired {
         };
         networks.insert(devices.bridge.clone(), devices);
     }
-    Desired { networks }
+    Desired { networks, services: None }
 }
 
 /// A network's MTU on this host: what the user set, or the underlay's less VXLAN (and

@@ -49,6 +49,11 @@ struct Flags {
     /// (networks', containers', aliases).
     #[arg(long, default_value = "/var/run/docker.sock")]
     docker_api_socket: PathBuf,
+    /// With the Docker plugin on: the address, the same on every host, where weft's DNS also
+    /// answers, on a link of weft's. Set it as dockerd's `dns` (daemon.json) so that Docker's
+    /// 127.0.0.11 forwards the names it does not know, the containers on other hosts, to weft.
+    #[arg(long, default_value = "169.254.53.53")]
+    docker_dns_address: std::net::IpAddr,
     /// Where the agent keeps what only this host knows (container namespaces, interface names).
     #[arg(long, default_value = "/var/lib/weft")]
     state_dir: PathBuf,
@@ -313,6 +318,7 @@ async fn main() -> anyhow::Result<()> {
         dns_port: flags.dns_port,
         wireguard_interface: flags.wireguard_interface.clone(),
         docker_api: flags.docker_plugin_socket.as_ref().map(|_| flags.docker_api_socket.clone()),
+        service_dns: flags.docker_plugin_socket.as_ref().map(|_| flags.docker_dns_address),
     };
     let upstreams = if flags.dns_upstream.is_empty() {
         let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();

@@ -100,6 +100,7 @@ async fn start_agent(
         dns_port: 0,
         wireguard_interface: "weftwg-test".into(),
         docker_api: None,
+        service_dns: None,
     };
     let controllers =
         Controllers::new(vec![controller.address.clone()], Duration::from_secs(3), None).unwrap();

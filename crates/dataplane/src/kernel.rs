@@ -359,6 +359,11 @@ impl Kernel {
                     .map_err(failed(format!("creating VXLAN device {name} (VNI {vni})")))?;
                 self.label(name, alias).await
             }
+            Op::CreateServiceLink { name, alias } => {
+                let message = LinkBridge::new(name).up().build();
+                links.add(message).execute().await.map_err(failed(format!("creating service link {name}")))?;
+                self.label(name, alias).await
+            }
             Op::SetLink { name, mtu, master } => {
                 let index = self.index_of(name, cache).await?;
                 let mut builder = LinkUnspec::new_with_index(index).mtu(*mtu).up();

@@ -15,5 +15,6 @@ pub use host::{Dataplane, SimulatedHost};
 pub use kernel::{Kernel, KernelError};
 pub use model::{
     Desired, Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, RemoteEndpoint,
+    ServiceLink,
 };
 pub use plan::{Op, plan};

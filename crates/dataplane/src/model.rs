@@ -77,6 +77,21 @@ pub fn endpoint_alias(endpoint_id: &str) -> String {
 pub struct Desired {
     /// Keyed by bridge name.
     pub networks: BTreeMap<String, NetworkDevices>,
+    /// Addresses of the host's own services that containers reach through their gateway (the
+    /// DNS address Docker's resolver forwards to), on a link of weft's.
+    pub services: Option<ServiceLink>,
+}
+
+/// A link holding host-local service addresses, the same on every host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLink {
+    pub name: String,
+    pub addresses: BTreeSet<IfAddr>,
+}
+
+/// The alias of the service link.
+pub fn service_alias() -> String {
+    format!("{ALIAS_PREFIX}services")
 }
 
 /// One overlay network on one host: a bridge carrying the anycast gateway, a VXLAN device on

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::model::{Desired, IfAddr, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed};
+use crate::model::{Desired, IfAddr, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, ServiceLink};
 
 /// One change to the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,12 @@ pub enum Op {
         local: IpAddr,
         mtu: u32,
         bridge: String,
+    },
+    /// A bridge with no ports, up, for addresses of the host's own services. (A bridge, not
+    /// a dummy link: every host weft runs on has bridges; not every kernel has `dummy`.)
+    CreateServiceLink {
+        name: String,
+        alias: String,
     },
     /// Repairs a link weft owns: MTU, bridge membership, and brings it up.
     SetLink {
@@ -111,6 +117,9 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
         plan_remote(net, observed, &fresh, &mut ops, &mut late);
     }
     ops.extend(late);
+    if let Some(services) = &desired.services {
+        plan_services(services, observed, &mut ops);
+    }
 
     // Whatever weft made and nobody wants any more: veths first, then VXLAN devices, then
     // bridges, so nothing is removed while something still hangs on it.
@@ -129,6 +138,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
             [n.bridge.as_str(), n.vxlan.as_str()].into_iter().chain(n.local.keys().map(String::as_str))
         })
         .chain(handed_over.iter().map(String::as_str))
+        .chain(desired.services.iter().map(|s| s.name.as_str()))
         .collect();
     let rank = |kind: &LinkKind| match kind {
         LinkKind::Bridge => 2,
@@ -200,6 +210,36 @@ fn plan_bridge<'a>(
     }
     for address in bridge.addresses.difference(&net.gateway_addresses).filter(|a| !is_automatic(a)) {
         ops.push(Op::DeleteAddress { link: net.bridge.clone(), address: *address });
+    }
+}
+
+fn plan_services(services: &ServiceLink, observed: &Observed, ops: &mut Vec<Op>) {
+    let existing = observed.links.get(&services.name);
+    match existing {
+        Some(foreign) if !foreign.is_weft() => ops.push(Op::Conflict {
+            name: foreign.name.clone(),
+            reason: "weft needs this name for the link of its DNS address".into(),
+        }),
+        Some(link) if link.kind == LinkKind::Bridge => {
+            if !link.up {
+                ops.push(Op::SetLink { name: link.name.clone(), mtu: link.mtu, master: None });
+            }
+            for address in services.addresses.difference(&link.addresses) {
+                ops.push(Op::AddAddress { link: link.name.clone(), address: *address });
+            }
+            for address in link.addresses.difference(&services.addresses).filter(|a| !is_automatic(a)) {
+                ops.push(Op::DeleteAddress { link: link.name.clone(), address: *address });
+            }
+        }
+        _ => {
+            if existing.is_some() {
+                ops.push(Op::DeleteLink { name: services.name.clone() });
+            }
+            ops.push(Op::CreateServiceLink { name: services.name.clone(), alias: crate::model::service_alias() });
+            ops.extend(
+                services.addresses.iter().map(|a| Op::AddAddress { link: services.name.clone(), address: *a }),
+            );
+        }
     }
 }
 

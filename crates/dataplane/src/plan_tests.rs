@@ -51,7 +51,7 @@ fn remote(last: u8, vtep: &str) -> RemoteEndpoint {
 }
 
 fn desired(nets: Vec<NetworkDevices>) -> Desired {
-    Desired { networks: nets.into_iter().map(|n| (n.bridge.clone(), n)).collect() }
+    Desired { networks: nets.into_iter().map(|n| (n.bridge.clone(), n)).collect(), services: None }
 }
 
 fn link(name: &str, kind: LinkKind, alias: Option<String>, master: Option<&str>, mtu: u32) -> Link {
@@ -370,4 +370,49 @@ fn a_runtime_takes_the_container_end_and_weft_keeps_the_host_end() {
         let deleted: Vec<&Op> = ops.iter().filter(|op| matches!(op, Op::DeleteLink { .. })).collect();
         assert_eq!(deleted, vec![&Op::DeleteLink { name: "weftp7".into() }], "{ops:?}");
     }
+}
+
+fn with_dns(mut desired: Desired) -> Desired {
+    desired.services = Some(crate::model::ServiceLink {
+        name: "weft-dns".into(),
+        addresses: BTreeSet::from([IfAddr { ip: ip("169.254.53.53"), prefix: 32 }]),
+    });
+    desired
+}
+
+#[test]
+fn the_service_link_is_made_kept_repaired_and_removed_with_weft() {
+    let want = with_dns(desired(vec![]));
+    let mut host = Observed::default();
+    let ops = plan(&want, &host);
+    assert_eq!(
+        ops,
+        vec![
+            Op::CreateServiceLink { name: "weft-dns".into(), alias: crate::model::service_alias() },
+            Op::AddAddress { link: "weft-dns".into(), address: IfAddr { ip: ip("169.254.53.53"), prefix: 32 } },
+        ]
+    );
+    assert!(crate::simulated::apply_all(&mut host, &ops).is_empty());
+    assert_eq!(plan(&want, &host), vec![], "a host that has it needs nothing");
+
+    // Someone took the address off and the link down: both come back, nothing else moves.
+    let link = host.links.get_mut("weft-dns").unwrap();
+    link.addresses.clear();
+    link.up = false;
+    let ops = plan(&want, &host);
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(matches!(&ops[0], Op::SetLink { name, .. } if name == "weft-dns"), "{ops:?}");
+    assert!(matches!(&ops[1], Op::AddAddress { link, .. } if link == "weft-dns"), "{ops:?}");
+    assert!(crate::simulated::apply_all(&mut host, &ops).is_empty());
+
+    // Without the Docker plugin (or at uninstall) it goes, like every link weft made.
+    assert_eq!(plan(&desired(vec![]), &host), vec![Op::DeleteLink { name: "weft-dns".into() }]);
+}
+
+#[test]
+fn a_service_link_name_taken_by_someone_else_is_left_alone() {
+    let mut host = Observed::default();
+    host.links.insert("weft-dns".into(), link("weft-dns", LinkKind::Bridge, None, None, 1500));
+    let ops = plan(&with_dns(desired(vec![])), &host);
+    assert!(matches!(ops.as_slice(), [Op::Conflict { name, .. }] if name == "weft-dns"), "{ops:?}");
 }

@@ -73,6 +73,9 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), Refusal> {
             }
             Ok(())
         }
+        Op::CreateServiceLink { name, alias } => {
+            create(observed, link(name, LinkKind::Bridge, alias.clone(), None, 1500))
+        }
         Op::SetLink { name, mtu, master } => {
             if let Some(master) = master {
                 existing(observed, master)?;

@@ -53,7 +53,7 @@ fn host_desired(vtep: &str, netns: &Netns, last: u8, other_vtep: &str, other: u8
         local: BTreeMap::from([(local.host_veth.clone(), local)]),
         remote: BTreeMap::from([(remote.mac, remote)]),
     };
-    Desired { networks: BTreeMap::from([(net.bridge.clone(), net)]) }
+    Desired { networks: BTreeMap::from([(net.bridge.clone(), net)]), services: None }
 }
 
 async fn converge(kernel: &Kernel, desired: &Desired) {

@@ -100,7 +100,7 @@ fn desired(specs: &[NetSpec]) -> Desired {
             },
         );
     }
-    Desired { networks }
+    Desired { networks, services: None }
 }
 
 /// Ways a host's kernel drifts from what weft last programmed.

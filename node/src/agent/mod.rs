@@ -58,6 +58,9 @@ pub struct Settings {
     pub wireguard_interface: String,
     /// dockerd's API socket, where the Docker plugin learns names Docker never sends it.
     pub docker_api: Option<PathBuf>,
+    /// An address of the host's own where weft's DNS answers too (on the service link):
+    /// containers reach it through their gateway, with their own address as the source.
+    pub service_dns: Option<std::net::IpAddr>,
 }
 
 struct Shared {

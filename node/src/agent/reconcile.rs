@@ -82,7 +82,8 @@ impl<D: Dataplane> Agent<D> {
         self.check_presence(&observed);
         let (want, network_rules, script, revision, peers, tunnel_address) = {
             let shared = self.shared();
-            let want = desired(&shared.mirror, host, &shared.attachments.plumbing());
+            let mut want = desired(&shared.mirror, host, &shared.attachments.plumbing());
+            want.services = self.settings.service_dns.map(service_link);
             let network_rules = rules(&shared.mirror, &want);
             let script = weft_dataplane::rules::ruleset(
                 &network_rules,
@@ -254,7 +255,9 @@ impl<D: Dataplane> Agent<D> {
         let wanted: Vec<SocketAddr> = want
             .networks
             .values()
-            .flat_map(|n| n.gateway_addresses.iter().map(|g| SocketAddr::new(g.ip, self.settings.dns_port)))
+            .flat_map(|n| n.gateway_addresses.iter().map(|g| g.ip))
+            .chain(self.settings.service_dns)
+            .map(|ip| SocketAddr::new(ip, self.settings.dns_port))
             .collect();
         let missing: Vec<SocketAddr> = {
             let mut listeners = self.dns_listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -279,6 +282,16 @@ impl<D: Dataplane> Agent<D> {
                 Err(e) => tracing::debug!(%address, error = %e, "DNS cannot listen yet; retrying next pass"),
             }
         }
+    }
+}
+
+/// The link of weft's that holds `dns`, the DNS address every container reaches through its
+/// gateway.
+fn service_link(dns: std::net::IpAddr) -> weft_dataplane::ServiceLink {
+    let prefix = if dns.is_ipv4() { 32 } else { 128 };
+    weft_dataplane::ServiceLink {
+        name: "weft-dns".into(),
+        addresses: [weft_dataplane::IfAddr { ip: dns, prefix }].into(),
     }
 }
 
