@@ -373,6 +373,10 @@ async fn main() -> anyhow::Result<()> {
             let agent = agent.clone();
             async move { agent.docker_offer_networks_forever().await }
         }),
+        tokio::spawn({
+            let agent = agent.clone();
+            async move { agent.docker_sweep_forever().await }
+        }),
     ];
     let serve = weft_node::service::serve(agent.clone(), &flags.socket);
     let docker = async {

@@ -63,160 +63,308 @@ impl Drop for Mounts {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_containers_on_two_hosts_share_a_weft_network() {
-    if !root_or_skip("docker_containers_on_two_hosts_share_a_weft_network") {
-        return;
-    }
-    if !Dockerd::installed() {
-        eprintln!(
-            "\n#### dockerd is not installed: the Docker plugin test is SKIPPED (apt-get install docker.io) ####\n"
-        );
-        return;
-    }
-    let mut lab = Lab::new(2);
-    let dir = tempfile::tempdir().unwrap();
-    let mounts_dir = dir.path().join("mnt");
-    std::fs::create_dir_all(&mounts_dir).unwrap();
-    weft_testbed::run("mount", &["--bind", mounts_dir.to_str().unwrap(), mounts_dir.to_str().unwrap()]);
-    let _mounts = Mounts(mounts_dir.clone());
-    weft_testbed::run("mount", &["--make-private", mounts_dir.to_str().unwrap()]);
-    let mut dockerds = Vec::new();
-    for i in 0..2 {
-        let mount_ns = mounts_dir.join(format!("h{}", i + 1));
-        mount_namespace(&mount_ns);
-        let docker_dir = dir.path().join(format!("docker{}", i + 1));
-        std::fs::create_dir_all(&docker_dir).unwrap();
-        lab.kill_agent(i);
-        lab.hosts[i].mount_ns = Some(mount_ns.clone());
-        let api = docker_dir.join("docker.sock");
-        lab.start_agent_with(
-            i,
-            &[
-                "--docker-plugin-socket",
-                "/run/docker/plugins/weft.sock",
-                "--docker-api-socket",
-                api.to_str().unwrap(),
-            ],
-        );
-        lab.agent(i).await;
-        let enter = [format!("--mount={}", mount_ns.display()), format!("--net={}", lab.hosts[i].ns.path())];
-        // weft does the forwarding and NAT of its networks; dockerd leaves the host alone.
-        // Names Docker's 127.0.0.11 does not know go to weft's DNS address, as the install
-        // script sets in daemon.json.
-        let dockerd = Dockerd::start(
-            &enter,
-            &docker_dir,
-            &["--iptables=false", "--ip-forward=false", "--bridge=none", "--dns", "169.254.53.53"],
-        );
-        import_busybox(&dockerd);
-        dockerds.push(dockerd);
-    }
-    let (d1, d2) = (&dockerds[0], &dockerds[1]);
+/// Namespace hosts, each with its own dockerd and its own weft-node serving the plugin.
+/// Dropped dockerds first (their containers are removed while the plugin still answers),
+/// then the hosts, then the mounts.
+struct DockerLab {
+    dockerds: Vec<Dockerd>,
+    lab: Lab,
+    _mounts: Mounts,
+    dir: tempfile::TempDir,
+}
 
-    // Created through Docker on h1: a weft network with a cluster-unique subnet.
-    d1.run(&["network", "create", "-d", "weft", "--ipam-driver", "weft", "app"]);
+impl DockerLab {
+    /// `None` (after saying so loudly) when not root or without docker.io.
+    async fn new(test: &str, hosts: usize) -> Option<DockerLab> {
+        if !root_or_skip(test) {
+            return None;
+        }
+        if !Dockerd::installed() {
+            eprintln!(
+                "\n#### dockerd is not installed: {test} is SKIPPED (apt-get install docker.io) ####\n"
+            );
+            return None;
+        }
+        let mut lab = Lab::new(hosts);
+        let dir = tempfile::tempdir().unwrap();
+        let mounts_dir = dir.path().join("mnt");
+        std::fs::create_dir_all(&mounts_dir).unwrap();
+        weft_testbed::run("mount", &["--bind", mounts_dir.to_str().unwrap(), mounts_dir.to_str().unwrap()]);
+        let mounts = Mounts(mounts_dir.clone());
+        weft_testbed::run("mount", &["--make-private", mounts_dir.to_str().unwrap()]);
+        let mut dockerds = Vec::new();
+        for i in 0..hosts {
+            let mount_ns = mounts_dir.join(format!("h{}", i + 1));
+            mount_namespace(&mount_ns);
+            let docker_dir = dir.path().join(format!("docker{}", i + 1));
+            std::fs::create_dir_all(&docker_dir).unwrap();
+            lab.kill_agent(i);
+            lab.hosts[i].mount_ns = Some(mount_ns.clone());
+            let flags = DockerLab::plugin_flags(&docker_dir);
+            lab.start_agent_with(i, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+            lab.agent(i).await;
+            let enter =
+                [format!("--mount={}", mount_ns.display()), format!("--net={}", lab.hosts[i].ns.path())];
+            // weft does the forwarding and NAT of its networks; dockerd leaves the host alone.
+            // Names Docker's 127.0.0.11 does not know go to weft's DNS address, as the install
+            // script sets in daemon.json.
+            let dockerd = Dockerd::start(
+                &enter,
+                &docker_dir,
+                &["--iptables=false", "--ip-forward=false", "--bridge=none", "--dns", "169.254.53.53"],
+            );
+            import_busybox(&dockerd);
+            dockerds.push(dockerd);
+        }
+        Some(DockerLab { dockerds, lab, _mounts: mounts, dir })
+    }
+
+    fn plugin_flags(docker_dir: &Path) -> Vec<String> {
+        let api = docker_dir.join("docker.sock");
+        vec![
+            "--docker-plugin-socket".into(),
+            "/run/docker/plugins/weft.sock".into(),
+            "--docker-api-socket".into(),
+            api.display().to_string(),
+        ]
+    }
+
+    /// `kill -9` of host `i`'s agent.
+    fn kill_agent(&mut self, i: usize) {
+        self.lab.kill_agent(i);
+    }
+
+    /// Starts host `i`'s agent again, as the plugin.
+    async fn start_agent(&mut self, i: usize) {
+        let flags = DockerLab::plugin_flags(&self.dir.path().join(format!("docker{}", i + 1)));
+        self.lab.start_agent_with(i, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+        self.lab.agent(i).await;
+    }
+
+    /// Creates the Docker network `name` through host `i`'s dockerd and waits until every
+    /// other host's dockerd has it too.
+    async fn create_network(&self, i: usize, name: &str, extra: &[&str]) {
+        let mut args = vec!["network", "create", "-d", "weft", "--ipam-driver", "weft"];
+        args.extend_from_slice(extra);
+        args.push(name);
+        self.dockerds[i].run(&args);
+        for (j, dockerd) in self.dockerds.iter().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !dockerd.try_run(&["network", "inspect", name]).status.success() {
+                assert!(Instant::now() < deadline, "h{}'s dockerd never got network {name}", j + 1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Whether the registry holds an endpoint with this IPv4 address.
+    fn registered(&self, ip: &str) -> bool {
+        self.lab.endpoints().iter().any(|e| e.ipv4_address.starts_with(&format!("{ip}/")))
+    }
+}
+
+/// Runs a busybox container detached: `docker run -d --name NAME ARGS… IMAGE sleep 1000`.
+fn start(dockerd: &Dockerd, name: &str, args: &[&str]) {
+    let mut all = vec!["run", "-d", "--name", name];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[IMAGE, "sleep", "1000"]);
+    dockerd.run(&all);
+}
+
+/// Waits until `container` (on `dockerd`) pings `target` (an address or a name).
+async fn pings(dockerd: &Dockerd, container: &str, target: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !dockerd.try_run(&["exec", container, "ping", "-c", "1", "-W", "1", target]).status.success() {
+        assert!(Instant::now() < deadline, "{container} cannot ping {target}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `name`, asked through the container's own resolver (Docker's 127.0.0.11),
+/// answers `ip`.
+async fn resolves(dockerd: &Dockerd, container: &str, name: &str, ip: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = dockerd.try_run(&["exec", container, "nslookup", name]);
+        let text = String::from_utf8_lossy(&answer.stdout).into_owned();
+        if text.contains(ip) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{container} resolves {name} not to {ip}: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the registry has, or no longer has, an endpoint at `ip`.
+async fn registration(docker: &DockerLab, ip: &str, wanted: bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    while docker.registered(ip) != wanted {
+        assert!(
+            Instant::now() < deadline,
+            "{ip} is {} registered after {within:?}",
+            if wanted { "not" } else { "still" }
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_containers_on_three_hosts_share_a_weft_network() {
+    let Some(docker) = DockerLab::new("docker_containers_on_three_hosts_share_a_weft_network", 3).await
+    else {
+        return;
+    };
+    let lab = &docker.lab;
+    let [d1, d2, d3] = [&docker.dockerds[0], &docker.dockerds[1], &docker.dockerds[2]];
+
+    // Created through Docker on h1: a weft network with a cluster-unique subnet, which every
+    // other host's agent creates in its own dockerd (so --ip works there).
+    docker.create_network(0, "app", &[]).await;
     let pool = d1.run(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", "app"]);
-    let weft_network = lab.networks(move |mut client| {
-        Box::pin(async move {
-            client.list_networks(pb::ListNetworksRequest::default()).await.unwrap().into_inner().networks
-        })
-    });
-    let weft_network =
-        weft_network.into_iter().find(|n| n.ipam_config.iter().any(|c| c.subnet == pool)).unwrap();
+    for other in [d2, d3] {
+        assert_eq!(
+            other.run(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", "app"]),
+            pool
+        );
+    }
     // Docker tells a plugin no name; the agent asks dockerd and names the weft network so.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let id = weft_network.id.clone();
     loop {
-        let id = id.clone();
-        let name = lab.networks(move |mut client| {
+        let listed = lab.networks(move |mut client| {
             Box::pin(async move {
-                let listed =
-                    client.list_networks(pb::ListNetworksRequest::default()).await.unwrap().into_inner();
-                listed.networks.into_iter().find(|n| n.id == id).map(|n| n.name).unwrap_or_default()
+                client.list_networks(pb::ListNetworksRequest::default()).await.unwrap().into_inner().networks
             })
         });
-        if name == "app" {
+        let ours = listed.iter().find(|n| n.ipam_config.iter().any(|c| c.subnet == pool)).unwrap();
+        if ours.name == "app" {
             break;
         }
-        assert!(Instant::now() < deadline, "the weft network is still named {name:?}");
+        assert!(Instant::now() < deadline, "the weft network is still named {:?}", ours.name);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // h2's agent creates it in h2's dockerd by itself, with its subnet (so --ip works there).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d2.try_run(&["network", "inspect", "app"]).status.success() {
-        assert!(Instant::now() < deadline, "h2's dockerd never got network app");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(d2.run(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", "app"]), pool);
-    // Creating it again there meets Docker's own refusal.
+    // Creating it again on another host meets Docker's own refusal.
     let again = d2.fails(&["network", "create", "-d", "weft", "--ipam-driver", "weft", "app"]);
     assert!(again.contains("already exists"), "{again}");
 
-    d1.run(&["run", "-d", "--name", "alpha", "--network", "app", IMAGE, "sleep", "1000"]);
-    d2.run(&[
-        "run",
-        "-d",
-        "--name",
-        "bravo",
-        "--network",
-        "app",
-        "--network-alias",
-        "api",
-        IMAGE,
-        "sleep",
-        "1000",
-    ]);
+    start(d1, "alpha", &["--network", "app"]);
+    start(d2, "bravo", &["--network", "app", "--network-alias", "api"]);
     let (a_ip, b_ip) = (address_in(d1, "alpha", "app"), address_in(d2, "bravo", "app"));
     assert_ne!(a_ip, b_ip);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !d1.try_run(&["exec", "alpha", "ping", "-c", "1", "-W", "1", &b_ip]).status.success() {
-        assert!(Instant::now() < deadline, "alpha (h1) cannot ping bravo (h2) at {b_ip}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(d2.try_run(&["exec", "bravo", "ping", "-c", "1", "-W", "1", &a_ip]).status.success());
+    pings(d1, "alpha", &b_ip).await;
+    pings(d2, "bravo", &a_ip).await;
     let registered = lab.endpoints();
     let on = |ip: &str| {
         registered.iter().find(|e| e.ipv4_address.starts_with(&format!("{ip}/"))).map(|e| e.node.clone())
     };
     assert_eq!((on(&a_ip).as_deref(), on(&b_ip).as_deref()), (Some("h1"), Some("h2")), "{registered:?}");
 
-    // Names and aliases reach the registry, and weft's DNS answers them on the other host.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lab
-        .endpoints()
-        .iter()
-        .any(|e| e.container_name == "bravo" && e.aliases.contains(&"api".to_string()))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "bravo's name and alias did not reach the registry: {:?}",
-            lab.endpoints()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Through Docker's own resolver, as the container is set up: 127.0.0.11 does not know
-    // a container of another host and forwards to weft, which does.
+    // Names and aliases, through Docker's own resolver as the container is set up: 127.0.0.11
+    // does not know a container of another host and forwards to weft, which does.
     assert!(d1.run(&["exec", "alpha", "cat", "/etc/resolv.conf"]).contains("127.0.0.11"));
     for name in ["bravo", "api", "bravo.app"] {
-        let answer = d1.run(&["exec", "alpha", "nslookup", name]);
-        assert!(answer.contains(&b_ip), "{name} through Docker's resolver on h1: {answer}");
+        resolves(d1, "alpha", name, &b_ip).await;
     }
-    assert!(d1.try_run(&["exec", "alpha", "ping", "-c", "1", "-W", "2", "api"]).status.success());
+    pings(d1, "alpha", "api").await;
+    // A third host, by name, both ways; a container started with an image's shell command.
+    d3.run(&["run", "--rm", "--network", "app", IMAGE, "ping", "-c", "1", "-W", "2", "bravo"]);
+    start(d3, "charlie", &["--network", "app"]);
+    pings(d3, "charlie", "alpha").await;
+    pings(d1, "alpha", "charlie").await;
+
+    // weft shows Docker's containers like any other: host and name.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.endpoints().iter().any(|e| e.container_name == "charlie" && e.node == "h3") {
+        assert!(Instant::now() < deadline, "charlie is not in the registry: {:?}", lab.endpoints());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // An address another host holds is refused, which Docker alone would not do.
     let refused =
         d2.fails(&["run", "-d", "--name", "dup", "--network", "app", "--ip", &a_ip, IMAGE, "sleep", "1"]);
     assert!(refused.contains("remote:") && refused.contains(&a_ip), "{refused}");
     let free_ip = format!("{}.200", a_ip.rsplit_once('.').unwrap().0);
-    d2.run(&["run", "-d", "--name", "charlie", "--network", "app", "--ip", &free_ip, IMAGE, "sleep", "1000"]);
-    assert!(d1.try_run(&["exec", "alpha", "ping", "-c", "1", "-W", "2", &free_ip]).status.success());
+    start(d2, "delta", &["--network", "app", "--ip", &free_ip, "--mac-address", "02:42:0a:99:00:c8"]);
+    pings(d1, "alpha", &free_ip).await;
+    let mac = d2.run(&["inspect", "-f", "{{(index .NetworkSettings.Networks \"app\").MacAddress}}", "delta"]);
+    assert_eq!(mac, "02:42:0a:99:00:c8");
+
+    // Stopped, its address is released everywhere; started again, reachable by name again.
+    d2.run(&["stop", "-t", "0", "bravo"]);
+    registration(&docker, &b_ip, false, Duration::from_secs(10)).await;
+    d2.run(&["start", "bravo"]);
+    let b_ip = address_in(d2, "bravo", "app");
+    resolves(d1, "alpha", "bravo", &b_ip).await;
+    pings(d1, "alpha", "bravo").await;
 
     // Removing a container releases its address everywhere.
     d1.run(&["rm", "-f", "alpha"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while lab.endpoints().iter().any(|e| e.ipv4_address.starts_with(&format!("{a_ip}/"))) {
-        assert!(Instant::now() < deadline, "alpha's address was not released");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    registration(&docker, &a_ip, false, Duration::from_secs(10)).await;
+}
+
+/// What Docker does not tell a plugin, and restarts of everything: the agent killed while a
+/// container is removed (Docker drops the endpoint after its retries), the agent restarted
+/// under running containers, dockerd restarted with a `--restart always` container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_containers_outlive_restarts_and_what_docker_forgets() {
+    let Some(mut docker) =
+        DockerLab::new("docker_containers_outlive_restarts_and_what_docker_forgets", 2).await
+    else {
+        return;
+    };
+    docker.create_network(0, "app", &[]).await;
+    start(&docker.dockerds[0], "alpha", &["--network", "app"]);
+    start(&docker.dockerds[1], "bravo", &["--network", "app", "--restart", "always"]);
+    start(&docker.dockerds[1], "doomed", &["--network", "app"]);
+    let (d1, d2) = (&docker.dockerds[0], &docker.dockerds[1]);
+    let a_ip = address_in(d1, "alpha", "app");
+    let doomed_ip = address_in(d2, "doomed", "app");
+    resolves(d1, "alpha", "bravo", &address_in(d2, "bravo", "app")).await;
+    pings(d1, "alpha", "bravo").await;
+
+    // h2's agent restarted under running containers: not one ping lost meanwhile.
+    let b_ip = address_in(d2, "bravo", "app");
+    let ping = d1.spawn(&["exec", "alpha", "ping", "-c", "60", "-i", "0.1", "-W", "1", &b_ip]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    docker.kill_agent(1);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    docker.start_agent(1).await;
+    let out = tokio::task::spawn_blocking(move || ping.wait_with_output().unwrap()).await.unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(summary.contains(" 0% packet loss"), "pings lost across the agent's restart: {summary}");
+    let (d1, d2) = (&docker.dockerds[0], &docker.dockerds[1]);
+    resolves(d1, "alpha", "bravo", &b_ip).await;
+
+    // The agent down while a container is removed: Docker retries its calls, then drops the
+    // endpoint without the plugin. Once back, the agent finds Docker no longer has it and
+    // releases the address (and its interface).
+    docker.kill_agent(1);
+    let d2 = &docker.dockerds[1];
+    let _ = d2.try_run(&["rm", "-f", "doomed"]);
+    assert!(!d2.try_run(&["inspect", "doomed"]).status.success(), "doomed is still there");
+    assert!(docker.registered(&doomed_ip), "the registry lost {doomed_ip} without the plugin");
+    docker.start_agent(1).await;
+    registration(&docker, &doomed_ip, false, Duration::from_secs(60)).await;
+    let (d1, d2) = (&docker.dockerds[0], &docker.dockerds[1]);
+    assert!(!d1.try_run(&["exec", "alpha", "ping", "-c", "1", "-W", "1", &doomed_ip]).status.success());
+    // ...and hands it out again.
+    start(d2, "reborn", &["--network", "app", "--ip", &doomed_ip]);
+    pings(d1, "alpha", &doomed_ip).await;
+
+    // dockerd restarted: it stops its containers (releasing their addresses through the
+    // plugin) and starts `--restart always` ones again, which weft connects and names again.
+    docker.dockerds[1].restart();
+    let d2 = &docker.dockerds[1];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d2.run(&["inspect", "-f", "{{.State.Running}}", "bravo"]) != "true" {
+        assert!(Instant::now() < deadline, "bravo did not come back with dockerd");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let b_ip = address_in(d2, "bravo", "app");
+    let d1 = &docker.dockerds[0];
+    resolves(d1, "alpha", "bravo", &b_ip).await;
+    pings(d1, "alpha", "bravo").await;
+    // "reborn" had no restart policy: its address went with it.
+    assert!(d2.run(&["inspect", "-f", "{{.State.Running}}", "reborn"]) == "false");
+    registration(&docker, &doomed_ip, false, Duration::from_secs(10)).await;
+    assert!(docker.registered(&a_ip));
 }

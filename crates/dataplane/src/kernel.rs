@@ -361,7 +361,11 @@ impl Kernel {
             }
             Op::CreateServiceLink { name, alias } => {
                 let message = LinkBridge::new(name).up().build();
-                links.add(message).execute().await.map_err(failed(format!("creating service link {name}")))?;
+                links
+                    .add(message)
+                    .execute()
+                    .await
+                    .map_err(failed(format!("creating service link {name}")))?;
                 self.label(name, alias).await
             }
             Op::SetLink { name, mtu, master } => {

@@ -235,9 +235,15 @@ fn plan_services(services: &ServiceLink, observed: &Observed, ops: &mut Vec<Op>)
             if existing.is_some() {
                 ops.push(Op::DeleteLink { name: services.name.clone() });
             }
-            ops.push(Op::CreateServiceLink { name: services.name.clone(), alias: crate::model::service_alias() });
+            ops.push(Op::CreateServiceLink {
+                name: services.name.clone(),
+                alias: crate::model::service_alias(),
+            });
             ops.extend(
-                services.addresses.iter().map(|a| Op::AddAddress { link: services.name.clone(), address: *a }),
+                services
+                    .addresses
+                    .iter()
+                    .map(|a| Op::AddAddress { link: services.name.clone(), address: *a }),
             );
         }
     }

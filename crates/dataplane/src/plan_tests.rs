@@ -389,7 +389,10 @@ fn the_service_link_is_made_kept_repaired_and_removed_with_weft() {
         ops,
         vec![
             Op::CreateServiceLink { name: "weft-dns".into(), alias: crate::model::service_alias() },
-            Op::AddAddress { link: "weft-dns".into(), address: IfAddr { ip: ip("169.254.53.53"), prefix: 32 } },
+            Op::AddAddress {
+                link: "weft-dns".into(),
+                address: IfAddr { ip: ip("169.254.53.53"), prefix: 32 }
+            },
         ]
     );
     assert!(crate::simulated::apply_all(&mut host, &ops).is_empty());

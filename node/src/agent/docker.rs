@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
 use tonic::Status;
 use weft_api::pb;
 use weft_api::pb::endpoint_service_client::EndpointServiceClient;
@@ -13,6 +12,9 @@ use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_dataplane::Dataplane;
 
 use crate::attachments::{Entry, NamespaceId, Record, Stage};
+use std::time::Instant;
+
+use crate::docker::bindings::{DockerBindings, DockerView, Missing, sweep};
 use crate::docker::protocol as docker;
 use crate::mirror::{EndpointView, NetworkView, endpoint_view};
 
@@ -21,38 +23,6 @@ use super::*;
 /// Where an endpoint made for Docker keeps its container id until Docker says which
 /// container it is: `docker-` and the address request's own id.
 const RESERVATION_PREFIX: &str = "docker-";
-
-/// What Docker knows by its own ids, and weft by its own, on this host: kept on disk, since
-/// dockerd does not repeat `CreateNetwork` when either restarts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DockerBindings {
-    /// Docker network id → weft network id.
-    pub networks: BTreeMap<String, String>,
-    /// Docker endpoint id → weft endpoint id.
-    pub endpoints: BTreeMap<String, String>,
-}
-
-impl DockerBindings {
-    fn path(state_dir: &std::path::Path) -> PathBuf {
-        state_dir.join("docker.json")
-    }
-
-    pub fn load(state_dir: &std::path::Path) -> DockerBindings {
-        std::fs::read(Self::path(state_dir))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
-    }
-
-    fn save(&self, state_dir: &std::path::Path) -> Result<(), Status> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(internal)?;
-        let path = Self::path(state_dir);
-        let temporary = path.with_extension("json.new");
-        std::fs::write(&temporary, bytes)
-            .and_then(|()| std::fs::rename(&temporary, &path))
-            .map_err(|e| internal(format!("saving {}: {e}", path.display())))
-    }
-}
 
 fn with_prefix(address: &Option<weft_dataplane::IfAddr>) -> String {
     address.map(|a| a.to_string()).unwrap_or_default()
@@ -66,7 +36,9 @@ impl<D: Dataplane> Agent<D> {
     fn save_bindings(&self, change: impl FnOnce(&mut DockerBindings)) -> Result<(), Status> {
         let mut bindings = self.bindings();
         change(&mut bindings);
-        bindings.save(&self.settings.state_dir)
+        bindings
+            .save(&self.settings.state_dir)
+            .map_err(|e| internal(format!("saving the Docker plugin's bindings: {e}")))
     }
 
     /// The weft network behind a Docker network id.
@@ -161,11 +133,19 @@ impl<D: Dataplane> Agent<D> {
             request_id: request_id("address", &reservation),
             ..Default::default()
         };
-        let created = self.create_endpoint(&create).await?;
+        let endpoint = self.docker_reserve(&create).await?;
+        Ok(docker::AddressAnswer { address: with_prefix(&endpoint.ipv4), data: BTreeMap::new() })
+    }
+
+    /// Creates an endpoint for Docker, remembered as the plugin's until released.
+    async fn docker_reserve(&self, create: &pb::CreateEndpointRequest) -> Result<EndpointView, Status> {
+        let created = self.create_endpoint(create).await?;
+        self.save_bindings(|b| {
+            b.made.insert(created.id.clone());
+        })?;
         let endpoint = endpoint_view(&created).map_err(internal)?;
-        let address = with_prefix(&endpoint.ipv4);
-        self.shared().mirror.insert_endpoint(endpoint);
-        Ok(docker::AddressAnswer { address, data: BTreeMap::new() })
+        self.shared().mirror.insert_endpoint(endpoint.clone());
+        Ok(endpoint)
     }
 
     /// This host's endpoint on `network` with the IPv4 address `address` ("10.1.0.5", with or
@@ -188,7 +168,10 @@ impl<D: Dataplane> Agent<D> {
         let Some(endpoint) = self.endpoint_at(&request.pool_id, &request.address) else { return Ok(()) };
         self.release_endpoint(endpoint.id.clone()).await?;
         self.shared().mirror.endpoints.remove(&endpoint.id);
-        self.save_bindings(|b| b.endpoints.retain(|_, weft| *weft != endpoint.id))
+        self.save_bindings(|b| {
+            b.endpoints.retain(|_, weft| *weft != endpoint.id);
+            b.made.remove(&endpoint.id);
+        })
     }
 
     /// `IpamDriver.ReleasePool`: a provisional network Docker gave up on (its create failed
@@ -249,23 +232,59 @@ impl<D: Dataplane> Agent<D> {
     }
 
     /// `NetworkDriver.CreateEndpoint`: Docker's endpoint id for the weft endpoint its address
-    /// request made.
+    /// request made. The MAC is weft's unless the user gave one (`--mac-address`), which
+    /// Docker sends only now: the endpoint is then made again with it, on the same address.
     pub async fn docker_create_endpoint(
         &self,
         request: docker::CreateEndpoint,
     ) -> Result<docker::CreateEndpointAnswer, Status> {
         let network = self.docker_network(&request.network_id)?;
-        let address = request.interface.as_ref().map(|i| i.address.clone()).unwrap_or_default();
-        let endpoint = self.endpoint_at(&network.id, &address).ok_or_else(|| {
+        let interface = request.interface.clone().unwrap_or_default();
+        let mut endpoint = self.endpoint_at(&network.id, &interface.address).ok_or_else(|| {
             Status::failed_precondition(format!(
-                "no address {address:?} was handed out on network {:?} here; use weft as the network's IPAM driver too (--ipam-driver weft)",
-                network.name
+                "no address {:?} was handed out on network {:?} here; use weft as the network's IPAM driver too (--ipam-driver weft)",
+                interface.address, network.name
             ))
         })?;
+        let wanted_mac = interface.mac_address.to_ascii_lowercase();
+        if !wanted_mac.is_empty() && wanted_mac != endpoint.mac.to_string() {
+            endpoint = self.docker_readdress(&network, &endpoint, &wanted_mac).await?;
+        }
         self.save_bindings(|b| {
             b.endpoints.insert(request.endpoint_id.clone(), endpoint.id.clone());
         })?;
-        Ok(docker::CreateEndpointAnswer::default())
+        let interface = wanted_mac.is_empty().then(|| docker::Interface {
+            mac_address: endpoint.mac.to_string(),
+            ..docker::Interface::default()
+        });
+        Ok(docker::CreateEndpointAnswer { interface })
+    }
+
+    /// The endpoint made again on the same address with the MAC `mac` (before any container
+    /// uses it). Another host asking for this very address in between gets it instead, and
+    /// this container a clear refusal.
+    async fn docker_readdress(
+        &self,
+        network: &NetworkView,
+        endpoint: &EndpointView,
+        mac: &str,
+    ) -> Result<EndpointView, Status> {
+        self.release_endpoint(endpoint.id.clone()).await?;
+        self.shared().mirror.endpoints.remove(&endpoint.id);
+        self.save_bindings(|b| {
+            b.made.remove(&endpoint.id);
+        })?;
+        let create = pb::CreateEndpointRequest {
+            network: network.id.clone(),
+            node: self.settings.host.name.clone(),
+            container_id: endpoint.container_id.clone(),
+            container_name: endpoint.container_id.clone(),
+            ipv4_address: endpoint.ipv4.map(|a| a.ip.to_string()).unwrap_or_default(),
+            mac_address: mac.to_string(),
+            request_id: request_id("mac", &endpoint.id),
+            ..Default::default()
+        };
+        self.docker_reserve(&create).await
     }
 
     /// `NetworkDriver.DeleteEndpoint`: the address goes with `ReleaseAddress`, which follows.
@@ -522,6 +541,91 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 }
+
+impl<D: Dataplane> Agent<D> {
+    /// Settles, every resync, what Docker dropped without telling the plugin (a container
+    /// removed while the agent was down, an address handed out to a dockerd that died before
+    /// using it): Docker's own view of each bound network is the truth, and what has been
+    /// missing from it for [`DOCKER_SWEEP_GRACE`] is released. Runs for the life of the agent
+    /// when the plugin is on; while dockerd does not answer, nothing is judged.
+    pub async fn docker_sweep_forever(&self) {
+        let Some(api) = self.docker_api() else { return };
+        let grace = DOCKER_SWEEP_GRACE.max(self.settings.resync * 2);
+        let mut missing = Missing::default();
+        loop {
+            tokio::time::sleep(self.settings.resync).await;
+            if !self.shared().mirror.synced {
+                continue;
+            }
+            let networks: Vec<String> = self.bindings().networks.keys().cloned().collect();
+            let mut view = DockerView::default();
+            let mut answered = true;
+            for network in networks {
+                match api.network(&network).await {
+                    Ok(info) => {
+                        view.endpoints.extend(info.containers.into_values().map(|c| c.endpoint_id));
+                        view.networks.insert(network);
+                    }
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "dockerd does not answer; nothing swept");
+                        answered = false;
+                        break;
+                    }
+                }
+            }
+            if !answered {
+                continue;
+            }
+            let forgotten = sweep(&self.bindings(), &view, &mut missing, Instant::now(), grace);
+            for endpoint in forgotten.endpoints {
+                match self.docker_forget_endpoint(&endpoint).await {
+                    Ok(()) => {
+                        tracing::info!(endpoint = %short(&endpoint), "released: Docker no longer has it")
+                    }
+                    Err(status) => {
+                        tracing::warn!(endpoint = %short(&endpoint), %status, "cannot release it yet")
+                    }
+                }
+            }
+            if !forgotten.networks.is_empty() {
+                let saved = self.save_bindings(|b| b.networks.retain(|d, _| !forgotten.networks.contains(d)));
+                if let Err(status) = saved {
+                    tracing::warn!(%status, "cannot forget Docker networks dockerd no longer has");
+                }
+            }
+        }
+    }
+
+    /// Takes down the interface of a weft endpoint made for Docker and releases it.
+    async fn docker_forget_endpoint(&self, endpoint: &str) -> Result<(), Status> {
+        let record = self
+            .shared()
+            .attachments
+            .entries
+            .values()
+            .find(|e| e.record.endpoint_id.as_deref() == Some(endpoint))
+            .map(|e| e.record.clone());
+        if let Some(record) = &record {
+            self.drop_record(record);
+        }
+        self.release_endpoint(endpoint.to_string()).await?;
+        self.shared().mirror.endpoints.remove(endpoint);
+        self.save_bindings(|b| {
+            b.endpoints.retain(|_, weft| weft != endpoint);
+            b.made.remove(endpoint);
+        })?;
+        if record.is_some() {
+            let _ = self.reconcile().await;
+        }
+        Ok(())
+    }
+}
+
+/// How long something must have been missing from Docker's view before the plugin takes it
+/// for dropped: longer than Docker takes from handing out an address to listing the
+/// container that joined with it, including its 15 s of retries of a slow plugin.
+const DOCKER_SWEEP_GRACE: Duration = Duration::from_secs(20);
 
 /// How long the agent waits for dockerd to show what it just told the plugin about.
 const DOCKER_PATIENCE: Duration = Duration::from_secs(10);

@@ -90,7 +90,7 @@ pub struct Agent<D: Dataplane = Kernel> {
     /// keeps what the pass loaded into the host's rules.
     reconciling: tokio::sync::Mutex<LoadedRules>,
     /// Docker's ids for weft's networks and endpoints on this host (the Docker plugin).
-    docker: Mutex<docker::DockerBindings>,
+    docker: Mutex<crate::docker::bindings::DockerBindings>,
     /// Host ports attaches in flight have chosen but the mirror does not show yet: two
     /// attaches at once never pick the same random port.
     choosing_ports: Arc<Mutex<Vec<weft_core::PublishedPort>>>,
@@ -144,7 +144,8 @@ impl<D: Dataplane> Agent<D> {
         }
         remove_orphaned_resolv_confs(&settings.state_dir, &attachments);
         let (applied, _) = watch::channel(0);
-        let docker = docker::DockerBindings::load(&settings.state_dir);
+        // Started without them, the plugin would forget every Docker network on this host.
+        let docker = crate::docker::bindings::DockerBindings::load(&settings.state_dir)?;
         Ok(Agent {
             settings,
             controllers,

@@ -68,6 +68,13 @@ pub enum ApiError {
     Unreadable(#[from] serde_json::Error),
 }
 
+impl ApiError {
+    /// dockerd has no such thing (404).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ApiError::Status { status, .. } if status.split_whitespace().nth(1) == Some("404"))
+    }
+}
+
 impl DockerApi {
     pub fn new(socket: PathBuf) -> DockerApi {
         DockerApi { socket }
@@ -110,7 +117,7 @@ impl DockerApi {
     pub async fn has_network(&self, name: &str) -> Result<bool, ApiError> {
         match self.network(name).await {
             Ok(_) => Ok(true),
-            Err(ApiError::Status { status, .. }) if status.contains(" 404") => Ok(false),
+            Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }
     }

@@ -5,8 +5,11 @@
 //! - [`protocol`]: the remote driver and IPAM messages (pure, serde);
 //! - [`server`]: the plugin socket dockerd calls;
 //! - [`api`]: what the agent asks dockerd's own API (names it never sends a plugin);
+//! - [`bindings`]: Docker's ids against weft's, on disk, and the sweep that settles what
+//!   Docker dropped without a call (pure);
 //! - what each call does lives with the agent (`crate::agent`'s Docker part).
 
 pub mod api;
+pub mod bindings;
 pub mod protocol;
 pub mod server;

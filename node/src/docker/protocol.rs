@@ -50,6 +50,7 @@ pub struct RequestPool {
     /// `--ip-range`.
     pub sub_pool: String,
     /// `--ipam-opt`.
+    #[serde(deserialize_with = "null_is_empty")]
     pub options: BTreeMap<String, String>,
     #[serde(rename = "V6")]
     pub v6: bool,
@@ -83,6 +84,7 @@ pub struct RequestAddress {
     pub pool_id: String,
     /// `--ip`, or empty for the next free address.
     pub address: String,
+    #[serde(deserialize_with = "null_is_empty")]
     pub options: BTreeMap<String, String>,
 }
 
@@ -124,6 +126,7 @@ pub struct CreateNetwork {
     #[serde(rename = "NetworkID")]
     pub network_id: String,
     /// `com.docker.network.generic` holds the `-o` map; booleans sit beside it.
+    #[serde(deserialize_with = "null_is_empty")]
     pub options: BTreeMap<String, serde_json::Value>,
     #[serde(rename = "IPv4Data")]
     pub ipv4_data: Vec<IpamData>,
@@ -175,6 +178,7 @@ pub struct CreateEndpoint {
     #[serde(rename = "EndpointID")]
     pub endpoint_id: String,
     pub interface: Option<Interface>,
+    #[serde(deserialize_with = "null_is_empty")]
     pub options: BTreeMap<String, serde_json::Value>,
 }
 
@@ -203,6 +207,7 @@ pub struct Join {
     pub endpoint_id: String,
     /// The container's network namespace, e.g. `/var/run/docker/netns/5d3c1a7e9f02`.
     pub sandbox_key: String,
+    #[serde(deserialize_with = "null_is_empty")]
     pub options: BTreeMap<String, serde_json::Value>,
 }
 
@@ -250,6 +255,7 @@ pub struct ExternalConnectivity {
     pub network_id: String,
     #[serde(rename = "EndpointID")]
     pub endpoint_id: String,
+    #[serde(deserialize_with = "null_is_empty")]
     pub options: BTreeMap<String, serde_json::Value>,
 }
 
@@ -278,6 +284,16 @@ pub struct IpamRefusal {
     pub error: String,
 }
 
+/// Docker sends `null` for a map it has nothing in (`"Options":null` in `RequestAddress`
+/// when the IPAM asks for no MAC).
+fn null_is_empty<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +309,10 @@ mod tests {
         )
         .unwrap();
         assert!(gateway.is_gateway());
+        // A container's address, when the IPAM asks for no MAC: Docker sends no options at all.
+        let address: RequestAddress =
+            serde_json::from_str(r#"{"PoolID":"p1","Address":"","Options":null}"#).unwrap();
+        assert!(!address.is_gateway() && address.options.is_empty());
         let network: CreateNetwork = serde_json::from_str(
             r#"{"NetworkID":"caa0","Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":{"encrypted":"true"},"com.docker.network.internal":true},"IPv4Data":[{"AddressSpace":"l","Gateway":"10.99.0.1/24","Pool":"10.99.0.0/24"}],"IPv6Data":[]}"#,
         )

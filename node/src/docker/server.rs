@@ -110,7 +110,11 @@ async fn answer<D: Dataplane>(
             json(StatusCode::OK, &docker::DriverCapabilities { scope: "local", connectivity_scope: "global" })
         }
         "/IpamDriver.GetCapabilities" => {
-            json(StatusCode::OK, &docker::IpamCapabilities { requires_mac_address: true })
+            // Not asked for: Docker would then make up a random MAC for every start of a
+            // container, and a neighbour's ARP cache would keep the old one for the address
+            // weft hands out again. weft's own (02:42 + the IPv4 octets, as Docker's bridge
+            // makes) is given in CreateEndpoint instead.
+            json(StatusCode::OK, &docker::IpamCapabilities { requires_mac_address: false })
         }
         "/IpamDriver.GetDefaultAddressSpaces" => json(
             StatusCode::OK,

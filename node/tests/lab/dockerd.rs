@@ -11,6 +11,14 @@ pub struct Dockerd {
     pub socket: String,
     pub dir: PathBuf,
     daemon: Option<Child>,
+    enter: Vec<String>,
+    flags: Vec<String>,
+}
+
+/// The docker CLI of the docker.io package, which speaks dockerd's own API version (a newer
+/// CLI elsewhere on the PATH refuses some flags against dockerd 20.10's API 1.41).
+fn cli() -> &'static str {
+    if Path::new("/usr/bin/docker").exists() { "/usr/bin/docker" } else { "docker" }
 }
 
 impl Dockerd {
@@ -22,28 +30,60 @@ impl Dockerd {
     /// Starts dockerd entered into namespaces by `nsenter` arguments (`--net=…`, `--mount=…`),
     /// keeping everything under `dir`; waits until it answers.
     pub fn start(enter: &[String], dir: &Path, flags: &[&str]) -> Dockerd {
-        let socket = format!("unix://{}/docker.sock", dir.display());
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let mut dockerd = Dockerd {
+            socket: format!("unix://{}/docker.sock", dir.display()),
+            dir: dir.to_path_buf(),
+            daemon: None,
+            enter: enter.to_vec(),
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        };
+        dockerd.launch();
+        dockerd
+    }
+
+    fn launch(&mut self) {
+        let dir = &self.dir;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join("dockerd.log")).unwrap();
         let daemon = Command::new("nsenter")
-            .args(enter)
+            .args(&self.enter)
             .arg("dockerd")
             .arg(format!("--data-root={}/data", dir.display()))
             .arg(format!("--exec-root={}/exec", dir.display()))
             .arg(format!("--pidfile={}/docker.pid", dir.display()))
-            .arg(format!("--host={socket}"))
-            .args(flags)
+            .arg(format!("--host={}", self.socket))
+            .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let dockerd = Dockerd { socket, dir: dir.to_path_buf(), daemon: Some(daemon) };
+        self.daemon = Some(daemon);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !dockerd.try_run(&["version"]).status.success() {
-            assert!(Instant::now() < deadline, "dockerd did not come up: {}", dockerd.log());
+        while !self.try_run(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "dockerd did not come up: {}", self.log());
             std::thread::sleep(Duration::from_millis(200));
         }
-        dockerd
+    }
+
+    /// Stops dockerd as its service manager would (TERM: it stops its containers) and starts
+    /// it again with the same flags.
+    #[allow(dead_code)] // the Docker tests use it, the benchmark does not
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
     }
 
     pub fn log(&self) -> String {
@@ -51,7 +91,13 @@ impl Dockerd {
     }
 
     pub fn try_run(&self, args: &[&str]) -> Output {
-        Command::new("docker").arg("-H").arg(&self.socket).args(args).output().unwrap()
+        Command::new(cli()).arg("-H").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    /// A docker command left running, its output piped.
+    #[allow(dead_code)] // the Docker tests use it, the benchmark does not
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Command::new(cli()).arg("-H").arg(&self.socket).args(args).stdout(Stdio::piped()).spawn().unwrap()
     }
 
     pub fn run(&self, args: &[&str]) -> String {
@@ -81,14 +127,6 @@ impl Drop for Dockerd {
         for id in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
             let _ = self.try_run(&["rm", "-f", id]);
         }
-        if let Some(mut daemon) = self.daemon.take() {
-            let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-        }
+        self.stop();
     }
 }
