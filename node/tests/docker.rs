@@ -331,7 +331,7 @@ async fn docker_containers_outlive_restarts_and_what_docker_forgets() {
     let out = tokio::task::spawn_blocking(move || ping.wait_with_output().unwrap()).await.unwrap();
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(summary.contains(" 0% packet loss"), "pings lost across the agent's restart: {summary}");
-    let (d1, d2) = (&docker.dockerds[0], &docker.dockerds[1]);
+    let d1 = &docker.dockerds[0];
     resolves(d1, "alpha", "bravo", &b_ip).await;
 
     // The agent down while a container is removed: Docker retries its calls, then drops the
