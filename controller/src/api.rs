@@ -193,15 +193,22 @@ impl NetworkService for Controller {
         let req = request.into_inner();
         let command =
             Command::once(&req.request_id, Command::RenameNetwork { network: req.network, name: req.name });
-        match self.propose_by(command, until).await? {
-            (revision, Done::Network(network)) => Ok(Response::new(
-                self.caught_up_to(revision)
-                    .await?
-                    .registry
-                    .with_state(|state| convert::network(&network, state.endpoint_count(&network.id))),
-            )),
-            (_, other) => Err(unexpected(&other)),
-        }
+        self.answer_network(command, until).await
+    }
+
+    async fn reshape_network(
+        &self,
+        request: Request<pb::ReshapeNetworkRequest>,
+    ) -> Result<Response<pb::Network>, Status> {
+        provisional_only(&request, self.is_provisional(&request.get_ref().network), "ReshapeNetwork")?;
+        let until = deadline(&request);
+        let req = request.into_inner();
+        let command = Command::ReshapeNetwork {
+            network: req.network,
+            internal: req.internal,
+            options: req.options.into_iter().collect(),
+        };
+        self.answer_network(Command::once(&req.request_id, command), until).await
     }
 
     async fn prune_networks(
@@ -481,6 +488,24 @@ fn member_pb(member: &MemberView) -> pb::Member {
 }
 
 impl Controller {
+    /// Proposes a command whose answer is a network, and answers it as this member shows it
+    /// once it has applied the command.
+    async fn answer_network(
+        &self,
+        command: Command,
+        until: Option<std::time::Instant>,
+    ) -> Result<Response<pb::Network>, Status> {
+        match self.propose_by(command, until).await? {
+            (revision, Done::Network(network)) => Ok(Response::new(
+                self.caught_up_to(revision)
+                    .await?
+                    .registry
+                    .with_state(|state| convert::network(&network, state.endpoint_count(&network.id))),
+            )),
+            (_, other) => Err(unexpected(&other)),
+        }
+    }
+
     /// This member, once its registry has applied `revision`. A write forwarded to the leader
     /// is answered before this member (a follower) may have applied it, and answers that
     /// look up the endpoint's network here need it: a create answered Aborted ("network

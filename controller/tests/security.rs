@@ -250,8 +250,15 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
         name: name.into(),
         ..Default::default()
     };
+    let reshape = |network: &str| pb::ReshapeNetworkRequest {
+        network: network.into(),
+        internal: true,
+        ..Default::default()
+    };
+    nets.reshape_network(reshape("docker-0a1b")).await.unwrap();
     nets.rename_network(rename("docker-0a1b", "app")).await.unwrap();
     denied(nets.rename_network(rename("app", "app2")).await, &["node:a", "RenameNetwork"]);
+    denied(nets.reshape_network(reshape("app")).await, &["node:a", "ReshapeNetwork"]);
     denied(
         nets.remove_network(pb::RemoveNetworkRequest { network: "app".into(), ..Default::default() }).await,
         &["node:a", "RemoveNetwork"],

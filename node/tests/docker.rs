@@ -368,3 +368,86 @@ async fn docker_containers_outlive_restarts_and_what_docker_forgets() {
     registration(&docker, &doomed_ip, false, Duration::from_secs(10)).await;
     assert!(docker.registered(&a_ip));
 }
+
+/// What Docker networks on weft have, through Docker: `--internal` and `-o encrypted` given
+/// to `docker network create` reach weft (and the other hosts' dockerd); networks stay
+/// apart; `docker network connect`/`disconnect`; `docker network rm` on one host while
+/// another uses the network; `weft network rm` takes it from every dockerd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_networks_keep_their_options_and_stay_apart() {
+    let Some(docker) = DockerLab::new("docker_networks_keep_their_options_and_stay_apart", 2).await else {
+        return;
+    };
+    let lab = &docker.lab;
+    let (d1, d2) = (&docker.dockerds[0], &docker.dockerds[1]);
+    docker.create_network(0, "front", &[]).await;
+    docker.create_network(0, "back", &["--internal", "-o", "encrypted"]).await;
+    let back = lab.networks(|mut client| {
+        Box::pin(async move {
+            let listed = client.list_networks(pb::ListNetworksRequest::default()).await.unwrap().into_inner();
+            listed.networks.into_iter().find(|n| n.name == "back")
+        })
+    });
+    let back = back.expect("weft has network back");
+    assert!(back.internal && back.encrypted, "{back:?}");
+    assert_eq!(d2.run(&["network", "inspect", "-f", "{{.Internal}}", "back"]), "true");
+    // Options the weft network does not have are refused where it exists already.
+    let differs = d2.fails(&[
+        "network",
+        "create",
+        "-d",
+        "weft",
+        "--ipam-driver",
+        "weft",
+        "--ipam-opt",
+        &format!("weft.network={}", back.id),
+        "back-open",
+    ]);
+    assert!(differs.contains("remote:") && differs.contains("internal"), "{differs}");
+
+    start(d1, "web", &["--network", "front"]);
+    start(d2, "api", &["--network", "front"]);
+    start(d2, "db", &["--network", "back"]);
+    let db_ip = address_in(d2, "db", "back");
+    pings(d1, "web", "api").await;
+    // Apart: front's containers do not reach back's, nor resolve them.
+    assert!(!d1.try_run(&["exec", "web", "ping", "-c", "1", "-W", "1", &db_ip]).status.success());
+    assert!(
+        !d1.try_run(&["exec", "web", "nslookup", "db"])
+            .stdout
+            .windows(db_ip.len())
+            .any(|w| w == db_ip.as_bytes())
+    );
+    // Egress from front, none from the internal back.
+    pings(d2, "api", OUTSIDE).await;
+    assert!(!d2.try_run(&["exec", "db", "ping", "-c", "1", "-W", "1", OUTSIDE]).status.success());
+
+    // Connected to back as well: web reaches db by name, across hosts, inside WireGuard.
+    d1.run(&["network", "connect", "back", "web"]);
+    resolves(d1, "web", "db", &db_ip).await;
+    pings(d1, "web", "db").await;
+    let web_back_ip = address_in(d1, "web", "back");
+    assert!(docker.registered(&web_back_ip));
+    d1.run(&["network", "disconnect", "back", "web"]);
+    registration(&docker, &web_back_ip, false, Duration::from_secs(10)).await;
+    assert!(!d1.try_run(&["exec", "web", "ping", "-c", "1", "-W", "1", &db_ip]).status.success());
+
+    // Removed from h1's dockerd while h2 uses it: only h1's Docker network goes, for good.
+    d1.run(&["network", "rm", "back"]);
+    tokio::time::sleep(Duration::from_secs(2)).await; // four resyncs: the agent does not bring it back
+    assert!(!d1.try_run(&["network", "inspect", "back"]).status.success(), "h1's agent made back again");
+    assert!(d2.run(&["network", "inspect", "-f", "{{.Name}}", "back"]) == "back");
+    d2.run(&["run", "--rm", "--network", "back", IMAGE, "ping", "-c", "1", "-W", "2", &db_ip]);
+
+    // Removed from weft (front, once empty): gone from every dockerd.
+    d1.run(&["rm", "-f", "web"]);
+    d2.run(&["rm", "-f", "api"]);
+    lab.remove_network("front");
+    for dockerd in [d1, d2] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dockerd.try_run(&["network", "inspect", "front"]).status.success() {
+            assert!(Instant::now() < deadline, "Docker still has front after weft network rm");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

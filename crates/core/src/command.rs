@@ -88,6 +88,14 @@ pub enum Command {
         container_name: String,
         aliases: Vec<String>,
     },
+    /// Gives an empty network other options and another `internal`: a runtime that tells a
+    /// network's options only after asking for its addresses (Docker's `-o encrypted`,
+    /// `--internal`) creates it with none first. Subnets, VNI, name and labels stay.
+    ReshapeNetwork {
+        network: String,
+        internal: bool,
+        options: BTreeMap<String, String>,
+    },
 }
 
 impl Command {

@@ -468,6 +468,9 @@ impl State {
             Command::CreateEndpoint(request) => self.create_endpoint(request, &[], at),
             Command::CreateEndpointPublishing { request, ports } => self.create_endpoint(request, ports, at),
             Command::RenameNetwork { network, name } => self.rename_network(network, name),
+            Command::ReshapeNetwork { network, internal, options } => {
+                self.reshape_network(network, *internal, options)
+            }
             Command::UpdateEndpoint { endpoint, container_id, container_name, aliases } => {
                 self.update_endpoint(endpoint, container_id.as_deref(), container_name, aliases)
             }
@@ -859,6 +862,51 @@ impl State {
         let network = entry.network.clone();
         self.network_names.remove(&old.to_ascii_lowercase());
         self.network_names.insert(lower, id);
+        self.changed_once(Response::Network(network.clone()), EventKind::NetworkUpdated(network))
+    }
+
+    fn reshape_network(
+        &mut self,
+        key: &str,
+        internal: bool,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Applied> {
+        let id = self.resolve_network_id(key)?;
+        let entry = &self.networks[&id];
+        let network = &entry.network;
+        if network.internal == internal && network.options == *options {
+            return self.unchanged(Response::Network(network.clone()));
+        }
+        let settings =
+            NetworkSettings::parse(options, self.config.encrypt_by_default, network.ipv6.is_some())
+                .map_err(|e| e.about_field("options"))?;
+        if !entry.endpoints.is_empty() {
+            return Err(Error::conflict(
+                "NETWORK_IN_USE",
+                &network.name,
+                format!(
+                    "network {:?} has {} endpoint(s): its options can change only while empty",
+                    network.name,
+                    entry.endpoints.len()
+                ),
+            ));
+        }
+        if let Some(bridge) = &settings.bridge_name
+            && let Some(other) =
+                self.networks().find(|n| n.id != id && n.settings.bridge_name.as_ref() == Some(bridge))
+        {
+            return Err(Error::already_exists(
+                "bridge",
+                bridge,
+                format!("bridge name {bridge:?} is already used by network {:?}", other.name),
+            ));
+        }
+        self.revision += 1;
+        let entry = self.networks.get_mut(&id).unwrap_or_else(|| unreachable!("resolved network"));
+        entry.network.internal = internal;
+        entry.network.options = options.clone();
+        entry.network.settings = settings;
+        let network = entry.network.clone();
         self.changed_once(Response::Network(network.clone()), EventKind::NetworkUpdated(network))
     }
 
@@ -1563,9 +1611,13 @@ impl State {
         rebuilt.revision = self.revision;
         rebuilt.id_seed = self.id_seed;
         let mut seen_vnis = BTreeSet::new();
+        let mut seen_bridges = BTreeSet::new();
         for entry in self.networks.values() {
             if !seen_vnis.insert(entry.network.vni) {
                 return Err(broken(format!("VNI {} held twice", entry.network.vni)));
+            }
+            if !seen_bridges.insert(entry.network.bridge_name()) {
+                return Err(broken(format!("bridge name {} held twice", entry.network.bridge_name())));
             }
             rebuilt.insert_network(entry.network.clone()).map_err(|e| broken(e.to_string()))?;
         }

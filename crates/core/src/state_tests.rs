@@ -1045,6 +1045,36 @@ fn published_ports_survive_snapshots_and_version_6_snapshots_still_restore() {
 // === renames and endpoint updates (runtimes that learn names late) ===
 
 #[test]
+fn an_empty_network_takes_new_options_and_only_while_empty() {
+    let mut s = cluster();
+    let created = create(&mut s, network("docker-77aa"));
+    let encrypted = BTreeMap::from([("encrypted".to_string(), String::new())]);
+    let reshape = |internal: bool, options: &BTreeMap<String, String>| Command::ReshapeNetwork {
+        network: "docker-77aa".into(),
+        internal,
+        options: options.clone(),
+    };
+    let applied = apply(&mut s, reshape(true, &encrypted)).unwrap();
+    let Response::Network(reshaped) = &applied.response else { panic!("{applied:?}") };
+    assert_eq!((reshaped.id, reshaped.vni, &reshaped.ipv4), (created.id, created.vni, &created.ipv4));
+    assert!(reshaped.internal && reshaped.settings.encrypted);
+    assert!(matches!(&applied.events[..], [Event { kind: EventKind::NetworkUpdated(n), .. }] if n.internal));
+    // The same again changes nothing; options a network cannot have are refused.
+    assert!(apply(&mut s, reshape(true, &encrypted)).unwrap().events.is_empty());
+    let bad = BTreeMap::from([("com.docker.network.driver.mtu".to_string(), "12".to_string())]);
+    assert_eq!(refused(&mut s, reshape(true, &bad)).kind(), ErrorKind::Invalid);
+    let bridge = BTreeMap::from([("com.docker.network.bridge.name".to_string(), "br-taken".to_string())]);
+    create(&mut s, NetworkRequest { options: bridge.clone(), ..network("other") });
+    assert_eq!(refused(&mut s, reshape(true, &bridge)).kind(), ErrorKind::AlreadyExists);
+    attach(&mut s, endpoint("docker-77aa", "h1", "c1"));
+    let err = refused(&mut s, reshape(false, &BTreeMap::new()));
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.message().contains("only while empty"), "{err}");
+    s.check_invariants().unwrap();
+    assert_eq!(State::restore(&s.snapshot()).unwrap(), s);
+}
+
+#[test]
 fn an_empty_network_takes_a_new_name_and_only_while_empty() {
     let mut s = cluster();
     let provisional = create(&mut s, network("docker-1f2e"));

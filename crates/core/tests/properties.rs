@@ -50,6 +50,12 @@ enum Op {
         from: u8,
         to: u8,
     },
+    /// Options from a small set: none, encrypted, or a bridge name two networks may want.
+    Reshape {
+        index: u8,
+        internal: bool,
+        options: u8,
+    },
     Update {
         network: u8,
         container: u8,
@@ -86,6 +92,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (network(), 0..3u8, 0..16u8, prop::option::weighted(0.2, 0..20u8), prop::option::weighted(0.3, 8080..8084u16))
             .prop_map(|(network, node, container, static_last_octet, host_port)| Op::Attach { network, node, container, static_last_octet, host_port }),
         1 => (0..4u8, 0..5u8).prop_map(|(from, to)| Op::Rename { from, to }),
+        1 => (0..4u8, any::<bool>(), 0..3u8).prop_map(|(index, internal, options)| Op::Reshape { index, internal, options }),
         1 => (network(), 0..16u8, 0..16u8).prop_map(|(network, container, to)| Op::Update { network, container, to }),
         4 => (network(), 0..16u8).prop_map(|(network, container)| Op::Detach { network, container }),
         2 => (0..3u8, 0..4u8).prop_map(|(node, underlay)| Op::Register { node, underlay }),
@@ -148,6 +155,17 @@ fn command(op: &Op) -> Command {
         Op::Rename { from, to } => {
             Command::RenameNetwork { network: format!("n{from}"), name: format!("n{to}") }
         }
+        Op::Reshape { index, internal, options } => Command::ReshapeNetwork {
+            network: format!("n{index}"),
+            internal: *internal,
+            options: match options {
+                0 => BTreeMap::new(),
+                1 => BTreeMap::from([("encrypted".to_string(), String::new())]),
+                _ => {
+                    BTreeMap::from([("com.docker.network.bridge.name".to_string(), "br-shared".to_string())])
+                }
+            },
+        },
         Op::Update { network, container, to } => Command::UpdateEndpoint {
             endpoint: EndpointRef::Container {
                 network: format!("n{network}"),

@@ -28,6 +28,7 @@ const NODE_METHODS: &[&str] = &[
     // The Docker plugin's provisional networks only; the API checks the label.
     "/weft.v1.NetworkService/CreateNetwork",
     "/weft.v1.NetworkService/RenameNetwork",
+    "/weft.v1.NetworkService/ReshapeNetwork",
     "/weft.v1.NetworkService/RemoveNetwork",
     "/weft.v1.JoinService/Renew",
 ];

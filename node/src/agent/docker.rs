@@ -203,7 +203,8 @@ impl<D: Dataplane> Agent<D> {
     }
 
     /// `NetworkDriver.CreateNetwork`: binds Docker's network id to the weft network whose
-    /// subnet Docker's IPAM data names.
+    /// subnet Docker's IPAM data names. Docker sends the options (`-o`, `--internal`) only
+    /// now: a provisional network takes them; a network that exists already must have them.
     pub async fn docker_create_network(&self, request: docker::CreateNetwork) -> Result<(), Status> {
         let pool = request.ipv4_data.first().map(|d| d.pool.clone()).unwrap_or_default();
         let network = self
@@ -218,16 +219,72 @@ impl<D: Dataplane> Agent<D> {
                     "no weft network has subnet {pool}: create Docker networks on weft with --ipam-driver weft"
                 ))
             })?;
+        let (internal, options) = (request.internal(), request.driver_options());
+        if network.name.starts_with(RESERVATION_PREFIX) {
+            if internal != network.internal || !options.is_empty() {
+                self.docker_reshape(&network, internal, options).await?;
+            }
+        } else if internal != network.internal || (options.contains_key("encrypted") && !network.encrypted) {
+            let shape = |internal: bool, encrypted: bool| {
+                format!(
+                    "{}{}",
+                    if internal { "internal" } else { "not internal" },
+                    if encrypted { ", encrypted" } else { "" }
+                )
+            };
+            return Err(Status::failed_precondition(format!(
+                "weft network {:?} is {}; this Docker network asks for {}: create it with the same --internal and -o encrypted as the network has",
+                network.name,
+                shape(network.internal, network.encrypted),
+                shape(internal, options.contains_key("encrypted") || network.encrypted),
+            )));
+        }
         self.save_bindings(|b| {
             b.networks.insert(request.network_id.clone(), network.id.clone());
+            b.withdrawn.remove(&network.id);
         })
+    }
+
+    /// Gives a provisional network the options Docker asked for.
+    async fn docker_reshape(
+        &self,
+        network: &NetworkView,
+        internal: bool,
+        options: BTreeMap<String, String>,
+    ) -> Result<(), Status> {
+        let reshape = pb::ReshapeNetworkRequest {
+            network: network.id.clone(),
+            internal,
+            options: options.into_iter().collect(),
+            request_id: request_id("reshape", &network.id),
+        };
+        let reshaped = self
+            .controllers
+            .send(&reshape, |c, r| async move { NetworkServiceClient::new(c).reshape_network(r).await })
+            .await?;
+        // Join soon needs the network as it is now (an encrypted one's devices differ).
+        let deadline = tokio::time::Instant::now() + DOCKER_PATIENCE;
+        let arrived = |n: &NetworkView| n.internal == reshaped.internal && n.encrypted == reshaped.encrypted;
+        while !self.shared().mirror.networks.get(&network.id).is_some_and(arrived) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "network {:?} took Docker's options but they have not reached this host yet; retry",
+                    network.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(network = %short(&network.id), internal, encrypted = reshaped.encrypted, "took Docker's options");
+        Ok(())
     }
 
     /// `NetworkDriver.DeleteNetwork`: only this host's Docker object goes; the weft network
     /// stays for the other hosts (`weft network rm` removes it).
     pub async fn docker_delete_network(&self, request: docker::NetworkRef) -> Result<(), Status> {
         self.save_bindings(|b| {
-            b.networks.remove(&request.network_id);
+            if let Some(weft) = b.networks.remove(&request.network_id) {
+                b.withdrawn.insert(weft);
+            }
         })
     }
 
@@ -426,34 +483,57 @@ impl<D: Dataplane> Agent<D> {
     }
 
     /// Every weft network appears in this host's dockerd under its name, so a network created
-    /// on one host (through Docker or weft) is usable by `docker run` on all. Networks still
-    /// under a provisional name wait for it; a Docker network of that name already there is
-    /// left alone. Runs for the life of the agent when the plugin is on.
+    /// on one host (through Docker or weft) is usable by `docker run` on all; one removed from
+    /// weft (`weft network rm`) goes from dockerd too. Networks still under a provisional name
+    /// wait for it; a Docker network of that name already there is left alone, and so is a
+    /// network the user removed from this host's dockerd. Runs for the life of the agent when
+    /// the plugin is on.
     pub async fn docker_offer_networks_forever(&self) {
         let Some(api) = self.docker_api() else { return };
         loop {
-            let networks: Vec<NetworkView> = {
+            let (networks, orphans): (Vec<NetworkView>, Vec<String>) = {
                 let shared = self.shared();
                 if !shared.mirror.synced {
-                    Vec::new()
+                    (Vec::new(), Vec::new())
                 } else {
-                    let bound: Vec<String> = self.bindings().networks.values().cloned().collect();
-                    shared
+                    let bindings = self.bindings();
+                    let offered = shared
                         .mirror
                         .networks
                         .values()
-                        .filter(|n| !n.name.starts_with(RESERVATION_PREFIX) && !bound.contains(&n.id))
+                        .filter(|n| !n.name.starts_with(RESERVATION_PREFIX))
+                        .filter(|n| !bindings.networks.values().any(|bound| *bound == n.id))
+                        .filter(|n| !bindings.withdrawn.contains(&n.id))
                         .cloned()
-                        .collect()
+                        .collect();
+                    let orphans = bindings
+                        .networks
+                        .iter()
+                        .filter(|(_, weft)| !shared.mirror.networks.contains_key(*weft))
+                        .map(|(docker, _)| docker.clone())
+                        .collect();
+                    (offered, orphans)
                 }
             };
+            for docker_network in orphans {
+                // Docker calls DeleteNetwork, which drops the binding.
+                match api.remove_network(&docker_network).await {
+                    Ok(()) => {
+                        tracing::info!(network = %short(&docker_network), "removed from Docker: gone from weft")
+                    }
+                    Err(e) => tracing::warn!(
+                        network = %short(&docker_network), error = %e,
+                        "the weft network is gone but Docker keeps its network"
+                    ),
+                }
+            }
             for network in networks {
                 let Some(subnet) = network.gateway(false).map(|g| g.network()) else {
                     continue;
                 };
                 match api.has_network(&network.name).await {
                     Ok(true) => {}
-                    Ok(false) => match api.create_weft_network(&network.name, &network.id, &subnet).await {
+                    Ok(false) => match api.create_weft_network(&network, &subnet).await {
                         Ok(()) => tracing::info!(network = %network.name, "created in Docker"),
                         Err(e) => {
                             tracing::warn!(network = %network.name, error = %e, "cannot create it in Docker")

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+
+use crate::mirror::NetworkView;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -106,7 +108,8 @@ impl DockerApi {
         if !status.split_whitespace().nth(1).is_some_and(|code| code.starts_with('2')) {
             return Err(ApiError::Status { status, body: body.chars().take(300).collect() });
         }
-        Ok(serde_json::from_str(body)?)
+        // 204 No Content (a removal) has no body at all.
+        Ok(serde_json::from_str(if body.trim().is_empty() { "null" } else { body })?)
     }
 
     pub async fn network(&self, id: &str) -> Result<NetworkInfo, ApiError> {
@@ -122,13 +125,19 @@ impl DockerApi {
         }
     }
 
-    /// Creates the Docker network `name` on weft network `weft_id` (subnet `subnet`), as
-    /// `docker network create -d weft --ipam-driver weft --subnet S --ipam-opt weft.network=ID`.
-    pub async fn create_weft_network(&self, name: &str, weft_id: &str, subnet: &str) -> Result<(), ApiError> {
+    /// Creates the Docker network of weft network `network` (subnet `subnet`), as
+    /// `docker network create -d weft --ipam-driver weft --subnet S --ipam-opt weft.network=ID`
+    /// with `--internal` and `-o encrypted` when the network is so.
+    pub async fn create_weft_network(&self, network: &NetworkView, subnet: &str) -> Result<(), ApiError> {
+        let (name, weft_id) = (&network.name, &network.id);
+        let options: BTreeMap<&str, &str> =
+            if network.encrypted { BTreeMap::from([("encrypted", "")]) } else { BTreeMap::new() };
         let body = serde_json::json!({
             "Name": name,
             "Driver": "weft",
             "CheckDuplicate": true,
+            "Internal": network.internal,
+            "Options": options,
             "IPAM": {
                 "Driver": "weft",
                 "Config": [{ "Subnet": subnet }],
@@ -137,6 +146,15 @@ impl DockerApi {
         });
         let _: serde_json::Value = self.call("POST", "/networks/create", Some(&body)).await?;
         Ok(())
+    }
+
+    /// Removes a Docker network (`docker network rm`); one already gone is no error.
+    pub async fn remove_network(&self, id: &str) -> Result<(), ApiError> {
+        match self.call::<serde_json::Value>("DELETE", &format!("/networks/{id}"), None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// The container's aliases on the network whose endpoint is `endpoint_id` (what

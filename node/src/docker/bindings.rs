@@ -19,6 +19,9 @@ pub struct DockerBindings {
     /// Every weft endpoint this host's plugin made for Docker (`RequestAddress`), until Docker
     /// releases it or the sweep finds Docker no longer has it.
     pub made: BTreeSet<String>,
+    /// Weft networks whose Docker network was removed here (`docker network rm`): the agent
+    /// does not create them in this host's dockerd again, until one is created here by hand.
+    pub withdrawn: BTreeSet<String>,
 }
 
 /// Why the bindings file could not be read.
@@ -137,6 +140,7 @@ mod tests {
             networks: BTreeMap::from([("dnet".into(), "wnet".into())]),
             endpoints: BTreeMap::from([("dep1".into(), "wep1".into()), ("dep2".into(), "wep2".into())]),
             made: BTreeSet::from(["wep1".into(), "wep2".into(), "wep3".into()]),
+            withdrawn: BTreeSet::new(),
         }
     }
 
