@@ -272,6 +272,22 @@ impl EndpointService for Controller {
         }
     }
 
+    async fn publish_ports(
+        &self,
+        request: Request<pb::PublishPortsRequest>,
+    ) -> Result<Response<pb::Endpoint>, Status> {
+        let req = request.get_ref();
+        let endpoint = weft_core::EndpointRef::Id(req.endpoint_id.clone());
+        let ports = convert::published_ports(&req.ports).map_err(invalid)?;
+        if request.extensions().get::<Caller>().is_some_and(|c| c.role == Role::Node) {
+            let host =
+                self.registry.with_state(|state| state.find_endpoint(&endpoint).map(|e| e.node.clone()));
+            acting_for(&request, &host.map_err(invalid)?, "publish ports")?;
+        }
+        let command = Command::once(&req.request_id, Command::PublishPorts { endpoint, ports });
+        self.endpoint_written(command, deadline(&request)).await
+    }
+
     async fn update_endpoint(
         &self,
         request: Request<pb::UpdateEndpointRequest>,

@@ -24,9 +24,11 @@ fn import_busybox(dockerd: &Dockerd) {
     let root = dockerd.dir.join("rootfs");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep", "ping", "wget", "nslookup", "ip", "cat", "hostname"] {
+    for applet in ["sh", "sleep", "ping", "wget", "nslookup", "ip", "cat", "hostname", "httpd"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::write(root.join("www/index.html"), "served by weft\n").unwrap();
     dockerd.import(&root, IMAGE);
 }
 
@@ -449,5 +451,87 @@ async fn docker_networks_keep_their_options_and_stay_apart() {
             assert!(Instant::now() < deadline, "Docker still has front after weft network rm");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// `docker run -p`/`-P` on weft networks: the ports reach the container from another host and
+/// from the host itself, a host port held is refused, a stopped container's ports are free
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_publishes_ports_on_weft_networks() {
+    let Some(docker) = DockerLab::new("docker_publishes_ports_on_weft_networks", 2).await else {
+        return;
+    };
+    let lab = &docker.lab;
+    let d1 = &docker.dockerds[0];
+    docker.create_network(0, "app", &[]).await;
+    let serve = |dockerd: &Dockerd, name: &str, publish: &[&str]| {
+        let mut args = vec!["run", "-d", "--name", name, "--network", "app"];
+        args.extend_from_slice(publish);
+        args.extend_from_slice(&[IMAGE, "httpd", "-f", "-p", "80", "-h", "/www"]);
+        dockerd.run(&args);
+    };
+    let fetch = |from: usize, url: &str| {
+        // (busybox 1.35's wget crashes with -T, hence timeout(1).)
+        lab.hosts[from].ns.try_exec(&["timeout", "3", "busybox", "wget", "-q", "-O", "-", url])
+    };
+    serve(d1, "web", &["-p", "8080:80"]);
+    let h1 = "192.168.77.1";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = fetch(1, &format!("http://{h1}:8080/"));
+        if String::from_utf8_lossy(&got.stdout).contains("served by weft") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "h2 cannot reach web through h1:8080: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(String::from_utf8_lossy(&fetch(0, "http://127.0.0.1:8080/").stdout).contains("served by weft"));
+    let registered = lab.endpoints();
+    let web = registered.iter().find(|e| e.container_name == "web").unwrap();
+    assert_eq!(web.ports.iter().map(|p| p.host_port).collect::<Vec<_>>(), vec![8080]);
+
+    // The same host port on the same host is refused with the holder's name.
+    let held = d1.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "second",
+        "--network",
+        "app",
+        "-p",
+        "8080:80",
+        IMAGE,
+        "sleep",
+        "100",
+    ]);
+    assert!(held.contains("remote:") && held.contains("8080") && held.contains("web"), "{held}");
+    // -P: a random port of h1's, reachable from h2.
+    serve(d1, "any", &["-P", "--expose", "80"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let random = loop {
+        let ports = lab.endpoints().into_iter().find(|e| e.container_name == "any").map(|e| e.ports);
+        if let Some(port) = ports.and_then(|p| p.first().map(|p| p.host_port)) {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "any published nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(random, 8080);
+    assert!(
+        String::from_utf8_lossy(&fetch(1, &format!("http://{h1}:{random}/")).stdout)
+            .contains("served by weft")
+    );
+    // (`docker port` shows nothing for a remote driver: dockerd reads ports only from its
+    // built-in drivers. `weft endpoint ls` shows them.)
+
+    // Stopped, web's port is free again: another container takes it.
+    d1.run(&["stop", "-t", "0", "web"]);
+    serve(d1, "successor", &["-p", "8080:80"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !String::from_utf8_lossy(&fetch(1, &format!("http://{h1}:8080/")).stdout).contains("served by weft")
+    {
+        assert!(Instant::now() < deadline, "successor is not reachable on h1:8080");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

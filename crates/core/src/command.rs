@@ -96,6 +96,13 @@ pub enum Command {
         internal: bool,
         options: BTreeMap<String, String>,
     },
+    /// Sets the host ports an endpoint publishes (all of them; none unpublishes): a runtime
+    /// that tells them only after the container's address is made (Docker's
+    /// `ProgramExternalConnectivity`).
+    PublishPorts {
+        endpoint: EndpointRef,
+        ports: Vec<PublishedPort>,
+    },
 }
 
 impl Command {

@@ -471,6 +471,7 @@ impl State {
             Command::ReshapeNetwork { network, internal, options } => {
                 self.reshape_network(network, *internal, options)
             }
+            Command::PublishPorts { endpoint, ports } => self.publish_ports(endpoint, ports),
             Command::UpdateEndpoint { endpoint, container_id, container_name, aliases } => {
                 self.update_endpoint(endpoint, container_id.as_deref(), container_name, aliases)
             }
@@ -982,7 +983,7 @@ impl State {
                 "network {net_name:?} has no IPv6 subnet, so no IPv6 address can be requested"
             )));
         }
-        self.check_published(entry, &request.node, ports)?;
+        self.check_published(entry, &request.node, ports, None)?;
         if let Some(mac) = request.mac
             && let Some(existing) = entry.explicit_macs.get(&mac)
         {
@@ -1074,7 +1075,14 @@ impl State {
 
     /// Published ports: not on internal networks, IPv6 host addresses only on dual-stack
     /// networks, and no host port that another container on the same host holds.
-    fn check_published(&self, network: &NetworkEntry, node: &str, ports: &[PublishedPort]) -> Result<()> {
+    /// `publisher` is the endpoint itself when it exists already (its own ports are no clash).
+    fn check_published(
+        &self,
+        network: &NetworkEntry,
+        node: &str,
+        ports: &[PublishedPort],
+        publisher: Option<EndpointKey>,
+    ) -> Result<()> {
         if ports.is_empty() {
             return Ok(());
         }
@@ -1099,7 +1107,7 @@ impl State {
             .about_field("ports"));
         }
         let Some(host) = self.nodes.get(node) else { return Ok(()) };
-        for key in &host.endpoints {
+        for key in host.endpoints.iter().filter(|key| Some(**key) != publisher) {
             let other = &self.endpoints[key];
             for mine in ports {
                 if let Some(theirs) = other.ports.iter().find(|theirs| theirs.clashes_with(mine)) {
@@ -1202,6 +1210,20 @@ impl State {
             aliases: aliases.to_vec(),
             ..(*endpoint).clone()
         });
+        self.endpoints.insert(key, updated.clone());
+        self.changed_once(Response::Endpoint(updated.clone()), EventKind::EndpointUpdated(updated))
+    }
+
+    fn publish_ports(&mut self, reference: &EndpointRef, ports: &[PublishedPort]) -> Result<Applied> {
+        let key = self.resolve_endpoint(reference)?;
+        let endpoint = self.endpoints[&key].clone();
+        if endpoint.ports == ports {
+            return self.unchanged(Response::Endpoint(endpoint));
+        }
+        let network = &self.networks[&endpoint.network];
+        self.check_published(network, &endpoint.node, ports, Some(key))?;
+        self.revision += 1;
+        let updated = Arc::new(Endpoint { ports: ports.to_vec(), ..(*endpoint).clone() });
         self.endpoints.insert(key, updated.clone());
         self.changed_once(Response::Endpoint(updated.clone()), EventKind::EndpointUpdated(updated))
     }

@@ -977,6 +977,39 @@ fn published_ports_are_recorded_and_a_host_port_is_held_once_per_host() {
 }
 
 #[test]
+fn an_endpoint_publishes_ports_after_it_is_made_and_unpublishes_them() {
+    let mut s = cluster();
+    create(&mut s, network("web"));
+    publish(&mut s, endpoint("web", "h1", "holder"), &["8080:80"]).unwrap();
+    attach(&mut s, endpoint("web", "h1", "late"));
+    let late = EndpointRef::Container { network: "web".into(), container_id: "late".into() };
+    let set = |ports: &[&str]| Command::PublishPorts {
+        endpoint: late.clone(),
+        ports: ports.iter().map(|p| published(p)).collect(),
+    };
+    let before = s.clone();
+    let err = refused(&mut s, set(&["8080:80"]));
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert!(err.message().contains("container \"holder\""), "{err}");
+    assert_eq!(s, before, "a refusal changes nothing");
+    let applied = apply(&mut s, set(&["8081:80", "8082:81"])).unwrap();
+    let Response::Endpoint(published_now) = &applied.response else { panic!("{applied:?}") };
+    assert_eq!(published_now.ports.len(), 2);
+    assert!(
+        matches!(&applied.events[..], [Event { kind: EventKind::EndpointUpdated(e), .. }] if e.ports.len() == 2)
+    );
+    // The same again changes nothing; its own ports are no clash with themselves.
+    assert!(apply(&mut s, set(&["8081:80", "8082:81"])).unwrap().events.is_empty());
+    apply(&mut s, set(&["8081:80"])).unwrap();
+    s.check_invariants().unwrap();
+    // None: unpublished, and the port is free for another container.
+    apply(&mut s, set(&[])).unwrap();
+    publish(&mut s, endpoint("web", "h1", "next"), &["8081:80"]).unwrap();
+    s.check_invariants().unwrap();
+    assert_eq!(State::restore(&s.snapshot()).unwrap(), s);
+}
+
+#[test]
 fn publishing_is_refused_where_it_cannot_work_and_nothing_is_allocated() {
     let mut s = cluster();
     create(&mut s, NetworkRequest { internal: true, ..network("closed") });

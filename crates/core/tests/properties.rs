@@ -50,6 +50,12 @@ enum Op {
         from: u8,
         to: u8,
     },
+    /// Publishes one host port from the small set (or none) on an existing endpoint.
+    Publish {
+        network: u8,
+        container: u8,
+        host_port: Option<u16>,
+    },
     /// Options from a small set: none, encrypted, or a bridge name two networks may want.
     Reshape {
         index: u8,
@@ -92,6 +98,8 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (network(), 0..3u8, 0..16u8, prop::option::weighted(0.2, 0..20u8), prop::option::weighted(0.3, 8080..8084u16))
             .prop_map(|(network, node, container, static_last_octet, host_port)| Op::Attach { network, node, container, static_last_octet, host_port }),
         1 => (0..4u8, 0..5u8).prop_map(|(from, to)| Op::Rename { from, to }),
+        2 => (network(), 0..16u8, prop::option::weighted(0.8, 8080..8084u16))
+            .prop_map(|(network, container, host_port)| Op::Publish { network, container, host_port }),
         1 => (0..4u8, any::<bool>(), 0..3u8).prop_map(|(index, internal, options)| Op::Reshape { index, internal, options }),
         1 => (network(), 0..16u8, 0..16u8).prop_map(|(network, container, to)| Op::Update { network, container, to }),
         4 => (network(), 0..16u8).prop_map(|(network, container)| Op::Detach { network, container }),
@@ -155,6 +163,21 @@ fn command(op: &Op) -> Command {
         Op::Rename { from, to } => {
             Command::RenameNetwork { network: format!("n{from}"), name: format!("n{to}") }
         }
+        Op::Publish { network, container, host_port } => Command::PublishPorts {
+            endpoint: EndpointRef::Container {
+                network: format!("n{network}"),
+                container_id: format!("c{container}"),
+            },
+            ports: host_port
+                .map(|host_port| PublishedPort {
+                    protocol: PortProtocol::Tcp,
+                    host_ip: None,
+                    host_port,
+                    container_port: 80,
+                })
+                .into_iter()
+                .collect(),
+        },
         Op::Reshape { index, internal, options } => Command::ReshapeNetwork {
             network: format!("n{index}"),
             internal: *internal,

@@ -79,12 +79,15 @@ impl Dataplane for Kernel {
     }
 
     async fn prepare_publishing(&self, bridges: &[String], hairpin: &[String]) -> Result<(), KernelError> {
-        let (bridges, hairpin) = (bridges.to_vec(), hairpin.to_vec());
+        let bridges = bridges.to_vec();
         off_the_workers("preparing bridges for published ports", move || {
-            bridges.iter().try_for_each(|b| crate::rules::route_localnet(b))?;
-            hairpin.iter().try_for_each(|p| crate::rules::hairpin(p))
+            bridges.iter().try_for_each(|b| crate::rules::route_localnet(b))
         })
-        .await
+        .await?;
+        for port in hairpin {
+            self.hairpin(port).await?;
+        }
+        Ok(())
     }
 
     async fn forget_flows(&self, gone: &[PublishedRule]) -> Result<(), KernelError> {

@@ -18,7 +18,9 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::RouteType;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard, RouteMessageBuilder,
+};
 
 use crate::model::{
     Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, Observed, endpoint_alias, handover_alias,
@@ -430,6 +432,19 @@ impl Kernel {
                 self.entry(op, index).await
             }
         }
+    }
+
+    /// Puts a bridge port into hairpin mode (frames may leave through the port they came in
+    /// by). Through netlink, not /sys/class/net, which shows the interfaces of the network
+    /// namespace sysfs was mounted in: not this one, for an agent in a container.
+    pub async fn hairpin(&self, port: &str) -> Result<(), KernelError> {
+        let index = link_index(&self.handle, port).await?;
+        self.handle
+            .link()
+            .set_port(LinkBridgePort::new(index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(failed(format!("turning on hairpin mode on {port}")))
     }
 
     /// Marks a link as weft's. (The kernel ignores an alias given when a link is created, so

@@ -248,14 +248,6 @@ pub fn route_localnet(bridge: &str) -> Result<(), crate::KernelError> {
     )
 }
 
-/// Puts a bridge port into hairpin mode (frames may leave through the port they came in by).
-pub fn hairpin(port: &str) -> Result<(), crate::KernelError> {
-    switch_on(
-        &format!("/sys/class/net/{port}/brport/hairpin_mode"),
-        format!("turning on hairpin mode on {port}"),
-    )
-}
-
 /// Deletes the connection-tracking entries a published port made (`conntrack -D`): UDP
 /// "connections" live as long as packets keep coming, so without this a client would go on
 /// reaching the old container, or nothing, after the port moved to a new one.

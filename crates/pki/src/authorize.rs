@@ -23,6 +23,7 @@ const NODE_METHODS: &[&str] = &[
     "/weft.v1.EndpointService/CreateEndpoint",
     "/weft.v1.EndpointService/RemoveEndpoint",
     "/weft.v1.EndpointService/UpdateEndpoint",
+    "/weft.v1.EndpointService/PublishPorts",
     "/weft.v1.EndpointService/ListEndpoints",
     "/weft.v1.NetworkService/ListNetworks",
     // The Docker plugin's provisional networks only; the API checks the label.

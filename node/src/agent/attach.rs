@@ -484,7 +484,11 @@ impl<D: Dataplane> Agent<D> {
     /// range that neither the registry, another attach in flight, nor a program holds; given
     /// ones checked against programs and the host's addresses. (Whether another container
     /// publishes a given one is the controllers' to say: they name it.)
-    fn choose_ports(&self, specs: &[PortSpec], network: &NetworkView) -> Result<ChosenPorts, Status> {
+    pub(super) fn choose_ports(
+        &self,
+        specs: &[PortSpec],
+        network: &NetworkView,
+    ) -> Result<ChosenPorts, Status> {
         if specs.is_empty() {
             return Ok(ChosenPorts { ports: Vec::new(), choosing: self.choosing_ports.clone() });
         }
@@ -535,8 +539,8 @@ impl<D: Dataplane> Agent<D> {
 }
 
 /// Host ports an attach has chosen, held against other attaches until dropped.
-struct ChosenPorts {
-    ports: Vec<PublishedPort>,
+pub(super) struct ChosenPorts {
+    pub(super) ports: Vec<PublishedPort>,
     choosing: Arc<std::sync::Mutex<Vec<PublishedPort>>>,
 }
 

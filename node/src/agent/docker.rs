@@ -432,19 +432,75 @@ impl<D: Dataplane> Agent<D> {
         Ok(())
     }
 
-    /// `NetworkDriver.ProgramExternalConnectivity`: published ports through Docker come in a
-    /// later step; until then a `-p` is refused rather than silently ignored.
+    /// `NetworkDriver.ProgramExternalConnectivity`: the container's `-p`/`-P` ports, published
+    /// by weft as for `weft network connect -p` (random ones from this host's ephemeral range;
+    /// a host port another container or a program holds is refused).
     pub async fn docker_program_external(&self, request: docker::ExternalConnectivity) -> Result<(), Status> {
         let bindings = request
             .port_bindings()
             .map_err(|e| Status::invalid_argument(format!("com.docker.network.portmap: {e}")))?;
-        if bindings.is_empty() {
-            Ok(())
-        } else {
-            Err(Status::unimplemented(
-                "published ports (-p) on weft networks through Docker are not available yet; publish with `weft network connect -p`",
-            ))
+        let specs = bindings
+            .iter()
+            .map(docker::PortBinding::spec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(format!("published port: {e}")))?;
+        let endpoint = self.docker_endpoint(&request.endpoint_id)?;
+        if specs.is_empty() && endpoint.ports.is_empty() {
+            return Ok(());
         }
+        let network = self.docker_network(&request.network_id)?;
+        if !specs.is_empty() && network.internal {
+            return Err(Status::failed_precondition(format!(
+                "network {:?} is internal: nothing outside it may reach its containers, so it cannot publish ports",
+                network.name
+            )));
+        }
+        // Held until the endpoint is in the mirror with them, where the next choice sees them.
+        let chosen = self.choose_ports(&specs, &network)?;
+        self.docker_publish(&endpoint, &chosen.ports).await
+    }
+
+    /// `NetworkDriver.RevokeExternalConnectivity`: the ports go (the container stops, or its
+    /// default route moves to another network).
+    pub async fn docker_revoke_external(&self, request: docker::EndpointRef) -> Result<(), Status> {
+        let Ok(endpoint) = self.docker_endpoint(&request.endpoint_id) else { return Ok(()) };
+        if endpoint.ports.is_empty() {
+            return Ok(());
+        }
+        self.docker_publish(&endpoint, &[]).await
+    }
+
+    /// Sets the endpoint's published ports in the registry and this host's rules.
+    async fn docker_publish(
+        &self,
+        endpoint: &EndpointView,
+        ports: &[weft_core::ports::PublishedPort],
+    ) -> Result<(), Status> {
+        let publish = pb::PublishPortsRequest {
+            endpoint_id: endpoint.id.clone(),
+            ports: ports.iter().map(weft_api::convert::published_port).collect(),
+            request_id: request_id("publish", &format!("{}-{}", endpoint.id, fresh_id(8))),
+        };
+        let updated = self
+            .controllers
+            .send(&publish, |c, r| async move { EndpointServiceClient::new(c).publish_ports(r).await })
+            .await?;
+        self.shared().mirror.insert_endpoint(endpoint_view(&updated).map_err(internal)?);
+        let failures = self.reconcile().await;
+        match failures.host.first() {
+            Some(problem) => Err(Status::unavailable(format!("programming the published ports: {problem}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// `NetworkDriver.EndpointOperInfo`: the ports weft published for the endpoint, in
+    /// Docker's own shape.
+    pub fn docker_endpoint_info(&self, request: &docker::EndpointRef) -> serde_json::Value {
+        let ports: Vec<docker::PortBinding> = self
+            .docker_endpoint(&request.endpoint_id)
+            .map(|e| e.ports.iter().map(docker::PortBinding::of).collect())
+            .unwrap_or_default();
+        serde_json::json!({ "Value": { "com.docker.network.portmap": ports } })
     }
 }
 

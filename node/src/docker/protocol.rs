@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use weft_core::ports::{PortProtocol, PortSpec, PublishedPort};
 
 /// `Plugin.Activate`'s answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -232,7 +233,7 @@ pub struct JoinAnswer {
 }
 
 /// One entry of `com.docker.network.portmap` (`-p`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct PortBinding {
     /// IANA protocol number: 6 TCP, 17 UDP, 132 SCTP.
@@ -264,6 +265,42 @@ impl ExternalConnectivity {
         match self.options.get("com.docker.network.portmap") {
             Some(value) if !value.is_null() => serde_json::from_value(value.clone()),
             _ => Ok(Vec::new()),
+        }
+    }
+}
+
+impl PortBinding {
+    /// What the binding asks weft to publish. `HostPortEnd` past `HostPort` for one container
+    /// port means any free port of that range (`-p 8000-8010:80`).
+    pub fn spec(&self) -> Result<PortSpec, String> {
+        let protocol = match self.proto {
+            6 => PortProtocol::Tcp,
+            17 => PortProtocol::Udp,
+            132 => PortProtocol::Sctp,
+            other => return Err(format!("protocol number {other} is not TCP (6), UDP (17) or SCTP (132)")),
+        };
+        let host_ip = match self.host_ip.as_str() {
+            "" => None,
+            given => Some(given.parse().map_err(|_| format!("host address {given:?} is not an IP address"))?),
+        };
+        let host_ports =
+            (self.host_port != 0).then(|| self.host_port..=self.host_port_end.max(self.host_port));
+        PortSpec::new(protocol, host_ip, host_ports, self.port..=self.port).map_err(|e| e.to_string())
+    }
+
+    /// How Docker shows a published port weft holds.
+    pub fn of(published: &PublishedPort) -> PortBinding {
+        PortBinding {
+            proto: match published.protocol {
+                PortProtocol::Tcp => 6,
+                PortProtocol::Udp => 17,
+                PortProtocol::Sctp => 132,
+            },
+            ip: String::new(),
+            port: published.container_port,
+            host_ip: published.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            host_port: published.host_port,
+            host_port_end: published.host_port,
         }
     }
 }

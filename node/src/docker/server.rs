@@ -159,10 +159,16 @@ async fn answer<D: Dataplane>(
         "/NetworkDriver.ProgramExternalConnectivity" => {
             empty(&path, call!(docker_program_external, docker::ExternalConnectivity))
         }
-        "/NetworkDriver.RevokeExternalConnectivity"
-        | "/NetworkDriver.DiscoverNew"
-        | "/NetworkDriver.DiscoverDelete" => json(StatusCode::OK, &serde_json::json!({})),
-        "/NetworkDriver.EndpointOperInfo" => json(StatusCode::OK, &serde_json::json!({ "Value": {} })),
+        "/NetworkDriver.RevokeExternalConnectivity" => {
+            empty(&path, call!(docker_revoke_external, docker::EndpointRef))
+        }
+        "/NetworkDriver.DiscoverNew" | "/NetworkDriver.DiscoverDelete" => {
+            json(StatusCode::OK, &serde_json::json!({}))
+        }
+        "/NetworkDriver.EndpointOperInfo" => match parse::<docker::EndpointRef>(&body) {
+            Ok(endpoint) => json(StatusCode::OK, &agent.docker_endpoint_info(&endpoint)),
+            Err(why) => json(StatusCode::BAD_REQUEST, &Refusal { err: why }),
+        },
         _ => json(StatusCode::NOT_FOUND, &Refusal { err: format!("{path} is not implemented") }),
     }
 }
