@@ -535,3 +535,70 @@ async fn docker_publishes_ports_on_weft_networks() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Dozens of `docker run` at once on two hosts, as a deploy does: every container gets its own
+/// address and its own `-P` host port, and every name resolves from a container elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_starts_many_containers_at_once() {
+    let Some(docker) = DockerLab::new("docker_starts_many_containers_at_once", 2).await else {
+        return;
+    };
+    const PER_HOST: usize = 10;
+    docker.create_network(0, "app", &[]).await;
+    std::thread::scope(|scope| {
+        for (host, dockerd) in docker.dockerds.iter().enumerate() {
+            for i in 0..PER_HOST {
+                scope.spawn(move || {
+                    let name = format!("c{host}-{i}");
+                    dockerd.run(&[
+                        "run",
+                        "-d",
+                        "--name",
+                        &name,
+                        "--network",
+                        "app",
+                        "-P",
+                        "--expose",
+                        "80",
+                        IMAGE,
+                        "sleep",
+                        "1000",
+                    ]);
+                });
+            }
+        }
+    });
+    let mut addresses = std::collections::BTreeSet::new();
+    for (host, dockerd) in docker.dockerds.iter().enumerate() {
+        for i in 0..PER_HOST {
+            assert!(
+                addresses.insert(address_in(dockerd, &format!("c{host}-{i}"), "app")),
+                "an address twice"
+            );
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let endpoints = docker.lab.endpoints();
+        let named = endpoints.iter().filter(|e| e.container_name.starts_with('c')).count();
+        if named == 2 * PER_HOST {
+            for node in ["h1", "h2"] {
+                let ports: std::collections::BTreeSet<u32> = endpoints
+                    .iter()
+                    .filter(|e| e.node == node)
+                    .flat_map(|e| e.ports.iter().map(|p| p.host_port))
+                    .collect();
+                assert_eq!(ports.len(), PER_HOST, "{node}'s -P ports are not all different: {ports:?}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{named} of {} containers named in weft", 2 * PER_HOST);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let d1 = &docker.dockerds[0];
+    for i in 0..PER_HOST {
+        let name = format!("c1-{i}");
+        resolves(d1, "c0-0", &name, &address_in(&docker.dockerds[1], &name, "app")).await;
+    }
+    pings(d1, "c0-0", "c1-9").await;
+}

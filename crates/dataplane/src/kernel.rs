@@ -41,6 +41,24 @@ pub struct KernelError {
     pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
+/// Linux's EBUSY.
+const EBUSY: i32 = 16;
+
+/// How often a dump is tried when links change under it.
+const DUMP_ATTEMPTS: u32 = 10;
+
+impl KernelError {
+    /// The kernel answered a dump with EBUSY: links changed while it was being read (a
+    /// runtime moving a dozen interfaces into containers at once does this). A new dump
+    /// succeeds.
+    fn is_interrupted_dump(&self) -> bool {
+        self.source
+            .as_ref()
+            .and_then(|e| e.downcast_ref::<rtnetlink::Error>())
+            .is_some_and(|e| matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -EBUSY))
+    }
+}
+
 fn failed(doing: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
     let doing = doing.into();
     move |e| KernelError { doing, reason: e.to_string(), source: Some(std::sync::Arc::new(e)) }
@@ -139,7 +157,16 @@ impl Kernel {
 
     /// Dumps links, addresses, and the FDB and neighbour entries of weft's VXLAN devices.
     pub async fn observe(&self) -> Result<Observed, KernelError> {
-        answered(|| "dumping links, addresses and entries".into(), self.dump()).await
+        let mut attempt = 1;
+        loop {
+            match answered(|| "dumping links, addresses and entries".into(), self.dump()).await {
+                Err(e) if e.is_interrupted_dump() && attempt < DUMP_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                done => return done,
+            }
+        }
     }
 
     async fn dump(&self) -> Result<Observed, KernelError> {

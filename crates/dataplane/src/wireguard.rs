@@ -83,8 +83,8 @@ pub fn write_private_key(path: &Path, key: &Key) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Loads the host's private key from `path`, or creates one (mode 0600, created exclusively,
-/// so a concurrent start cannot interleave two keys). Refuses a key file others can read.
+/// Loads the host's private key from `path`, or creates one (mode 0600, whole or not at all,
+/// one key even when two starts race). Refuses a key file others can read.
 pub fn load_or_create_private_key(path: &Path) -> std::io::Result<Key> {
     use std::os::unix::fs::PermissionsExt;
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
@@ -106,8 +106,22 @@ pub fn load_or_create_private_key(path: &Path) -> std::io::Result<Key> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            write_private_key(path, &key)?;
-            Ok(key)
+            // Written whole beside it, then linked into place: an agent killed while writing
+            // leaves no empty key file behind (seen when an agent was killed just after
+            // starting), and of two agents starting at once the second links nothing and
+            // reads the first one's key.
+            static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let temporary = path.with_extension(format!("new.{}.{write}", std::process::id()));
+            let _ = std::fs::remove_file(&temporary);
+            write_private_key(&temporary, &key)?;
+            let linked = std::fs::hard_link(&temporary, path);
+            let _ = std::fs::remove_file(&temporary);
+            match linked {
+                Ok(()) => Ok(key),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_private_key(path),
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     }
@@ -498,6 +512,20 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let refused = load_or_create_private_key(&path).unwrap_err();
         assert!(refused.to_string().contains("must be 0600"), "{refused}");
+    }
+
+    #[test]
+    fn starts_racing_for_the_key_all_get_the_same_one_and_nothing_is_left_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wireguard.key");
+        let keys: Vec<Key> = std::thread::scope(|scope| {
+            let racers: Vec<_> =
+                (0..8).map(|_| scope.spawn(|| load_or_create_private_key(&path).unwrap())).collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]));
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(files, vec![std::ffi::OsString::from("wireguard.key")]);
     }
 
     #[test]

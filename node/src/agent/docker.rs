@@ -166,12 +166,7 @@ impl<D: Dataplane> Agent<D> {
     /// `IpamDriver.ReleaseAddress`: the endpoint goes (the gateway is the network's own).
     pub async fn docker_release_address(&self, request: docker::ReleaseAddress) -> Result<(), Status> {
         let Some(endpoint) = self.endpoint_at(&request.pool_id, &request.address) else { return Ok(()) };
-        self.release_endpoint(endpoint.id.clone()).await?;
-        self.shared().mirror.endpoints.remove(&endpoint.id);
-        self.save_bindings(|b| {
-            b.endpoints.retain(|_, weft| *weft != endpoint.id);
-            b.made.remove(&endpoint.id);
-        })
+        self.docker_forget_endpoint(&endpoint.id).await
     }
 
     /// `IpamDriver.ReleasePool`: a provisional network Docker gave up on (its create failed
@@ -390,13 +385,16 @@ impl<D: Dataplane> Agent<D> {
         self.shared()
             .attachments
             .entries
-            .insert(record.key(), Entry { record, held: None, busy: false, gone: None });
+            .insert(record.key(), Entry { record: record.clone(), held: None, busy: false, gone: None });
         let failures = self.reconcile().await;
         let host_veth = crate::desired::host_veth(&endpoint);
         let waiting = weft_dataplane::plan::container_end_name(&host_veth);
         let made = self.kernel.observe().await.is_ok_and(|o| o.links.contains_key(&waiting));
         if !made {
             let problem = failures.endpoints.get(&endpoint.id).or(failures.host.first()).cloned();
+            // Docker undoes the endpoint (DeleteEndpoint, ReleaseAddress) but calls no Leave.
+            self.drop_record(&record);
+            self.shared().mirror.insert_endpoint(endpoint.clone());
             return Err(Status::failed_precondition(format!(
                 "could not make the interface for Docker: {}",
                 problem.unwrap_or_else(|| "it did not appear".into())
@@ -733,7 +731,8 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
-    /// Takes down the interface of a weft endpoint made for Docker and releases it.
+    /// Takes down the interface of a weft endpoint made for Docker (if Docker has not had it
+    /// taken down with a Leave) and releases it.
     async fn docker_forget_endpoint(&self, endpoint: &str) -> Result<(), Status> {
         let record = self
             .shared()
