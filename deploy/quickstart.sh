@@ -2,6 +2,8 @@
 # weft on one machine, in one command (as root, on Debian):
 #
 #   bash deploy/quickstart.sh        # build, start a cluster, connect containers, show them talk
+#   bash deploy/quickstart.sh docker # the same hosts each with its own dockerd using weft's plugin,
+#                                    # and Docker containers across hosts by name, -p included
 #   bash deploy/quickstart.sh down   # remove everything the quickstart made
 #
 # It installs the Debian packages it needs, builds weft, starts three weft-controller
@@ -33,7 +35,22 @@ die() { printf 'quickstart: %s\n' "$*" >&2; exit 1; }
 [ "${#prefix}" -le 8 ] || die "WEFT_QS_PREFIX is at most 8 characters (interface names are 15)"
 
 down() {
-    # Agents first, so nothing reprograms what is being removed; then what they made.
+    # Docker's containers while the plugin still answers, then dockerd (it stops its containerd).
+    for i in "${hosts[@]}"; do
+        sock="$state/docker$i/docker.sock"
+        [ -S "$sock" ] || continue
+        ids="$(docker -H "unix://$sock" ps -aq 2>/dev/null || true)"
+        # shellcheck disable=SC2086 # one id per word
+        [ -z "$ids" ] || docker -H "unix://$sock" rm -f $ids >/dev/null 2>&1 || true
+    done
+    for i in "${hosts[@]}"; do
+        pidfile="$state/docker$i/docker.pid"
+        [ -e "$pidfile" ] || continue
+        pid="$(cat "$pidfile")"
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    done
+    # Agents next, so nothing reprograms what is being removed; then what they made.
     for pidfile in "$state"/*.pid; do
         [ -e "$pidfile" ] || continue
         kill "$(cat "$pidfile")" 2>/dev/null || true
@@ -54,17 +71,25 @@ down() {
     done
     ip link del "$prefix-up" 2>/dev/null || true
     for i in "${hosts[@]}"; do rm -f "/var/run/wireguard/$prefix-wg$i.sock"; done
+    # Docker mode's mounts: sandboxes under each dockerd's exec root, the hosts' mount
+    # namespaces, and the private mount they are kept on (innermost first).
+    if [ -d "$state" ]; then
+        awk -v s="$state/" 'index($2, s) == 1 || $2 == substr(s, 1, length(s) - 1) {print $2}' /proc/self/mounts |
+            sort -r | while read -r mount; do umount -l "$mount" 2>/dev/null || true; done
+    fi
     rm -rf "$state"
 }
 
-if [ "${1:-up}" = "down" ]; then
+mode="${1:-up}"
+if [ "$mode" = "down" ]; then
     down
     echo "quickstart removed: namespaces, links, processes and $state"
     exit 0
 fi
-[ "${1:-up}" = "up" ] || die "usage: bash deploy/quickstart.sh [up|down]"
+[ "$mode" = "up" ] || [ "$mode" = "docker" ] || die "usage: bash deploy/quickstart.sh [up|docker|down]"
 
 packages=(ca-certificates gcc libc6-dev pkg-config iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools)
+if [ "$mode" = docker ]; then packages+=(docker.io busybox-static util-linux); fi
 missing=()
 for pkg in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -157,18 +182,108 @@ token="$(head -1 <<<"$token_out")"
 fingerprint="$(grep -o -- '--ca-fingerprint [0-9a-f]*' <<<"$token_out" | awk '{print $2}')"
 [ -n "$token" ] && [ -n "$fingerprint" ] || die "no join token: $token_out"
 
+# In Docker mode every host is a machine of its own to dockerd too: a mount namespace of its
+# own (its /run/docker/plugins, where its agent serves the plugin), entered with the host's
+# network namespace by both.
+enter=()
+if [ "$mode" = docker ]; then
+    mkdir -p "$state/mnt"
+    mount --bind "$state/mnt" "$state/mnt"
+    mount --make-private "$state/mnt"
+fi
+host_enter() { # host_enter I: sets enter to the command prefix that runs something on host I
+    if [ "$mode" = docker ]; then
+        enter=(nsenter "--mount=$state/mnt/h$1" "--net=/run/netns/$prefix-h$1")
+    else
+        enter=(ip netns exec "$prefix-h$1")
+    fi
+}
+
 say "weft-node on host1, host2, host3"
 for i in "${hosts[@]}"; do
-    RUST_LOG=info nohup ip netns exec "$prefix-h$i" "$state/bin/weft-node" --controllers "$controllers" \
+    plugin=()
+    if [ "$mode" = docker ]; then
+        touch "$state/mnt/h$i"
+        unshare "--mount=$state/mnt/h$i" --propagation private \
+            sh -c 'mkdir -p /run/docker/plugins && mount -t tmpfs weft-plugins /run/docker/plugins'
+        mkdir -p "$state/docker$i"
+        plugin=(--docker-plugin-socket /run/docker/plugins/weft.sock --docker-api-socket "$state/docker$i/docker.sock")
+    fi
+    host_enter "$i"
+    RUST_LOG=info nohup "${enter[@]}" "$state/bin/weft-node" --controllers "$controllers" \
         --name "host$i" --underlay-address "$underlay.$i" --socket "$state/host$i.sock" --state-dir "$state/host$i" \
         --wireguard-interface "$prefix-wg$i" --tls-dir "$state/pki/host$i" \
-        --join-token "$token" --ca-fingerprint "$fingerprint" >"$state/host$i.log" 2>&1 &
+        --join-token "$token" --ca-fingerprint "$fingerprint" "${plugin[@]}" >"$state/host$i.log" 2>&1 &
     echo $! >"$state/host$i.pid"
 done
 for i in "${hosts[@]}"; do
     for _ in $(seq 300); do [ -S "$state/host$i.sock" ] && break; sleep 0.1; done
     [ -S "$state/host$i.sock" ] || die "weft-node on host$i did not start; see $state/host$i.log"
 done
+
+if [ "$mode" = docker ]; then
+    say "dockerd on host1, host2, host3, with weft as its network and IPAM plugin"
+    for i in "${hosts[@]}"; do
+        host_enter "$i"
+        # Names Docker's 127.0.0.11 does not know (containers on other hosts) go to weft's DNS,
+        # which every host's agent serves on 169.254.53.53, as deploy/install-node.sh --docker sets.
+        nohup "${enter[@]}" dockerd --data-root "$state/docker$i/data" --exec-root "$state/docker$i/exec" \
+            --pidfile "$state/docker$i/docker.pid" --host "unix://$state/docker$i/docker.sock" \
+            --dns 169.254.53.53 >"$state/docker$i.log" 2>&1 &
+    done
+    docker_on() { local i="$1"; shift; docker -H "unix://$state/docker$i/docker.sock" "$@"; }
+    for i in "${hosts[@]}"; do
+        for _ in $(seq 600); do docker_on "$i" version >/dev/null 2>&1 && break; sleep 0.1; done
+        docker_on "$i" version >/dev/null 2>&1 || die "dockerd on host$i did not start; see $state/docker$i.log"
+    done
+    say "an image: busybox, imported (nothing is pulled from a registry)"
+    rootfs="$state/rootfs"
+    mkdir -p "$rootfs/bin" "$rootfs/www"
+    cp /bin/busybox "$rootfs/bin/busybox"
+    for applet in sh sleep ping wget nslookup httpd cat; do ln -sf busybox "$rootfs/bin/$applet"; done
+    echo "hello from web, on host1" >"$rootfs/www/index.html"
+    tar -C "$rootfs" -cf "$state/rootfs.tar" .
+    for i in "${hosts[@]}"; do docker_on "$i" import "$state/rootfs.tar" busybox:weft >/dev/null; done
+
+    say "host1\$ docker network create -d weft --ipam-driver weft app"
+    docker_on 1 network create -d weft --ipam-driver weft app >/dev/null
+    for i in 2 3; do
+        for _ in $(seq 300); do docker_on "$i" network inspect app >/dev/null 2>&1 && break; sleep 0.1; done
+        docker_on "$i" network inspect app >/dev/null 2>&1 || die "network app did not reach host$i's dockerd"
+    done
+    echo "  every host's dockerd has it: host3 lists $(docker_on 3 network ls --filter driver=weft --format '{{.Name}} ({{.Driver}})')"
+    say "host1\$ docker run -d --name web --network app --network-alias api -p 8080:80 busybox:weft httpd -f -p 80 -h /www"
+    docker_on 1 run -d --name web --network app --network-alias api -p 8080:80 busybox:weft httpd -f -p 80 -h /www >/dev/null
+    say "host2\$ docker run --rm --network app busybox:weft wget -qO- http://web/"
+    fetched=""
+    for _ in $(seq 100); do
+        # Docker's 127.0.0.11 on host2 does not know web; it asks weft's DNS, which does.
+        fetched="$(docker_on 2 run --rm --network app busybox:weft wget -qO- http://web/ 2>/dev/null || true)"
+        [ -n "$fetched" ] && break
+        sleep 0.2
+    done
+    [ -n "$fetched" ] || die "host2 could not fetch http://web/ across hosts"
+    echo "  $fetched"
+    say "host3\$ docker run --rm --network app busybox:weft ping -c 1 api"
+    docker_on 3 run --rm --network app busybox:weft ping -c 1 api | sed -n 2p | sed 's/^/  /'
+    say "host2 (the machine itself)\$ wget -qO- http://$underlay.1:8080/   # web's published port on host1"
+    host_enter 2
+    echo "  $("${enter[@]}" busybox wget -qO- "http://$underlay.1:8080/")"
+    "${weft[@]}" endpoint ls
+    cat <<DONE
+
+weft is running under Docker: 3 controllers, 3 hosts each with its own dockerd. Try:
+
+  alias d1='docker -H unix://$state/docker1/docker.sock' d2='docker -H unix://$state/docker2/docker.sock'
+  d2 run -d --name db --network app busybox:weft sleep 1d
+  d1 exec web ping -c 2 db                          # host1 to host2, by name
+  export WEFT_CONTROLLER=$controllers WEFT_TLS_DIR=$state/pki/admin
+  $state/bin/weft network inspect app                # Docker's containers, on every host
+
+Logs: $state/*.log. Tear it all down: bash deploy/quickstart.sh down
+DONE
+    exit 0
+fi
 
 say "two networks: frontend (plain) and secrets (encrypted with WireGuard)"
 "${weft[@]}" network create --subnet 10.214.1.0/24 frontend >/dev/null

@@ -130,3 +130,40 @@ fn the_quickstart_refuses_an_underlay_range_already_in_use() {
     let namespaces = weft_testbed::run("ip", &["netns", "list"]);
     assert!(!namespaces.contains(&quickstart.prefix), "{namespaces}");
 }
+
+/// The Docker mode: the same cluster with a dockerd on every host using weft's plugin, the
+/// issue's example run through Docker (a network made on host1 used on all, a container
+/// fetched by name from host2, pinged by alias from host3, its published port reached from
+/// host2), and `down` removes dockerd, its containers and mounts too.
+#[test]
+fn the_docker_quickstart_runs_the_example_through_dockerd_and_down_removes_it() {
+    let test = "the_docker_quickstart_runs_the_example_through_dockerd_and_down_removes_it";
+    if !weft_testbed::root_or_skip(test) {
+        return;
+    }
+    let quickstart =
+        Quickstart { prefix: format!("wd{}", std::process::id() % 100_000), underlay: "10.219.0" };
+    let prefix = quickstart.prefix.clone();
+    let up = quickstart.run(&["docker"]);
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    assert!(
+        up.status.success(),
+        "quickstart docker failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(stdout.matches("hello from web, on host1").count(), 2, "{stdout}");
+    assert!(stdout.contains("host3 lists app (weft)"), "{stdout}");
+    assert!(stdout.contains("64 bytes from"), "{stdout}");
+    assert!(stdout.contains("0.0.0.0:8080->80/tcp"), "{stdout}");
+
+    let down = quickstart.run(&["down"]);
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&format!("/run/{prefix}")), "mounts left: {mounts}");
+    let processes = String::from_utf8(
+        Command::new("pgrep").args(["-af", &format!("/run/{prefix}/")]).output().unwrap().stdout,
+    )
+    .unwrap();
+    assert!(processes.lines().all(|l| l.contains("pgrep")), "processes left: {processes}");
+    assert!(!Path::new(&format!("/run/{prefix}")).exists());
+}

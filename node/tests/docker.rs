@@ -110,11 +110,7 @@ impl DockerLab {
             // weft does the forwarding and NAT of its networks; dockerd leaves the host alone.
             // Names Docker's 127.0.0.11 does not know go to weft's DNS address, as the install
             // script sets in daemon.json.
-            let dockerd = Dockerd::start(
-                &enter,
-                &docker_dir,
-                &["--iptables=false", "--ip-forward=false", "--bridge=none", "--dns", "169.254.53.53"],
-            );
+            let dockerd = Dockerd::start(&enter, &docker_dir, &["--dns", "169.254.53.53"]);
             import_busybox(&dockerd);
             dockerds.push(dockerd);
         }
