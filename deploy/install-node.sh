@@ -3,8 +3,13 @@
 # or removes it again (its links, WireGuard interface, nftables tables, state and files).
 #
 #   bash deploy/install-node.sh --controllers 10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001 \
-#       --join-token weft1.… --ca-fingerprint 5d1c… [--name NAME] [--binary PATH]
+#       --join-token weft1.… --ca-fingerprint 5d1c… [--name NAME] [--binary PATH] [--docker]
 #   bash deploy/install-node.sh --uninstall
+#
+# --docker makes the agent dockerd's network and IPAM plugin (the driver `weft`, served on
+# /run/docker/plugins/weft.sock) and sets dockerd's "dns" in /etc/docker/daemon.json to weft's
+# DNS address, so that Docker's 127.0.0.11 forwards the names of other hosts' containers to
+# weft; dockerd is restarted to take it (its running containers stop unless live-restore is on).
 #
 # The token and fingerprint come from `weft token create` on an admin's machine. The host
 # makes its own key on first start; only a certificate request leaves it.
@@ -17,7 +22,8 @@ root=""
 start=1
 uninstall=0
 binary="target/release/weft-node"
-controllers="" token="" fingerprint="" name=""
+controllers="" token="" fingerprint="" name="" docker=0
+weft_dns="169.254.53.53"
 die() { printf 'install-node: %s\n' "$*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -28,6 +34,7 @@ while [ $# -gt 0 ]; do
         --binary) binary="$2"; shift 2 ;;
         --root) root="$2"; shift 2 ;;
         --no-start) start=0; shift ;;
+        --docker) docker=1; shift ;;
         --uninstall) uninstall=1; shift ;;
         *) die "unknown argument $1 (see the top of this script)" ;;
     esac
@@ -37,8 +44,36 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bin="$root/usr/local/bin/weft-node"
 unit="$root/etc/systemd/system/weft-node.service"
 env_file="$root/etc/weft/node.env"
+daemon_json="$root/etc/docker/daemon.json"
 state="$root/var/lib/weft"
 have_systemd() { [ "$start" -eq 1 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; }
+# dockerd's daemon.json with weft's DNS address added to (add) or taken from (remove) "dns",
+# everything else in it kept.
+docker_dns() {
+    python3 - "$daemon_json" "$weft_dns" "$1" <<'PY'
+import json, os, sys
+path, address, action = sys.argv[1:]
+try:
+    with open(path) as f:
+        config = json.load(f)
+except FileNotFoundError:
+    config = {}
+except ValueError as e:
+    sys.exit(f"install-node: {path} is not JSON ({e}); fix it, then run this again")
+servers = [s for s in config.get("dns", []) if s != address]
+if action == "add":
+    servers.insert(0, address)
+if servers:
+    config["dns"] = servers
+else:
+    config.pop("dns", None)
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path + ".new", "w") as f:
+    json.dump(config, f, indent=2)
+    f.write("\n")
+os.replace(path + ".new", path)
+PY
+}
 
 if [ "$uninstall" -eq 1 ]; then
     if have_systemd; then systemctl disable --now weft-node.service 2>/dev/null || true; fi
@@ -49,6 +84,10 @@ if [ "$uninstall" -eq 1 ]; then
             iface="${iface:-weftwg0}"
         fi
         "$bin" --uninstall --state-dir "$state" --wireguard-interface "$iface" || die "weft-node --uninstall failed"
+    fi
+    if grep -q "^WEFT_DOCKER_PLUGIN_SOCKET=" "$env_file" 2>/dev/null && [ -f "$daemon_json" ]; then
+        docker_dns remove || die "could not take weft's DNS address out of $daemon_json"
+        echo "took $weft_dns out of dockerd's dns in $daemon_json (restart docker to apply)"
     fi
     rm -rf "$state" "$env_file" "$unit" "$bin"
     rmdir "$root/etc/weft" 2>/dev/null || true
@@ -62,7 +101,9 @@ fi
 [ -x "$binary" ] || die "$binary is not an executable weft-node (build it, or pass --binary)"
 if [ -z "$root" ]; then
     missing=()
-    for pkg in iproute2 nftables conntrack wireguard-go; do
+    wanted=(iproute2 nftables conntrack wireguard-go)
+    if [ "$docker" -eq 1 ]; then wanted+=(python3); fi
+    for pkg in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -80,12 +121,22 @@ mkdir -p "$(dirname "$env_file")"
     echo "WEFT_JOIN_TOKEN=$token"
     echo "WEFT_CA_FINGERPRINT=$fingerprint"
     if [ -n "$name" ]; then echo "WEFT_NODE_NAME=$name"; fi
+    if [ "$docker" -eq 1 ]; then echo "WEFT_DOCKER_PLUGIN_SOCKET=/run/docker/plugins/weft.sock"; fi
 } >"$env_file"
 chmod 0600 "$env_file"
+if [ "$docker" -eq 1 ]; then
+    umask 022
+    docker_dns add || die "could not set dockerd's dns in $daemon_json"
+    echo "dockerd's dns in $daemon_json now starts with weft's $weft_dns"
+fi
 if have_systemd; then
     systemctl daemon-reload
     systemctl enable --now weft-node.service
     echo "weft-node installed and started: journalctl -u weft-node -f"
+    if [ "$docker" -eq 1 ] && systemctl is-active --quiet docker.service; then
+        systemctl restart docker.service
+        echo "dockerd restarted: docker network create -d weft --ipam-driver weft NAME"
+    fi
 else
     echo "weft-node installed under ${root:-/} (not started)"
 fi

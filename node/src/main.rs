@@ -43,7 +43,7 @@ struct Flags {
     socket: PathBuf,
     /// Serve Docker's network and IPAM plugin protocols on this socket (dockerd finds
     /// `/run/docker/plugins/weft.sock` as the driver `weft`). Off unless given.
-    #[arg(long)]
+    #[arg(long, env = "WEFT_DOCKER_PLUGIN_SOCKET")]
     docker_plugin_socket: Option<PathBuf>,
     /// dockerd's API socket, where the plugin learns the names Docker does not send it
     /// (networks', containers', aliases).
