@@ -134,6 +134,12 @@ pub const TARGETS: &[Target] = &[
     Target { id: "published.ratio.conn", bound: Bound::AtLeast(95.0) },
     Target { id: "published.vs_docker.rt", bound: Bound::AtLeast(1.0) },
     Target { id: "published.vs_docker.conn", bound: Bound::AtLeast(1.0) },
+    // The Docker plugin (issue 20): no slower a `docker run` than Docker swarm's overlay in the
+    // same run, and the new container answering by name from another host the moment `run`
+    // returns.
+    Target { id: "docker.run_vs_swarm", bound: Bound::AtMost(1.0) },
+    Target { id: "docker.first_run_vs_swarm", bound: Bound::AtMost(1.0) },
+    Target { id: "docker.weft.first_try_pct", bound: Bound::AtLeast(100.0) },
 ];
 
 pub fn target(id: &str) -> Option<Bound> {
@@ -186,7 +192,7 @@ fn describe(bound: Bound, unit: &str) -> String {
 }
 
 /// The order parts appear in, the order the runner runs them.
-pub const PARTS: &[&str] = &["control", "scale", "agent", "dns", "dnsserver", "dataplane", "published"];
+pub const PARTS: &[&str] = &["control", "scale", "agent", "dns", "dnsserver", "dataplane", "published", "docker"];
 
 fn part_rank(part: &str) -> usize {
     PARTS.iter().position(|p| *p == part).unwrap_or(PARTS.len())

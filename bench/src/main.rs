@@ -27,6 +27,7 @@ fn command_of(part: &str) -> Option<Vec<&'static str>> {
         "dns" => &["bench", "-p", "weft-node", "--bench", "dataplane", "--", "dns"],
         "dnsserver" => &["bench", "-p", "weft-dns", "--bench", "servers"],
         "published" => &["bench", "-p", "weft-node", "--bench", "published"],
+        "docker" => &["bench", "-p", "weft-node", "--bench", "docker"],
         "dataplane" => &["bench", "-p", "weft-node", "--bench", "dataplane", "--", "throughput"],
         _ => return None,
     };

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use weft_testbed::root_or_skip;
+
+use super::Lab;
+
 pub struct Dockerd {
     pub socket: String,
     pub dir: PathBuf,
@@ -128,5 +132,156 @@ impl Drop for Dockerd {
             let _ = self.try_run(&["rm", "-f", id]);
         }
         self.stop();
+    }
+}
+
+/// The image every Docker test and benchmark runs: busybox-static and nothing else.
+pub const IMAGE: &str = "weft-busybox:test";
+
+/// busybox-static as an image, with the applets the tests use.
+pub fn import_busybox(dockerd: &Dockerd) {
+    let root = dockerd.dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "sleep", "ping", "wget", "nslookup", "ip", "cat", "hostname", "httpd"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::write(root.join("www/index.html"), "served by weft\n").unwrap();
+    dockerd.import(&root, IMAGE);
+}
+
+/// The container's IPv4 address on `network`, as Docker shows it.
+pub fn address_in(dockerd: &Dockerd, container: &str, network: &str) -> String {
+    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+    dockerd.run(&["inspect", "-f", &format, container])
+}
+
+/// A persistent mount namespace at `file` with a private, empty `/run/docker/plugins`.
+pub fn mount_namespace(file: &Path) {
+    std::fs::write(file, b"").unwrap();
+    weft_testbed::run(
+        "unshare",
+        &[
+            &format!("--mount={}", file.display()),
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mkdir -p /run/docker/plugins && mount -t tmpfs weft-plugins /run/docker/plugins",
+        ],
+    );
+}
+
+/// Unmounts what [`mount_namespace`] and the directory for them mounted.
+pub struct Mounts(pub PathBuf);
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let _ = Command::new("umount").arg(entry.path()).status();
+        }
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Namespace hosts, each with its own dockerd and its own weft-node serving the plugin.
+/// Dropped dockerds first (their containers are removed while the plugin still answers),
+/// then the hosts, then the mounts.
+pub struct DockerLab {
+    pub dockerds: Vec<Dockerd>,
+    pub lab: Lab,
+    _mounts: Mounts,
+    dir: tempfile::TempDir,
+}
+
+impl DockerLab {
+    /// `None` (after saying so loudly) when not root or without docker.io.
+    pub async fn new(test: &str, hosts: usize) -> Option<DockerLab> {
+        DockerLab::with_lab(test, hosts, Lab::new).await
+    }
+
+    /// As [`DockerLab::new`], on a lab `make` builds (production timing, for benchmarks).
+    pub async fn with_lab(test: &str, hosts: usize, make: fn(usize) -> Lab) -> Option<DockerLab> {
+        if !root_or_skip(test) {
+            return None;
+        }
+        if !Dockerd::installed() {
+            eprintln!(
+                "\n#### dockerd is not installed: {test} is SKIPPED (apt-get install docker.io) ####\n"
+            );
+            return None;
+        }
+        let mut lab = make(hosts);
+        let dir = tempfile::tempdir().unwrap();
+        let mounts_dir = dir.path().join("mnt");
+        std::fs::create_dir_all(&mounts_dir).unwrap();
+        weft_testbed::run("mount", &["--bind", mounts_dir.to_str().unwrap(), mounts_dir.to_str().unwrap()]);
+        let mounts = Mounts(mounts_dir.clone());
+        weft_testbed::run("mount", &["--make-private", mounts_dir.to_str().unwrap()]);
+        let mut dockerds = Vec::new();
+        for i in 0..hosts {
+            let mount_ns = mounts_dir.join(format!("h{}", i + 1));
+            mount_namespace(&mount_ns);
+            let docker_dir = dir.path().join(format!("docker{}", i + 1));
+            std::fs::create_dir_all(&docker_dir).unwrap();
+            lab.kill_agent(i);
+            lab.hosts[i].mount_ns = Some(mount_ns.clone());
+            let flags = DockerLab::plugin_flags(&docker_dir);
+            lab.start_agent_with(i, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+            lab.agent(i).await;
+            let enter =
+                [format!("--mount={}", mount_ns.display()), format!("--net={}", lab.hosts[i].ns.path())];
+            // weft does the forwarding and NAT of its networks; dockerd leaves the host alone.
+            // Names Docker's 127.0.0.11 does not know go to weft's DNS address, as the install
+            // script sets in daemon.json.
+            let dockerd = Dockerd::start(&enter, &docker_dir, &["--dns", "169.254.53.53"]);
+            import_busybox(&dockerd);
+            dockerds.push(dockerd);
+        }
+        Some(DockerLab { dockerds, lab, _mounts: mounts, dir })
+    }
+
+    fn plugin_flags(docker_dir: &Path) -> Vec<String> {
+        let api = docker_dir.join("docker.sock");
+        vec![
+            "--docker-plugin-socket".into(),
+            "/run/docker/plugins/weft.sock".into(),
+            "--docker-api-socket".into(),
+            api.display().to_string(),
+        ]
+    }
+
+    /// `kill -9` of host `i`'s agent.
+    pub fn kill_agent(&mut self, i: usize) {
+        self.lab.kill_agent(i);
+    }
+
+    /// Starts host `i`'s agent again, as the plugin.
+    pub async fn start_agent(&mut self, i: usize) {
+        let flags = DockerLab::plugin_flags(&self.dir.path().join(format!("docker{}", i + 1)));
+        self.lab.start_agent_with(i, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+        self.lab.agent(i).await;
+    }
+
+    /// Creates the Docker network `name` through host `i`'s dockerd and waits until every
+    /// other host's dockerd has it too.
+    pub async fn create_network(&self, i: usize, name: &str, extra: &[&str]) {
+        let mut args = vec!["network", "create", "-d", "weft", "--ipam-driver", "weft"];
+        args.extend_from_slice(extra);
+        args.push(name);
+        self.dockerds[i].run(&args);
+        for (j, dockerd) in self.dockerds.iter().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !dockerd.try_run(&["network", "inspect", name]).status.success() {
+                assert!(Instant::now() < deadline, "h{}'s dockerd never got network {name}", j + 1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Whether the registry holds an endpoint with this IPv4 address.
+    pub fn registered(&self, ip: &str) -> bool {
+        self.lab.endpoints().iter().any(|e| e.ipv4_address.starts_with(&format!("{ip}/")))
     }
 }

@@ -220,7 +220,7 @@ impl Lab {
                 "--dns-upstream-timeout-ms",
                 "300",
             ])
-            .env("RUST_LOG", "info,weft_node::docker=debug")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
