@@ -192,7 +192,8 @@ fn describe(bound: Bound, unit: &str) -> String {
 }
 
 /// The order parts appear in, the order the runner runs them.
-pub const PARTS: &[&str] = &["control", "scale", "agent", "dns", "dnsserver", "dataplane", "published", "docker"];
+pub const PARTS: &[&str] =
+    &["control", "scale", "agent", "dns", "dnsserver", "dataplane", "published", "docker"];
 
 fn part_rank(part: &str) -> usize {
     PARTS.iter().position(|p| *p == part).unwrap_or(PARTS.len())

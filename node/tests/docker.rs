@@ -283,12 +283,31 @@ async fn docker_networks_keep_their_options_and_stay_apart() {
     registration(&docker, &web_back_ip, false, Duration::from_secs(10)).await;
     assert!(!d1.try_run(&["exec", "web", "ping", "-c", "1", "-W", "1", &db_ip]).status.success());
 
+    // Made now, so that the resyncs below would have offered it to Docker.
+    let dual =
+        lab.create(pb::CreateNetworkRequest { name: "dual".into(), enable_ipv6: true, ..Default::default() });
     // Removed from h1's dockerd while h2 uses it: only h1's Docker network goes, for good.
     d1.run(&["network", "rm", "back"]);
     tokio::time::sleep(Duration::from_secs(2)).await; // four resyncs: the agent does not bring it back
     assert!(!d1.try_run(&["network", "inspect", "back"]).status.success(), "h1's agent made back again");
     assert!(d2.run(&["network", "inspect", "-f", "{{.Name}}", "back"]) == "back");
     d2.run(&["run", "--rm", "--network", "back", IMAGE, "ping", "-c", "1", "-W", "2", &db_ip]);
+
+    // A dual-stack weft network is not offered to Docker (Docker cannot say which container an
+    // IPv6 address is for), and asking for it by id is refused with the reason.
+    let refused = d1.fails(&[
+        "network",
+        "create",
+        "-d",
+        "weft",
+        "--ipam-driver",
+        "weft",
+        "--ipam-opt",
+        &format!("weft.network={}", dual.id),
+        "dual",
+    ]);
+    assert!(refused.contains("has IPv6"), "{refused}");
+    assert!(!d2.try_run(&["network", "inspect", "dual"]).status.success(), "dual was offered to Docker");
 
     // Removed from weft (front, once empty): gone from every dockerd.
     d1.run(&["rm", "-f", "web"]);

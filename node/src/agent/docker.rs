@@ -63,14 +63,20 @@ impl<D: Dataplane> Agent<D> {
     ) -> Result<docker::PoolAnswer, Status> {
         if request.v6 {
             return Err(Status::unimplemented(
-                "IPv6 on Docker networks is not available through weft's plugin yet; create the network with `weft network create --ipv6` and use IPv4 from Docker",
+                "IPv6 on Docker networks is not available through weft's plugin yet (--ipv6); use IPv4 with Docker, or weft network connect for dual-stack networks",
             ));
         }
         if request.pool.is_empty() && !request.sub_pool.is_empty() {
             return Err(Status::invalid_argument("--ip-range needs --subnet"));
         }
         let network = match request.options.get("weft.network") {
-            Some(reference) => self.resolve_network(reference).await?,
+            Some(reference) => {
+                let network = self.resolve_network(reference).await?;
+                if network.gateway(true).is_some() {
+                    return Err(ipv6_unavailable(&network.name));
+                }
+                network
+            }
             None => {
                 let provisional = format!("{RESERVATION_PREFIX}{}", fresh_id(12));
                 let create = pb::CreateNetworkRequest {
@@ -536,8 +542,9 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
-    /// Every weft network appears in this host's dockerd under its name, so a network created
-    /// on one host (through Docker or weft) is usable by `docker run` on all; one removed from
+    /// Every weft network (IPv4-only: see [`ipv6_unavailable`]) appears in this host's dockerd
+    /// under its name, so a network created on one host (through Docker or weft) is usable by
+    /// `docker run` on all; one removed from
     /// weft (`weft network rm`) goes from dockerd too. Networks still under a provisional name
     /// wait for it; a Docker network of that name already there is left alone, and so is a
     /// network the user removed from this host's dockerd. Runs for the life of the agent when
@@ -556,6 +563,7 @@ impl<D: Dataplane> Agent<D> {
                         .networks
                         .values()
                         .filter(|n| !n.name.starts_with(RESERVATION_PREFIX))
+                        .filter(|n| n.gateway(true).is_none())
                         .filter(|n| !bindings.networks.values().any(|bound| *bound == n.id))
                         .filter(|n| !bindings.withdrawn.contains(&n.id))
                         .cloned()
@@ -761,6 +769,17 @@ impl<D: Dataplane> Agent<D> {
 /// for dropped: longer than Docker takes from handing out an address to listing the
 /// container that joined with it, including its 15 s of retries of a slow plugin.
 const DOCKER_SWEEP_GRACE: Duration = Duration::from_secs(20);
+
+/// Why a dual-stack weft network cannot be used through Docker yet: Docker asks the IPAM for
+/// a container's IPv6 address in a call of its own that does not say which container (or
+/// IPv4 address) it is for, so under concurrent starts the plugin could not pair them; and a
+/// weft endpoint on a dual-stack network always has an IPv6 address, which a container Docker
+/// gave only IPv4 would not have.
+fn ipv6_unavailable(network: &str) -> Status {
+    Status::unimplemented(format!(
+        "network {network:?} has IPv6, which weft's Docker plugin does not offer yet; attach containers to it with `weft network connect`, or use an IPv4-only network with Docker"
+    ))
+}
 
 /// How long the agent waits for dockerd to show what it just told the plugin about.
 const DOCKER_PATIENCE: Duration = Duration::from_secs(10);
