@@ -24,11 +24,10 @@ fn start(dockerd: &Dockerd, name: &str, args: &[&str]) {
 
 /// Waits until `container` (on `dockerd`) pings `target` (an address or a name).
 async fn pings(dockerd: &Dockerd, container: &str, target: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !dockerd.try_run(&["exec", container, "ping", "-c", "1", "-W", "1", target]).status.success() {
-        assert!(Instant::now() < deadline, "{container} cannot ping {target}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(&format!("{container} pings {target}"), Duration::from_secs(15), || {
+        dockerd.try_run(&["exec", container, "ping", "-c", "1", "-W", "1", target]).status.success()
+    })
+    .await;
 }
 
 /// Waits until `name`, asked through the container's own resolver (Docker's 127.0.0.11),
@@ -123,11 +122,10 @@ async fn docker_containers_on_three_hosts_share_a_weft_network() {
     pings(d1, "alpha", "charlie").await;
 
     // weft shows Docker's containers like any other: host and name.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lab.endpoints().iter().any(|e| e.container_name == "charlie" && e.node == "h3") {
-        assert!(Instant::now() < deadline, "charlie is not in the registry: {:?}", lab.endpoints());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("charlie in the registry, on h3", Duration::from_secs(10), || {
+        lab.endpoints().iter().any(|e| e.container_name == "charlie" && e.node == "h3")
+    })
+    .await;
 
     // An address another host holds is refused, which Docker alone would not do.
     let refused =
@@ -205,11 +203,10 @@ async fn docker_containers_outlive_restarts_and_what_docker_forgets() {
     // plugin) and starts `--restart always` ones again, which weft connects and names again.
     docker.dockerds[1].restart();
     let d2 = &docker.dockerds[1];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while d2.run(&["inspect", "-f", "{{.State.Running}}", "bravo"]) != "true" {
-        assert!(Instant::now() < deadline, "bravo did not come back with dockerd");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("bravo running again with dockerd", Duration::from_secs(30), || {
+        d2.run(&["inspect", "-f", "{{.State.Running}}", "bravo"]) == "true"
+    })
+    .await;
     let b_ip = address_in(d2, "bravo", "app");
     let d1 = &docker.dockerds[0];
     resolves(d1, "alpha", "bravo", &b_ip).await;
@@ -314,11 +311,10 @@ async fn docker_networks_keep_their_options_and_stay_apart() {
     d2.run(&["rm", "-f", "api"]);
     lab.remove_network("front");
     for dockerd in [d1, d2] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while dockerd.try_run(&["network", "inspect", "front"]).status.success() {
-            assert!(Instant::now() < deadline, "Docker still has front after weft network rm");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually("front gone from Docker after weft network rm", Duration::from_secs(10), || {
+            !dockerd.try_run(&["network", "inspect", "front"]).status.success()
+        })
+        .await;
     }
 }
 
@@ -345,15 +341,11 @@ async fn docker_publishes_ports_on_weft_networks() {
     };
     serve(d1, "web", &["-p", "8080:80"]);
     let h1 = "192.168.77.1";
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = fetch(1, &format!("http://{h1}:8080/"));
-        if String::from_utf8_lossy(&got.stdout).contains("served by weft") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "h2 cannot reach web through h1:8080: {got:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let served = |from: usize, port: u32| {
+        String::from_utf8_lossy(&fetch(from, &format!("http://{h1}:{port}/")).stdout)
+            .contains("served by weft")
+    };
+    eventually("h2 reaches web through h1:8080", Duration::from_secs(15), || served(1, 8080)).await;
     assert!(String::from_utf8_lossy(&fetch(0, "http://127.0.0.1:8080/").stdout).contains("served by weft"));
     let registered = lab.endpoints();
     let web = registered.iter().find(|e| e.container_name == "web").unwrap();
@@ -386,22 +378,14 @@ async fn docker_publishes_ports_on_weft_networks() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_ne!(random, 8080);
-    assert!(
-        String::from_utf8_lossy(&fetch(1, &format!("http://{h1}:{random}/")).stdout)
-            .contains("served by weft")
-    );
+    assert!(served(1, random), "any is not reachable on h1:{random}");
     // (`docker port` shows nothing for a remote driver: dockerd reads ports only from its
     // built-in drivers. `weft endpoint ls` shows them.)
 
     // Stopped, web's port is free again: another container takes it.
     d1.run(&["stop", "-t", "0", "web"]);
     serve(d1, "successor", &["-p", "8080:80"]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !String::from_utf8_lossy(&fetch(1, &format!("http://{h1}:8080/")).stdout).contains("served by weft")
-    {
-        assert!(Instant::now() < deadline, "successor is not reachable on h1:8080");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("h2 reaches successor through h1:8080", Duration::from_secs(15), || served(1, 8080)).await;
 }
 
 /// Dozens of `docker run` at once on two hosts, as a deploy does: every container gets its own

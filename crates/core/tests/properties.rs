@@ -109,6 +109,19 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// `HOST_PORT:80/tcp`, or nothing published.
+fn to_port_80(host_port: Option<u16>) -> Vec<PublishedPort> {
+    host_port
+        .map(|host_port| PublishedPort {
+            protocol: PortProtocol::Tcp,
+            host_ip: None,
+            host_port,
+            container_port: 80,
+        })
+        .into_iter()
+        .collect()
+}
+
 fn cramped_config() -> ClusterConfig {
     ClusterConfig {
         cluster_id: "prop".into(),
@@ -150,15 +163,7 @@ fn command(op: &Op) -> Command {
                 ipv4: static_last_octet.map(|o| Ipv4Addr::new(172, 16, 0, o)),
                 ..EndpointRequest::default()
             },
-            host_port
-                .map(|host_port| PublishedPort {
-                    protocol: PortProtocol::Tcp,
-                    host_ip: None,
-                    host_port,
-                    container_port: 80,
-                })
-                .into_iter()
-                .collect(),
+            to_port_80(*host_port),
         ),
         Op::Rename { from, to } => {
             Command::RenameNetwork { network: format!("n{from}"), name: format!("n{to}") }
@@ -168,15 +173,7 @@ fn command(op: &Op) -> Command {
                 network: format!("n{network}"),
                 container_id: format!("c{container}"),
             },
-            ports: host_port
-                .map(|host_port| PublishedPort {
-                    protocol: PortProtocol::Tcp,
-                    host_ip: None,
-                    host_port,
-                    container_port: 80,
-                })
-                .into_iter()
-                .collect(),
+            ports: to_port_80(*host_port),
         },
         Op::Reshape { index, internal, options } => Command::ReshapeNetwork {
             network: format!("n{index}"),
