@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use tonic::Status;
 use weft_api::pb;
@@ -12,8 +13,6 @@ use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_dataplane::Dataplane;
 
 use crate::attachments::{Entry, NamespaceId, Record, Stage};
-use std::time::Instant;
-
 use crate::docker::bindings::{DockerBindings, DockerView, Missing, sweep};
 use crate::docker::protocol as docker;
 use crate::mirror::{EndpointView, NetworkView, endpoint_view};
@@ -544,11 +543,10 @@ impl<D: Dataplane> Agent<D> {
 
     /// Every weft network (IPv4-only: see [`ipv6_unavailable`]) appears in this host's dockerd
     /// under its name, so a network created on one host (through Docker or weft) is usable by
-    /// `docker run` on all; one removed from
-    /// weft (`weft network rm`) goes from dockerd too. Networks still under a provisional name
-    /// wait for it; a Docker network of that name already there is left alone, and so is a
-    /// network the user removed from this host's dockerd. Runs for the life of the agent when
-    /// the plugin is on.
+    /// `docker run` on all; one removed from weft (`weft network rm`) goes from dockerd too.
+    /// Networks still under a provisional name wait for it; a Docker network of that name
+    /// already there is left alone, and so is a network the user removed from this host's
+    /// dockerd. Runs for the life of the agent when the plugin is on.
     pub async fn docker_offer_networks_forever(&self) {
         let Some(api) = self.docker_api() else { return };
         loop {
