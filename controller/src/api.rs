@@ -247,16 +247,11 @@ impl EndpointService for Controller {
         request: Request<pb::RemoveEndpointRequest>,
     ) -> Result<Response<pb::RemoveEndpointResponse>, Status> {
         let reference = convert::endpoint_ref(request.get_ref()).map_err(invalid)?;
-        if request.extensions().get::<Caller>().is_some_and(|c| c.role == Role::Node) {
-            let host =
-                self.registry.with_state(|state| state.find_endpoint(&reference).map(|e| e.node.clone()));
-            match host {
-                Ok(host) => acting_for(&request, &host, "remove endpoints")?,
-                // Gone already: a retry whose first attempt removed it gets that attempt's
-                // answer from the request id; anything else gets NotFound from the registry.
-                Err(err) if err.kind() == weft_core::ErrorKind::NotFound => {}
-                Err(err) => return Err(invalid(err)),
-            }
+        match self.acting_for_endpoint(&request, &reference, "remove endpoints") {
+            // Gone already: a retry whose first attempt removed it gets that attempt's answer
+            // from the request id; anything else gets NotFound from the registry.
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            checked => checked?,
         }
         let command = Command::once(&request.get_ref().request_id, Command::RemoveEndpoint(reference));
         match self.propose_by(command, deadline(&request)).await? {
@@ -279,11 +274,7 @@ impl EndpointService for Controller {
         let req = request.get_ref();
         let endpoint = weft_core::EndpointRef::Id(req.endpoint_id.clone());
         let ports = convert::published_ports(&req.ports).map_err(invalid)?;
-        if request.extensions().get::<Caller>().is_some_and(|c| c.role == Role::Node) {
-            let host =
-                self.registry.with_state(|state| state.find_endpoint(&endpoint).map(|e| e.node.clone()));
-            acting_for(&request, &host.map_err(invalid)?, "publish ports")?;
-        }
+        self.acting_for_endpoint(&request, &endpoint, "publish ports")?;
         let command = Command::once(&req.request_id, Command::PublishPorts { endpoint, ports });
         self.endpoint_written(command, deadline(&request)).await
     }
@@ -293,12 +284,8 @@ impl EndpointService for Controller {
         request: Request<pb::UpdateEndpointRequest>,
     ) -> Result<Response<pb::Endpoint>, Status> {
         let command = convert::endpoint_update(request.get_ref()).map_err(invalid)?;
-        if let Command::UpdateEndpoint { endpoint, .. } = &command
-            && request.extensions().get::<Caller>().is_some_and(|c| c.role == Role::Node)
-        {
-            let host =
-                self.registry.with_state(|state| state.find_endpoint(endpoint).map(|e| e.node.clone()));
-            acting_for(&request, &host.map_err(invalid)?, "update endpoints")?;
+        if let Command::UpdateEndpoint { endpoint, .. } = &command {
+            self.acting_for_endpoint(&request, endpoint, "update endpoints")?;
         }
         let command = Command::once(&request.get_ref().request_id, command);
         self.endpoint_written(command, deadline(&request)).await
@@ -504,6 +491,21 @@ fn member_pb(member: &MemberView) -> pb::Member {
 }
 
 impl Controller {
+    /// For a host's agent: the endpoint must be on its own host (NotFound when there is no
+    /// such endpoint). Other callers may act on any.
+    fn acting_for_endpoint<T>(
+        &self,
+        request: &Request<T>,
+        endpoint: &weft_core::EndpointRef,
+        what: &str,
+    ) -> Result<(), Status> {
+        if !request.extensions().get::<Caller>().is_some_and(|c| c.role == Role::Node) {
+            return Ok(());
+        }
+        let host = self.registry.with_state(|state| state.find_endpoint(endpoint).map(|e| e.node.clone()));
+        acting_for(request, &host.map_err(invalid)?, what)
+    }
+
     /// Proposes a command whose answer is a network, and answers it as this member shows it
     /// once it has applied the command.
     async fn answer_network(
