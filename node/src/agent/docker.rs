@@ -326,11 +326,7 @@ impl<D: Dataplane> Agent<D> {
         endpoint: &EndpointView,
         mac: &str,
     ) -> Result<EndpointView, Status> {
-        self.release_endpoint(endpoint.id.clone()).await?;
-        self.shared().mirror.endpoints.remove(&endpoint.id);
-        self.save_bindings(|b| {
-            b.made.remove(&endpoint.id);
-        })?;
+        self.docker_forget_endpoint(&endpoint.id).await?;
         let create = pb::CreateEndpointRequest {
             network: network.id.clone(),
             node: self.settings.host.name.clone(),
