@@ -359,48 +359,57 @@ async fn main() {
         }
     }
     println!();
+    // Each comparison: what is measured against what, how it is said, and its figure.
+    struct Comparison {
+        over: (&'static str, &'static str),
+        percent: bool,
+        says: &'static str,
+        id: &'static str,
+        label: &'static str,
+    }
+    let comparisons = [
+        Comparison {
+            over: ("weft.remote", "weft.remote_direct"),
+            percent: true,
+            says: "from another machine, weft's published port carries {} of direct",
+            id: "published.ratio",
+            label: "weft published / direct, from another machine",
+        },
+        Comparison {
+            over: ("weft.localhost", "weft.direct"),
+            percent: true,
+            says: "on the host, 127.0.0.1 through weft carries {} of direct",
+            id: "published.local_ratio",
+            label: "weft published (127.0.0.1) / direct, on the host",
+        },
+        Comparison {
+            over: ("weft.localhost", "docker.localhost"),
+            percent: false,
+            says: "weft's published port (127.0.0.1) carries {} Docker's",
+            id: "published.vs_docker",
+            label: "weft / Docker `-p` via 127.0.0.1",
+        },
+    ];
     for kind in [Kind::RoundTrip, Kind::Connection] {
         let key = if kind == Kind::RoundTrip { "rt" } else { "conn" };
-        if let (Some(published), Some(direct)) =
-            (get(&rows, "weft.remote", kind), get(&rows, "weft.remote_direct", kind))
-        {
-            let ratio = published / direct * 100.0;
-            println!(
-                "- {}: from another machine, weft's published port carries {ratio:.1} % of direct",
-                kind.label()
-            );
+        for c in &comparisons {
+            let (Some(measured), Some(against)) = (get(&rows, c.over.0, kind), get(&rows, c.over.1, kind))
+            else {
+                continue;
+            };
+            let (ratio, unit, shown) = if c.percent {
+                let ratio = measured / against * 100.0;
+                (ratio, "%", format!("{ratio:.1} %"))
+            } else {
+                let ratio = measured / against;
+                (ratio, "×", format!("{ratio:.2}×"))
+            };
+            println!("- {}: {}", kind.label(), c.says.replace("{}", &shown));
             record(Figure::new(
-                &format!("published.ratio.{key}"),
-                &format!("weft published / direct, from another machine, {}", kind.label()),
+                &format!("{}.{key}", c.id),
+                &format!("{}, {}", c.label, kind.label()),
                 ratio,
-                "%",
-            ));
-        }
-        if let (Some(published), Some(direct)) =
-            (get(&rows, "weft.localhost", kind), get(&rows, "weft.direct", kind))
-        {
-            let ratio = published / direct * 100.0;
-            println!(
-                "- {}: on the host, 127.0.0.1 through weft carries {ratio:.1} % of direct",
-                kind.label()
-            );
-            record(Figure::new(
-                &format!("published.local_ratio.{key}"),
-                &format!("weft published (127.0.0.1) / direct, on the host, {}", kind.label()),
-                ratio,
-                "%",
-            ));
-        }
-        if let (Some(weft), Some(docker)) =
-            (get(&rows, "weft.localhost", kind), get(&rows, "docker.localhost", kind))
-        {
-            let ratio = weft / docker;
-            println!("- {}: weft's published port (127.0.0.1) carries {ratio:.2}× Docker's", kind.label());
-            record(Figure::new(
-                &format!("published.vs_docker.{key}"),
-                &format!("weft / Docker `-p` via 127.0.0.1, {}", kind.label()),
-                ratio,
-                "×",
+                unit,
             ));
         }
     }

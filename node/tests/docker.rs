@@ -93,7 +93,7 @@ async fn docker_containers_on_three_hosts_share_a_weft_network() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Creating it again on another host meets Docker's own refusal.
-    let again = d2.fails(&["network", "create", "-d", "weft", "--ipam-driver", "weft", "app"]);
+    let again = docker.create_network_refused(1, "app", &[]);
     assert!(again.contains("already exists"), "{again}");
 
     start(d1, "alpha", &["--network", "app"]);
@@ -240,17 +240,8 @@ async fn docker_networks_keep_their_options_and_stay_apart() {
     assert!(back.internal && back.encrypted, "{back:?}");
     assert_eq!(d2.run(&["network", "inspect", "-f", "{{.Internal}}", "back"]), "true");
     // Options the weft network does not have are refused where it exists already.
-    let differs = d2.fails(&[
-        "network",
-        "create",
-        "-d",
-        "weft",
-        "--ipam-driver",
-        "weft",
-        "--ipam-opt",
-        &format!("weft.network={}", back.id),
-        "back-open",
-    ]);
+    let differs =
+        docker.create_network_refused(1, "back-open", &["--ipam-opt", &format!("weft.network={}", back.id)]);
     assert!(differs.contains("remote:") && differs.contains("internal"), "{differs}");
 
     start(d1, "web", &["--network", "front"]);
@@ -292,17 +283,8 @@ async fn docker_networks_keep_their_options_and_stay_apart() {
 
     // A dual-stack weft network is not offered to Docker (Docker cannot say which container an
     // IPv6 address is for), and asking for it by id is refused with the reason.
-    let refused = d1.fails(&[
-        "network",
-        "create",
-        "-d",
-        "weft",
-        "--ipam-driver",
-        "weft",
-        "--ipam-opt",
-        &format!("weft.network={}", dual.id),
-        "dual",
-    ]);
+    let refused =
+        docker.create_network_refused(0, "dual", &["--ipam-opt", &format!("weft.network={}", dual.id)]);
     assert!(refused.contains("has IPv6"), "{refused}");
     assert!(!d2.try_run(&["network", "inspect", "dual"]).status.success(), "dual was offered to Docker");
 

@@ -107,50 +107,38 @@ fn the_docker_install_points_dockerd_at_weft_and_uninstall_takes_it_back() {
     let daemon_json = r.join("etc/docker/daemon.json");
     std::fs::create_dir_all(daemon_json.parent().unwrap()).unwrap();
     std::fs::write(&daemon_json, r#"{"log-driver": "journald", "dns": ["192.0.2.53"]}"#).unwrap();
-    let out = script(
-        &host,
-        r,
-        &[
-            "--binary",
-            NODE,
-            "--controllers",
-            "10.0.0.1:7001",
-            "--join-token",
-            "weft1.0123456789abcdef.s3cret",
-            "--ca-fingerprint",
-            &"ab".repeat(32),
-            "--docker",
-        ],
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fingerprint = "ab".repeat(32);
+    let install = || {
+        let out = script(
+            &host,
+            r,
+            &[
+                "--binary",
+                NODE,
+                "--controllers",
+                "10.0.0.1:7001",
+                "--join-token",
+                "weft1.0123456789abcdef.s3cret",
+                "--ca-fingerprint",
+                &fingerprint,
+                "--docker",
+            ],
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let config =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&daemon_json).unwrap()).unwrap() };
+    install();
     let env = std::fs::read_to_string(r.join("etc/weft/node.env")).unwrap();
     assert!(env.contains("WEFT_DOCKER_PLUGIN_SOCKET=/run/docker/plugins/weft.sock\n"), "{env}");
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&daemon_json).unwrap()).unwrap();
-    assert_eq!(config["dns"], serde_json::json!(["169.254.53.53", "192.0.2.53"]));
-    assert_eq!(config["log-driver"], "journald");
+    assert_eq!(config()["dns"], serde_json::json!(["169.254.53.53", "192.0.2.53"]));
+    assert_eq!(config()["log-driver"], "journald");
     // Again: nothing doubled.
-    let again = script(
-        &host,
-        r,
-        &[
-            "--binary",
-            NODE,
-            "--controllers",
-            "10.0.0.1:7001",
-            "--join-token",
-            "weft1.x.y",
-            "--ca-fingerprint",
-            "ab",
-            "--docker",
-        ],
-    );
-    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&daemon_json).unwrap()).unwrap();
-    assert_eq!(config["dns"], serde_json::json!(["169.254.53.53", "192.0.2.53"]));
+    install();
+    assert_eq!(config()["dns"], serde_json::json!(["169.254.53.53", "192.0.2.53"]));
 
     let out = script(&host, r, &["--uninstall"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&daemon_json).unwrap()).unwrap();
-    assert_eq!(config["dns"], serde_json::json!(["192.0.2.53"]));
-    assert_eq!(config["log-driver"], "journald");
+    assert_eq!(config()["dns"], serde_json::json!(["192.0.2.53"]));
+    assert_eq!(config()["log-driver"], "journald");
 }

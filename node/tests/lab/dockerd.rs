@@ -264,13 +264,15 @@ impl DockerLab {
         self.lab.agent(i).await;
     }
 
+    /// `docker network create` on weft refused by host `i`'s dockerd: its message.
+    pub fn create_network_refused(&self, i: usize, name: &str, extra: &[&str]) -> String {
+        self.dockerds[i].fails(&network_create(name, extra))
+    }
+
     /// Creates the Docker network `name` through host `i`'s dockerd and waits until every
     /// other host's dockerd has it too.
     pub async fn create_network(&self, i: usize, name: &str, extra: &[&str]) {
-        let mut args = vec!["network", "create", "-d", "weft", "--ipam-driver", "weft"];
-        args.extend_from_slice(extra);
-        args.push(name);
-        self.dockerds[i].run(&args);
+        self.dockerds[i].run(&network_create(name, extra));
         for (j, dockerd) in self.dockerds.iter().enumerate() {
             let deadline = Instant::now() + Duration::from_secs(15);
             while !dockerd.try_run(&["network", "inspect", name]).status.success() {
@@ -284,4 +286,12 @@ impl DockerLab {
     pub fn registered(&self, ip: &str) -> bool {
         self.lab.endpoints().iter().any(|e| e.ipv4_address.starts_with(&format!("{ip}/")))
     }
+}
+
+/// `docker network create -d weft --ipam-driver weft EXTRA… NAME`.
+fn network_create<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["network", "create", "-d", "weft", "--ipam-driver", "weft"];
+    args.extend_from_slice(extra);
+    args.push(name);
+    args
 }
