@@ -202,13 +202,8 @@ impl NetworkService for Controller {
     ) -> Result<Response<pb::Network>, Status> {
         provisional_only(&request, self.is_provisional(&request.get_ref().network), "ReshapeNetwork")?;
         let until = deadline(&request);
-        let req = request.into_inner();
-        let command = Command::ReshapeNetwork {
-            network: req.network,
-            internal: req.internal,
-            options: req.options.into_iter().collect(),
-        };
-        self.answer_network(Command::once(&req.request_id, command), until).await
+        let command = convert::network_reshape(request.get_ref()).map_err(invalid)?;
+        self.answer_network(Command::once(&request.get_ref().request_id, command), until).await
     }
 
     async fn prune_networks(

@@ -260,6 +260,11 @@ async fn docker_networks_keep_their_options_and_stay_apart() {
     // Egress from front, none from the internal back.
     pings(d2, "api", OUTSIDE).await;
     assert!(!d2.try_run(&["exec", "db", "ping", "-c", "1", "-W", "1", OUTSIDE]).status.success());
+    // A container only on the internal network still resolves one of another host.
+    start(d1, "cache", &["--network", "back"]);
+    resolves(d2, "db", "cache", &address_in(d1, "cache", "back")).await;
+    pings(d2, "db", "cache").await;
+    d1.run(&["rm", "-f", "cache"]);
 
     // Connected to back as well: web reaches db by name, across hosts, inside WireGuard.
     d1.run(&["network", "connect", "back", "web"]);
@@ -281,12 +286,25 @@ async fn docker_networks_keep_their_options_and_stay_apart() {
     assert!(d2.run(&["network", "inspect", "-f", "{{.Name}}", "back"]) == "back");
     d2.run(&["run", "--rm", "--network", "back", IMAGE, "ping", "-c", "1", "-W", "2", &db_ip]);
 
-    // A dual-stack weft network is not offered to Docker (Docker cannot say which container an
-    // IPv6 address is for), and asking for it by id is refused with the reason.
-    let refused =
-        docker.create_network_refused(0, "dual", &["--ipam-opt", &format!("weft.network={}", dual.id)]);
-    assert!(refused.contains("has IPv6"), "{refused}");
-    assert!(!d2.try_run(&["network", "inspect", "dual"]).status.success(), "dual was offered to Docker");
+    // A dual-stack network made with weft is offered to every dockerd with IPv6 and both its
+    // subnets, and Docker's containers there get weft's two addresses.
+    let subnets: Vec<&str> = dual.ipam_config.iter().map(|c| c.subnet.as_str()).collect();
+    let inspect =
+        ["network", "inspect", "-f", "{{.EnableIPv6}} {{range .IPAM.Config}}{{.Subnet}} {{end}}", "dual"];
+    eventually("dual offered to h2's dockerd", Duration::from_secs(10), || {
+        d2.try_run(&inspect).status.success()
+    })
+    .await;
+    assert_eq!(d2.run(&inspect), format!("true {}", subnets.join(" ")));
+    start(d2, "both", &["--network", "dual"]);
+    let v6 = ipv6_in(d2, "both", "dual");
+    eventually("both's two addresses in weft", Duration::from_secs(10), || {
+        lab.endpoints()
+            .iter()
+            .any(|e| e.container_name == "both" && e.ipv6_address.starts_with(&format!("{v6}/")))
+    })
+    .await;
+    d2.run(&["rm", "-f", "both"]);
 
     // Removed from weft (front, once empty): gone from every dockerd.
     d1.run(&["rm", "-f", "web"]);
@@ -435,4 +453,98 @@ async fn docker_starts_many_containers_at_once() {
         resolves(d1, "c0-0", &name, &address_in(&docker.dockerds[1], &name, "app")).await;
     }
     pings(d1, "c0-0", "c1-9").await;
+}
+
+/// The container's IPv6 address on `network`, as Docker shows it.
+fn ipv6_in(dockerd: &Dockerd, container: &str, network: &str) -> String {
+    let format = format!("{{{{(index .NetworkSettings.Networks \"{network}\").GlobalIPv6Address}}}}");
+    dockerd.run(&["inspect", "-f", &format, container])
+}
+
+/// `docker network create --ipv6`: Docker asks for each container's IPv6 address in a call of
+/// its own; under concurrent starts every container's two addresses are still one weft
+/// endpoint's, IPv6 crosses hosts, `--ip6` is cluster-wide, and the families must agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_dual_stack_networks_pair_both_addresses() {
+    let Some(docker) = DockerLab::new("docker_dual_stack_networks_pair_both_addresses", 2).await else {
+        return;
+    };
+    let [d1, d2] = [&docker.dockerds[0], &docker.dockerds[1]];
+    docker
+        .create_network(0, "six", &["--ipv6", "--subnet", "10.77.0.0/24", "--subnet", "fd00:77::/64"])
+        .await;
+    let subnets = "{{range .IPAM.Config}}{{.Subnet}} {{end}}";
+    assert_eq!(d2.run(&["network", "inspect", "-f", subnets, "six"]), "10.77.0.0/24 fd00:77::/64");
+    // A pool subnet when none is given.
+    docker.create_network(1, "pooled", &["--ipv6"]).await;
+    let pooled = d1.run(&["network", "inspect", "-f", subnets, "pooled"]);
+    assert!(pooled.split_whitespace().nth(1).is_some_and(|s| s.contains(':')), "{pooled}");
+
+    const PER_HOST: usize = 4;
+    std::thread::scope(|scope| {
+        for (host, dockerd) in docker.dockerds.iter().enumerate() {
+            for i in 0..PER_HOST {
+                scope.spawn(move || start(dockerd, &format!("s{host}-{i}"), &["--network", "six"]));
+            }
+        }
+    });
+    let registered = docker.lab.endpoints();
+    for (host, dockerd) in docker.dockerds.iter().enumerate() {
+        for i in 0..PER_HOST {
+            let name = format!("s{host}-{i}");
+            let (v4, v6) = (address_in(dockerd, &name, "six"), ipv6_in(dockerd, &name, "six"));
+            let endpoint = registered
+                .iter()
+                .find(|e| e.ipv4_address.starts_with(&format!("{v4}/")))
+                .unwrap_or_else(|| panic!("{name}'s {v4} is not registered"));
+            assert_eq!(
+                endpoint.ipv6_address,
+                format!("{v6}/64"),
+                "{name}: Docker's two addresses are two endpoints'"
+            );
+        }
+    }
+    let far = ipv6_in(d2, "s1-0", "six");
+    pings(d1, "s0-0", &far).await;
+    // Names answer IPv6 too, through Docker's resolver.
+    resolves(d1, "s0-0", "s1-0", &far).await;
+
+    // A static --ip6 is the cluster's: another host asking for it is refused.
+    start(d2, "fixed", &["--network", "six", "--ip6", "fd00:77::99"]);
+    assert_eq!(ipv6_in(d2, "fixed", "six"), "fd00:77::99");
+    pings(d1, "s0-0", "fd00:77::99").await;
+    let refused = d1.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "dup",
+        "--network",
+        "six",
+        "--ip6",
+        "fd00:77::99",
+        IMAGE,
+        "sleep",
+        "1",
+    ]);
+    assert!(refused.contains("remote:") && refused.contains("fd00:77::99"), "{refused}");
+
+    // Removed, a container's endpoint goes with both its addresses.
+    let gone = address_in(d2, "fixed", "six");
+    d2.run(&["rm", "-f", "fixed"]);
+    registration(&docker, &gone, false, Duration::from_secs(10)).await;
+    assert!(!docker.lab.endpoints().iter().any(|e| e.ipv6_address.starts_with("fd00:77::99/")));
+
+    // The families must agree with the weft network's.
+    docker.create_network(0, "four", &["--subnet", "10.78.0.0/24"]).await;
+    let no_ipv6 = docker.create_network_refused(1, "four6", &["--ipv6", "--ipam-opt", "weft.network=four"]);
+    assert!(no_ipv6.contains("remote:") && no_ipv6.contains("has no IPv6"), "{no_ipv6}");
+    let without = docker.create_network_refused(
+        1,
+        "six4",
+        &["--ipam-opt", "weft.network=six", "--subnet", "10.77.0.0/24"],
+    );
+    assert!(without.contains("with --ipv6"), "{without}");
+    // Without its subnets, Docker would take the network's own bridge here for a clash.
+    let unnamed = docker.create_network_refused(1, "six6", &["--ipv6", "--ipam-opt", "weft.network=six"]);
+    assert!(unnamed.contains("--subnet 10.77.0.0/24 --subnet fd00:77::/64"), "{unnamed}");
 }

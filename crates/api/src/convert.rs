@@ -179,6 +179,26 @@ pub fn network_request(req: &pb::CreateNetworkRequest) -> Result<NetworkRequest,
     })
 }
 
+/// `ReshapeNetworkRequest` to its command; an `ipv6` entry must be an IPv6 one (or name
+/// nothing, for a pool subnet).
+pub fn network_reshape(req: &pb::ReshapeNetworkRequest) -> Result<Command, Error> {
+    let ipv6 = match &req.ipv6 {
+        None => None,
+        Some(entry) => match subnet_request(entry, 0)? {
+            (Some(Family::V6) | None, parsed) => Some(parsed),
+            (Some(Family::V4), _) => {
+                return Err(Error::invalid("ipv6.subnet", &entry.subnet, "it is not an IPv6 subnet"));
+            }
+        },
+    };
+    Ok(Command::ReshapeNetworkWithIpv6 {
+        network: req.network.clone(),
+        internal: req.internal,
+        options: req.options.clone().into_iter().collect(),
+        ipv6,
+    })
+}
+
 fn ipam_config(config: &SubnetConfig) -> pb::IpamConfig {
     pb::IpamConfig {
         subnet: config.subnet.to_string(),

@@ -103,6 +103,17 @@ pub enum Command {
         endpoint: EndpointRef,
         ports: Vec<PublishedPort>,
     },
+    /// [`Command::ReshapeNetwork`] that may also give an IPv4-only network IPv6 (`ipv6`: the
+    /// subnet asked for, or a pool subnet): Docker asks for a network's IPv6 pool after its
+    /// IPv4 one. A network with IPv6 keeps it. Controllers propose this one; the older
+    /// variant stays for logs that hold it (commands are appended, never changed, so every
+    /// log entry decodes).
+    ReshapeNetworkWithIpv6 {
+        network: String,
+        internal: bool,
+        options: BTreeMap<String, String>,
+        ipv6: Option<SubnetRequest>,
+    },
 }
 
 impl Command {

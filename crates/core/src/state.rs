@@ -469,7 +469,10 @@ impl State {
             Command::CreateEndpointPublishing { request, ports } => self.create_endpoint(request, ports, at),
             Command::RenameNetwork { network, name } => self.rename_network(network, name),
             Command::ReshapeNetwork { network, internal, options } => {
-                self.reshape_network(network, *internal, options)
+                self.reshape_network(network, *internal, options, None)
+            }
+            Command::ReshapeNetworkWithIpv6 { network, internal, options, ipv6 } => {
+                self.reshape_network(network, *internal, options, ipv6.as_ref())
             }
             Command::PublishPorts { endpoint, ports } => self.publish_ports(endpoint, ports),
             Command::UpdateEndpoint { endpoint, container_id, container_name, aliases } => {
@@ -871,16 +874,35 @@ impl State {
         key: &str,
         internal: bool,
         options: &BTreeMap<String, String>,
+        ipv6: Option<&SubnetRequest>,
     ) -> Result<Applied> {
         let id = self.resolve_network_id(key)?;
         let entry = &self.networks[&id];
         let network = &entry.network;
-        if network.internal == internal && network.options == *options {
+        // IPv6 is added, never taken away; one asked for again must be the one it has.
+        let add_ipv6 = match (ipv6, &network.ipv6) {
+            (None, _) => None,
+            (Some(request), None) => Some(request),
+            (Some(request), Some(has)) => {
+                if request.subnet.is_some_and(|asked| asked != has.subnet) {
+                    return Err(Error::conflict(
+                        "IPV6_SUBNET",
+                        &network.name,
+                        format!(
+                            "network {:?} has IPv6 subnet {} already; it cannot change",
+                            network.name, has.subnet
+                        ),
+                    ));
+                }
+                None
+            }
+        };
+        if network.internal == internal && network.options == *options && add_ipv6.is_none() {
             return self.unchanged(Response::Network(network.clone()));
         }
-        let settings =
-            NetworkSettings::parse(options, self.config.encrypt_by_default, network.ipv6.is_some())
-                .map_err(|e| e.about_field("options"))?;
+        let has_ipv6 = network.ipv6.is_some() || add_ipv6.is_some();
+        let settings = NetworkSettings::parse(options, self.config.encrypt_by_default, has_ipv6)
+            .map_err(|e| e.about_field("options"))?;
         if !entry.endpoints.is_empty() {
             return Err(Error::conflict(
                 "NETWORK_IN_USE",
@@ -902,8 +924,28 @@ impl State {
                 format!("bridge name {bridge:?} is already used by network {:?}", other.name),
             ));
         }
+        let ipv6 = match add_ipv6 {
+            Some(request) => {
+                let subnet = self.choose_subnet(&network.name, request, Family::V6)?;
+                Some((SubnetAllocator::new(&subnet)?, subnet))
+            }
+            None => None,
+        };
+        // Checked; now change.
         self.revision += 1;
+        if let Some((_, subnet)) = &ipv6 {
+            let inserted = self.subnets_mut(Family::V6).insert(
+                subnet.subnet.first(),
+                subnet.subnet.last(),
+                Owner::Network(id),
+            );
+            debug_assert!(inserted, "choose_subnet checked it free");
+        }
         let entry = self.networks.get_mut(&id).unwrap_or_else(|| unreachable!("resolved network"));
+        if let Some((allocator, subnet)) = ipv6 {
+            entry.ipv6 = Some(allocator);
+            entry.network.ipv6 = Some(subnet);
+        }
         entry.network.internal = internal;
         entry.network.options = options.clone();
         entry.network.settings = settings;

@@ -1108,6 +1108,54 @@ fn an_empty_network_takes_new_options_and_only_while_empty() {
 }
 
 #[test]
+fn an_empty_network_takes_ipv6_once_and_keeps_it() {
+    let mut s = cluster();
+    let created = create(&mut s, network("docker-5a5a"));
+    let taken = create(
+        &mut s,
+        NetworkRequest {
+            ipv6: Some(SubnetRequest { subnet: Some("fd00:77::/64".parse().unwrap()), ..Default::default() }),
+            ..network("six")
+        },
+    );
+    let reshape = |ipv6: Option<&str>| Command::ReshapeNetworkWithIpv6 {
+        network: "docker-5a5a".into(),
+        internal: false,
+        options: BTreeMap::new(),
+        ipv6: Some(SubnetRequest { subnet: ipv6.map(|c| c.parse().unwrap()), ..Default::default() }),
+    };
+    // A subnet another network holds is refused, and nothing changes.
+    assert_eq!(refused(&mut s, reshape(Some("fd00:77::/64"))).kind(), ErrorKind::Conflict);
+    assert!(s.resolve_network("docker-5a5a").unwrap().ipv6.is_none());
+    let applied = apply(&mut s, reshape(None)).unwrap();
+    let Response::Network(reshaped) = &applied.response else { panic!("{applied:?}") };
+    let ipv6 = reshaped.ipv6.clone().expect("a pool subnet");
+    assert_ne!(Some(ipv6.subnet), taken.ipv6.as_ref().map(|t| t.subnet));
+    assert_eq!((reshaped.id, reshaped.vni, &reshaped.ipv4), (created.id, created.vni, &created.ipv4));
+    // Asked again (a retry, or its own subnet named) changes nothing; another subnet is refused.
+    assert!(apply(&mut s, reshape(None)).unwrap().events.is_empty());
+    assert!(apply(&mut s, reshape(Some(&ipv6.subnet.to_string()))).unwrap().events.is_empty());
+    assert_eq!(refused(&mut s, reshape(Some("fd00:99::/64"))).kind(), ErrorKind::Conflict);
+    // The older command keeps the IPv6 it was given; endpoints get addresses of both families.
+    let keep =
+        Command::ReshapeNetwork { network: "docker-5a5a".into(), internal: true, options: BTreeMap::new() };
+    apply(&mut s, keep).unwrap();
+    assert_eq!(s.resolve_network("docker-5a5a").unwrap().ipv6.as_ref(), Some(&ipv6));
+    let endpoint = attach(&mut s, endpoint("docker-5a5a", "h1", "c1"));
+    assert!(endpoint.ipv6.is_some_and(|a| ipv6.subnet.contains(IpAddr::V6(a))), "{endpoint:?}");
+    s.check_invariants().unwrap();
+    assert_eq!(State::restore(&s.snapshot()).unwrap(), s);
+    // Removing the network frees its IPv6 subnet for another.
+    apply(&mut s, Command::RemoveNetwork { network: "docker-5a5a".into(), force: true }).unwrap();
+    let again = NetworkRequest {
+        ipv6: Some(SubnetRequest { subnet: Some(ipv6.subnet), ..Default::default() }),
+        ..network("again")
+    };
+    create(&mut s, again);
+    s.check_invariants().unwrap();
+}
+
+#[test]
 fn an_empty_network_takes_a_new_name_and_only_while_empty() {
     let mut s = cluster();
     let provisional = create(&mut s, network("docker-1f2e"));

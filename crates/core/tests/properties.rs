@@ -56,11 +56,13 @@ enum Op {
         container: u8,
         host_port: Option<u16>,
     },
-    /// Options from a small set: none, encrypted, or a bridge name two networks may want.
+    /// Options from a small set: none, encrypted, or a bridge name two networks may want;
+    /// with `ipv6`, through the command that also adds IPv6 (a pool subnet).
     Reshape {
         index: u8,
         internal: bool,
         options: u8,
+        ipv6: bool,
     },
     Update {
         network: u8,
@@ -100,7 +102,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..4u8, 0..5u8).prop_map(|(from, to)| Op::Rename { from, to }),
         2 => (network(), 0..16u8, prop::option::weighted(0.8, 8080..8084u16))
             .prop_map(|(network, container, host_port)| Op::Publish { network, container, host_port }),
-        1 => (0..4u8, any::<bool>(), 0..3u8).prop_map(|(index, internal, options)| Op::Reshape { index, internal, options }),
+        1 => (0..4u8, any::<bool>(), 0..3u8, any::<bool>())
+            .prop_map(|(index, internal, options, ipv6)| Op::Reshape { index, internal, options, ipv6 }),
         1 => (network(), 0..16u8, 0..16u8).prop_map(|(network, container, to)| Op::Update { network, container, to }),
         4 => (network(), 0..16u8).prop_map(|(network, container)| Op::Detach { network, container }),
         2 => (0..3u8, 0..4u8).prop_map(|(node, underlay)| Op::Register { node, underlay }),
@@ -175,17 +178,26 @@ fn command(op: &Op) -> Command {
             },
             ports: to_port_80(*host_port),
         },
-        Op::Reshape { index, internal, options } => Command::ReshapeNetwork {
-            network: format!("n{index}"),
-            internal: *internal,
-            options: match options {
+        Op::Reshape { index, internal, options, ipv6 } => {
+            let (network, internal) = (format!("n{index}"), *internal);
+            let options = match options {
                 0 => BTreeMap::new(),
                 1 => BTreeMap::from([("encrypted".to_string(), String::new())]),
                 _ => {
                     BTreeMap::from([("com.docker.network.bridge.name".to_string(), "br-shared".to_string())])
                 }
-            },
-        },
+            };
+            if *ipv6 {
+                Command::ReshapeNetworkWithIpv6 {
+                    network,
+                    internal,
+                    options,
+                    ipv6: Some(SubnetRequest::default()),
+                }
+            } else {
+                Command::ReshapeNetwork { network, internal, options }
+            }
+        }
         Op::Update { network, container, to } => Command::UpdateEndpoint {
             endpoint: EndpointRef::Container {
                 network: format!("n{network}"),

@@ -14,6 +14,7 @@ use weft_dataplane::Dataplane;
 
 use crate::attachments::{Entry, NamespaceId, Record, Stage};
 use crate::docker::bindings::{DockerBindings, DockerView, Missing, sweep};
+use crate::docker::pairing::{AwaitingIpv6, ipv6_pool_id, split_pool_id};
 use crate::docker::protocol as docker;
 use crate::mirror::{EndpointView, NetworkView, endpoint_view};
 
@@ -30,6 +31,10 @@ fn with_prefix(address: &Option<weft_dataplane::IfAddr>) -> String {
 impl<D: Dataplane> Agent<D> {
     fn bindings(&self) -> std::sync::MutexGuard<'_, DockerBindings> {
         self.docker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn awaiting_ipv6(&self) -> std::sync::MutexGuard<'_, AwaitingIpv6> {
+        self.docker_awaiting_ipv6.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn save_bindings(&self, change: impl FnOnce(&mut DockerBindings)) -> Result<(), Status> {
@@ -60,22 +65,14 @@ impl<D: Dataplane> Agent<D> {
         &self,
         request: docker::RequestPool,
     ) -> Result<docker::PoolAnswer, Status> {
-        if request.v6 {
-            return Err(Status::unimplemented(
-                "IPv6 on Docker networks is not available through weft's plugin yet (--ipv6); use IPv4 with Docker, or weft network connect for dual-stack networks",
-            ));
-        }
         if request.pool.is_empty() && !request.sub_pool.is_empty() {
             return Err(Status::invalid_argument("--ip-range needs --subnet"));
         }
+        if request.v6 {
+            return self.docker_request_ipv6_pool(request).await;
+        }
         let network = match request.options.get("weft.network") {
-            Some(reference) => {
-                let network = self.resolve_network(reference).await?;
-                if network.gateway(true).is_some() {
-                    return Err(ipv6_unavailable(&network.name));
-                }
-                network
-            }
+            Some(reference) => self.docker_named_network(reference, &request).await?,
             None => {
                 let provisional = format!("{RESERVATION_PREFIX}{}", fresh_id(12));
                 let create = pb::CreateNetworkRequest {
@@ -96,6 +93,7 @@ impl<D: Dataplane> Agent<D> {
                     .controllers
                     .send(&create, |c, r| async move { NetworkServiceClient::new(c).create_network(r).await })
                     .await?;
+                self.awaiting_ipv6().pool_made(&created.id);
                 self.wait_for_network(&created.id).await?
             }
         };
@@ -106,6 +104,68 @@ impl<D: Dataplane> Agent<D> {
         Ok(docker::PoolAnswer { pool_id: network.id, pool, data: BTreeMap::new() })
     }
 
+    /// The network `--ipam-opt weft.network=` names. Docker checks a pool it did not name
+    /// (no `--subnet`) against this host's routes and, finding one, asks again without end:
+    /// a network with containers here has its bridge route, so its subnet must be named.
+    async fn docker_named_network(
+        &self,
+        reference: &str,
+        request: &docker::RequestPool,
+    ) -> Result<NetworkView, Status> {
+        let network = self.resolve_network(reference).await?;
+        let host = &self.settings.host.name;
+        let in_use_here =
+            self.shared().mirror.endpoints.values().any(|e| e.network_id == network.id && &e.node == host);
+        if request.pool.is_empty() && in_use_here {
+            let subnets: Vec<String> =
+                network.gateways.iter().map(|g| format!("--subnet {}", g.network())).collect();
+            return Err(Status::failed_precondition(format!(
+                "weft network {:?} has containers on this host, where Docker would take its bridge for a clash with the subnet: name the subnets too ({})",
+                network.name,
+                subnets.join(" ")
+            )));
+        }
+        Ok(network)
+    }
+
+    /// `RequestPool` for IPv6 (`--ipv6`), which Docker sends right after the IPv4 one: the
+    /// named network's IPv6 subnet, or the provisional network just made given one.
+    async fn docker_request_ipv6_pool(
+        &self,
+        request: docker::RequestPool,
+    ) -> Result<docker::PoolAnswer, Status> {
+        let network = match request.options.get("weft.network") {
+            Some(reference) => self.docker_named_network(reference, &request).await?,
+            None => {
+                let provisional = self.awaiting_ipv6().take_pool().ok_or_else(|| {
+                    Status::failed_precondition(
+                        "Docker asked for an IPv6 pool without the IPv4 pool that comes before it",
+                    )
+                })?;
+                let network = self.wait_for_network(&provisional).await?;
+                let ipv6 = pb::IpamConfig {
+                    subnet: request.pool.clone(),
+                    ip_range: request.sub_pool.clone(),
+                    ..Default::default()
+                };
+                self.docker_reshape(&network, network.internal, BTreeMap::new(), Some(ipv6)).await?
+            }
+        };
+        let pool = network.gateway(true).map(|g| g.network()).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "weft network {:?} has no IPv6: create its Docker network without --ipv6",
+                network.name
+            ))
+        })?;
+        if !request.pool.is_empty() && request.pool != pool {
+            return Err(Status::failed_precondition(format!(
+                "weft network {:?} has IPv6 subnet {pool}, not {}",
+                network.name, request.pool
+            )));
+        }
+        Ok(docker::PoolAnswer { pool_id: ipv6_pool_id(&network.id), pool, data: BTreeMap::new() })
+    }
+
     /// `IpamDriver.RequestAddress`: the gateway is weft's; a container's address is a weft
     /// endpoint made now (a static `--ip` is refused when any host holds it), named by the
     /// request until Docker says whose it is.
@@ -113,10 +173,10 @@ impl<D: Dataplane> Agent<D> {
         &self,
         request: docker::RequestAddress,
     ) -> Result<docker::AddressAnswer, Status> {
-        let network = self.wait_for_network(&request.pool_id).await?;
+        let (network, v6) = split_pool_id(&request.pool_id);
+        let network = self.wait_for_network(network).await?;
         if request.is_gateway() {
-            let gateway = network.gateway(false);
-            return match gateway {
+            return match network.gateway(v6) {
                 Some(g) if request.address.is_empty() || request.address == g.ip.to_string() => {
                     Ok(docker::AddressAnswer { address: g.to_string(), data: BTreeMap::new() })
                 }
@@ -124,8 +184,11 @@ impl<D: Dataplane> Agent<D> {
                     "network {:?} has gateway {}; --gateway {} cannot change it",
                     network.name, g.ip, request.address
                 ))),
-                None => Err(internal(format!("network {} has no IPv4 gateway", network.name))),
+                None => Err(internal(format!("network {} has no gateway of that family", network.name))),
             };
+        }
+        if v6 {
+            return self.docker_pair_ipv6(&network, &request.address).await;
         }
         let reservation = format!("{RESERVATION_PREFIX}{}", fresh_id(20));
         let create = pb::CreateEndpointRequest {
@@ -139,7 +202,32 @@ impl<D: Dataplane> Agent<D> {
             ..Default::default()
         };
         let endpoint = self.docker_reserve(&create).await?;
+        if endpoint.ipv6.is_some() {
+            self.awaiting_ipv6().address_made(&network.id, &endpoint.id);
+        }
         Ok(docker::AddressAnswer { address: with_prefix(&endpoint.ipv4), data: BTreeMap::new() })
+    }
+
+    /// An IPv6 `RequestAddress`: the IPv6 address of the endpoint the IPv4 request just
+    /// before it made; a static `--ip6` makes that endpoint again with it.
+    async fn docker_pair_ipv6(
+        &self,
+        network: &NetworkView,
+        address: &str,
+    ) -> Result<docker::AddressAnswer, Status> {
+        let unpaired = || {
+            Status::failed_precondition(format!(
+                "Docker asked for an IPv6 address on network {:?} without the IPv4 request that comes before it",
+                network.name
+            ))
+        };
+        let id = self.awaiting_ipv6().take_address(&network.id).ok_or_else(unpaired)?;
+        let mut endpoint = self.shared().mirror.endpoints.get(&id).cloned().ok_or_else(unpaired)?;
+        let has = endpoint.ipv6.map(|a| a.ip.to_string()).unwrap_or_default();
+        if !address.is_empty() && address != has {
+            endpoint = self.docker_remake(network, &endpoint, &endpoint.mac.to_string(), address).await?;
+        }
+        Ok(docker::AddressAnswer { address: with_prefix(&endpoint.ipv6), data: BTreeMap::new() })
     }
 
     /// Creates an endpoint for Docker, remembered as the plugin's until released.
@@ -153,30 +241,35 @@ impl<D: Dataplane> Agent<D> {
         Ok(endpoint)
     }
 
-    /// This host's endpoint on `network` with the IPv4 address `address` ("10.1.0.5", with or
-    /// without its prefix length).
+    /// This host's endpoint on `network` with the address `address` ("10.1.0.5" or
+    /// "fd00::5", with or without its prefix length).
     fn endpoint_at(&self, network: &str, address: &str) -> Option<EndpointView> {
         let ip = address.split('/').next().unwrap_or_default();
         let host = &self.settings.host.name;
+        let at = |a: &Option<weft_dataplane::IfAddr>| a.is_some_and(|a| a.ip.to_string() == ip);
         self.shared()
             .mirror
             .endpoints
             .values()
-            .find(|e| {
-                e.network_id == network && &e.node == host && e.ipv4.is_some_and(|a| a.ip.to_string() == ip)
-            })
+            .find(|e| e.network_id == network && &e.node == host && (at(&e.ipv4) || at(&e.ipv6)))
             .cloned()
     }
 
     /// `IpamDriver.ReleaseAddress`: the endpoint goes (the gateway is the network's own).
+    /// Docker releases IPv4 then IPv6: the second finds the endpoint gone already.
     pub async fn docker_release_address(&self, request: docker::ReleaseAddress) -> Result<(), Status> {
-        let Some(endpoint) = self.endpoint_at(&request.pool_id, &request.address) else { return Ok(()) };
+        let (network, _) = split_pool_id(&request.pool_id);
+        let Some(endpoint) = self.endpoint_at(network, &request.address) else { return Ok(()) };
         self.docker_forget_endpoint(&endpoint.id).await
     }
 
     /// `IpamDriver.ReleasePool`: a provisional network Docker gave up on (its create failed
     /// half-way) is removed; any other stays, for the other hosts using it.
+    /// The IPv6 pool goes with the network's IPv4 one.
     pub async fn docker_release_pool(&self, request: docker::ReleasePool) -> Result<(), Status> {
+        if split_pool_id(&request.pool_id).1 {
+            return Ok(());
+        }
         let provisional = self
             .shared()
             .mirror
@@ -219,10 +312,26 @@ impl<D: Dataplane> Agent<D> {
                     "no weft network has subnet {pool}: create Docker networks on weft with --ipam-driver weft"
                 ))
             })?;
+        let ipv6_pool = request.ipv6_data.first().map(|d| d.pool.clone());
+        let has_ipv6 = network.gateway(true).map(|g| g.network());
+        if ipv6_pool != has_ipv6 {
+            return Err(Status::failed_precondition(match (has_ipv6, ipv6_pool) {
+                (Some(has), None) => format!(
+                    "weft network {:?} has IPv6 subnet {has}: create its Docker network with --ipv6",
+                    network.name
+                ),
+                (has, asked) => format!(
+                    "weft network {:?} has IPv6 subnet {}, this Docker network {}",
+                    network.name,
+                    has.as_deref().unwrap_or("none"),
+                    asked.unwrap_or_default()
+                ),
+            }));
+        }
         let (internal, options) = (request.internal(), request.driver_options());
         if network.name.starts_with(RESERVATION_PREFIX) {
             if internal != network.internal || !options.is_empty() {
-                self.docker_reshape(&network, internal, options).await?;
+                self.docker_reshape(&network, internal, options, None).await?;
             }
         } else if internal != network.internal || (options.contains_key("encrypted") && !network.encrypted) {
             let shape = |internal: bool, encrypted: bool| {
@@ -245,18 +354,20 @@ impl<D: Dataplane> Agent<D> {
         })
     }
 
-    /// Gives a provisional network the options Docker asked for.
+    /// Gives a provisional network the options Docker asked for, and IPv6 with `ipv6`.
     async fn docker_reshape(
         &self,
         network: &NetworkView,
         internal: bool,
         options: BTreeMap<String, String>,
-    ) -> Result<(), Status> {
+        ipv6: Option<pb::IpamConfig>,
+    ) -> Result<NetworkView, Status> {
         let reshape = pb::ReshapeNetworkRequest {
             network: network.id.clone(),
             internal,
             options: options.into_iter().collect(),
-            request_id: request_id("reshape", &network.id),
+            request_id: request_id("reshape", &format!("{}-{}", network.id, fresh_id(8))),
+            ipv6,
         };
         let reshaped = self
             .controllers
@@ -264,8 +375,19 @@ impl<D: Dataplane> Agent<D> {
             .await?;
         // Join soon needs the network as it is now (an encrypted one's devices differ).
         let deadline = tokio::time::Instant::now() + DOCKER_PATIENCE;
-        let arrived = |n: &NetworkView| n.internal == reshaped.internal && n.encrypted == reshaped.encrypted;
-        while !self.shared().mirror.networks.get(&network.id).is_some_and(arrived) {
+        let arrived = |n: &NetworkView| {
+            n.internal == reshaped.internal
+                && n.encrypted == reshaped.encrypted
+                && n.gateway(true).is_some() == reshaped.enable_ipv6
+        };
+        loop {
+            if let Some(network) = self.shared().mirror.networks.get(&network.id).filter(|n| arrived(n)) {
+                tracing::info!(
+                    network = %short(&network.id), internal, encrypted = reshaped.encrypted,
+                    ipv6 = reshaped.enable_ipv6, "took Docker's options"
+                );
+                return Ok(network.clone());
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Status::unavailable(format!(
                     "network {:?} took Docker's options but they have not reached this host yet; retry",
@@ -274,8 +396,6 @@ impl<D: Dataplane> Agent<D> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tracing::info!(network = %short(&network.id), internal, encrypted = reshaped.encrypted, "took Docker's options");
-        Ok(())
     }
 
     /// `NetworkDriver.DeleteNetwork`: only this host's Docker object goes; the weft network
@@ -303,9 +423,17 @@ impl<D: Dataplane> Agent<D> {
                 interface.address, network.name
             ))
         })?;
+        let ipv6 = with_prefix(&endpoint.ipv6);
+        if interface.address_ipv6 != ipv6 {
+            return Err(Status::failed_precondition(format!(
+                "address {} on network {:?} is paired with IPv6 {:?} here, not {:?}: use weft as the network's IPAM driver too (--ipam-driver weft)",
+                interface.address, network.name, ipv6, interface.address_ipv6
+            )));
+        }
         let wanted_mac = interface.mac_address.to_ascii_lowercase();
         if !wanted_mac.is_empty() && wanted_mac != endpoint.mac.to_string() {
-            endpoint = self.docker_readdress(&network, &endpoint, &wanted_mac).await?;
+            let ipv6 = endpoint.ipv6.map(|a| a.ip.to_string()).unwrap_or_default();
+            endpoint = self.docker_remake(&network, &endpoint, &wanted_mac, &ipv6).await?;
         }
         self.save_bindings(|b| {
             b.endpoints.insert(request.endpoint_id.clone(), endpoint.id.clone());
@@ -317,14 +445,16 @@ impl<D: Dataplane> Agent<D> {
         Ok(docker::CreateEndpointAnswer { interface })
     }
 
-    /// The endpoint made again on the same address with the MAC `mac` (before any container
-    /// uses it). Another host asking for this very address in between gets it instead, and
+    /// The endpoint made again on the same IPv4 address with the MAC `mac` and the IPv6
+    /// address `ipv6` (either what the user gave Docker; before any container uses it).
+    /// Another host asking for one of these very addresses in between gets it instead, and
     /// this container a clear refusal.
-    async fn docker_readdress(
+    async fn docker_remake(
         &self,
         network: &NetworkView,
         endpoint: &EndpointView,
         mac: &str,
+        ipv6: &str,
     ) -> Result<EndpointView, Status> {
         self.docker_forget_endpoint(&endpoint.id).await?;
         let create = pb::CreateEndpointRequest {
@@ -333,8 +463,9 @@ impl<D: Dataplane> Agent<D> {
             container_id: endpoint.container_id.clone(),
             container_name: endpoint.container_id.clone(),
             ipv4_address: endpoint.ipv4.map(|a| a.ip.to_string()).unwrap_or_default(),
+            ipv6_address: ipv6.to_string(),
             mac_address: mac.to_string(),
-            request_id: request_id("mac", &endpoint.id),
+            request_id: request_id("remake", &endpoint.id),
             ..Default::default()
         };
         self.docker_reserve(&create).await
@@ -402,10 +533,25 @@ impl<D: Dataplane> Agent<D> {
             )));
         }
         let gateway = |v6: bool| network.gateway(v6).map(|g| g.ip.to_string()).unwrap_or_default();
+        // Docker's 127.0.0.11 forwards names it does not know to weft's DNS address from
+        // inside the container, which on an internal network has no default route to it.
+        let static_routes = match self.settings.service_dns {
+            Some(dns) if network.internal => {
+                let next_hop = gateway(dns.is_ipv6());
+                let host_prefix = if dns.is_ipv6() { 128 } else { 32 };
+                vec![docker::StaticRoute {
+                    destination: format!("{dns}/{host_prefix}"),
+                    route_type: 0,
+                    next_hop,
+                }]
+            }
+            _ => Vec::new(),
+        };
         Ok(docker::JoinAnswer {
             interface_name: docker::InterfaceName { src_name: waiting, dst_prefix: "eth".into() },
             gateway: gateway(false),
             gateway_ipv6: gateway(true),
+            static_routes,
         })
     }
 
@@ -537,8 +683,7 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
-    /// Every weft network (IPv4-only: see [`ipv6_unavailable`]) appears in this host's dockerd
-    /// under its name, so a network created on one host (through Docker or weft) is usable by
+    /// Every weft network appears in this host's dockerd under its name, so a network created on one host (through Docker or weft) is usable by
     /// `docker run` on all; one removed from weft (`weft network rm`) goes from dockerd too.
     /// Networks still under a provisional name wait for it; a Docker network of that name
     /// already there is left alone, and so is a network the user removed from this host's
@@ -557,7 +702,6 @@ impl<D: Dataplane> Agent<D> {
                         .networks
                         .values()
                         .filter(|n| !n.name.starts_with(RESERVATION_PREFIX))
-                        .filter(|n| n.gateway(true).is_none())
                         .filter(|n| !bindings.networks.values().any(|bound| *bound == n.id))
                         .filter(|n| !bindings.withdrawn.contains(&n.id))
                         .cloned()
@@ -584,12 +728,9 @@ impl<D: Dataplane> Agent<D> {
                 }
             }
             for network in networks {
-                let Some(subnet) = network.gateway(false).map(|g| g.network()) else {
-                    continue;
-                };
                 match api.has_network(&network.name).await {
                     Ok(true) => {}
-                    Ok(false) => match api.create_weft_network(&network, &subnet).await {
+                    Ok(false) => match api.create_weft_network(&network).await {
                         Ok(()) => tracing::info!(network = %network.name, "created in Docker"),
                         Err(e) => {
                             tracing::warn!(network = %network.name, error = %e, "cannot create it in Docker")
@@ -763,17 +904,6 @@ impl<D: Dataplane> Agent<D> {
 /// for dropped: longer than Docker takes from handing out an address to listing the
 /// container that joined with it, including its 15 s of retries of a slow plugin.
 const DOCKER_SWEEP_GRACE: Duration = Duration::from_secs(20);
-
-/// Why a dual-stack weft network cannot be used through Docker yet: Docker asks the IPAM for
-/// a container's IPv6 address in a call of its own that does not say which container (or
-/// IPv4 address) it is for, so under concurrent starts the plugin could not pair them; and a
-/// weft endpoint on a dual-stack network always has an IPv6 address, which a container Docker
-/// gave only IPv4 would not have.
-fn ipv6_unavailable(network: &str) -> Status {
-    Status::unimplemented(format!(
-        "network {network:?} has IPv6, which weft's Docker plugin does not offer yet; attach containers to it with `weft network connect`, or use an IPv4-only network with Docker"
-    ))
-}
 
 /// How long the agent waits for dockerd to show what it just told the plugin about.
 const DOCKER_PATIENCE: Duration = Duration::from_secs(10);

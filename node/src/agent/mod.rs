@@ -91,6 +91,8 @@ pub struct Agent<D: Dataplane = Kernel> {
     reconciling: tokio::sync::Mutex<LoadedRules>,
     /// Docker's ids for weft's networks and endpoints on this host (the Docker plugin).
     docker: Mutex<crate::docker::bindings::DockerBindings>,
+    /// Docker's IPv4 requests whose IPv6 twin has not come yet.
+    docker_awaiting_ipv6: Mutex<crate::docker::pairing::AwaitingIpv6>,
     /// Host ports attaches in flight have chosen but the mirror does not show yet: two
     /// attaches at once never pick the same random port.
     choosing_ports: Arc<Mutex<Vec<weft_core::PublishedPort>>>,
@@ -155,6 +157,7 @@ impl<D: Dataplane> Agent<D> {
             reconciling: tokio::sync::Mutex::new(LoadedRules::default()),
             choosing_ports: Arc::new(Mutex::new(Vec::new())),
             docker: Mutex::new(docker),
+            docker_awaiting_ipv6: Mutex::default(),
             wake: Notify::new(),
             applied,
             beat_now: Notify::new(),

@@ -125,22 +125,25 @@ impl DockerApi {
         }
     }
 
-    /// Creates the Docker network of weft network `network` (subnet `subnet`), as
-    /// `docker network create -d weft --ipam-driver weft --subnet S --ipam-opt weft.network=ID`
+    /// Creates the Docker network of weft network `network`, as `docker network create -d
+    /// weft --ipam-driver weft --subnet S [--ipv6 --subnet S6] --ipam-opt weft.network=ID`
     /// with `--internal` and `-o encrypted` when the network is so.
-    pub async fn create_weft_network(&self, network: &NetworkView, subnet: &str) -> Result<(), ApiError> {
+    pub async fn create_weft_network(&self, network: &NetworkView) -> Result<(), ApiError> {
         let (name, weft_id) = (&network.name, &network.id);
         let options: BTreeMap<&str, &str> =
             if network.encrypted { BTreeMap::from([("encrypted", "")]) } else { BTreeMap::new() };
+        let subnets: Vec<serde_json::Value> =
+            network.gateways.iter().map(|g| serde_json::json!({ "Subnet": g.network() })).collect();
         let body = serde_json::json!({
             "Name": name,
             "Driver": "weft",
             "CheckDuplicate": true,
             "Internal": network.internal,
+            "EnableIPv6": network.gateway(true).is_some(),
             "Options": options,
             "IPAM": {
                 "Driver": "weft",
-                "Config": [{ "Subnet": subnet }],
+                "Config": subnets,
                 "Options": { "weft.network": weft_id },
             },
         });

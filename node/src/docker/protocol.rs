@@ -230,6 +230,19 @@ pub struct JoinAnswer {
     pub gateway: String,
     #[serde(rename = "GatewayIPv6", skip_serializing_if = "String::is_empty")]
     pub gateway_ipv6: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub static_routes: Vec<StaticRoute>,
+}
+
+/// A route Docker adds in the container (`JoinResponse.StaticRoutes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StaticRoute {
+    /// "169.254.53.53/32".
+    pub destination: String,
+    /// 0: through `next_hop`; 1: on the link.
+    pub route_type: u8,
+    pub next_hop: String,
 }
 
 /// One entry of `com.docker.network.portmap` (`-p`).
@@ -384,10 +397,20 @@ mod tests {
             interface_name: InterfaceName { src_name: "weftp1c".into(), dst_prefix: "eth".into() },
             gateway: "10.99.0.1".into(),
             gateway_ipv6: String::new(),
+            static_routes: Vec::new(),
         };
         assert_eq!(
             serde_json::to_string(&join).unwrap(),
             r#"{"InterfaceName":{"SrcName":"weftp1c","DstPrefix":"eth"},"Gateway":"10.99.0.1"}"#
+        );
+        let route = StaticRoute {
+            destination: "169.254.53.53/32".into(),
+            route_type: 0,
+            next_hop: "10.99.0.1".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&route).unwrap(),
+            r#"{"Destination":"169.254.53.53/32","RouteType":0,"NextHop":"10.99.0.1"}"#
         );
         let caps = IpamCapabilities { requires_mac_address: true };
         assert_eq!(serde_json::to_string(&caps).unwrap(), r#"{"RequiresMACAddress":true}"#);

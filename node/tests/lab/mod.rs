@@ -220,7 +220,7 @@ impl Lab {
                 "--dns-upstream-timeout-ms",
                 "300",
             ])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("WEFT_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
