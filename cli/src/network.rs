@@ -368,6 +368,7 @@ pub(crate) async fn run(target: &Target, command: NetworkCommand) -> Result<()> 
                 publish: port_requests(&args.publish)?,
                 publish_all: args.publish_all,
                 expose: exposed_ports(&args.expose)?,
+                ..Default::default()
             };
             agent.attach(request).await?;
         }

@@ -76,6 +76,9 @@ pub struct Record {
     /// The runtime (Docker) moves the container end of the veth into `netns` itself.
     #[serde(default)]
     pub runtime_handover: bool,
+    /// Who attached it (`AttachRequest.front_end`: "cni", or empty).
+    #[serde(default)]
+    pub front_end: String,
 }
 
 impl Record {
@@ -165,7 +168,16 @@ impl Attachments {
     /// The interface name for a container's next network: `prefix` + the lowest index none of
     /// its interfaces uses (eth0, eth1, …), and whether it is the container's first network.
     /// Attaches in flight count: two of them at once never get the same name.
-    pub fn next_interface(&self, container_id: &str, netns: &Path, prefix: &str) -> (String, bool) {
+    /// The interface for a container's next network: `wanted` when given and free, else the
+    /// first free `{prefix}N`; and whether it is the container's first. `None`: `wanted` is
+    /// taken.
+    pub fn next_interface(
+        &self,
+        container_id: &str,
+        netns: &Path,
+        prefix: &str,
+        wanted: &str,
+    ) -> Option<(String, bool)> {
         let taken: Vec<&str> = self
             .entries
             .values()
@@ -174,9 +186,12 @@ impl Attachments {
             .map(|r| r.ifname.as_str())
             .collect();
         let first = taken.is_empty();
+        if !wanted.is_empty() {
+            return (!taken.contains(&wanted)).then(|| (wanted.to_string(), first));
+        }
         let name =
             (0..).map(|i| format!("{prefix}{i}")).find(|n| !taken.contains(&n.as_str())).unwrap_or_default();
-        (name, first)
+        Some((name, first))
     }
 
     /// What the kernel should have plumbed: containers attached, or being attached right now,
@@ -335,6 +350,7 @@ impl Store {
                 stage: Stage::Attached,
                 resolv_conf: false,
                 runtime_handover: false,
+                front_end: String::new(),
             })?;
         }
         std::fs::remove_file(legacy).map_err(|e| anyhow::anyhow!("removing {}: {e}", legacy.display()))?;
@@ -360,20 +376,28 @@ mod tests {
             stage: Stage::Attached,
             resolv_conf: false,
             runtime_handover: false,
+            front_end: String::new(),
         }
     }
 
     #[test]
     fn interfaces_are_numbered_per_container_reusing_gaps() {
         let mut a = Attachments::default();
-        assert_eq!(a.next_interface("c1", Path::new("/run/netns/c1"), "eth"), ("eth0".into(), true));
+        let next = |a: &Attachments, prefix: &str, wanted: &str| {
+            a.next_interface("c1", Path::new("/run/netns/c1"), prefix, wanted)
+        };
+        assert_eq!(next(&a, "eth", ""), Some(("eth0".into(), true)));
+        assert_eq!(next(&a, "eth", "net7"), Some(("net7".into(), true)));
         a = Attachments::from_records(vec![
             record("n1", "c1", "eth0"),
             record("n2", "c1", "eth2"),
             record("n1", "c2", "eth0"),
         ]);
-        assert_eq!(a.next_interface("c1", Path::new("/run/netns/c1"), "eth"), ("eth1".into(), false));
-        assert_eq!(a.next_interface("c1", Path::new("/run/netns/c1"), "net"), ("net0".into(), false));
+        assert_eq!(next(&a, "eth", ""), Some(("eth1".into(), false)));
+        assert_eq!(next(&a, "net", ""), Some(("net0".into(), false)));
+        // A name the runtime asks for (CNI_IFNAME) is taken as it is, unless taken.
+        assert_eq!(next(&a, "eth", "eth5"), Some(("eth5".into(), false)));
+        assert_eq!(next(&a, "eth", "eth2"), None);
         assert_eq!(a.entries.get(&key("n1", "c2")).map(|e| e.record.ifname.as_str()), Some("eth0"));
         assert!(a.elsewhere("c1", "n1"));
         assert!(!a.elsewhere("c2", "n1"));

@@ -40,6 +40,14 @@ impl<D: Dataplane> AgentService for Service<D> {
         Ok(Response::new(self.agent.list()))
     }
 
+    async fn check(
+        &self,
+        request: Request<agent::CheckRequest>,
+    ) -> Result<Response<agent::CheckResponse>, Status> {
+        let attachment = self.agent.check(request.into_inner()).await?;
+        Ok(Response::new(agent::CheckResponse { attachment: Some(attachment) }))
+    }
+
     async fn rotate_key(
         &self,
         _: Request<agent::RotateKeyRequest>,

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use crate::kernel::{Kernel, KernelError};
-use crate::model::{LinkKind, Observed};
+use crate::model::{ContainerInterface, LinkKind, Observed};
 use crate::plan::Op;
 use crate::rules::PublishedRule;
 
@@ -32,6 +32,13 @@ pub trait Dataplane: Send + Sync + 'static {
     /// Drops the connection-tracking entries of published ports that are gone, so a new
     /// container on the same host port gets new flows instead of the old container's.
     fn forget_flows(&self, gone: &[PublishedRule]) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// The interface `ifname` in the namespace at `netns`, and that namespace's default
+    /// gateways.
+    fn observe_container(
+        &self,
+        netns: &std::path::Path,
+        ifname: &str,
+    ) -> impl Future<Output = Result<ContainerInterface, KernelError>> + Send;
 }
 
 /// Runs blocking work (a sysctl write, a process) off the async workers.
@@ -94,6 +101,19 @@ impl Dataplane for Kernel {
         let gone = gone.to_vec();
         off_the_workers("forgetting flows", move || gone.iter().try_for_each(crate::rules::forget_flows))
             .await
+    }
+
+    async fn observe_container(
+        &self,
+        netns: &std::path::Path,
+        ifname: &str,
+    ) -> Result<ContainerInterface, KernelError> {
+        let inside = Kernel::connect_in(netns).await?;
+        let mut observed = inside.observe().await?;
+        Ok(ContainerInterface {
+            link: observed.links.remove(ifname),
+            default_gateways: inside.default_gateways().await?,
+        })
     }
 }
 
@@ -231,6 +251,18 @@ impl Dataplane for SimulatedHost {
         self.state().forgotten.extend_from_slice(gone);
         Ok(())
     }
+
+    async fn observe_container(
+        &self,
+        netns: &std::path::Path,
+        _: &str,
+    ) -> Result<ContainerInterface, KernelError> {
+        Err(KernelError {
+            doing: format!("looking into {}", netns.display()),
+            reason: "the simulated kernel has no container namespaces".into(),
+            source: None,
+        })
+    }
 }
 
 /// A shared host: tests keep a handle on the [`SimulatedHost`] they give an agent.
@@ -261,5 +293,13 @@ impl<T: Dataplane> Dataplane for std::sync::Arc<T> {
 
     async fn forget_flows(&self, gone: &[PublishedRule]) -> Result<(), KernelError> {
         T::forget_flows(self, gone).await
+    }
+
+    async fn observe_container(
+        &self,
+        netns: &std::path::Path,
+        ifname: &str,
+    ) -> Result<ContainerInterface, KernelError> {
+        T::observe_container(self, netns, ifname).await
     }
 }

@@ -264,6 +264,38 @@ impl Kernel {
         Ok((ip, link.name.clone(), link.mtu))
     }
 
+    /// The gateways of this namespace's IPv4 and IPv6 default routes.
+    pub async fn default_gateways(&self) -> Result<Vec<IpAddr>, KernelError> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+        let mut routes: Vec<_> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(failed("listing IPv4 routes"))?;
+        let v6: Vec<_> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(failed("listing IPv6 routes"))?;
+        routes.extend(v6);
+        Ok(routes
+            .iter()
+            .filter(|r| r.header.destination_prefix_length == 0)
+            .flat_map(|r| r.attributes.iter())
+            .filter_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Creates a kernel WireGuard link (down; the caller configures it first). Fails where
     /// the kernel has no WireGuard module, which is how the agent finds out.
     pub async fn create_wireguard(&self, name: &str) -> Result<(), KernelError> {

@@ -14,7 +14,7 @@ pub mod wireguard;
 pub use host::{Dataplane, SimulatedHost};
 pub use kernel::{Kernel, KernelError};
 pub use model::{
-    Desired, Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, RemoteEndpoint,
-    ServiceLink,
+    ContainerInterface, Desired, Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices,
+    Observed, RemoteEndpoint, ServiceLink,
 };
 pub use plan::{Op, plan};

@@ -206,6 +206,15 @@ impl Link {
     }
 }
 
+/// A container's interface as its namespace holds it, for checking an attachment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerInterface {
+    /// `None`: the namespace has no link of that name.
+    pub link: Option<Link>,
+    /// The gateways of the namespace's default routes (IPv4 and IPv6).
+    pub default_gateways: Vec<IpAddr>,
+}
+
 /// What a host's kernel holds, as far as weft cares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {

@@ -173,11 +173,17 @@ impl<D: Dataplane> Agent<D> {
                         entry.gone.get_or_insert_with(|| "its namespace was replaced".to_string());
                     }
                     None => {
-                        let (ifname, first) = attachments.next_interface(
+                        let Some((ifname, first)) = attachments.next_interface(
                             &request.container_id,
                             &netns,
                             &network.settings.iface_prefix,
-                        );
+                            &request.interface,
+                        ) else {
+                            return Err(Status::already_exists(format!(
+                                "container {} has weft interface {} already (on another network)",
+                                request.container_id, request.interface
+                            )));
+                        };
                         let record = Record {
                             network_id: network.id.clone(),
                             container_id: request.container_id.clone(),
@@ -190,6 +196,7 @@ impl<D: Dataplane> Agent<D> {
                             stage: Stage::Attaching,
                             resolv_conf: false,
                             runtime_handover: false,
+                            front_end: request.front_end.clone(),
                         };
                         attachments.entries.insert(
                             key,
@@ -338,6 +345,81 @@ impl<D: Dataplane> Agent<D> {
         }
     }
 
+    /// Checks a container's attachment against its namespace (`AgentService.Check`).
+    pub async fn check(&self, request: agent::CheckRequest) -> Result<agent::Attachment, Status> {
+        let network = self.resolve_network(&request.network).await?;
+        let key = crate::attachments::key(&network.id, &request.container_id);
+        let (record, endpoint) = {
+            let shared = self.shared();
+            let record = shared
+                .attachments
+                .entries
+                .get(&key)
+                .filter(|e| e.gone.is_none() && e.record.stage == Stage::Attached)
+                .map(|e| e.record.clone());
+            let endpoint = record
+                .as_ref()
+                .and_then(|r| r.endpoint_id.as_ref())
+                .and_then(|id| shared.mirror.endpoints.get(id));
+            (record.clone(), endpoint.cloned())
+        };
+        let (Some(record), Some(endpoint)) = (record, endpoint) else {
+            return Err(Status::not_found(format!(
+                "container {} is not attached to network {} on this host",
+                request.container_id, network.name
+            )));
+        };
+        let differs = |what: String| {
+            Status::failed_precondition(format!(
+                "container {} on network {}: {what}",
+                request.container_id, network.name
+            ))
+        };
+        if !request.netns.is_empty() && Path::new(&request.netns) != record.netns {
+            return Err(differs(format!(
+                "attached in namespace {}, not {}",
+                record.netns.display(),
+                request.netns
+            )));
+        }
+        if !request.interface.is_empty() && request.interface != record.ifname {
+            return Err(differs(format!("its interface is {}, not {}", record.ifname, request.interface)));
+        }
+        let seen = self
+            .kernel
+            .observe_container(&record.netns, &record.ifname)
+            .await
+            .map_err(|e| differs(format!("cannot look into its namespace: {e}")))?;
+        let link = seen.link.ok_or_else(|| {
+            differs(format!("no interface {} in {}", record.ifname, record.netns.display()))
+        })?;
+        if !link.up {
+            return Err(differs(format!("interface {} is down", record.ifname)));
+        }
+        if link.mac != Some(endpoint.mac) {
+            return Err(differs(format!(
+                "interface {} has MAC {}, not {}",
+                record.ifname,
+                link.mac.map(|m| m.to_string()).unwrap_or_default(),
+                endpoint.mac
+            )));
+        }
+        for address in endpoint.ipv4.iter().chain(endpoint.ipv6.iter()) {
+            if !link.addresses.contains(address) {
+                return Err(differs(format!("interface {} lacks its address {address}", record.ifname)));
+            }
+        }
+        if record.default_route {
+            let families = [endpoint.ipv4.is_some(), endpoint.ipv6.is_some()];
+            for (v6, gateway) in [false, true].into_iter().filter_map(|v6| Some((v6, network.gateway(v6)?))) {
+                if families[usize::from(v6)] && !seen.default_gateways.contains(&gateway.ip) {
+                    return Err(differs(format!("no default route through {}", gateway.ip)));
+                }
+            }
+        }
+        Ok(self.attachment(&endpoint, &record, &network))
+    }
+
     /// Detaches a container from a network: releases the endpoint and removes its interface.
     pub async fn detach(&self, request: agent::DetachRequest) -> Result<agent::Attachment, Status> {
         let not_attached = || {
@@ -477,6 +559,8 @@ impl<D: Dataplane> Agent<D> {
                     container_port: p.container_port.into(),
                 })
                 .collect(),
+            default_route: record.default_route,
+            front_end: record.front_end.clone(),
         }
     }
 

@@ -512,6 +512,7 @@ impl<D: Dataplane> Agent<D> {
             stage: Stage::Attached,
             resolv_conf: false,
             runtime_handover: true,
+            front_end: "docker".into(),
         };
         self.store.save(&record).map_err(internal)?;
         self.shared()
