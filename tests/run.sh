@@ -18,8 +18,9 @@ source tests/prerequisites.sh
 # python3 and python3-venv run the stock grpcio client of the API conformance tests (its pip
 # packages, tests/python/requirements.txt, go into target/python-grpcio).
 # conntrack forgets the flows of unpublished ports; docker.io and busybox-static: the Docker
-# plugin tests run Debian's dockerd on namespace hosts with a busybox image.
-packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump python3 python3-venv docker.io busybox-static)
+# plugin tests run Debian's dockerd on namespace hosts with a busybox image; podman and
+# containernetworking-plugins: the CNI plugin tests run podman with its CNI backend there.
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump python3 python3-venv docker.io busybox-static podman containernetworking-plugins)
 
 install_missing "weft's tests" "${packages[@]}"
 

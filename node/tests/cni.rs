@@ -13,6 +13,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use lab::podman::{IMAGE, Podman};
 use lab::*;
 use serde_json::{Value, json};
 use weft_api::pb;
@@ -213,4 +214,99 @@ async fn cni_adds_run_concurrently() {
         }
     });
     assert!(lab.endpoints().is_empty(), "{:?}", lab.endpoints());
+}
+
+/// Waits until `container` (on `podman`) pings `target`.
+async fn podman_pings(podman: &Podman, container: &str, target: &str) {
+    eventually(&format!("{container} pings {target}"), std::time::Duration::from_secs(15), || {
+        podman.try_run(&["exec", container, "ping", "-c", "1", "-W", "1", target]).status.success()
+    })
+    .await;
+}
+
+/// podman from Debian with its CNI backend on two namespace hosts, containers on a weft
+/// network through weft-cni: names and aliases across hosts through the resolver the result
+/// gave, a published port reached from the other host, restart and `network reload` keeping
+/// the address, `rm -f` releasing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_containers_on_two_hosts_share_a_weft_network() {
+    if !root_or_skip("podman_containers_on_two_hosts_share_a_weft_network") {
+        return;
+    }
+    if !Podman::installed() {
+        eprintln!(
+            "\n#### podman is not installed: podman_containers_on_two_hosts_share_a_weft_network is SKIPPED (apt-get install podman containernetworking-plugins) ####\n"
+        );
+        return;
+    }
+    let lab = Lab::new(2);
+    lab.agent(0).await;
+    lab.agent(1).await;
+    lab.create_network("app", false);
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2) = (Podman::new(&lab, 0, dir.path(), &["app"]), Podman::new(&lab, 1, dir.path(), &["app"]));
+    let detached = |podman: &Podman, name: &str, extra: &[&str]| {
+        let mut args = vec!["run", "-d", "--name", name, "--network", "app"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, "sleep", "1000"]);
+        podman.run(&args);
+    };
+    detached(&p1, "web", &["--network-alias", "api"]);
+    detached(&p2, "client", &[]);
+    let web_ip = p1.address_in("web", "app");
+    assert!(lab.endpoints().iter().any(|e| e.container_name == "web"
+        && e.node == "h1"
+        && e.ipv4_address.starts_with(&format!("{web_ip}/"))));
+    // weft's DNS is the container's resolver (the result's dns), answering across hosts.
+    let gateway = lab.endpoints()[0].ipv4_address.rsplit_once('.').unwrap().0.to_string() + ".1";
+    assert!(p2.run(&["exec", "client", "cat", "/etc/resolv.conf"]).contains(&gateway));
+    for name in ["web", "api", "web.app"] {
+        let answer = p2.run(&["exec", "client", "nslookup", name]);
+        assert!(answer.contains(&web_ip), "{name}: {answer}");
+    }
+    podman_pings(&p2, "client", "web").await;
+
+    // -p: podman passes the mapping to weft-cni, weft publishes it on h2.
+    p2.run(&[
+        "run",
+        "-d",
+        "--name",
+        "srv",
+        "--network",
+        "app",
+        "-p",
+        "8080:80",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let h2 = format!("{UNDERLAY}.2");
+    eventually("h1 reaches srv through h2:8080", std::time::Duration::from_secs(15), || {
+        lab.hosts[0]
+            .ns
+            .try_exec(&["wget", "-q", "-O", "-", "-T", "2", &format!("http://{h2}:8080/")])
+            .stdout
+            .starts_with(b"served by weft")
+    })
+    .await;
+
+    // restart (DEL, then ADD in a new namespace) and network reload (DEL, ADD in the same):
+    // the address stays and the container is reachable again.
+    p1.run(&["restart", "-t", "0", "web"]);
+    assert_eq!(p1.address_in("web", "app"), web_ip);
+    podman_pings(&p2, "client", "web").await;
+    p1.run(&["network", "reload", "web"]);
+    assert_eq!(p1.address_in("web", "app"), web_ip);
+    podman_pings(&p2, "client", "api").await;
+
+    // rm -f releases the address everywhere.
+    p1.run(&["rm", "-f", "-t", "0", "web"]);
+    eventually("web's address released", std::time::Duration::from_secs(10), || {
+        !lab.endpoints().iter().any(|e| e.container_name == "web")
+    })
+    .await;
 }

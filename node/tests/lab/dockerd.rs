@@ -140,14 +140,7 @@ pub const IMAGE: &str = "weft-busybox:test";
 
 /// busybox-static as an image, with the applets the tests use.
 pub fn import_busybox(dockerd: &Dockerd) {
-    let root = dockerd.dir.join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep", "ping", "wget", "nslookup", "ip", "cat", "hostname", "httpd"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::create_dir_all(root.join("www")).unwrap();
-    std::fs::write(root.join("www/index.html"), "served by weft\n").unwrap();
+    let root = super::busybox_rootfs(&dockerd.dir);
     dockerd.import(&root, IMAGE);
 }
 

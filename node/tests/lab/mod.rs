@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod dockerd;
+pub mod podman;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +35,20 @@ pub const OUTSIDE_NAME_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192
 
 /// The controllers' addresses: one namespace, three ports.
 pub const CONTROLLERS: [&str; 3] = ["192.168.77.250:7001", "192.168.77.250:7002", "192.168.77.250:7003"];
+
+/// A container image's root directory under `dir`: busybox-static with the applets the tests
+/// use, and a page for its httpd.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "sleep", "ping", "wget", "nslookup", "ip", "cat", "hostname", "httpd"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::write(root.join("www/index.html"), "served by weft\n").unwrap();
+    root
+}
 
 fn controller_binary() -> PathBuf {
     weft_testbed::workspace_binary(NODE, "weft-controller")
