@@ -227,7 +227,7 @@ async fn podman_pings(podman: &Podman, container: &str, target: &str) {
 /// podman from Debian with its CNI backend on two namespace hosts, containers on a weft
 /// network through weft-cni: names and aliases across hosts through the resolver the result
 /// gave, a published port reached from the other host, restart and `network reload` keeping
-/// the address, `rm -f` releasing it.
+/// the address, a plugin chained after weft's, `rm -f` releasing it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_containers_on_two_hosts_share_a_weft_network() {
     if !root_or_skip("podman_containers_on_two_hosts_share_a_weft_network") {
@@ -302,6 +302,12 @@ async fn podman_containers_on_two_hosts_share_a_weft_network() {
     p1.run(&["network", "reload", "web"]);
     assert_eq!(p1.address_in("web", "app"), web_ip);
     podman_pings(&p2, "client", "api").await;
+
+    // Chained after weft, the reference tuning plugin finds weft's interface in prevResult.
+    p1.network("tuned", "app", &[json!({"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}})]);
+    p1.run(&["run", "-d", "--name", "tuned", "--network", "tuned", IMAGE, "sleep", "1000"]);
+    assert_eq!(p1.run(&["exec", "tuned", "cat", "/proc/sys/net/core/somaxconn"]), "512");
+    podman_pings(&p2, "client", &p1.address_in("tuned", "tuned")).await;
 
     // rm -f releases the address everywhere.
     p1.run(&["rm", "-f", "-t", "0", "web"]);

@@ -16,6 +16,8 @@ pub const IMAGE: &str = "localhost/weft-busybox:test";
 pub struct Podman {
     dir: PathBuf,
     netns: String,
+    /// The host's agent.
+    socket: PathBuf,
 }
 
 impl Podman {
@@ -33,18 +35,10 @@ impl Podman {
         // A CNI plugin is found by its type: weft-cni is installed as "weft".
         std::os::unix::fs::symlink(weft_testbed::workspace_binary(NODE, "weft-cni"), plugins.join("weft"))
             .unwrap();
+        let podman =
+            Podman { dir: dir.clone(), netns: lab.hosts[i].ns.path(), socket: lab.hosts[i].socket.clone() };
         for network in networks {
-            let conflist = json!({
-                "cniVersion": "1.0.0",
-                "name": network,
-                "plugins": [{
-                    "type": "weft",
-                    "network": network,
-                    "socket": lab.hosts[i].socket,
-                    "capabilities": {"portMappings": true, "aliases": true, "ips": true, "mac": true},
-                }],
-            });
-            std::fs::write(configs.join(format!("{network}.conflist")), conflist.to_string()).unwrap();
+            podman.network(network, network, &[]);
         }
         let conf = format!(
             "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\nnetwork_config_dir = \"{}\"\n\
@@ -61,12 +55,25 @@ impl Podman {
             dir.join("run").display()
         );
         std::fs::write(dir.join("storage.conf"), storage).unwrap();
-        let podman = Podman { dir: dir.clone(), netns: lab.hosts[i].ns.path() };
         let root = super::busybox_rootfs(&dir);
         let tarball = dir.join("rootfs.tar");
         weft_testbed::run("tar", &["-C", root.to_str().unwrap(), "-cf", tarball.to_str().unwrap(), "."]);
         podman.run(&["import", tarball.to_str().unwrap(), IMAGE]);
         podman
+    }
+
+    /// The CNI network `name`: weft network `weft_network`, then the plugins `chained`.
+    pub fn network(&self, name: &str, weft_network: &str, chained: &[serde_json::Value]) {
+        let mut plugins = vec![json!({
+            "type": "weft",
+            "network": weft_network,
+            "socket": self.socket,
+            "capabilities": {"portMappings": true, "aliases": true, "ips": true, "mac": true},
+        })];
+        plugins.extend_from_slice(chained);
+        let conflist = json!({ "cniVersion": "1.0.0", "name": name, "plugins": plugins });
+        std::fs::write(self.dir.join("net.d").join(format!("{name}.conflist")), conflist.to_string())
+            .unwrap();
     }
 
     pub fn try_run(&self, args: &[&str]) -> Output {
