@@ -4,12 +4,18 @@
 #
 #   bash deploy/install-node.sh --controllers 10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001 \
 #       --join-token weft1.… --ca-fingerprint 5d1c… [--name NAME] [--binary PATH] [--docker]
+#       [--cni [--cni-binary PATH]]
 #   bash deploy/install-node.sh --uninstall
 #
 # --docker makes the agent dockerd's network and IPAM plugin (the driver `weft`, served on
 # /run/docker/plugins/weft.sock) and sets dockerd's "dns" in /etc/docker/daemon.json to weft's
 # DNS address, so that Docker's 127.0.0.11 forwards the names of other hosts' containers to
 # weft; dockerd is restarted to take it (its running containers stop unless live-restore is on).
+#
+# --cni installs the CNI plugin (weft-cni, as the plugin type `weft`) in /opt/cni/bin, where
+# containerd, CRI-O and Kubernetes look (podman too), and an example network configuration
+# /etc/cni/net.d/weft.conflist.example (not read by runtimes until copied to a .conflist);
+# --cni-binary defaults to ./target/release/weft-cni.
 #
 # The token and fingerprint come from `weft token create` on an admin's machine. The host
 # makes its own key on first start; only a certificate request leaves it.
@@ -22,7 +28,8 @@ root=""
 start=1
 uninstall=0
 binary="target/release/weft-node"
-controllers="" token="" fingerprint="" name="" docker=0
+controllers="" token="" fingerprint="" name="" docker=0 cni=0
+cni_binary="target/release/weft-cni"
 weft_dns="169.254.53.53"
 die() { printf 'install-node: %s\n' "$*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
@@ -35,6 +42,8 @@ while [ $# -gt 0 ]; do
         --root) root="$2"; shift 2 ;;
         --no-start) start=0; shift ;;
         --docker) docker=1; shift ;;
+        --cni) cni=1; shift ;;
+        --cni-binary) cni_binary="$2"; shift 2 ;;
         --uninstall) uninstall=1; shift ;;
         *) die "unknown argument $1 (see the top of this script)" ;;
     esac
@@ -45,6 +54,8 @@ bin="$root/usr/local/bin/weft-node"
 unit="$root/etc/systemd/system/weft-node.service"
 env_file="$root/etc/weft/node.env"
 daemon_json="$root/etc/docker/daemon.json"
+cni_plugin="$root/opt/cni/bin/weft"
+cni_example="$root/etc/cni/net.d/weft.conflist.example"
 state="$root/var/lib/weft"
 have_systemd() { [ "$start" -eq 1 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; }
 # dockerd's daemon.json with weft's DNS address added to (add) or taken from (remove) "dns",
@@ -89,7 +100,7 @@ if [ "$uninstall" -eq 1 ]; then
         docker_dns remove || die "could not take weft's DNS address out of $daemon_json"
         echo "took $weft_dns out of dockerd's dns in $daemon_json (restart docker to apply)"
     fi
-    rm -rf "$state" "$env_file" "$unit" "$bin"
+    rm -rf "$state" "$env_file" "$unit" "$bin" "$cni_plugin" "$cni_example"
     rmdir "$root/etc/weft" 2>/dev/null || true
     if have_systemd; then systemctl daemon-reload; fi
     echo "weft-node removed"
@@ -99,6 +110,9 @@ fi
 [ -n "$controllers" ] || die "--controllers host:port,… is required"
 [ -n "$token" ] && [ -n "$fingerprint" ] || die "--join-token and --ca-fingerprint are required (weft token create prints both)"
 [ -x "$binary" ] || die "$binary is not an executable weft-node (build it, or pass --binary)"
+if [ "$cni" -eq 1 ]; then
+    [ -x "$cni_binary" ] || die "$cni_binary is not an executable weft-cni (build it, or pass --cni-binary)"
+fi
 if [ -z "$root" ]; then
     missing=()
     wanted=(iproute2 nftables conntrack wireguard-go)
@@ -112,6 +126,11 @@ if [ -z "$root" ]; then
 fi
 
 install -D -m 0755 "$binary" "$bin"
+if [ "$cni" -eq 1 ]; then
+    install -D -m 0755 "$cni_binary" "$cni_plugin"
+    install -D -m 0644 "$here/cni/weft.conflist" "$cni_example"
+    echo "CNI plugin installed as $cni_plugin; example network: $cni_example"
+fi
 install -D -m 0644 "$here/systemd/weft-node.service" "$unit"
 install -d -m 0700 "$state" "$state/tls"
 umask 077
