@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # weft's benchmarks, from a fresh Debian machine: installs what they need, builds in release
-# mode, runs every part (or the parts named: control scale agent dns dnsserver dataplane published docker), prints each
+# mode, runs every part (or the parts named: control scale agent dns dnsserver dataplane published docker cni), prints each
 # figure beside its target and updates BENCHMARKS.md and bench/results.json.
 #
 #   bash bench/run.sh                # everything, about 10 minutes on 2 cores
@@ -19,8 +19,9 @@ source tests/prerequisites.sh
 # The test suite's packages, plus the load generators: iperf3 (TCP throughput) and dnsperf;
 # and docker.io, whose `-p` the published-port benchmark compares with (its dockerd runs in a
 # namespace of its own, with its own data and exec roots), and whose swarm overlay the Docker
-# plugin benchmark compares with (busybox-static is its image).
-packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump iperf3 dnsperf docker.io busybox-static)
+# plugin benchmark compares with (busybox-static is its image); podman with its CNI plugins
+# and dnsname, whose own network the CNI benchmark compares with.
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump iperf3 dnsperf docker.io busybox-static podman containernetworking-plugins golang-github-containernetworking-plugin-dnsname)
 install_missing "weft's benchmarks" "${packages[@]}"
 
 if [ "$(id -u)" -ne 0 ]; then

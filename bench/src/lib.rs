@@ -140,6 +140,9 @@ pub const TARGETS: &[Target] = &[
     Target { id: "docker.run_vs_swarm", bound: Bound::AtMost(1.0) },
     Target { id: "docker.first_run_vs_swarm", bound: Bound::AtMost(1.0) },
     Target { id: "docker.weft.first_try_pct", bound: Bound::AtLeast(100.0) },
+    // The CNI plugin (issue 21): `podman run` on a weft network no slower than on podman's own
+    // CNI network in the same run (which reaches one host only).
+    Target { id: "cni.run_vs_podman", bound: Bound::AtMost(1.0) },
 ];
 
 pub fn target(id: &str) -> Option<Bound> {
@@ -193,7 +196,7 @@ fn describe(bound: Bound, unit: &str) -> String {
 
 /// The order parts appear in, the order the runner runs them.
 pub const PARTS: &[&str] =
-    &["control", "scale", "agent", "dns", "dnsserver", "dataplane", "published", "docker"];
+    &["control", "scale", "agent", "dns", "dnsserver", "dataplane", "published", "docker", "cni"];
 
 fn part_rank(part: &str) -> usize {
     PARTS.iter().position(|p| *p == part).unwrap_or(PARTS.len())

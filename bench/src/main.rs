@@ -28,6 +28,7 @@ fn command_of(part: &str) -> Option<Vec<&'static str>> {
         "dnsserver" => &["bench", "-p", "weft-dns", "--bench", "servers"],
         "published" => &["bench", "-p", "weft-node", "--bench", "published"],
         "docker" => &["bench", "-p", "weft-node", "--bench", "docker"],
+        "cni" => &["bench", "-p", "weft-node", "--bench", "cni"],
         "dataplane" => &["bench", "-p", "weft-node", "--bench", "dataplane", "--", "throughput"],
         _ => return None,
     };
