@@ -44,6 +44,12 @@ cargo fmt --all --check
 say "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+say "binaries"
+# Tests of one package run the binaries of others (weft-node's tests run weft-cni, the
+# controller and the CLI); nextest builds only the binaries of the packages it tests, and
+# weft-cni has no integration tests of its own.
+cargo build --workspace --bins --locked
+
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast

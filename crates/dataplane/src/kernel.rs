@@ -241,17 +241,10 @@ impl Kernel {
                 .into(),
             source: None,
         };
-        let routes: Vec<_> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(failed("listing routes"))?;
-        let oif = routes
+        let oif = self
+            .default_routes(false)
+            .await?
             .iter()
-            .filter(|r| r.header.destination_prefix_length == 0)
             .find_map(|r| {
                 r.attributes.iter().find_map(|a| match a {
                     rtnetlink::packet_route::route::RouteAttribute::Oif(index) => Some(*index),
@@ -264,29 +257,34 @@ impl Kernel {
         Ok((ip, link.name.clone(), link.mtu))
     }
 
+    /// This namespace's default routes of one family.
+    async fn default_routes(
+        &self,
+        v6: bool,
+    ) -> Result<Vec<rtnetlink::packet_route::route::RouteMessage>, KernelError> {
+        let request = if v6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let routes: Vec<_> = self
+            .handle
+            .route()
+            .get(request)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(failed(format!("listing IPv{} routes", if v6 { 6 } else { 4 })))?;
+        Ok(routes.into_iter().filter(|r| r.header.destination_prefix_length == 0).collect())
+    }
+
     /// The gateways of this namespace's IPv4 and IPv6 default routes.
     pub async fn default_gateways(&self) -> Result<Vec<IpAddr>, KernelError> {
         use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-        let mut routes: Vec<_> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(failed("listing IPv4 routes"))?;
-        let v6: Vec<_> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(failed("listing IPv6 routes"))?;
-        routes.extend(v6);
+        let mut routes = self.default_routes(false).await?;
+        routes.extend(self.default_routes(true).await?);
         Ok(routes
             .iter()
-            .filter(|r| r.header.destination_prefix_length == 0)
             .flat_map(|r| r.attributes.iter())
             .filter_map(|a| match a {
                 RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
