@@ -117,11 +117,11 @@ fn run_part(root: &Path, part: &str, args: &[&str]) -> Outcome {
         Ok(s) => return Outcome::Failed(format!("{command} exited with {s}")),
         Err(e) => return Outcome::Failed(format!("cannot run cargo: {e}")),
     }
-    let figures = match weft_bench::parse_figures(&text) {
-        Ok(f) => f,
+    let (figures, comparisons) = match weft_bench::parse_lines(&text) {
+        Ok(lines) => lines,
         Err(e) => return Outcome::Failed(format!("unreadable figures from {part}: {e}")),
     };
-    if figures.is_empty() {
+    if figures.is_empty() && comparisons.is_empty() {
         return Outcome::NoFigures;
     }
     Outcome::Measured(Run {
@@ -131,6 +131,7 @@ fn run_part(root: &Path, part: &str, args: &[&str]) -> Outcome {
         commit: commit(root),
         machine: machine(),
         figures,
+        comparisons,
     })
 }
 
@@ -197,7 +198,8 @@ fn main() -> ExitCode {
             Outcome::Failed(why) => problems.push(format!("{part}: FAILED: {why}")),
         }
     }
-    println!("\n{}", weft_bench::figures_table(&this_run));
+    println!("\n{}", weft_bench::comparisons_table(&this_run));
+    println!("{}", weft_bench::figures_table(&this_run));
     println!("{}", weft_bench::runs_table(&this_run));
     if problems.is_empty() {
         println!("BENCHMARKS.md and bench/results.json updated.");

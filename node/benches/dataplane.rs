@@ -2,8 +2,11 @@
 //! - how fast one agent programs remote endpoints (FDB + neighbour entries) from a snapshot;
 //! - convergence: from an attach returning on one host to another host's entries being in
 //!   place, with 10 hosts;
-//! - TCP throughput container to container across hosts against the bare underlay, and over
-//!   an encrypted network against the bare WireGuard tunnel between the same hosts (iperf3);
+//! - TCP throughput container to container across hosts against the bare underlay and beside
+//!   Docker swarm's overlay on two more namespace hosts of the same underlay, and over an
+//!   encrypted network against the bare WireGuard tunnel between the same hosts (iperf3;
+//!   `WEFT_BENCH_ROUNDS` rounds, default 3, each measuring every path in turn, of
+//!   `WEFT_BENCH_SECONDS`, default 5);
 //! - DNS queries/s and latency from a container (dnsperf);
 //! - attaches and detaches per second on one host at 1, 16 and 64 at once (`attaches`).
 //!
@@ -19,13 +22,13 @@
 #[path = "../tests/lab/mod.rs"]
 mod lab;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lab::*;
 use weft_api::agent;
 use weft_api::pb;
-use weft_bench::{Figure, percentile, record, setting};
+use weft_bench::{Better, Comparison, Figure, Spread, percentile, record, record_comparison, setting};
 use weft_dataplane::Kernel;
 use weft_testbed::{Netns, root_or_skip};
 
@@ -262,11 +265,19 @@ async fn convergence() {
     println!();
 }
 
-/// iperf3 for `seconds` from `client` to `server_ip` (a server started in `server`); Gbit/s.
-fn iperf(client: &Netns, server: &Netns, server_ip: &str, seconds: u32) -> f64 {
-    server.exec(&["iperf3", "-s", "-D", "-1"]);
+/// iperf3 for `seconds` from the network namespace at `client` to `server_ip`, served from the
+/// namespace at `server` (paths: a weft container's `/run/netns/…`, a Docker container's
+/// `/proc/PID/ns/net`); Gbit/s.
+fn iperf(client: &str, server: &str, server_ip: &str, seconds: u32) -> f64 {
+    let inside = |ns: &str, args: &[&str]| {
+        let net = format!("--net={ns}");
+        let mut full = vec![net.as_str()];
+        full.extend_from_slice(args);
+        weft_testbed::run("nsenter", &full)
+    };
+    inside(server, &["iperf3", "-s", "-D", "-1"]);
     std::thread::sleep(Duration::from_millis(300));
-    let out = client.exec(&["iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"]);
+    let out = inside(client, &["iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"]);
     let key = "\"bits_per_second\":";
     // The receiver's summary is the last bits_per_second in the report.
     let bits: f64 = out
@@ -277,11 +288,52 @@ fn iperf(client: &Netns, server: &Netns, server_ip: &str, seconds: u32) -> f64 {
     bits / 1e9
 }
 
+/// Docker's answer to the same question: a swarm of two dockerds on two more namespace hosts
+/// of the same underlay, a container of its overlay network on each.
+struct SwarmPair {
+    swarm: lab::dockerd::Swarm,
+    /// Network namespaces of the two containers, and the second one's overlay address.
+    client: String,
+    server: String,
+    server_ip: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SwarmPair {
+    fn start(lab: &Lab) -> Option<SwarmPair> {
+        if !lab::dockerd::Dockerd::installed() {
+            println!(
+                "\n#### docker.io is not installed: Docker swarm's overlay is NOT measured beside weft (apt-get install docker.io) ####\n"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let swarm = lab::dockerd::Swarm::start(lab, dir.path());
+        let image = lab::dockerd::IMAGE;
+        let container = |dockerd: &lab::dockerd::Dockerd, name: &str| {
+            dockerd.run(&["run", "-d", "--name", name, "--network", "ov", image, "sleep", "100000"]);
+            format!("/proc/{}/ns/net", dockerd.run(&["inspect", "-f", "{{.State.Pid}}", name]))
+        };
+        let client = container(&swarm.manager, "iperf-client");
+        let server = container(&swarm.worker, "iperf-server");
+        let server_ip = lab::dockerd::address_in(&swarm.worker, "iperf-server", "ov");
+        Some(SwarmPair { swarm, client, server, server_ip, _dir: dir })
+    }
+}
+
+impl Drop for SwarmPair {
+    fn drop(&mut self) {
+        let _ = self.swarm.manager.try_run(&["rm", "-f", "iperf-client"]);
+        let _ = self.swarm.worker.try_run(&["rm", "-f", "iperf-server"]);
+    }
+}
+
 async fn throughput() {
     if weft_testbed::output("sh", &["-c", "command -v iperf3"]).stdout.is_empty() {
         println!("(iperf3 not installed: throughput skipped; apt-get install iperf3)\n");
         return;
     }
+    let rounds: usize = setting("WEFT_BENCH_ROUNDS", 3);
     let lab = Lab::with_default_timing(2);
     lab.create_network("fast", false);
     lab.create(pb::CreateNetworkRequest {
@@ -316,56 +368,236 @@ async fn throughput() {
         })
     });
     assert!(reaches(&s1, &ip_of(&sealed2)).await, "the encrypted network does not carry traffic");
-    let seconds = 5;
-    let underlay = iperf(&lab.hosts[0].ns, &lab.hosts[1].ns, &format!("{UNDERLAY}.2"), seconds);
-    let overlay = iperf(&c1, &c2, &ip_of(&e2), seconds);
-    let tunnel = iperf(&lab.hosts[0].ns, &lab.hosts[1].ns, &h2_tunnel, seconds);
-    let encrypted = iperf(&s1, &s2, &ip_of(&sealed2), seconds);
-    let figures = [
-        ("dataplane.underlay", "bare underlay TCP, host → host", underlay, "Gbit/s"),
-        ("dataplane.vxlan", "container → container over VXLAN", overlay, "Gbit/s"),
-        ("dataplane.vxlan_ratio", "VXLAN / bare underlay", overlay / underlay * 100.0, "%"),
-        ("dataplane.tunnel", "bare WireGuard tunnel (wireguard-go), host → host", tunnel, "Gbit/s"),
-        ("dataplane.encrypted", "container → container, encrypted network", encrypted, "Gbit/s"),
-        (
-            "dataplane.encrypted_ratio",
-            "encrypted network / bare WireGuard tunnel",
-            encrypted / tunnel * 100.0,
-            "%",
-        ),
-    ];
-    for (id, label, value, unit) in figures {
-        record(Figure::new(id, &format!("{label} (iperf3, {seconds} s)"), value, unit));
+    let swarm = SwarmPair::start(&lab);
+    let seconds = setting("WEFT_BENCH_SECONDS", 5);
+    let (hosts, containers) = ([lab.hosts[0].ns.path(), lab.hosts[1].ns.path()], [c1.path(), c2.path()]);
+    let sealed = [s1.path(), s2.path()];
+    let mut runs = Throughputs::default();
+    // Rounds alternate every measurement, so a machine's drift touches each side alike.
+    for _ in 0..rounds {
+        let underlay = iperf(&hosts[0], &hosts[1], &format!("{UNDERLAY}.2"), seconds);
+        let overlay = iperf(&containers[0], &containers[1], &ip_of(&e2), seconds);
+        runs.underlay.push(underlay);
+        runs.weft.push(overlay);
+        runs.weft_share.push(overlay / underlay * 100.0);
+        if let Some(peer) = &swarm {
+            let docker = iperf(&peer.client, &peer.server, &peer.server_ip, seconds);
+            runs.swarm.push(docker);
+            runs.swarm_share.push(docker / underlay * 100.0);
+        }
+        let tunnel = iperf(&hosts[0], &hosts[1], &h2_tunnel, seconds);
+        let encrypted = iperf(&sealed[0], &sealed[1], &ip_of(&sealed2), seconds);
+        runs.tunnel.push(tunnel);
+        runs.encrypted.push(encrypted);
+        runs.encrypted_share.push(encrypted / tunnel * 100.0);
     }
-    println!("| TCP, {seconds} s, iperf3 | Gbit/s | ratio |");
-    println!("|---|---|---|");
-    println!("| bare underlay, host 1 → host 2 (MTU 1500) | {underlay:.2} | |");
-    println!(
-        "| container → container over VXLAN (MTU {}) | {overlay:.2} | **{:.0} %** of the underlay |",
-        e2.mtu,
-        overlay / underlay * 100.0
-    );
-    println!(
-        "| bare WireGuard tunnel (wireguard-go), host 1 → host 2 (MTU 1440) | {tunnel:.2} | {:.0} % of the underlay |",
-        tunnel / underlay * 100.0
-    );
-    println!(
-        "| container → container, encrypted network (MTU {}) | {encrypted:.2} | **{:.0} %** of the bare tunnel, {:.0} % of the plain overlay |",
-        sealed2.mtu,
-        encrypted / tunnel * 100.0,
-        encrypted / overlay * 100.0
-    );
-    println!();
+    runs.report(seconds, e2.mtu, sealed2.mtu);
 }
 
-/// dnsperf from a container: `WEFT_BENCH_DNS_SECONDS` (default 10) at full speed for
-/// queries/s, then at a fixed rate with per-query output for the latency percentiles.
+/// Every round's throughput (Gbit/s) and shares (%).
+#[derive(Default)]
+struct Throughputs {
+    underlay: Vec<f64>,
+    weft: Vec<f64>,
+    weft_share: Vec<f64>,
+    swarm: Vec<f64>,
+    swarm_share: Vec<f64>,
+    tunnel: Vec<f64>,
+    encrypted: Vec<f64>,
+    encrypted_share: Vec<f64>,
+}
+
+impl Throughputs {
+    fn report(&self, seconds: u32, overlay_mtu: u32, sealed_mtu: u32) {
+        let median = |v: &[f64]| Spread::of(v).median;
+        let how = format!("iperf3, {seconds} s, median of {} rounds", self.weft.len());
+        let figures = [
+            ("dataplane.underlay", "bare underlay TCP, host → host", median(&self.underlay), "Gbit/s"),
+            ("dataplane.vxlan", "container → container over VXLAN", median(&self.weft), "Gbit/s"),
+            ("dataplane.vxlan_ratio", "VXLAN / bare underlay", median(&self.weft_share), "%"),
+            (
+                "dataplane.tunnel",
+                "bare WireGuard tunnel (wireguard-go), host → host",
+                median(&self.tunnel),
+                "Gbit/s",
+            ),
+            (
+                "dataplane.encrypted",
+                "container → container, encrypted network",
+                median(&self.encrypted),
+                "Gbit/s",
+            ),
+            (
+                "dataplane.encrypted_ratio",
+                "encrypted network / bare WireGuard tunnel",
+                median(&self.encrypted_share),
+                "%",
+            ),
+        ];
+        for (id, label, value, unit) in figures {
+            record(Figure::new(id, &format!("{label} ({how})"), value, unit));
+        }
+        println!("| TCP, iperf3, {seconds} s | median Gbit/s (min–max) | ratio (median) |");
+        println!("|---|---|---|");
+        let spread = |v: &[f64]| {
+            let s = Spread::of(v);
+            format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max)
+        };
+        println!("| bare underlay, host 1 → host 2 (MTU 1500) | {} | |", spread(&self.underlay));
+        println!(
+            "| weft: container → container over VXLAN (MTU {overlay_mtu}) | {} | **{:.0} %** of the underlay |",
+            spread(&self.weft),
+            median(&self.weft_share)
+        );
+        if !self.swarm.is_empty() {
+            println!(
+                "| Docker swarm overlay: container → container | {} | **{:.0} %** of the underlay |",
+                spread(&self.swarm),
+                median(&self.swarm_share)
+            );
+            let compare = |id: &str, label: &str, weft: &[f64], swarm: &[f64], unit: &str| {
+                record_comparison(Comparison {
+                    id: id.into(),
+                    label: format!("{label} ({how})"),
+                    unit: unit.into(),
+                    better: Better::Higher,
+                    weft: Spread::of(weft),
+                    peer: "Docker swarm overlay (docker.io)".into(),
+                    peer_spread: Spread::of(swarm),
+                    goal: 1.0,
+                })
+            };
+            compare(
+                "dataplane.overlay_vs_swarm",
+                "container → container TCP across hosts",
+                &self.weft,
+                &self.swarm,
+                "Gbit/s",
+            );
+            compare(
+                "dataplane.overlay_share_vs_swarm",
+                "container → container / bare underlay, same round",
+                &self.weft_share,
+                &self.swarm_share,
+                "%",
+            );
+        }
+        println!(
+            "| bare WireGuard tunnel (wireguard-go), host 1 → host 2 (MTU 1440) | {} | |",
+            spread(&self.tunnel)
+        );
+        println!(
+            "| container → container, encrypted network (MTU {sealed_mtu}) | {} | **{:.0} %** of the bare tunnel |",
+            spread(&self.encrypted),
+            median(&self.encrypted_share)
+        );
+        println!();
+    }
+}
+
+/// Inside the network namespace at `path`, through `sh -c`.
+fn shell_in(path: &str, script: &str) -> String {
+    weft_testbed::run("nsenter", &[&format!("--net={path}"), "sh", "-c", script])
+}
+
+/// dnsperf from the namespace at `asker` against `server`, asking the names in `queries`:
+/// queries/s at full speed for `seconds`, then every answer's latency (ms) at `rate` a second
+/// for 5 s.
+fn dnsperf(
+    asker: &str,
+    server: &str,
+    queries: &str,
+    seconds: u32,
+    rate: u32,
+    scratch: &Path,
+) -> (f64, Vec<f64>) {
+    let full = shell_in(asker, &format!("dnsperf -s {server} -d {queries} -l {seconds} -c 8 -T 1 -q 200"));
+    let qps = full
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Queries per second:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("dnsperf's summary");
+    // One line per answer: into a file, not a pipe, or dnsperf stalls whenever the pipe is
+    // full and this process is slow to drain it (stalls of 2-3 ms, seen as a p99 of 1 ms).
+    let answers = scratch.join("answers.txt");
+    shell_in(
+        asker,
+        &format!("dnsperf -s {server} -d {queries} -l 5 -Q {rate} -c 8 -T 1 -v > {}", answers.display()),
+    );
+    let verbose = std::fs::read_to_string(&answers).unwrap();
+    let latencies = verbose
+        .lines()
+        .filter(|l| l.starts_with("> NOERROR"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .map(|seconds| seconds * 1000.0)
+        .collect();
+    (qps, latencies)
+}
+
+/// Docker's embedded DNS with the same 1,000 names: a dockerd in a namespace host, a
+/// user-defined network (where Docker answers container names), five containers carrying 200
+/// network aliases each, and an asker container whose 127.0.0.11 is Docker's resolver.
+struct DockerDns {
+    dockerd: lab::dockerd::Dockerd,
+    asker: String,
+    _host: Netns,
+    _dir: tempfile::TempDir,
+}
+
+impl DockerDns {
+    fn start(names: usize) -> Option<DockerDns> {
+        if !lab::dockerd::Dockerd::installed() {
+            println!(
+                "\n#### docker.io is not installed: Docker's embedded DNS is NOT measured beside weft (apt-get install docker.io) ####\n"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let host = Netns::new("d");
+        let dockerd = lab::dockerd::Dockerd::start(&[format!("--net={}", host.path())], dir.path(), &[]);
+        lab::dockerd::import_busybox(&dockerd);
+        dockerd.run(&["network", "create", "names"]);
+        let image = lab::dockerd::IMAGE;
+        for (holder, chunk) in (0..names).collect::<Vec<_>>().chunks(200).enumerate() {
+            let name = format!("holder{holder}");
+            let mut args = vec!["run", "-d", "--name", &name, "--network", "names"];
+            let aliases: Vec<String> = chunk.iter().map(|k| format!("r{k}")).collect();
+            for alias in &aliases {
+                args.extend(["--network-alias", alias]);
+            }
+            args.extend([image, "sleep", "100000"]);
+            dockerd.run(&args);
+        }
+        dockerd.run(&["run", "-d", "--name", "asker", "--network", "names", image, "sleep", "100000"]);
+        let asker = format!("/proc/{}/ns/net", dockerd.run(&["inspect", "-f", "{{.State.Pid}}", "asker"]));
+        Some(DockerDns { dockerd, asker, _host: host, _dir: dir })
+    }
+}
+
+impl Drop for DockerDns {
+    fn drop(&mut self) {
+        let containers = self.dockerd.run(&["ps", "-aq"]);
+        let ids: Vec<&str> = containers.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = self.dockerd.try_run(&args);
+        }
+    }
+}
+
+/// dnsperf from a container, weft's resolver beside Docker's embedded one, the same 1,000
+/// names: `WEFT_BENCH_DNS_SECONDS` (default 10) at full speed for queries/s, then 5 s at 20,000
+/// queries/s with every answer's time for the latency percentiles; `WEFT_BENCH_ROUNDS`
+/// rounds (default 3), alternating.
 async fn dns() {
     if weft_testbed::output("sh", &["-c", "command -v dnsperf"]).stdout.is_empty() {
         println!("(dnsperf not installed: DNS skipped; apt-get install dnsperf)\n");
         return;
     }
-    let seconds = setting("WEFT_BENCH_DNS_SECONDS", 10).to_string();
+    let seconds = setting("WEFT_BENCH_DNS_SECONDS", 10);
+    let rounds: usize = setting("WEFT_BENCH_ROUNDS", 3);
+    let names = 1000;
     let mut lab = Lab::with_default_timing(2);
     lab.create(pb::CreateNetworkRequest {
         name: "names".into(),
@@ -377,69 +609,91 @@ async fn dns() {
     let me = attach(&mut h1, &asker, "names", "asker").await;
     // 1,000 containers on another host (registered without an agent), queried by name.
     lab.kill_agent(1);
-    let revision = lab.remote_endpoints("names", 1000, 0);
+    let revision = lab.remote_endpoints("names", names, 0);
     wait_applied(&lab, 0, revision, Duration::from_secs(60)).await;
-    let queries = (0..1000).map(|k| format!("r{k} A\n")).collect::<String>();
+    let queries = (0..names).map(|k| format!("r{k} A\n")).collect::<String>();
     let file = lab.tmp_path().join("queries.txt");
     std::fs::write(&file, queries).unwrap();
     let file = file.to_str().unwrap().to_string();
-    let server = me.ipv4_gateway.clone();
-    let full = asker
-        .exec(&["dnsperf", "-s", &server, "-d", &file, "-l", &seconds, "-c", "8", "-T", "1", "-q", "200"]);
-    let field = |text: &str, key: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(key))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    let qps = field(&full, "Queries per second:");
-    let lost = field(&full, "Queries lost:");
-    // Latency at a rate the machine sustains: every answer's time, from dnsperf -v.
-    let rate = "20000";
-    // One line per answer: into a file, not a pipe, or dnsperf stalls whenever the pipe is
-    // full and this process is slow to drain it (stalls of 2-3 ms, seen as a p99 of 1 ms).
-    let answers = lab.tmp_path().join("answers.txt");
-    let answers = answers.to_str().unwrap();
-    asker.exec(&[
-        "sh",
-        "-c",
-        &format!("dnsperf -s {server} -d {file} -l 5 -Q {rate} -c 8 -T 1 -v > {answers}"),
-    ]);
-    let verbose = std::fs::read_to_string(answers).unwrap();
-    let mut latencies: Vec<f64> = verbose
-        .lines()
-        .filter(|l| l.starts_with("> NOERROR"))
-        .filter_map(|l| l.split_whitespace().last()?.parse().ok())
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: usize| {
-        latencies.get((latencies.len().saturating_sub(1) * p + 500) / 1000).copied().unwrap_or(0.0)
-    };
-    if let Ok(qps) = qps.parse::<f64>() {
-        record(Figure::new(
-            "dns.qps",
-            "DNS queries/s from a container, 1,000 names (dnsperf, full speed)",
-            qps,
-            "q/s",
-        ));
+    let docker = DockerDns::start(names);
+    let rate = 20_000;
+    let (mut weft, mut peer) = (DnsRuns::default(), DnsRuns::default());
+    for _ in 0..rounds {
+        weft.add(dnsperf(&asker.path(), &me.ipv4_gateway, &file, seconds, rate, lab.tmp_path()));
+        if let Some(docker) = &docker {
+            peer.add(dnsperf(&docker.asker, "127.0.0.11", &file, seconds, rate, lab.tmp_path()));
+        }
     }
-    let at_rate = format!("DNS latency at {rate} queries/s");
-    record(Figure::new("dns.p50", &format!("{at_rate}: p50"), pct(500) * 1000.0, "ms"));
-    record(Figure::new("dns.p99", &format!("{at_rate}: p99"), pct(990) * 1000.0, "ms"));
-    println!("| DNS, dnsperf from a container, 1,000 names on another host | value |");
-    println!("|---|---|");
-    println!("| queries/s, full speed, {seconds} s (lost: {lost}) | **{qps}** |");
+    record(Figure::new(
+        "dns.qps",
+        &format!("DNS queries/s from a container, 1,000 names (dnsperf, full speed, median of {rounds})"),
+        Spread::of(&weft.qps).median,
+        "q/s",
+    ));
+    let at_rate = format!("DNS latency at {rate} queries/s (median of {rounds} rounds)");
+    record(Figure::new("dns.p50", &format!("{at_rate}: p50"), Spread::of(&weft.p50).median, "ms"));
+    record(Figure::new("dns.p99", &format!("{at_rate}: p99"), Spread::of(&weft.p99).median, "ms"));
     println!(
-        "| latency at {rate} queries/s: p50 / p99 / max ({} answers) | {:.3} ms / {:.3} ms / {:.3} ms |",
-        latencies.len(),
-        pct(500) * 1000.0,
-        pct(990) * 1000.0,
-        latencies.last().copied().unwrap_or(0.0) * 1000.0
+        "| DNS, dnsperf from a container, 1,000 names, {rounds} rounds | weft | Docker's embedded DNS |"
     );
+    println!("|---|---|---|");
+    let spread = |v: &[f64], precision: usize| {
+        if v.is_empty() {
+            return "–".to_string();
+        }
+        let s = Spread::of(v);
+        format!("{:.p$} ({:.p$}–{:.p$})", s.median, s.min, s.max, p = precision)
+    };
+    println!(
+        "| queries/s, full speed, {seconds} s: median (min–max) | **{}** | {} |",
+        spread(&weft.qps, 0),
+        spread(&peer.qps, 0)
+    );
+    println!("| p50 at {rate} q/s, ms | {} | {} |", spread(&weft.p50, 3), spread(&peer.p50, 3));
+    println!("| p99 at {rate} q/s, ms | **{}** | {} |", spread(&weft.p99, 3), spread(&peer.p99, 3));
     println!();
+    if docker.is_some() {
+        let peer_name = "Docker embedded DNS (docker.io, 127.0.0.11)";
+        record_comparison(Comparison {
+            id: "dns.qps_vs_docker".into(),
+            label: "DNS queries/s from a container, 1,000 names (dnsperf, full speed)".into(),
+            unit: "q/s".into(),
+            better: Better::Higher,
+            weft: Spread::of(&weft.qps),
+            peer: peer_name.into(),
+            peer_spread: Spread::of(&peer.qps),
+            goal: 2.0,
+        });
+        record_comparison(Comparison {
+            id: "dns.p99_vs_docker".into(),
+            label: format!("DNS p99 at {rate} queries/s"),
+            unit: "ms".into(),
+            better: Better::Lower,
+            weft: Spread::of(&weft.p99),
+            peer: peer_name.into(),
+            peer_spread: Spread::of(&peer.p99),
+            goal: 1.0,
+        });
+    }
 }
 
-/// Runs `calls` with at most `in_flight` of them at once; returns each one's seconds, in order.
+/// Every round's figures of one side of the DNS benchmark.
+#[derive(Default)]
+struct DnsRuns {
+    qps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+impl DnsRuns {
+    fn add(&mut self, (qps, mut latencies): (f64, Vec<f64>)) {
+        latencies.sort_by(f64::total_cmp);
+        self.qps.push(qps);
+        self.p50.push(percentile(&latencies, 500));
+        self.p99.push(percentile(&latencies, 990));
+    }
+}
+
 async fn bounded<F>(in_flight: usize, calls: impl Iterator<Item = F>) -> Vec<f64>
 where
     F: std::future::Future<Output = ()> + Send + 'static,

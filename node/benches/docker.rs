@@ -26,10 +26,10 @@ mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::dockerd::{DockerLab, Dockerd, IMAGE, import_busybox};
+use lab::dockerd::{DockerLab, Dockerd, IMAGE, Swarm};
 use lab::*;
 use weft_bench::{Figure, percentile, record, setting};
-use weft_testbed::{Netns, root_or_skip};
+use weft_testbed::root_or_skip;
 
 /// One side's two hosts: where the probe runs, and where containers are started.
 struct Side<'a> {
@@ -90,43 +90,6 @@ fn round(side: &Side<'_>, round: usize, count: usize, samples: &mut Samples) {
     let mut remove = vec!["rm", "-f"];
     remove.extend(names.iter().map(String::as_str));
     side.run_host.run(&remove);
-}
-
-/// Two more namespace hosts on the lab's underlay, each with a dockerd of its own (Docker's
-/// defaults), joined as a swarm with an attachable overlay network `ov`.
-struct Swarm {
-    manager: Dockerd,
-    worker: Dockerd,
-    _namespaces: [Netns; 2],
-}
-
-impl Swarm {
-    fn start(lab: &Lab, dir: &std::path::Path) -> Swarm {
-        let namespaces = [Netns::new("s"), Netns::new("s")];
-        let addresses = ["192.168.77.31", "192.168.77.32"];
-        lab.join_underlay(&namespaces[0], 31);
-        lab.join_underlay(&namespaces[1], 32);
-        let start = |i: usize| {
-            let docker_dir = dir.join(format!("swarm{}", i + 1));
-            std::fs::create_dir_all(&docker_dir).unwrap();
-            let dockerd = Dockerd::start(&[format!("--net={}", namespaces[i].path())], &docker_dir, &[]);
-            import_busybox(&dockerd);
-            dockerd
-        };
-        let (manager, worker) = (start(0), start(1));
-        manager.run(&["swarm", "init", "--advertise-addr", addresses[0]]);
-        let token = manager.run(&["swarm", "join-token", "-q", "worker"]);
-        worker.run(&["swarm", "join", "--token", &token, &format!("{}:2377", addresses[0])]);
-        manager.run(&["network", "create", "-d", "overlay", "--attachable", "ov"]);
-        Swarm { manager, worker, _namespaces: namespaces }
-    }
-}
-
-impl Drop for Swarm {
-    fn drop(&mut self) {
-        let _ = self.worker.try_run(&["swarm", "leave", "--force"]);
-        let _ = self.manager.try_run(&["swarm", "leave", "--force"]);
-    }
 }
 
 fn median(values: &[f64]) -> f64 {

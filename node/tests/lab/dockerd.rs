@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_testbed::root_or_skip;
+use weft_testbed::{Netns, root_or_skip};
 
-use super::Lab;
+use super::{Lab, UNDERLAY};
 
 pub struct Dockerd {
     pub socket: String,
@@ -287,4 +287,41 @@ fn network_create<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args.extend_from_slice(extra);
     args.push(name);
     args
+}
+
+/// Two more namespace hosts on the lab's underlay, each with a dockerd of its own (Docker's
+/// defaults), joined as a swarm with an attachable overlay network `ov`.
+pub struct Swarm {
+    pub manager: Dockerd,
+    pub worker: Dockerd,
+    _namespaces: [Netns; 2],
+}
+
+impl Swarm {
+    pub fn start(lab: &Lab, dir: &std::path::Path) -> Swarm {
+        let namespaces = [Netns::new("s"), Netns::new("s")];
+        let addresses = [format!("{UNDERLAY}.31"), format!("{UNDERLAY}.32")];
+        lab.join_underlay(&namespaces[0], 31);
+        lab.join_underlay(&namespaces[1], 32);
+        let start = |i: usize| {
+            let docker_dir = dir.join(format!("swarm{}", i + 1));
+            std::fs::create_dir_all(&docker_dir).unwrap();
+            let dockerd = Dockerd::start(&[format!("--net={}", namespaces[i].path())], &docker_dir, &[]);
+            import_busybox(&dockerd);
+            dockerd
+        };
+        let (manager, worker) = (start(0), start(1));
+        manager.run(&["swarm", "init", "--advertise-addr", &addresses[0]]);
+        let token = manager.run(&["swarm", "join-token", "-q", "worker"]);
+        worker.run(&["swarm", "join", "--token", &token, &format!("{}:2377", addresses[0])]);
+        manager.run(&["network", "create", "-d", "overlay", "--attachable", "ov"]);
+        Swarm { manager, worker, _namespaces: namespaces }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        let _ = self.worker.try_run(&["swarm", "leave", "--force"]);
+        let _ = self.manager.try_run(&["swarm", "leave", "--force"]);
+    }
 }
