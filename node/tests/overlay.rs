@@ -304,3 +304,65 @@ async fn an_agent_renews_its_credential_without_interrupting_anything() {
     let (summary, received) = ping.finish().await;
     assert_eq!(received, 40, "{summary}");
 }
+
+/// Where br_netfilter hands bridged frames to the IP hooks (hosts running Docker or
+/// Kubernetes load it), connection tracking would follow every container flow of a network
+/// on both hosts, for nothing: no NAT or state is needed within a network. weft leaves that
+/// traffic and the containers' DNS untracked; what needs state keeps it (egress NAT), and
+/// isolation between networks still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_within_a_network_goes_untracked_under_br_netfilter() {
+    if !root_or_skip("traffic_within_a_network_goes_untracked_under_br_netfilter") {
+        return;
+    }
+    let switches =
+        ["/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables"];
+    if !std::path::Path::new(switches[0]).exists() {
+        eprintln!(
+            "\n#### br_netfilter is not loaded on this machine: `modprobe br_netfilter` to run this test ####\n"
+        );
+        return;
+    }
+    let lab = Lab::new(2);
+    for host in &lab.hosts {
+        for switch in switches {
+            host.ns.exec(&["sh", "-c", &format!("echo 1 > {switch}")]);
+        }
+    }
+    lab.create(pb::CreateNetworkRequest { name: "web".into(), enable_ipv6: true, ..Default::default() });
+    lab.create_network("other", false);
+    let (c1, c2, stranger) = (Netns::new("c"), Netns::new("c"), Netns::new("c"));
+    let (mut h1, mut h2) = (lab.agent(0).await, lab.agent(1).await);
+    let e1 = attach(&mut h1, &c1, "web", "c1").await;
+    let mut waiting = attach_request(&c2, "web", "c2");
+    waiting.wait_everywhere = true;
+    let e2 = h2.attach(waiting).await.unwrap().into_inner().attachment.unwrap();
+    let other = attach(&mut h1, &stranger, "other", "stranger").await;
+    let v6 = |a: &agent::Attachment| a.ipv6_address.split('/').next().unwrap().to_string();
+
+    assert!(reaches(&c1, &ip_of(&e2)).await, "c1 -> c2 across hosts");
+    assert!(reaches(&c2, &v6(&e1)).await, "c2 -> c1 over IPv6");
+    let answer = c1.exec(&["dig", "+short", &format!("@{}", e1.ipv4_gateway), "c2"]);
+    assert_eq!(answer.trim(), ip_of(&e2), "DNS answers untracked");
+    assert!(reaches(&c1, OUTSIDE).await, "egress from web");
+    assert!(blocked(&c1, &ip_of(&other)), "web reached the other network");
+
+    let flows = |host: usize| {
+        let ns = &lab.hosts[host].ns;
+        ns.exec(&["conntrack", "-L", "-f", "ipv4"]) + &ns.exec(&["conntrack", "-L", "-f", "ipv6"])
+    };
+    let (c1_ip, c2_ip) = (ip_of(&e1), ip_of(&e2));
+    for host in 0..2 {
+        let table = flows(host);
+        for (from, to) in [(&c1_ip, &c2_ip), (&c2_ip, &c1_ip), (&v6(&e2), &v6(&e1))] {
+            assert!(
+                !table.contains(&format!("src={from} dst={to} ")),
+                "h{}: {from} -> {to} tracked:\n{table}",
+                host + 1
+            );
+        }
+        assert!(!table.contains("dport=53 "), "h{}: DNS tracked:\n{table}", host + 1);
+    }
+    let h1 = flows(0);
+    assert!(h1.contains(&format!("src={c1_ip} dst={OUTSIDE} ")), "egress must stay tracked (NAT):\n{h1}");
+}
