@@ -117,6 +117,11 @@ impl Dockerd {
     }
 
     /// Imports the directory `root` as the image `tag` (no registry needed).
+    /// dockerd's process id (nsenter execs it), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     pub fn import(&self, root: &Path, tag: &str) {
         let tarball = root.with_extension("tar");
         weft_testbed::run("tar", &["-C", root.to_str().unwrap(), "-cf", tarball.to_str().unwrap(), "."]);
