@@ -20,8 +20,10 @@ source tests/prerequisites.sh
 # and docker.io, whose `-p` the published-port benchmark compares with (its dockerd runs in a
 # namespace of its own, with its own data and exec roots), and whose swarm overlay the Docker
 # plugin benchmark compares with (busybox-static is its image); podman with its CNI plugins
-# and dnsname, whose own network the CNI benchmark compares with.
-packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump iperf3 dnsperf docker.io busybox-static podman containernetworking-plugins golang-github-containernetworking-plugin-dnsname)
+# and dnsname, whose own network the CNI benchmark compares with; etcd-server, the 3-member
+# etcd the consensus benchmark writes to beside weft's controllers (its own members, on free
+# loopback ports, whatever Debian's packaged etcd service does).
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump iperf3 dnsperf docker.io busybox-static podman containernetworking-plugins golang-github-containernetworking-plugin-dnsname etcd-server)
 install_missing "weft's benchmarks" "${packages[@]}"
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -2,11 +2,17 @@
 //! 3-member cluster of real `weft-controller` processes on loopback, with durable commits.
 //!
 //! `cargo bench -p weft-controller --bench cluster` (release build). Prints a Markdown table
-//! for BENCHMARKS.md. `WEFT_BENCH_SECONDS` sets the time per concurrency level (default 10);
-//! `WEFT_BENCH_TLS=1` runs everything over mutual TLS (as deployed) instead of `--insecure`.
+//! for BENCHMARKS.md. `WEFT_BENCH_SECONDS` sets the time per round (default 5),
+//! `WEFT_BENCH_ROUNDS` the rounds per concurrency level (default 3); `WEFT_BENCH_TLS=1` runs
+//! weft over mutual TLS (as deployed) instead of `--insecure`.
 //!
 //! Clients spread over all three members, as agents do; a member that is not the leader
 //! forwards to it. The client load runs on the same machine as the three controllers.
+//!
+//! Beside weft, in the same rounds: a 3-member etcd (Debian's etcd-server, its defaults, one
+//! fsync per commit like weft) on loopback, driven the same way — the same clients, one unary
+//! gRPC `KV.Put` of a new key with a 160-byte value per call, spread over the members — so
+//! that consensus writes are compared with what users would run instead.
 
 // A benchmark: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -15,41 +21,45 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Members, channel, tls_enabled, wait_ready};
+use common::{Members, channel, etcd, tls_enabled, wait_ready};
 use weft_api::pb;
 use weft_api::pb::cluster_service_client::ClusterServiceClient;
 use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_api::pb::node_service_client::NodeServiceClient;
-use weft_bench::{Figure, percentile, record, setting};
+use weft_bench::{Better, Comparison, Figure, Spread, percentile, record, record_comparison, setting};
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", common::ms(d))
 }
 
-/// `clients` concurrent clients creating endpoints for `seconds`; returns (creates/s, latencies).
-async fn creates(addrs: &[String], clients: usize, seconds: f64, offset: usize) -> (f64, Vec<Duration>) {
+/// `clients` concurrent clients, each with its own connection from `connect` (spread over the
+/// members by the caller), calling `call(connection, client, k)` one call after another for
+/// `seconds`; returns (calls/s, every call's latency, sorted).
+async fn load<C, F, Fut>(
+    clients: usize,
+    seconds: f64,
+    connect: impl Fn(usize) -> C,
+    call: F,
+) -> (f64, Vec<Duration>)
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let stop = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            let mut client = EndpointServiceClient::new(channel(&addrs[c % addrs.len()]));
+            let (connection, call) = (connect(c), call.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut k = 0usize;
                 while Instant::now() < stop {
-                    let container = format!("b{offset}-{c}-{k}");
-                    k += 1;
-                    let request = pb::CreateEndpointRequest {
-                        network: "bench".into(),
-                        node: "h1".into(),
-                        container_id: container.clone(),
-                        container_name: container,
-                        ..Default::default()
-                    };
                     let began = Instant::now();
-                    client.create_endpoint(request).await.expect("create endpoint");
+                    call(connection.clone(), c, k).await;
                     latencies.push(began.elapsed());
+                    k += 1;
                 }
                 latencies
             })
@@ -64,10 +74,56 @@ async fn creates(addrs: &[String], clients: usize, seconds: f64, offset: usize) 
     (all.len() as f64 / elapsed, all)
 }
 
+/// weft: endpoint creates through the members (one allocation and one registry write each).
+async fn creates(addrs: &[String], clients: usize, seconds: f64, round: usize) -> (f64, Vec<Duration>) {
+    let connect = |c: usize| EndpointServiceClient::new(channel(&addrs[c % addrs.len()]));
+    load(clients, seconds, connect, move |mut client, c, k| async move {
+        let container = format!("b{round}-{c}-{k}");
+        let request = pb::CreateEndpointRequest {
+            network: "bench".into(),
+            node: "h1".into(),
+            container_id: container.clone(),
+            container_name: container,
+            ..Default::default()
+        };
+        client.create_endpoint(request).await.expect("create endpoint");
+    })
+    .await
+}
+
+/// etcd: puts of a new key with a value the size of an endpoint record, through the members.
+async fn puts(addrs: &[String], clients: usize, seconds: f64, round: usize) -> (f64, Vec<Duration>) {
+    let connect = |c: usize| common::channel_plain(&addrs[c % addrs.len()]);
+    load(clients, seconds, connect, move |channel, c, k| async move {
+        let request = etcd::PutRequest {
+            key: format!("/weft/endpoints/b{round}-{c}-{k}").into_bytes(),
+            value: vec![b'x'; 160],
+        };
+        etcd::put(channel, request).await.expect("etcd put");
+    })
+    .await
+}
+
+/// Each round's rate, p50 and p99 of one side at one concurrency.
+#[derive(Default)]
+struct Rounds {
+    rate: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+impl Rounds {
+    fn add(&mut self, (rate, latencies): (f64, Vec<Duration>)) {
+        self.rate.push(rate);
+        self.p50.push(common::ms(percentile(&latencies, 500)));
+        self.p99.push(common::ms(percentile(&latencies, 990)));
+    }
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes --bench; a filter argument selects nothing here.
-    let seconds: f64 = setting("WEFT_BENCH_SECONDS", 10.0);
+    let seconds: f64 = setting("WEFT_BENCH_SECONDS", 5.0);
     let dir = tempfile::tempdir().expect("tempdir");
     let members = Members::start(dir.path(), &[]);
     for addr in &members.addrs {
@@ -92,27 +148,79 @@ async fn main() {
         .await
         .expect("network");
 
+    let rounds: usize = setting("WEFT_BENCH_ROUNDS", 3);
+    let peer = if etcd::installed() {
+        let peer = etcd::Etcd::start(dir.path());
+        peer.wait_ready(Duration::from_secs(30)).await;
+        Some(peer)
+    } else {
+        println!(
+            "\n#### etcd is not installed: consensus writes are NOT measured beside etcd (apt-get install etcd-server) ####\n"
+        );
+        None
+    };
+
     println!("Transport: {}\n", if tls_enabled() { "mutual TLS" } else { "plaintext (--insecure)" });
-    println!("| concurrent clients | creates/s | p50 | p99 | creates |");
-    println!("|---|---|---|---|---|");
-    for (i, clients) in [1usize, 16, 256].into_iter().enumerate() {
-        let (rate, latencies) = creates(&addrs, clients, seconds, i).await;
+    println!("{rounds} rounds of {seconds} s, alternating weft and etcd; median (min–max) of the rounds\n");
+    println!(
+        "| concurrent clients | weft creates/s | weft p50 | weft p99 | etcd puts/s | etcd p50 | etcd p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let spread = |values: &[f64], unit: &str| {
+        if values.is_empty() {
+            return "–".to_string();
+        }
+        let s = Spread::of(values);
+        format!("{:.1}{unit} ({:.1}–{:.1})", s.median, s.min, s.max)
+    };
+    for (level, clients) in [1usize, 16, 256].into_iter().enumerate() {
+        let (mut weft, mut other) = (Rounds::default(), Rounds::default());
+        for round in 0..rounds {
+            let tag = level * rounds + round;
+            weft.add(creates(&addrs, clients, seconds, tag).await);
+            if let Some(peer) = &peer {
+                other.add(puts(&peer.addrs, clients, seconds, tag).await);
+            }
+        }
         let id = format!("control.creates_{clients}");
         let what = format!(
             "endpoint creates through 3 members, {clients} concurrent client{}",
             if clients == 1 { "" } else { "s" }
         );
-        record(Figure::new(&format!("{id}.rate"), &format!("{what}: creates/s"), rate, "/s"));
-        for (name, per_mille) in [("p50", 500), ("p99", 990)] {
-            let value = common::ms(percentile(&latencies, per_mille));
-            record(Figure::new(&format!("{id}.{name}"), &format!("{what}: {name}"), value, "ms"));
-        }
+        let median = |v: &[f64]| Spread::of(v).median;
+        record(Figure::new(&format!("{id}.rate"), &format!("{what}: creates/s"), median(&weft.rate), "/s"));
+        record(Figure::new(&format!("{id}.p50"), &format!("{what}: p50"), median(&weft.p50), "ms"));
+        record(Figure::new(&format!("{id}.p99"), &format!("{what}: p99"), median(&weft.p99), "ms"));
         println!(
-            "| {clients} | {rate:.0} | {} | {} | {} |",
-            ms(percentile(&latencies, 500)),
-            ms(percentile(&latencies, 990)),
-            latencies.len()
+            "| {clients} | {} | {} | {} | {} | {} | {} |",
+            spread(&weft.rate, ""),
+            spread(&weft.p50, " ms"),
+            spread(&weft.p99, " ms"),
+            spread(&other.rate, ""),
+            spread(&other.p50, " ms"),
+            spread(&other.p99, " ms")
         );
+        if peer.is_some() {
+            let writes = format!(
+                "durable writes through 3 members, {clients} concurrent client{}",
+                if clients == 1 { "" } else { "s" }
+            );
+            let compare =
+                |key: &str, label: String, unit: &str, better: Better, ours: &[f64], theirs: &[f64]| {
+                    record_comparison(Comparison {
+                        id: format!("{id}.{key}_vs_etcd"),
+                        label,
+                        unit: unit.into(),
+                        better,
+                        weft: Spread::of(ours),
+                        peer: "etcd 3.4 (etcd-server), KV.Put".into(),
+                        peer_spread: Spread::of(theirs),
+                        goal: 1.0,
+                    })
+                };
+            compare("rate", format!("{writes}: writes/s"), "/s", Better::Higher, &weft.rate, &other.rate);
+            compare("p99", format!("{writes}: p99"), "ms", Better::Lower, &weft.p99, &other.p99);
+        }
     }
 
     // Network create latency, one at a time, through each member.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each benchmark uses its own subset
 
+pub mod etcd;
+
 use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,7 @@ impl Drop for Members {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
@@ -160,6 +162,11 @@ pub fn channel(addr: &str) -> Channel {
             .connect_lazy(),
         None => Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy(),
     }
+}
+
+/// A plaintext channel (the peers' benchmarks run without TLS, as weft's default one does).
+pub fn channel_plain(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy()
 }
 
 /// Waits until `addr` knows a leader and (when given) has applied `revision`.
