@@ -458,7 +458,7 @@ impl Throughputs {
             let compare = |id: &str, label: &str, weft: &[f64], swarm: &[f64], unit: &str| {
                 record_comparison(Comparison {
                     id: id.into(),
-                    label: format!("{label} ({how})"),
+                    label: format!("{label} (iperf3, {seconds} s)"),
                     unit: unit.into(),
                     better: Better::Higher,
                     weft: Spread::of(weft),
