@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # weft's benchmarks, from a fresh Debian machine: installs what they need, builds in release
-# mode, runs every part (or the parts named: control scale agent dns dnsserver dataplane published docker cni), prints each
+# mode, runs every part (or the parts named: control cli scale agent dns dnsserver dataplane published docker cni), prints each
 # figure beside its target and updates BENCHMARKS.md and bench/results.json.
 #
 #   bash bench/run.sh                # everything, about half an hour on 2 cores

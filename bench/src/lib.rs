@@ -299,7 +299,7 @@ fn describe(bound: Bound, unit: &str) -> String {
 
 /// The order parts appear in, the order the runner runs them.
 pub const PARTS: &[&str] =
-    &["control", "scale", "agent", "dns", "dnsserver", "dataplane", "published", "docker", "cni"];
+    &["control", "cli", "scale", "agent", "dns", "dnsserver", "dataplane", "published", "docker", "cni"];
 
 fn part_rank(part: &str) -> usize {
     PARTS.iter().position(|p| *p == part).unwrap_or(PARTS.len())

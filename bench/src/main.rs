@@ -29,6 +29,7 @@ fn command_of(part: &str) -> Option<Vec<&'static str>> {
         "published" => &["bench", "-p", "weft-node", "--bench", "published"],
         "docker" => &["bench", "-p", "weft-node", "--bench", "docker"],
         "cni" => &["bench", "-p", "weft-node", "--bench", "cni"],
+        "cli" => &["bench", "-p", "weft-node", "--bench", "cli"],
         "dataplane" => &["bench", "-p", "weft-node", "--bench", "dataplane", "--", "throughput"],
         _ => return None,
     };
