@@ -99,6 +99,33 @@ fn level() -> f64 {
 }
 
 impl Comparison {
+    /// weft's rounds beside the peer's, to be at least level with it (see [`Comparison::goal`]).
+    pub fn of_rounds(
+        id: &str,
+        label: &str,
+        unit: &str,
+        better: Better,
+        weft: &[f64],
+        peer: &str,
+        peer_rounds: &[f64],
+    ) -> Comparison {
+        Comparison {
+            id: id.into(),
+            label: label.into(),
+            unit: unit.into(),
+            better,
+            weft: Spread::of(weft),
+            peer: peer.into(),
+            peer_spread: Spread::of(peer_rounds),
+            goal: 1.0,
+        }
+    }
+
+    /// The advantage the design asks weft for, when more than being level.
+    pub fn with_goal(self, goal: f64) -> Comparison {
+        Comparison { goal, ..self }
+    }
+
     /// How many times better weft's median is than the peer's: above 1 weft is ahead,
     /// whichever way the figure goes.
     pub fn advantage(&self) -> f64 {
@@ -508,16 +535,16 @@ mod tests {
     }
 
     fn compared(better: Better, weft: &[f64], peer: &[f64]) -> Comparison {
-        Comparison {
-            id: "dataplane.overlay".into(),
-            label: "container → container".into(),
-            unit: "Gbit/s".into(),
+        let label = "container → container";
+        Comparison::of_rounds(
+            "dataplane.overlay",
+            label,
+            "Gbit/s",
             better,
-            weft: Spread::of(weft),
-            peer: "Docker swarm overlay".into(),
-            peer_spread: Spread::of(peer),
-            goal: 1.0,
-        }
+            weft,
+            "Docker swarm overlay",
+            peer,
+        )
     }
 
     #[test]
@@ -528,7 +555,7 @@ mod tests {
         let slower_latency = compared(Better::Lower, &[4.0, 3.0, 5.0], &[2.0, 2.0, 2.0]);
         assert!((slower_latency.advantage() - 0.5).abs() < 1e-9 && !slower_latency.ahead());
         assert_eq!(compared(Better::Higher, &[1.0], &[]).advantage(), 0.0, "no peer, no claim");
-        let twice = Comparison { goal: 2.0, ..faster.clone() };
+        let twice = faster.clone().with_goal(2.0);
         assert_eq!((faster.verdict(), twice.verdict()), ("met", "ahead, **goal missed**"));
 
         let line = serde_json::to_string(&Line::Comparison { comparison: faster.clone() }).unwrap();

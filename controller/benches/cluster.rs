@@ -207,16 +207,9 @@ async fn main() {
             );
             let compare =
                 |key: &str, label: String, unit: &str, better: Better, ours: &[f64], theirs: &[f64]| {
-                    record_comparison(Comparison {
-                        id: format!("{id}.{key}_vs_etcd"),
-                        label,
-                        unit: unit.into(),
-                        better,
-                        weft: Spread::of(ours),
-                        peer: "etcd 3.4 (etcd-server), KV.Put".into(),
-                        peer_spread: Spread::of(theirs),
-                        goal: 1.0,
-                    })
+                    let id = format!("{id}.{key}_vs_etcd");
+                    let peer = "etcd 3.4 (etcd-server), KV.Put";
+                    record_comparison(Comparison::of_rounds(&id, &label, unit, better, ours, peer, theirs))
                 };
             compare("rate", format!("{writes}: writes/s"), "/s", Better::Higher, &weft.rate, &other.rate);
             compare("p99", format!("{writes}: p99"), "ms", Better::Lower, &weft.p99, &other.p99);
