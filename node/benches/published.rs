@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use lab::dockerd::Dockerd;
 use lab::*;
 use weft_api::agent;
-use weft_bench::{Figure, percentile, record, setting};
+use weft_bench::{Figure, percentile, record, record_comparison, setting};
 use weft_testbed::{Netns, Process, root_or_skip};
 
 const CLIENTS: usize = 16;
@@ -202,6 +202,8 @@ struct Row {
     path: String,
     id: String,
     loads: Vec<(Kind, Load)>,
+    /// Every round's requests/s, by kind.
+    rounds: Vec<(Kind, Vec<f64>)>,
 }
 
 /// One path to measure: who asks, and where.
@@ -232,6 +234,11 @@ fn measure(paths: &[Route<'_>], rounds: usize, seconds: u64) -> Vec<Row> {
         .iter()
         .zip(samples)
         .map(|(path, per_kind)| {
+            let rounds = kinds
+                .iter()
+                .zip(&per_kind)
+                .map(|(kind, r)| (*kind, r.iter().map(|l| l.per_second).collect()))
+                .collect();
             let loads = kinds
                 .iter()
                 .zip(per_kind)
@@ -240,9 +247,13 @@ fn measure(paths: &[Route<'_>], rounds: usize, seconds: u64) -> Vec<Row> {
                     (*kind, rounds.swap_remove(rounds.len() / 2))
                 })
                 .collect();
-            Row { path: path.label.to_string(), id: path.id.to_string(), loads }
+            Row { path: path.label.to_string(), id: path.id.to_string(), loads, rounds }
         })
         .collect()
+}
+
+fn rounds_of<'a>(rows: &'a [Row], id: &str, kind: Kind) -> Option<&'a [f64]> {
+    rows.iter().find(|r| r.id == id)?.rounds.iter().find(|(k, _)| *k == kind).map(|(_, r)| r.as_slice())
 }
 
 fn get(rows: &[Row], id: &str, kind: Kind) -> Option<f64> {
@@ -410,6 +421,31 @@ async fn main() {
                 &format!("{}, {}", c.label, kind.label()),
                 ratio,
                 unit,
+            ));
+        }
+    }
+    // weft beside Docker's `-p`, round by round, for the two ways users reach a published port.
+    for kind in [Kind::RoundTrip, Kind::Connection] {
+        let key = if kind == Kind::RoundTrip { "rt" } else { "conn" };
+        for (path, what) in [
+            ("localhost", "host → 127.0.0.1, published port"),
+            ("remote", "another machine → host, published port"),
+        ] {
+            let (Some(weft), Some(docker)) = (
+                rounds_of(&rows, &format!("weft.{path}"), kind),
+                rounds_of(&rows, &format!("docker.{path}"), kind),
+            ) else {
+                continue;
+            };
+            let label = format!("{what}, {} ({CLIENTS} clients)", kind.label());
+            record_comparison(weft_bench::Comparison::of_rounds(
+                &format!("published.{path}.{key}_vs_docker"),
+                &label,
+                "req/s",
+                weft_bench::Better::Higher,
+                weft,
+                "Docker `-p` (docker.io)",
+                docker,
             ));
         }
     }
