@@ -40,7 +40,7 @@ impl Figure {
 /// Reports a figure to the runner, when the benchmark runs under it (the benchmark prints its
 /// own table either way). A failure to write is reported, not fatal: the printed table stays.
 pub fn record(figure: Figure) {
-    append_line(&figure.id.clone(), &Line::Figure(figure));
+    append_line(&Line::Figure(figure));
 }
 
 /// Which way is better for a compared figure.
@@ -72,6 +72,15 @@ impl Spread {
             max: sorted.last().copied().unwrap_or_default(),
             rounds: sorted.len(),
         }
+    }
+
+    /// "median (min–max)" with `precision` decimals, as the benchmarks print it; "–" for no
+    /// rounds (a peer that was not measured).
+    pub fn brief(&self, precision: usize) -> String {
+        if self.rounds == 0 {
+            return "–".into();
+        }
+        format!("{:.p$} ({:.p$}–{:.p$})", self.median, self.min, self.max, p = precision)
     }
 }
 
@@ -152,7 +161,7 @@ impl Comparison {
 
 /// Reports a comparison to the runner (see [`record`]).
 pub fn record_comparison(comparison: Comparison) {
-    append_line(&comparison.id.clone(), &Line::Comparison { comparison });
+    append_line(&Line::Comparison { comparison });
 }
 
 /// One line of a benchmark's results file.
@@ -163,11 +172,17 @@ enum Line {
     Figure(Figure),
 }
 
-fn append_line(id: &str, line: &Line) {
+fn append_line(line: &Line) {
     let Some(path) = std::env::var_os(RESULTS_ENV) else { return };
     let text = match serde_json::to_string(line) {
         Ok(text) => text,
-        Err(e) => return eprintln!("weft-bench: cannot encode {id}: {e}"),
+        Err(e) => {
+            let id = match line {
+                Line::Comparison { comparison } => &comparison.id,
+                Line::Figure(figure) => &figure.id,
+            };
+            return eprintln!("weft-bench: cannot encode {id}: {e}");
+        }
     };
     let written = std::fs::OpenOptions::new()
         .create(true)
@@ -551,6 +566,8 @@ mod tests {
     fn comparisons_say_who_is_ahead_whichever_way_is_better() {
         let faster = compared(Better::Higher, &[9.0, 10.0, 12.0], &[8.0, 9.5, 5.0]);
         assert_eq!(faster.weft, Spread { min: 9.0, median: 10.0, max: 12.0, rounds: 3 });
+        assert_eq!(faster.weft.brief(1), "10.0 (9.0–12.0)");
+        assert_eq!(Spread::of(&[]).brief(1), "–");
         assert!((faster.advantage() - 10.0 / 8.0).abs() < 1e-9 && faster.ahead());
         let slower_latency = compared(Better::Lower, &[4.0, 3.0, 5.0], &[2.0, 2.0, 2.0]);
         assert!((slower_latency.advantage() - 0.5).abs() < 1e-9 && !slower_latency.ahead());

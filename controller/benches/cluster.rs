@@ -163,16 +163,10 @@ async fn main() {
     println!("Transport: {}\n", if tls_enabled() { "mutual TLS" } else { "plaintext (--insecure)" });
     println!("{rounds} rounds of {seconds} s, alternating weft and etcd; median (min–max) of the rounds\n");
     println!(
-        "| concurrent clients | weft creates/s | weft p50 | weft p99 | etcd puts/s | etcd p50 | etcd p99 |"
+        "| concurrent clients | weft creates/s | weft p50, ms | weft p99, ms | etcd puts/s | etcd p50, ms | etcd p99, ms |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let spread = |values: &[f64], unit: &str| {
-        if values.is_empty() {
-            return "–".to_string();
-        }
-        let s = Spread::of(values);
-        format!("{:.1}{unit} ({:.1}–{:.1})", s.median, s.min, s.max)
-    };
+    let spread = |values: &[f64]| Spread::of(values).brief(1);
     for (level, clients) in [1usize, 16, 256].into_iter().enumerate() {
         let (mut weft, mut other) = (Rounds::default(), Rounds::default());
         for round in 0..rounds {
@@ -193,12 +187,12 @@ async fn main() {
         record(Figure::new(&format!("{id}.p99"), &format!("{what}: p99"), median(&weft.p99), "ms"));
         println!(
             "| {clients} | {} | {} | {} | {} | {} | {} |",
-            spread(&weft.rate, ""),
-            spread(&weft.p50, " ms"),
-            spread(&weft.p99, " ms"),
-            spread(&other.rate, ""),
-            spread(&other.p50, " ms"),
-            spread(&other.p99, " ms")
+            spread(&weft.rate),
+            spread(&weft.p50),
+            spread(&weft.p99),
+            spread(&other.rate),
+            spread(&other.p50),
+            spread(&other.p99)
         );
         if peer.is_some() {
             let writes = format!(

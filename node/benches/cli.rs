@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use lab::dockerd::{Dockerd, IMAGE, import_busybox};
 use lab::*;
-use weft_bench::{Better, Comparison, Figure, Spread, percentile, record, record_comparison, setting};
+use weft_bench::{Better, Comparison, Figure, Spread, record, record_comparison, setting};
 use weft_testbed::{Netns, root_or_skip};
 
 /// The operations, in the order a round runs them.
@@ -109,14 +109,7 @@ fn docker_round(dockerd: &Dockerd, round: usize, count: usize, times: &mut Times
 }
 
 fn p50s(rounds: &[Times], operation: usize) -> Vec<f64> {
-    rounds
-        .iter()
-        .map(|times| {
-            let mut sorted = times[operation].clone();
-            sorted.sort_by(f64::total_cmp);
-            percentile(&sorted, 500)
-        })
-        .collect()
+    rounds.iter().map(|times| Spread::of(&times[operation]).median).collect()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +160,7 @@ async fn main() {
             weft.median,
             "ms",
         ));
-        let show = |s: &Spread| format!("{:.1} ms ({:.1}–{:.1})", s.median, s.min, s.max);
+        let show = |s: &Spread| format!("{} ms", s.brief(1));
         if dockerd.is_some() {
             let docker = Spread::of(&p50s(&docker_rounds, i));
             println!(

@@ -439,10 +439,7 @@ impl Throughputs {
         }
         println!("| TCP, iperf3, {seconds} s | median Gbit/s (min–max) | ratio (median) |");
         println!("|---|---|---|");
-        let spread = |v: &[f64]| {
-            let s = Spread::of(v);
-            format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max)
-        };
+        let spread = |v: &[f64]| Spread::of(v).brief(2);
         println!("| bare underlay, host 1 → host 2 (MTU 1500) | {} | |", spread(&self.underlay));
         println!(
             "| weft: container → container over VXLAN (MTU {overlay_mtu}) | {} | **{:.0} %** of the underlay |",
@@ -658,13 +655,7 @@ async fn dns() {
         "| DNS, dnsperf from a container, 1,000 names, {rounds} rounds | weft | Docker's embedded DNS |"
     );
     println!("|---|---|---|");
-    let spread = |v: &[f64], precision: usize| {
-        if v.is_empty() {
-            return "–".to_string();
-        }
-        let s = Spread::of(v);
-        format!("{:.p$} ({:.p$}–{:.p$})", s.median, s.min, s.max, p = precision)
-    };
+    let spread = |v: &[f64], precision: usize| Spread::of(v).brief(precision);
     println!(
         "| queries/s, full speed, {seconds} s: median (min–max) | **{}** | {} |",
         spread(&weft.qps, 0),
