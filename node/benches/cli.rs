@@ -20,7 +20,6 @@
 #[path = "../tests/lab/mod.rs"]
 mod lab;
 
-use std::process::Command;
 use std::time::Instant;
 
 use lab::dockerd::{Dockerd, IMAGE, import_busybox};
@@ -37,17 +36,7 @@ fn ms(since: Instant) -> f64 {
 
 /// `weft ARGS` on host 1, as its operator; panics when it fails.
 fn weft(lab: &Lab, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.hosts[0].ns.name])
-        .arg(weft_testbed::workspace_binary(NODE, "weft"))
-        .args(["--controller", &CONTROLLERS.join(","), "--node-socket"])
-        .arg(&lab.hosts[0].socket)
-        .arg("--tls-dir")
-        .arg(lab.admin_tls())
-        .args(args)
-        .env("HOME", "/nonexistent")
-        .output()
-        .unwrap();
+    let out = lab.weft_cli(0, args);
     assert!(out.status.success(), "weft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -269,12 +269,6 @@ async fn convergence() {
 /// namespace at `server` (paths: a weft container's `/run/netns/…`, a Docker container's
 /// `/proc/PID/ns/net`); Gbit/s.
 fn iperf(client: &str, server: &str, server_ip: &str, seconds: u32) -> f64 {
-    let inside = |ns: &str, args: &[&str]| {
-        let net = format!("--net={ns}");
-        let mut full = vec![net.as_str()];
-        full.extend_from_slice(args);
-        weft_testbed::run("nsenter", &full)
-    };
     inside(server, &["iperf3", "-s", "-D", "-1"]);
     std::thread::sleep(Duration::from_millis(300));
     let out = inside(client, &["iperf3", "-c", server_ip, "-t", &seconds.to_string(), "-J"]);
@@ -312,7 +306,7 @@ impl SwarmPair {
         let image = lab::dockerd::IMAGE;
         let container = |dockerd: &lab::dockerd::Dockerd, name: &str| {
             dockerd.run(&["run", "-d", "--name", name, "--network", "ov", image, "sleep", "100000"]);
-            format!("/proc/{}/ns/net", dockerd.run(&["inspect", "-f", "{{.State.Pid}}", name]))
+            lab::dockerd::netns_of(dockerd, name)
         };
         let client = container(&swarm.manager, "iperf-client");
         let server = container(&swarm.worker, "iperf-server");
@@ -485,9 +479,17 @@ impl Throughputs {
     }
 }
 
+/// `args` run inside the network namespace at `path` (a `/run/netns/…` or `/proc/PID/ns/net`).
+fn inside(path: &str, args: &[&str]) -> String {
+    let net = format!("--net={path}");
+    let mut full = vec![net.as_str()];
+    full.extend_from_slice(args);
+    weft_testbed::run("nsenter", &full)
+}
+
 /// Inside the network namespace at `path`, through `sh -c`.
 fn shell_in(path: &str, script: &str) -> String {
-    weft_testbed::run("nsenter", &[&format!("--net={path}"), "sh", "-c", script])
+    inside(path, &["sh", "-c", script])
 }
 
 /// CPU time a process has used so far (user and system, all threads), in seconds.
@@ -583,7 +585,7 @@ impl DockerDns {
             dockerd.run(&args);
         }
         dockerd.run(&["run", "-d", "--name", "asker", "--network", "names", image, "sleep", "100000"]);
-        let asker = format!("/proc/{}/ns/net", dockerd.run(&["inspect", "-f", "{{.State.Pid}}", "asker"]));
+        let asker = lab::dockerd::netns_of(&dockerd, "asker");
         Some(DockerDns { dockerd, asker, _host: host, _dir: dir })
     }
 }

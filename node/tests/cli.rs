@@ -8,28 +8,13 @@
 
 mod lab;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use lab::*;
 use weft_testbed::{Netns, root_or_skip};
 
-fn weft_binary() -> PathBuf {
-    weft_testbed::workspace_binary(NODE, "weft")
-}
-
 fn weft(lab: &Lab, host: usize, args: &[&str]) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", &lab.hosts[host].ns.name])
-        .arg(weft_binary())
-        .args(["--controller", &CONTROLLERS.join(","), "--node-socket"])
-        .arg(&lab.hosts[host].socket)
-        .arg("--tls-dir")
-        .arg(lab.admin_tls())
-        .args(args)
-        .env("HOME", "/nonexistent")
-        .output()
-        .unwrap()
+    lab.weft_cli(host, args)
 }
 
 fn ok(lab: &Lab, host: usize, args: &[&str]) -> String {

@@ -155,6 +155,11 @@ pub fn address_in(dockerd: &Dockerd, container: &str, network: &str) -> String {
     dockerd.run(&["inspect", "-f", &format, container])
 }
 
+/// The network namespace of a running container, as a path `nsenter --net=` takes.
+pub fn netns_of(dockerd: &Dockerd, container: &str) -> String {
+    format!("/proc/{}/ns/net", dockerd.run(&["inspect", "-f", "{{.State.Pid}}", container]))
+}
+
 /// A persistent mount namespace at `file` with a private, empty `/run/docker/plugins`.
 pub fn mount_namespace(file: &Path) {
     std::fs::write(file, b"").unwrap();

@@ -519,6 +519,22 @@ impl Lab {
         self.tmp.path().join("pki/admin")
     }
 
+    /// The `weft` CLI run in host `host`'s namespace, as its operator would: the cluster's
+    /// controllers, the host's agent socket, the admin credential.
+    pub fn weft_cli(&self, host: usize, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.hosts[host].ns.name])
+            .arg(weft_testbed::workspace_binary(NODE, "weft"))
+            .args(["--controller", &CONTROLLERS.join(","), "--node-socket"])
+            .arg(&self.hosts[host].socket)
+            .arg("--tls-dir")
+            .arg(self.admin_tls())
+            .args(args)
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap()
+    }
+
     /// A directory that lives as long as the lab.
     pub fn tmp_path(&self) -> &Path {
         self.tmp.path()
