@@ -59,8 +59,8 @@ down() {
         ns="$prefix-h$i"
         if ip netns list | grep -qw "^$ns"; then
             if [ -x "$state/bin/weft-node" ]; then
-                ip netns exec "$ns" "$state/bin/weft-node" --uninstall --state-dir "$state/host$i" \
-                    --wireguard-interface "$prefix-wg$i" >/dev/null 2>&1 || true
+                nsenter "--net=/run/netns/$ns" "$state/bin/weft-node" --uninstall --state-dir "$state/host$i" \
+                    --wireguard-interface "$prefix-wg$i" --switch-namespace "$ns-switch" >/dev/null 2>&1 || true
             fi
         fi
     done
@@ -195,7 +195,9 @@ host_enter() { # host_enter I: sets enter to the command prefix that runs someth
     if [ "$mode" = docker ]; then
         enter=(nsenter "--mount=$state/mnt/h$1" "--net=/run/netns/$prefix-h$1")
     else
-        enter=(ip netns exec "$prefix-h$1")
+        # nsenter, not `ip netns exec`, which would give weft-node a mount namespace of its
+        # own: the switch namespace it pins under /run/netns would live and die with it.
+        enter=(nsenter "--net=/run/netns/$prefix-h$1")
     fi
 }
 
@@ -212,7 +214,7 @@ for i in "${hosts[@]}"; do
     host_enter "$i"
     RUST_LOG=info nohup "${enter[@]}" "$state/bin/weft-node" --controllers "$controllers" \
         --name "host$i" --underlay-address "$underlay.$i" --socket "$state/host$i.sock" --state-dir "$state/host$i" \
-        --wireguard-interface "$prefix-wg$i" --tls-dir "$state/pki/host$i" \
+        --wireguard-interface "$prefix-wg$i" --switch-namespace "$prefix-h$i-switch" --tls-dir "$state/pki/host$i" \
         --join-token "$token" --ca-fingerprint "$fingerprint" "${plugin[@]}" >"$state/host$i.log" 2>&1 &
     echo $! >"$state/host$i.pid"
 done

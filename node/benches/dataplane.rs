@@ -69,7 +69,8 @@ async fn programming_rate() {
     lab.start_agent(0);
     let done = wait_applied(&lab, 0, revision, Duration::from_secs(300)).await;
     let cold = done - began;
-    let fdb = lab.hosts[0].ns.exec(&["bridge", "fdb", "show", "dev", &format!("weftx{}", network.vni)]);
+    let fdb =
+        lab.hosts[0].ns.switch_exec(&["bridge", "fdb", "show", "dev", &format!("weftx{}", network.vni)]);
     let programmed = fdb.lines().filter(|l| l.contains(&format!("dst {UNDERLAY}.200"))).count();
     assert_eq!(programmed, remotes, "every remote endpoint has its FDB entry");
 

@@ -102,7 +102,9 @@ pub fn desired(mirror: &Mirror, host: &Host, sandboxes: &Sandboxes) -> Desired {
             .collect();
         let devices = NetworkDevices {
             network_id: network.id.clone(),
-            bridge: network.bridge(),
+            gateway: network.bridge(),
+            gateway_port: weft_dataplane::model::gateway_port_name(network.vni),
+            bridge: weft_dataplane::model::switch_bridge_name(network.vni),
             vxlan: network.vxlan(),
             vni: network.vni,
             port: mirror.vxlan_port,
@@ -168,7 +170,7 @@ pub fn rules(mirror: &Mirror, desired: &Desired) -> Vec<NetworkRules> {
         .filter_map(|devices| {
             let network = mirror.networks.get(&devices.network_id)?;
             Some(NetworkRules {
-                bridge: devices.bridge.clone(),
+                gateway: devices.gateway.clone(),
                 subnets: network.gateways.clone(),
                 internal: network.internal,
                 masquerade: network.settings.masquerade,
@@ -179,14 +181,6 @@ pub fn rules(mirror: &Mirror, desired: &Desired) -> Vec<NetworkRules> {
                     .values()
                     .filter_map(|local| mirror.endpoints.get(&local.endpoint_id))
                     .flat_map(published_rules)
-                    .collect(),
-                hairpin: devices
-                    .local
-                    .values()
-                    .filter(|local| {
-                        mirror.endpoints.get(&local.endpoint_id).is_some_and(|e| !e.ports.is_empty())
-                    })
-                    .map(|local| local.host_veth.clone())
                     .collect(),
             })
         })
@@ -230,8 +224,12 @@ pub struct Failures {
 /// what the kernel said.
 pub fn blame(desired: &Desired, mirror: &Mirror, ops: &[Op], failed: &[(usize, KernelError)]) -> Failures {
     let mut failures = Failures::default();
-    let network_of_device =
-        |name: &str| desired.networks.values().find(|n| n.bridge == name || n.vxlan == name);
+    let network_of_device = |name: &str| {
+        desired
+            .networks
+            .values()
+            .find(|n| [&n.gateway, &n.gateway_port, &n.bridge, &n.vxlan].contains(&&name.to_string()))
+    };
     let endpoints_of = |net: &NetworkDevices| -> Vec<String> {
         mirror.endpoints.values().filter(|e| e.network_id == net.network_id).map(|e| e.id.clone()).collect()
     };
@@ -256,6 +254,7 @@ pub fn blame(desired: &Desired, mirror: &Mirror, ops: &[Op], failed: &[(usize, K
             Some(
                 Op::CreateBridge { name, .. }
                 | Op::CreateVxlan { name, .. }
+                | Op::CreateGateway { name, .. }
                 | Op::SetLink { name, .. }
                 | Op::Conflict { name, .. }
                 | Op::AddAddress { link: name, .. }
@@ -360,20 +359,16 @@ mod tests {
     fn failures_are_blamed_on_the_endpoints_they_hold_up() {
         let m = mirror();
         let d = desired(&m, &host(), &sandboxes());
-        let blue = &d.networks["weft4096"];
+        let blue = &d.networks["weftb4096"];
         let plug =
             Op::Plug { bridge: blue.bridge.clone(), endpoint: blue.local.values().next().unwrap().clone() };
         let remote = m.endpoints["e2"].mac;
         let ops = vec![
             plug,
             Op::SetFdb { vxlan: blue.vxlan.clone(), mac: remote, vtep: "192.0.2.2".parse().unwrap() },
-            Op::DeleteLink { name: "weftp99".into() },
-            Op::CreateBridge {
-                name: blue.bridge.clone(),
-                alias: String::new(),
-                mac: blue.gateway_mac,
-                mtu: 1450,
-            },
+            Op::DeleteLink { name: "weftp99".into(), place: weft_dataplane::Place::Switch },
+            Op::CreateBridge { name: blue.bridge.clone(), alias: String::new(), mtu: 1450 },
+            Op::AddAddress { link: blue.gateway.clone(), address: *blue.gateway_addresses.first().unwrap() },
         ];
         let only = |i: usize| vec![(i, failure(&format!("op {i}")))];
         let f = blame(&d, &m, &ops, &only(0));
@@ -384,9 +379,12 @@ mod tests {
         let f = blame(&d, &m, &ops, &only(2));
         assert!(f.endpoints.is_empty());
         assert_eq!(f.host, ["op 2: refused"]);
-        // The network's bridge: every endpoint of the network, here and elsewhere.
-        let f = blame(&d, &m, &ops, &only(3));
-        assert_eq!(f.endpoints.keys().collect::<Vec<_>>(), ["e1", "e2", "e4"]);
+        // The network's bridge, or its gateway: every endpoint of the network, here and
+        // elsewhere.
+        for i in [3, 4] {
+            let f = blame(&d, &m, &ops, &only(i));
+            assert_eq!(f.endpoints.keys().collect::<Vec<_>>(), ["e1", "e2", "e4"]);
+        }
     }
 
     fn sandboxes() -> Sandboxes {
@@ -408,8 +406,8 @@ mod tests {
     #[test]
     fn only_networks_with_a_local_container_get_devices() {
         let d = desired(&mirror(), &host(), &sandboxes());
-        assert_eq!(d.networks.keys().collect::<Vec<_>>(), vec!["weft4096"], "red has no container on h1");
-        let blue = &d.networks["weft4096"];
+        assert_eq!(d.networks.keys().collect::<Vec<_>>(), vec!["weftb4096"], "red has no container on h1");
+        let blue = &d.networks["weftb4096"];
         assert_eq!(blue.vxlan, "weftx4096");
         assert_eq!(blue.mtu, 1450, "underlay 1500 minus VXLAN");
         let local = &blue.local["weftp3"];
@@ -440,7 +438,7 @@ mod tests {
             },
         );
         let d = desired(&m, &host(), &s);
-        let red = &d.networks["weft4097"];
+        let red = &d.networks["weftb4097"];
         assert_eq!(red.mtu, 1400);
         assert!(red.local["weftp5"].default_routes.is_empty(), "only the first network routes by default");
     }
@@ -450,7 +448,7 @@ mod tests {
         let mut m = mirror();
         m.networks.get_mut("n1").unwrap().encrypted = true;
         let d = desired(&m, &host(), &sandboxes());
-        let blue = &d.networks["weft4096"];
+        let blue = &d.networks["weftb4096"];
         assert_eq!(blue.local_vtep, "10.255.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(blue.mtu, 1500 - 60 - 50);
         assert_eq!(blue.remote.values().next().unwrap().vtep, "10.255.0.2".parse::<IpAddr>().unwrap());

@@ -54,6 +54,10 @@ struct Flags {
     /// 127.0.0.11 forwards the names it does not know, the containers on other hosts, to weft.
     #[arg(long, default_value = "169.254.53.53")]
     docker_dns_address: std::net::IpAddr,
+    /// The network namespace, pinned at /run/netns/NAME, that holds the networks' bridges,
+    /// VXLAN devices and the host ends of the containers' veths (`ip -n NAME bridge fdb`).
+    #[arg(long, env = "WEFT_SWITCH_NAMESPACE", default_value = "weft-switch")]
+    switch_namespace: String,
     /// Where the agent keeps what only this host knows (container namespaces, interface names).
     #[arg(long, default_value = "/var/lib/weft")]
     state_dir: PathBuf,
@@ -125,18 +129,27 @@ fn hostname() -> anyhow::Result<String> {
     Ok(name.trim().to_string())
 }
 
-/// Removes weft's links, WireGuard interface and tables from this host, and its state files.
+/// Removes weft's links, switch namespace, WireGuard interface and tables from this host, and
+/// its state files.
 async fn uninstall(
-    kernel: &Kernel,
+    kernel: Kernel,
+    switch_namespace: &str,
     state_dir: &std::path::Path,
     wireguard_interface: &str,
 ) -> anyhow::Result<()> {
+    let switch = weft_dataplane::switch::path(switch_namespace);
+    let kernel = if switch.exists() {
+        kernel.with_switch(&switch).await.context("opening the switch")?
+    } else {
+        kernel
+    };
     let observed = kernel.observe().await.context("listing links")?;
     let ops = weft_dataplane::plan(&weft_dataplane::Desired::default(), &observed);
     let errors = kernel.apply(&ops).await;
-    weft_dataplane::rules::load(&weft_dataplane::rules::removal())
+    weft_dataplane::rules::load(&weft_dataplane::rules::removal(), None)
         .context("removing weft's nftables tables")?;
-    Tunnel::remove(wireguard_interface, kernel).await.context("removing the WireGuard interface")?;
+    weft_dataplane::switch::remove(switch_namespace).context("removing the switch namespace")?;
+    Tunnel::remove(wireguard_interface, &kernel).await.context("removing the WireGuard interface")?;
     if let Some(first) = errors.first() {
         anyhow::bail!("removing weft's links: {first} ({} problems)", errors.len());
     }
@@ -275,8 +288,14 @@ async fn main() -> anyhow::Result<()> {
 
     let kernel = Kernel::connect().context("connecting to the kernel")?;
     if flags.uninstall {
-        return uninstall(&kernel, &flags.state_dir, &flags.wireguard_interface).await;
+        return uninstall(kernel, &flags.switch_namespace, &flags.state_dir, &flags.wireguard_interface)
+            .await;
     }
+    let switch_namespace = flags.switch_namespace.clone();
+    let switch = tokio::task::spawn_blocking(move || weft_dataplane::switch::ensure(&switch_namespace))
+        .await?
+        .context("making the switch namespace")?;
+    let kernel = kernel.with_switch(&switch).await.context("opening the switch namespace")?;
     let (vtep, interface, underlay_mtu) =
         kernel.underlay(flags.underlay_address).await.context("finding the underlay")?;
     let name = match flags.name {

@@ -226,7 +226,12 @@ impl Tunnel {
         let link = if fresh_link { None } else { observed.links.get(&self.interface) };
         let mut ops = Vec::new();
         if link.is_none_or(|l| l.mtu != mtu || !l.up) {
-            ops.push(Op::SetLink { name: self.interface.clone(), mtu, master: None });
+            ops.push(Op::SetLink {
+                name: self.interface.clone(),
+                place: weft_dataplane::Place::Host,
+                mtu,
+                master: None,
+            });
         }
         let current = link.map(|l| l.addresses.clone()).unwrap_or_default();
         if let Some(address) = address
@@ -235,7 +240,11 @@ impl Tunnel {
             ops.push(Op::AddAddress { link: self.interface.clone(), address });
         }
         for stale in current.iter().filter(|a| Some(**a) != address && !a.ip.is_ipv6()) {
-            ops.push(Op::DeleteAddress { link: self.interface.clone(), address: *stale });
+            ops.push(Op::DeleteAddress {
+                link: self.interface.clone(),
+                place: weft_dataplane::Place::Host,
+                address: *stale,
+            });
         }
         errors.extend(kernel.apply_each(&ops).await.into_iter().map(|(_, e)| e));
         errors

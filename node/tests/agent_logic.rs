@@ -145,6 +145,9 @@ fn weft_veths(observed: &Observed) -> BTreeSet<String> {
         .links
         .values()
         .filter(|l| l.kind == LinkKind::Veth && l.is_weft())
+        .filter(|l| {
+            !l.alias.as_deref().is_some_and(|a| a.starts_with(weft_dataplane::model::GATEWAY_ALIAS_PREFIX))
+        })
         .map(|l| l.name.clone())
         .collect()
 }
@@ -198,7 +201,7 @@ async fn concurrent_attaches_and_detaches_leave_kernel_registry_and_records_in_s
         assert_eq!(observed.links[veth].master.as_deref(), Some(bridge.name.as_str()), "{veth}");
     }
     assert_eq!(std::fs::read_dir(state.join("attachments")).unwrap().count(), 30, "one record each");
-    assert!(host.rules().is_some_and(|r| r.contains("table")), "nftables rules loaded");
+    assert!(host.rules().is_some_and(|r| r.host.contains("table inet weft {")), "nftables rules loaded");
 
     let detaches: Vec<_> = (0..30)
         .map(|i| {
@@ -254,13 +257,14 @@ async fn vanished_containers_restarts_drift_and_remote_containers() {
     // Drift: the bridge deleted by hand comes back, with the veth on it again.
     let bridge = before.links.values().find(|l| l.kind == LinkKind::Bridge).unwrap().name.clone();
     host.tamper(|o| {
-        weft_dataplane::simulated::apply(o, &weft_dataplane::Op::DeleteLink { name: bridge.clone() })
-            .unwrap();
+        let delete =
+            weft_dataplane::Op::DeleteLink { name: bridge.clone(), place: weft_dataplane::Place::Switch };
+        weft_dataplane::simulated::apply(o, &delete).unwrap();
     });
-    eventually("the bridge is back with its port", async || {
+    eventually("the bridge is back with its ports (VXLAN, gateway, veth)", async || {
         let now = host.observed();
         now.links.contains_key(&bridge)
-            && now.links.values().filter(|l| l.master.as_deref() == Some(bridge.as_str())).count() == 2
+            && now.links.values().filter(|l| l.master.as_deref() == Some(bridge.as_str())).count() == 3
     })
     .await;
 
@@ -299,8 +303,8 @@ async fn vanished_containers_restarts_drift_and_remote_containers() {
 }
 
 /// Published ports through the agent's own logic: random host ports chosen at once never
-/// clash, each becomes a DNAT rule, the publishing containers' veths hairpin and their bridge
-/// takes 127.0.0.1, and a port that goes has its flows forgotten.
+/// clash, each becomes a DNAT rule, the network's gateway takes 127.0.0.1, and a port that
+/// goes has its flows forgotten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_ports_become_rules_and_their_flows_go_with_them() {
     let (controller, dir) = setup().await;
@@ -323,16 +327,21 @@ async fn published_ports_become_rules_and_their_flows_go_with_them() {
         assert!(host_ports.insert(attachment.ports[0].host_port), "a random host port handed out twice");
         attached.push(attachment);
     }
-    let rules = host.rules().unwrap();
+    let rules = host.rules().unwrap().host;
     for a in &attached {
         let ip = a.ipv4_address.split('/').next().unwrap();
         let rule = format!("meta nfproto ipv4 tcp dport {} dnat ip to {ip}:80", a.ports[0].host_port);
         assert!(rules.contains(&rule), "{rule} missing from {rules}");
     }
     let observed = host.observed();
-    let bridge = observed.links.values().find(|l| l.kind == LinkKind::Bridge).unwrap().name.clone();
-    assert_eq!(host.localnet(), vec![bridge]);
-    assert_eq!(host.hairpin().into_iter().collect::<BTreeSet<_>>(), weft_veths(&observed));
+    let gateway = observed
+        .links
+        .values()
+        .find(|l| l.place == weft_dataplane::Place::Host && l.kind == LinkKind::Veth && l.is_weft())
+        .unwrap()
+        .name
+        .clone();
+    assert_eq!(host.localnet(), vec![gateway]);
 
     let gone = &attached[0];
     running
@@ -345,5 +354,8 @@ async fn published_ports_become_rules_and_their_flows_go_with_them() {
         host.forgotten().iter().any(|f| u32::from(f.host_port) == port)
     })
     .await;
-    assert!(!host.rules().unwrap().contains(&format!("dport {port} ")), "the rule went with the container");
+    assert!(
+        !host.rules().unwrap().host.contains(&format!("dport {port} ")),
+        "the rule went with the container"
+    );
 }

@@ -187,7 +187,7 @@ async fn an_encrypted_network_crosses_hosts_inside_wireguard_only() {
     // bug would). The ping fails; nothing of that network leaves in the clear.
     lab.kill_agent(0);
     let vxlan = format!("weftx{}", secret.vni);
-    lab.hosts[0].ns.exec(&[
+    lab.hosts[0].ns.switch_exec(&[
         "bridge",
         "fdb",
         "replace",

@@ -60,14 +60,19 @@ fn links(container: &str) -> Vec<String> {
         .collect()
 }
 
-/// weft's container veths on a host.
+/// weft's container veths on a host (their host ends, in its switch namespace; not the
+/// gateways' ports).
 fn host_veths(host: &Netns) -> usize {
-    host.exec(&["ip", "-o", "link"]).lines().filter(|l| l.contains(": weftp")).count()
+    let links = host.switch_try_exec(&["ip", "-o", "link"]);
+    String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter(|l| l.contains(": weftp") && !l.contains(": weftpg"))
+        .count()
 }
 
 /// FDB entries pointing at other hosts on a network's VXLAN device.
 fn fdb_macs(host: &Netns, vni: u32) -> BTreeSet<String> {
-    let out = host.try_exec(&["bridge", "fdb", "show", "dev", &format!("weftx{vni}")]);
+    let out = host.switch_try_exec(&["bridge", "fdb", "show", "dev", &format!("weftx{vni}")]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(" dst "))
@@ -400,8 +405,8 @@ async fn one_broken_endpoint_is_reported_and_holds_nobody_else_back() {
     attach(&mut h1, &fine, "n", "fine").await;
     let veth = format!("weftp{:x}", broken.revision);
     let h1ns = &lab.hosts[0].ns;
-    h1ns.exec(&["ip", "link", "del", &veth]);
-    h1ns.exec(&["ip", "link", "add", &veth, "type", "bridge"]);
+    h1ns.switch_exec(&["ip", "link", "del", &veth]);
+    h1ns.switch_exec(&["ip", "link", "add", &veth, "type", "bridge"]);
 
     let state = || registry(&lab).get(&broken.container_id).map(|e| e.problem.clone()).unwrap_or_default();
     eventually("the endpoint's problem is reported", Duration::from_secs(5), || state().contains(&veth))
@@ -429,7 +434,7 @@ async fn one_broken_endpoint_is_reported_and_holds_nobody_else_back() {
     assert!(listed.lines().any(|l| l.starts_with("stuck failed: ") && l.contains(&veth)), "{listed}");
 
     // Repaired: the foreign link goes, the container is plumbed again and the state clears.
-    h1ns.exec(&["ip", "link", "del", &veth]);
+    h1ns.switch_exec(&["ip", "link", "del", &veth]);
     eventually("the problem clears", Duration::from_secs(5), || state().is_empty()).await;
     assert_eq!(addresses(&stuck.name), vec![broken.ipv4_address.clone()]);
     let code = h1.attach(attach_request(&stuck, "n", "stuck")).await.unwrap_err().code();

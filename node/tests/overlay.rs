@@ -34,7 +34,7 @@ async fn three_hosts_two_networks_isolation_egress_and_cleanup() {
     let mut waiting = attach_request(&a2, "blue", "a2");
     waiting.wait_everywhere = true;
     let a2_blue = h2.attach(waiting).await.unwrap().into_inner().attachment.unwrap();
-    let fdb = lab.hosts[0].ns.exec(&["bridge", "fdb", "show", "dev", &format!("weftx{}", blue.vni)]);
+    let fdb = lab.hosts[0].ns.switch_exec(&["bridge", "fdb", "show", "dev", &format!("weftx{}", blue.vni)]);
     assert!(fdb.contains(&a2_blue.mac_address), "h1 lacks a2's FDB entry after a waiting attach: {fdb}");
     assert!(a1.pings(&ip_of(&a2_blue)), "a1 cannot reach a2 right after a waiting attach");
     let b1_red = attach(&mut h1, &b1, "red", "b1").await;
@@ -95,10 +95,11 @@ async fn three_hosts_two_networks_isolation_egress_and_cleanup() {
         };
         client.detach(request).await.unwrap();
     }
-    let bridge = format!("weft{}", blue.vni);
+    let (gateway, vxlan) = (format!("weft{}", blue.vni), format!("weftx{}", blue.vni));
     for host in &lab.hosts {
-        eventually(&format!("{bridge} gone from {}", host.name), Duration::from_secs(5), || {
-            !host.ns.exec(&["ip", "-o", "link"]).contains(&bridge)
+        eventually(&format!("{gateway} and {vxlan} gone from {}", host.name), Duration::from_secs(5), || {
+            !host.ns.exec(&["ip", "-o", "link"]).contains(&format!(" {gateway}@"))
+                && !host.ns.switch_exec(&["ip", "-o", "link"]).contains(&vxlan)
         })
         .await;
     }
@@ -106,7 +107,7 @@ async fn three_hosts_two_networks_isolation_egress_and_cleanup() {
     assert!(m3.exec(&["ip", "-o", "link"]).contains("eth1"), "m3 keeps its red interface");
     lab.remove_network("blue");
     // Red lives on: h1 still has it, and its entries for h3 are in place.
-    let fdb = lab.hosts[0].ns.exec(&["bridge", "fdb", "show", "dev", &format!("weftx{}", red.vni)]);
+    let fdb = lab.hosts[0].ns.switch_exec(&["bridge", "fdb", "show", "dev", &format!("weftx{}", red.vni)]);
     assert!(fdb.contains(&format!("dst {UNDERLAY}.3")), "{fdb}");
     assert!(reaches(&b1, &ip_of(&m3_red)).await);
     drop((h1, h2, h3));
@@ -122,7 +123,8 @@ async fn drift_is_repaired_and_restarts_or_outages_do_not_stop_traffic() {
     let (c1, c2) = (Netns::new("c"), Netns::new("c"));
     let mut h1 = lab.agent(0).await;
     let mut h2 = lab.agent(1).await;
-    let _e1 = attach(&mut h1, &c1, "green", "c1").await;
+    let e1 = attach(&mut h1, &c1, "green", "c1").await;
+    let e1_gateway = e1.ipv4_gateway.clone();
     let e2 = attach(&mut h2, &c2, "green", "c2").await;
     let target = ip_of(&e2);
     assert!(reaches(&c1, &target).await);
@@ -130,7 +132,7 @@ async fn drift_is_repaired_and_restarts_or_outages_do_not_stop_traffic() {
     // Entries deleted by hand come back within the resync period.
     let vxlan = format!("weftx{}", net.vni);
     let h1ns = &lab.hosts[0].ns;
-    h1ns.exec(&[
+    h1ns.switch_exec(&[
         "bridge",
         "fdb",
         "del",
@@ -141,15 +143,23 @@ async fn drift_is_repaired_and_restarts_or_outages_do_not_stop_traffic() {
         &format!("{UNDERLAY}.2"),
         "self",
     ]);
-    h1ns.exec(&["ip", "neigh", "del", &target, "dev", &vxlan]);
+    h1ns.switch_exec(&["ip", "neigh", "del", &target, "dev", &vxlan]);
     eventually("the FDB entry repaired", Duration::from_secs(5), || {
-        h1ns.exec(&["bridge", "fdb", "show", "dev", &vxlan]).contains(&e2.mac_address)
+        h1ns.switch_exec(&["bridge", "fdb", "show", "dev", &vxlan]).contains(&e2.mac_address)
     })
     .await;
     eventually("the neighbour entry repaired", Duration::from_secs(5), || {
-        h1ns.exec(&["ip", "neigh", "show", "dev", &vxlan]).contains(&target)
+        h1ns.switch_exec(&["ip", "neigh", "show", "dev", &vxlan]).contains(&target)
     })
     .await;
+    // A gateway deleted by hand (taking its port along) comes back, and so does the path.
+    h1ns.exec(&["ip", "link", "del", &format!("weft{}", net.vni)]);
+    eventually("the gateway repaired", Duration::from_secs(5), || {
+        h1ns.try_exec(&["ip", "link", "show", &format!("weft{}", net.vni)]).status.success()
+    })
+    .await;
+    assert!(reaches(&c1, &target).await, "across hosts after the gateway came back");
+    assert!(reaches(&c1, &e1_gateway).await, "the gateway after it came back");
 
     // Restarting an agent during a ping loses nothing: it adopts what it finds.
     let ping = BackgroundPing::start(&c1, &target, 60);
@@ -175,7 +185,21 @@ async fn drift_is_repaired_and_restarts_or_outages_do_not_stop_traffic() {
     let state = lab.hosts[0].state.to_str().unwrap().to_string();
     let wireguard = lab.hosts[0].wireguard_interface.clone();
     assert!(lab.hosts[0].state.join("wireguard.key").exists());
-    h1ns.exec(&[NODE, "--uninstall", "--state-dir", &state, "--wireguard-interface", &wireguard]);
+    let switch = h1ns.switch_name();
+    h1ns.exec(&[
+        NODE,
+        "--uninstall",
+        "--state-dir",
+        &state,
+        "--wireguard-interface",
+        &wireguard,
+        "--switch-namespace",
+        &switch,
+    ]);
+    assert!(
+        !std::path::Path::new("/run/netns").join(&switch).exists(),
+        "the switch namespace outlived uninstall"
+    );
     let links = h1ns.exec(&["ip", "-o", "link"]);
     assert!(!links.contains("weft"), "{links}");
     assert!(!links.contains(&wireguard), "the WireGuard interface outlived uninstall: {links}");
@@ -231,7 +255,7 @@ async fn a_snapshot_larger_than_the_default_grpc_limit_reaches_the_agent() {
     attach(&mut h1, &c1, "wide", "c1").await;
     let vxlan = format!("weftx{}", network.vni);
     eventually("every remote endpoint programmed", Duration::from_secs(20), || {
-        let fdb = lab.hosts[0].ns.exec(&["bridge", "fdb", "show", "dev", &vxlan]);
+        let fdb = lab.hosts[0].ns.switch_exec(&["bridge", "fdb", "show", "dev", &vxlan]);
         fdb.lines().filter(|l| l.contains(&format!("dst {UNDERLAY}.200"))).count() == count
     })
     .await;
@@ -306,13 +330,15 @@ async fn an_agent_renews_its_credential_without_interrupting_anything() {
 }
 
 /// Where br_netfilter hands bridged frames to the IP hooks (hosts running Docker or
-/// Kubernetes load it), connection tracking would follow every container flow of a network
-/// on both hosts, for nothing: no NAT or state is needed within a network. weft leaves that
-/// traffic and the containers' DNS untracked; what needs state keeps it (egress NAT), and
-/// isolation between networks still holds.
+/// Kubernetes load it), a bridge in the host namespace would have every container flow of a
+/// network walk the host's firewall and connection tracking on both hosts, for nothing: no NAT
+/// or state is needed within a network. weft's bridges live in its switch namespace, with the
+/// hooks off there, so that traffic never reaches the host's netfilter; the containers' DNS
+/// goes untracked; what needs state keeps it (egress NAT), and isolation between networks
+/// still holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traffic_within_a_network_goes_untracked_under_br_netfilter() {
-    if !root_or_skip("traffic_within_a_network_goes_untracked_under_br_netfilter") {
+async fn traffic_within_a_network_never_enters_the_hosts_netfilter() {
+    if !root_or_skip("traffic_within_a_network_never_enters_the_hosts_netfilter") {
         return;
     }
     let switches =
@@ -365,4 +391,10 @@ async fn traffic_within_a_network_goes_untracked_under_br_netfilter() {
     }
     let h1 = flows(0);
     assert!(h1.contains(&format!("src={c1_ip} dst={OUTSIDE} ")), "egress must stay tracked (NAT):\n{h1}");
+    for host in &lab.hosts {
+        for switch in switches {
+            let value = host.ns.switch_exec(&["cat", switch]);
+            assert_eq!(value.trim(), "0", "{switch} in {}'s switch namespace", host.name);
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use crate::kernel::{Kernel, KernelError};
 use crate::model::{ContainerInterface, LinkKind, Observed};
 use crate::plan::Op;
-use crate::rules::PublishedRule;
+use crate::rules::{PublishedRule, Rulesets};
 
 /// A host's kernel as the agent drives it.
 pub trait Dataplane: Send + Sync + 'static {
@@ -16,19 +16,16 @@ pub trait Dataplane: Send + Sync + 'static {
     fn observe(&self) -> impl Future<Output = Result<Observed, KernelError>> + Send;
     /// Carries out `ops` in order, carrying on past failures; the index of each one refused.
     fn apply_each(&self, ops: &[Op]) -> impl Future<Output = Vec<(usize, KernelError)>> + Send;
-    /// Whether the link exists and is up.
-    fn link_is_up(&self, name: &str) -> impl Future<Output = bool> + Send;
-    /// Turns on forwarding and loads weft's nftables rules (replacing weft's tables).
-    fn load_rules(&self, script: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// Whether the port of that name exists on a bridge of the switch namespace and is up.
+    fn port_is_up(&self, name: &str) -> impl Future<Output = bool> + Send;
+    /// Turns on forwarding and loads weft's nftables rules (replacing weft's tables) in the
+    /// host and switch namespaces.
+    fn load_rules(&self, rules: &Rulesets) -> impl Future<Output = Result<(), KernelError>> + Send;
     /// Creates a kernel WireGuard link.
     fn create_wireguard(&self, name: &str) -> impl Future<Output = Result<(), KernelError>> + Send;
-    /// Lets the host's 127.0.0.1 reach published ports of containers on these bridges, and
-    /// puts these bridge ports into hairpin mode.
-    fn prepare_publishing(
-        &self,
-        bridges: &[String],
-        hairpin: &[String],
-    ) -> impl Future<Output = Result<(), KernelError>> + Send;
+    /// Lets the host's 127.0.0.1 reach published ports of containers behind these gateways.
+    fn prepare_publishing(&self, gateways: &[String])
+    -> impl Future<Output = Result<(), KernelError>> + Send;
     /// Drops the connection-tracking entries of published ports that are gone, so a new
     /// container on the same host port gets new flows instead of the old container's.
     fn forget_flows(&self, gone: &[PublishedRule]) -> impl Future<Output = Result<(), KernelError>> + Send;
@@ -60,16 +57,23 @@ impl Dataplane for Kernel {
         Kernel::apply_each(self, ops).await
     }
 
-    async fn link_is_up(&self, name: &str) -> bool {
-        Kernel::link_is_up(self, name).await
+    async fn port_is_up(&self, name: &str) -> bool {
+        Kernel::port_is_up(self, name).await
     }
 
-    async fn load_rules(&self, script: &str) -> Result<(), KernelError> {
+    async fn load_rules(&self, rules: &Rulesets) -> Result<(), KernelError> {
         // nft is a process to spawn and wait for: off the async workers, so DNS answers and
         // attaches are not held up behind it.
-        let script = script.to_string();
+        let rules = rules.clone();
+        let switch = self.switch_path().map(std::path::Path::to_path_buf);
         tokio::task::spawn_blocking(move || {
-            crate::rules::enable_forwarding().and_then(|()| crate::rules::load(&script))
+            crate::rules::enable_forwarding()?;
+            crate::rules::load(&rules.host, None)?;
+            if let Some(switch) = switch {
+                crate::rules::load(&rules.switch, Some(&switch))?;
+                crate::switch::quiet_bridge_hooks(&switch)?;
+            }
+            Ok(())
         })
         .await
         .unwrap_or_else(|e| {
@@ -85,16 +89,12 @@ impl Dataplane for Kernel {
         Kernel::create_wireguard(self, name).await
     }
 
-    async fn prepare_publishing(&self, bridges: &[String], hairpin: &[String]) -> Result<(), KernelError> {
-        let bridges = bridges.to_vec();
-        off_the_workers("preparing bridges for published ports", move || {
-            bridges.iter().try_for_each(|b| crate::rules::route_localnet(b))
+    async fn prepare_publishing(&self, gateways: &[String]) -> Result<(), KernelError> {
+        let gateways = gateways.to_vec();
+        off_the_workers("preparing gateways for published ports", move || {
+            gateways.iter().try_for_each(|g| crate::rules::route_localnet(g))
         })
-        .await?;
-        for port in hairpin {
-            self.hairpin(port).await?;
-        }
-        Ok(())
+        .await
     }
 
     async fn forget_flows(&self, gone: &[PublishedRule]) -> Result<(), KernelError> {
@@ -127,9 +127,8 @@ pub struct SimulatedHost {
 #[derive(Debug, Default)]
 struct SimulatedState {
     observed: Observed,
-    rules: Option<String>,
+    rules: Option<Rulesets>,
     localnet: std::collections::BTreeSet<String>,
-    hairpin: std::collections::BTreeSet<String>,
     forgotten: Vec<PublishedRule>,
     /// Links whose creation the kernel refuses, with why.
     refuse: Vec<(String, String)>,
@@ -146,18 +145,13 @@ impl SimulatedHost {
     }
 
     /// The rules last loaded.
-    pub fn rules(&self) -> Option<String> {
+    pub fn rules(&self) -> Option<Rulesets> {
         self.state().rules.clone()
     }
 
-    /// Bridges 127.0.0.1 may reach containers through.
+    /// Gateways 127.0.0.1 may reach containers through.
     pub fn localnet(&self) -> Vec<String> {
         self.state().localnet.iter().cloned().collect()
-    }
-
-    /// Bridge ports in hairpin mode.
-    pub fn hairpin(&self) -> Vec<String> {
-        self.state().hairpin.iter().cloned().collect()
     }
 
     /// Published ports whose flows were forgotten, in order.
@@ -178,7 +172,9 @@ impl SimulatedHost {
 
 fn created_name(op: &Op) -> Option<&str> {
     match op {
-        Op::CreateBridge { name, .. } | Op::CreateVxlan { name, .. } => Some(name),
+        Op::CreateBridge { name, .. } | Op::CreateVxlan { name, .. } | Op::CreateGateway { name, .. } => {
+            Some(name)
+        }
         Op::Plug { endpoint, .. } => Some(&endpoint.host_veth),
         _ => None,
     }
@@ -208,12 +204,12 @@ impl Dataplane for SimulatedHost {
         failed
     }
 
-    async fn link_is_up(&self, name: &str) -> bool {
-        self.state().observed.links.get(name).is_some_and(|l| l.up)
+    async fn port_is_up(&self, name: &str) -> bool {
+        self.state().observed.links.get(name).is_some_and(|l| l.up && l.place == crate::model::Place::Switch)
     }
 
-    async fn load_rules(&self, script: &str) -> Result<(), KernelError> {
-        self.state().rules = Some(script.to_string());
+    async fn load_rules(&self, rules: &Rulesets) -> Result<(), KernelError> {
+        self.state().rules = Some(rules.clone());
         Ok(())
     }
 
@@ -222,6 +218,7 @@ impl Dataplane for SimulatedHost {
         let link = crate::model::Link {
             index: 0,
             name: name.to_string(),
+            place: crate::model::Place::Host,
             kind: LinkKind::Other("wireguard".into()),
             alias: None,
             master: None,
@@ -240,10 +237,8 @@ impl Dataplane for SimulatedHost {
         Ok(())
     }
 
-    async fn prepare_publishing(&self, bridges: &[String], hairpin: &[String]) -> Result<(), KernelError> {
-        let mut state = self.state();
-        state.localnet.extend(bridges.iter().cloned());
-        state.hairpin.extend(hairpin.iter().cloned());
+    async fn prepare_publishing(&self, gateways: &[String]) -> Result<(), KernelError> {
+        self.state().localnet.extend(gateways.iter().cloned());
         Ok(())
     }
 
@@ -275,20 +270,20 @@ impl<T: Dataplane> Dataplane for std::sync::Arc<T> {
         T::apply_each(self, ops).await
     }
 
-    async fn link_is_up(&self, name: &str) -> bool {
-        T::link_is_up(self, name).await
+    async fn port_is_up(&self, name: &str) -> bool {
+        T::port_is_up(self, name).await
     }
 
-    async fn load_rules(&self, script: &str) -> Result<(), KernelError> {
-        T::load_rules(self, script).await
+    async fn load_rules(&self, rules: &Rulesets) -> Result<(), KernelError> {
+        T::load_rules(self, rules).await
     }
 
     async fn create_wireguard(&self, name: &str) -> Result<(), KernelError> {
         T::create_wireguard(self, name).await
     }
 
-    async fn prepare_publishing(&self, bridges: &[String], hairpin: &[String]) -> Result<(), KernelError> {
-        T::prepare_publishing(self, bridges, hairpin).await
+    async fn prepare_publishing(&self, gateways: &[String]) -> Result<(), KernelError> {
+        T::prepare_publishing(self, gateways).await
     }
 
     async fn forget_flows(&self, gone: &[PublishedRule]) -> Result<(), KernelError> {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::AddressFamily;
@@ -18,12 +18,10 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::RouteType;
-use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard, RouteMessageBuilder,
-};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard, RouteMessageBuilder};
 
 use crate::model::{
-    Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, Observed, endpoint_alias, handover_alias,
+    Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, Observed, Place, endpoint_alias, handover_alias,
 };
 use crate::plan::Op;
 
@@ -119,7 +117,16 @@ fn io_failed(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> KernelE
 /// A netlink connection into one network namespace.
 #[derive(Clone, Debug)]
 pub struct Kernel {
+    /// The namespace this process runs in (or the one [`Kernel::connect_in`] was given).
     handle: Handle,
+    /// The switch namespace (see [`crate::switch`]), once [`Kernel::with_switch`] opened it.
+    switch: Option<Switch>,
+}
+
+#[derive(Clone, Debug)]
+struct Switch {
+    handle: Handle,
+    path: PathBuf,
 }
 
 impl Kernel {
@@ -129,7 +136,40 @@ impl Kernel {
             rtnetlink::new_connection().map_err(io_failed("opening a netlink socket"))?;
         enlarge_receive_buffer(&mut connection);
         tokio::spawn(connection);
-        Ok(Kernel { handle })
+        Ok(Kernel { handle, switch: None })
+    }
+
+    /// This kernel with the switch namespace pinned at `path` opened too: networks' devices
+    /// are observed and programmed there.
+    pub async fn with_switch(self, path: &Path) -> Result<Kernel, KernelError> {
+        let inside = Kernel::connect_in(path).await?;
+        Ok(Kernel { switch: Some(Switch { handle: inside.handle, path: path.to_path_buf() }), ..self })
+    }
+
+    /// Where the switch namespace is pinned, if this kernel has one.
+    pub fn switch_path(&self) -> Option<&Path> {
+        self.switch.as_ref().map(|s| s.path.as_path())
+    }
+
+    fn switch(&self) -> Result<&Switch, KernelError> {
+        self.switch.as_ref().ok_or_else(|| KernelError {
+            doing: "programming a network's devices".into(),
+            reason: "this agent has no switch namespace".into(),
+            source: None,
+        })
+    }
+
+    fn handle_in(&self, place: Place) -> Result<&Handle, KernelError> {
+        match place {
+            Place::Host => Ok(&self.handle),
+            Place::Switch => Ok(&self.switch()?.handle),
+        }
+    }
+
+    /// An open descriptor of the switch namespace, for moving links into it.
+    fn switch_fd(&self) -> Result<File, KernelError> {
+        let path = &self.switch()?.path;
+        File::open(path).map_err(io_failed(format!("opening the switch namespace {}", path.display())))
     }
 
     /// Connects to the namespace at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`). The socket
@@ -152,7 +192,7 @@ impl Kernel {
         .map_err(|e| KernelError { doing: doing.clone(), reason: e.to_string(), source: None })?
         .map_err(io_failed(doing))?;
         tokio::spawn(connection);
-        Ok(Kernel { handle })
+        Ok(Kernel { handle, switch: None })
     }
 
     /// Dumps links, addresses, and the FDB and neighbour entries of weft's VXLAN devices.
@@ -170,45 +210,44 @@ impl Kernel {
     }
 
     async fn dump(&self) -> Result<Observed, KernelError> {
-        let messages: Vec<LinkMessage> =
-            self.handle.link().get().execute().try_collect().await.map_err(failed("listing links"))?;
-        let names: HashMap<u32, String> =
-            messages.iter().filter_map(|m| link_name(m).map(|n| (m.header.index, n.to_string()))).collect();
-        let mut links: BTreeMap<String, Link> = BTreeMap::new();
-        for message in &messages {
-            if let Some(link) = parse_link(message, &names) {
-                links.insert(link.name.clone(), link);
+        let mut observed = Observed::default();
+        let Some(switch) = &self.switch else {
+            observed.links = dump_links(&self.handle, Place::Host).await?;
+            return Ok(observed);
+        };
+        let (host, switched) = futures::future::try_join(
+            dump_links(&self.handle, Place::Host),
+            dump_links(&switch.handle, Place::Switch),
+        )
+        .await?;
+        observed.links = switched;
+        for (name, link) in host {
+            match observed.links.entry(name) {
+                std::collections::btree_map::Entry::Vacant(free) => {
+                    free.insert(link);
+                }
+                std::collections::btree_map::Entry::Occupied(_) if link.is_weft() => {
+                    observed.misplaced.push(link)
+                }
+                std::collections::btree_map::Entry::Occupied(_) => {}
             }
         }
-        let by_index: HashMap<u32, String> = links.values().map(|l| (l.index, l.name.clone())).collect();
-
-        let mut addresses = self.handle.address().get().execute();
-        while let Some(message) = addresses.try_next().await.map_err(failed("listing addresses"))? {
-            let ip = message.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            });
-            let name = by_index.get(&message.header.index);
-            if let (Some(ip), Some(link)) = (ip, name.and_then(|n| links.get_mut(n))) {
-                link.addresses.insert(IfAddr { ip, prefix: message.header.prefix_len });
-            }
-        }
-
-        let vxlans: HashMap<u32, String> = links
+        let vxlans: HashMap<u32, String> = observed
+            .links
             .values()
-            .filter(|l| l.is_weft() && matches!(l.kind, LinkKind::Vxlan { .. }))
+            .filter(|l| l.place == Place::Switch && l.is_weft() && matches!(l.kind, LinkKind::Vxlan { .. }))
             .map(|l| (l.index, l.name.clone()))
             .collect();
-        let mut observed = Observed { links, ..Observed::default() };
 
-        let mut fdb = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+        let handle = &switch.handle;
+        let mut fdb = handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
         while let Some(message) = fdb.try_next().await.map_err(failed("listing FDB entries"))? {
             let Some(vxlan) = vxlans.get(&message.header.ifindex) else { continue };
             if let (Some(mac), Some(dst)) = (neighbour_mac(&message), neighbour_destination(&message)) {
                 observed.fdb.entry(vxlan.clone()).or_default().insert(mac, dst);
             }
         }
-        let mut neighbours = self.handle.neighbours().get().execute();
+        let mut neighbours = handle.neighbours().get().execute();
         while let Some(message) = neighbours.try_next().await.map_err(failed("listing neighbours"))? {
             let Some(vxlan) = vxlans.get(&message.header.ifindex) else { continue };
             if message.header.state != NeighbourState::Permanent {
@@ -316,9 +355,10 @@ impl Kernel {
         }
     }
 
-    /// Whether a link of that name exists and is up.
-    pub async fn link_is_up(&self, name: &str) -> bool {
-        let mut found = self.handle.link().get().match_name(name.to_string()).execute();
+    /// Whether a link of that name exists in the switch namespace and is up.
+    pub async fn port_is_up(&self, name: &str) -> bool {
+        let Some(switch) = &self.switch else { return false };
+        let mut found = switch.handle.link().get().match_name(name.to_string()).execute();
         let answer = tokio::time::timeout(KERNEL_ANSWER_TIMEOUT, found.try_next()).await;
         matches!(answer, Ok(Ok(Some(m))) if m.header.flags.contains(LinkFlags::Up))
     }
@@ -333,7 +373,7 @@ impl Kernel {
     /// caller can tell whose it was.
     pub async fn apply_each(&self, ops: &[Op]) -> Vec<(usize, KernelError)> {
         let mut errors = Vec::new();
-        let mut index: HashMap<String, u32> = HashMap::new();
+        let mut index: IndexCache = HashMap::new();
         let mut i = 0;
         while i < ops.len() {
             let run = ops[i..].iter().take_while(|op| is_entry(op)).count();
@@ -344,7 +384,7 @@ impl Kernel {
                 for op in entries {
                     let device = entry_device(op);
                     if !devices.contains_key(device) && !unknown.contains(&device) {
-                        match self.index_of(device, &mut index).await {
+                        match self.index_of(Place::Switch, device, &mut index).await {
                             Ok(idx) => {
                                 devices.insert(device.to_string(), idx);
                             }
@@ -386,57 +426,84 @@ impl Kernel {
         errors
     }
 
-    async fn index_of(&self, name: &str, cache: &mut HashMap<String, u32>) -> Result<u32, KernelError> {
-        if let Some(index) = cache.get(name) {
+    async fn index_of(&self, place: Place, name: &str, cache: &mut IndexCache) -> Result<u32, KernelError> {
+        if let Some(index) = cache.get(&(place, name.to_string())) {
             return Ok(*index);
         }
-        let index = link_index(&self.handle, name).await?;
-        cache.insert(name.to_string(), index);
+        let index = link_index(self.handle_in(place)?, name).await?;
+        cache.insert((place, name.to_string()), index);
         Ok(index)
     }
 
-    async fn one(&self, op: &Op, cache: &mut HashMap<String, u32>) -> Result<(), KernelError> {
-        let links = self.handle.link();
+    async fn one(&self, op: &Op, cache: &mut IndexCache) -> Result<(), KernelError> {
         match op {
-            Op::CreateBridge { name, alias, mac, mtu } => {
-                let message = LinkBridge::new(name).mtu(*mtu).address(mac.0.to_vec()).up().build();
-                links.add(message).execute().await.map_err(failed(format!("creating bridge {name}")))?;
-                self.label(name, alias).await
+            Op::CreateBridge { name, alias, mtu } => {
+                let switch = &self.switch()?.handle;
+                let message = LinkBridge::new(name).mtu(*mtu).up().build();
+                switch
+                    .link()
+                    .add(message)
+                    .execute()
+                    .await
+                    .map_err(failed(format!("creating bridge {name}")))?;
+                label(switch, name, alias).await
             }
             Op::CreateVxlan { name, alias, vni, port, local, mtu, bridge } => {
-                let master = self.index_of(bridge, cache).await?;
+                let master = self.index_of(Place::Switch, bridge, cache).await?;
+                let switch = self.switch_fd()?;
                 let builder = LinkVxlan::new(name, *vni).port(*port).learning(false).proxy(true);
                 let builder = match local {
                     IpAddr::V4(v4) => builder.local(*v4),
                     IpAddr::V6(v6) => builder.local6(*v6),
                 };
-                let message = builder.mtu(*mtu).controller(master).up().build();
-                links
+                // Asked of the host namespace, made in the switch: the device's socket and
+                // underlay stay in the host's.
+                let message = builder.mtu(*mtu).setns_by_fd(switch.as_raw_fd()).build();
+                self.handle
+                    .link()
                     .add(message)
                     .execute()
                     .await
                     .map_err(failed(format!("creating VXLAN device {name} (VNI {vni})")))?;
-                self.label(name, alias).await
+                let handle = &self.switch()?.handle;
+                label(handle, name, alias).await?;
+                let index = self.index_of(Place::Switch, name, cache).await?;
+                handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(index).controller(master).up().build())
+                    .execute()
+                    .await
+                    .map_err(failed(format!("putting {name} on {bridge}")))
+            }
+            Op::CreateGateway { name, port, bridge, alias, mac, mtu } => {
+                let master = self.index_of(Place::Switch, bridge, cache).await?;
+                self.create_gateway(name, port, master, alias, *mac, *mtu).await
             }
             Op::CreateServiceLink { name, alias } => {
                 let message = LinkBridge::new(name).up().build();
-                links
+                self.handle
+                    .link()
                     .add(message)
                     .execute()
                     .await
                     .map_err(failed(format!("creating service link {name}")))?;
-                self.label(name, alias).await
+                label(&self.handle, name, alias).await
             }
-            Op::SetLink { name, mtu, master } => {
-                let index = self.index_of(name, cache).await?;
+            Op::SetLink { name, place, mtu, master } => {
+                let index = self.index_of(*place, name, cache).await?;
                 let mut builder = LinkUnspec::new_with_index(index).mtu(*mtu).up();
                 if let Some(master) = master {
-                    builder = builder.controller(self.index_of(master, cache).await?);
+                    builder = builder.controller(self.index_of(*place, master, cache).await?);
                 }
-                links.set(builder.build()).execute().await.map_err(failed(format!("setting up link {name}")))
+                self.handle_in(*place)?
+                    .link()
+                    .set(builder.build())
+                    .execute()
+                    .await
+                    .map_err(failed(format!("setting up link {name}")))
             }
             Op::AddAddress { link, address } => {
-                let index = self.index_of(link, cache).await?;
+                let index = self.index_of(Place::Host, link, cache).await?;
                 self.handle
                     .address()
                     .add(index, address.ip, address.prefix)
@@ -445,9 +512,10 @@ impl Kernel {
                     .await
                     .map_err(failed(format!("adding {address} to {link}")))
             }
-            Op::DeleteAddress { link, address } => {
-                let index = self.index_of(link, cache).await?;
-                let mut found = self.handle.address().get().set_link_index_filter(index).execute();
+            Op::DeleteAddress { link, place, address } => {
+                let index = self.index_of(*place, link, cache).await?;
+                let handle = self.handle_in(*place)?;
+                let mut found = handle.address().get().set_link_index_filter(index).execute();
                 while let Some(message) =
                     found.try_next().await.map_err(failed(format!("listing addresses of {link}")))?
                 {
@@ -457,7 +525,7 @@ impl Kernel {
                             .iter()
                             .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == address.ip));
                     if matches {
-                        self.handle
+                        handle
                             .address()
                             .del(message)
                             .execute()
@@ -467,13 +535,18 @@ impl Kernel {
                 }
                 Ok(())
             }
-            Op::DeleteLink { name } => {
-                let index = self.index_of(name, cache).await?;
-                cache.remove(name);
-                links.del(index).execute().await.map_err(failed(format!("deleting link {name}")))
+            Op::DeleteLink { name, place } => {
+                let index = self.index_of(*place, name, cache).await?;
+                cache.remove(&(*place, name.clone()));
+                self.handle_in(*place)?
+                    .link()
+                    .del(index)
+                    .execute()
+                    .await
+                    .map_err(failed(format!("deleting link {name}")))
             }
             Op::Plug { bridge, endpoint } => {
-                let master = self.index_of(bridge, cache).await?;
+                let master = self.index_of(Place::Switch, bridge, cache).await?;
                 self.plug(master, endpoint).await
             }
             Op::Conflict { name, reason } => Err(KernelError {
@@ -485,47 +558,88 @@ impl Kernel {
             | Op::DeleteFdb { .. }
             | Op::SetNeighbour { .. }
             | Op::DeleteNeighbour { .. } => {
-                let index = self.index_of(entry_device(op), cache).await?;
+                let index = self.index_of(Place::Switch, entry_device(op), cache).await?;
                 self.entry(op, index).await
             }
         }
     }
 
-    /// Puts a bridge port into hairpin mode (frames may leave through the port they came in
-    /// by). Through netlink, not /sys/class/net, which shows the interfaces of the network
-    /// namespace sysfs was mounted in: not this one, for an agent in a container.
-    pub async fn hairpin(&self, port: &str) -> Result<(), KernelError> {
-        let index = link_index(&self.handle, port).await?;
+    /// Makes a network's gateway pair: the port on the bridge in the switch namespace, the
+    /// gateway in the host's. The host end is made under a name of weft's and only renamed to
+    /// the network's once labelled, so that no crash leaves an unlabelled link with a name a
+    /// user chose (which weft would then take for somebody else's). On failure both go again.
+    async fn create_gateway(
+        &self,
+        name: &str,
+        port: &str,
+        master: u32,
+        alias: &str,
+        mac: Mac,
+        mtu: u32,
+    ) -> Result<(), KernelError> {
+        let switch = &self.switch()?.handle;
+        let making = crate::plan::container_end_name(port);
+        // Open until the pair is made: the request carries only its number.
+        let switch_fd = self.switch_fd()?;
+        let pair = LinkVeth::new(port, &making).mtu(mtu).setns_by_fd(switch_fd.as_raw_fd()).build();
         self.handle
             .link()
-            .set_port(LinkBridgePort::new(index).hairpin(true).build())
+            .add(pair)
             .execute()
             .await
-            .map_err(failed(format!("turning on hairpin mode on {port}")))
-    }
-
-    /// Marks a link as weft's. (The kernel ignores an alias given when a link is created, so
-    /// it is set right after.)
-    async fn label(&self, name: &str, alias: &str) -> Result<(), KernelError> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_name(name).alias(alias).build())
-            .execute()
-            .await
-            .map_err(failed(format!("labelling link {name} as weft's")))
+            .map_err(failed(format!("creating gateway pair {name}")))?;
+        let result = async {
+            label(switch, port, alias).await?;
+            label(&self.handle, &making, alias).await?;
+            let making_index = link_index(&self.handle, &making).await?;
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(making_index)
+                        .name(name.to_string())
+                        .address(mac.0.to_vec())
+                        .mtu(mtu)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(failed(format!("naming gateway {name}")))?;
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(making_index).up().build())
+                .execute()
+                .await
+                .map_err(failed(format!("bringing up gateway {name}")))?;
+            let port_index = link_index(switch, port).await?;
+            switch
+                .link()
+                .set(LinkUnspec::new_with_index(port_index).controller(master).up().build())
+                .execute()
+                .await
+                .map_err(failed(format!("putting gateway port {port} on its bridge")))
+        }
+        .await;
+        if result.is_err()
+            && let Ok(index) = link_index(switch, port).await
+        {
+            let _ = switch.link().del(index).execute().await;
+        }
+        result
     }
 
     /// Creates the veth pair of a container interface, hands one end to the container with
-    /// its name, MAC, MTU, addresses and routes, and puts the other on the bridge. On failure
-    /// the pair is removed again, so a retry starts clean.
+    /// its name, MAC, MTU, addresses and routes, and puts the other on the bridge in the
+    /// switch namespace. On failure the pair is removed again, so a retry starts clean.
     async fn plug(&self, master: u32, endpoint: &LocalEndpoint) -> Result<(), KernelError> {
         let host = &endpoint.host_veth;
         // Temporary name of the container end while it is still in the host namespace.
         let peer = crate::plan::container_end_name(host);
-        let links = self.handle.link();
-        let pair = LinkVeth::new(host, &peer).mtu(endpoint.mtu).controller(master).build();
-        links.add(pair).execute().await.map_err(failed(format!("creating veth pair {host}")))?;
-        let result = match self.label(host, &endpoint_alias(&endpoint.endpoint_id)).await {
+        let switch = &self.switch()?.handle;
+        // Open until the pair is made: the request carries only its number.
+        let switch_fd = self.switch_fd()?;
+        let pair = LinkVeth::new(host, &peer).mtu(endpoint.mtu).setns_by_fd(switch_fd.as_raw_fd()).build();
+        self.handle.link().add(pair).execute().await.map_err(failed(format!("creating veth pair {host}")))?;
+        let result = match label(switch, host, &endpoint_alias(&endpoint.endpoint_id)).await {
             Ok(()) => match endpoint.handover {
                 Handover::Weft => self.hand_over(&peer, endpoint).await,
                 // The runtime moves it; labelled so that no pass takes it for a half-made pair.
@@ -534,17 +648,18 @@ impl Kernel {
             Err(e) => Err(e),
         };
         let result = match result {
-            Ok(()) => links
-                .set(LinkUnspec::new_with_name(host).up().build())
+            Ok(()) => switch
+                .link()
+                .set(LinkUnspec::new_with_name(host).controller(master).up().build())
                 .execute()
                 .await
-                .map_err(failed(format!("bringing up {host}"))),
+                .map_err(failed(format!("putting {host} on its bridge"))),
             Err(e) => Err(e),
         };
         if result.is_err()
-            && let Ok(index) = link_index(&self.handle, host).await
+            && let Ok(index) = link_index(switch, host).await
         {
-            let _ = links.del(index).execute().await;
+            let _ = switch.link().del(index).execute().await;
         }
         result
     }
@@ -559,7 +674,7 @@ impl Kernel {
             .execute()
             .await
             .map_err(failed(format!("setting the MAC of {peer}")))?;
-        self.label(peer, &handover_alias(&endpoint.endpoint_id)).await
+        label(&self.handle, peer, &handover_alias(&endpoint.endpoint_id)).await
     }
 
     async fn hand_over(&self, peer: &str, endpoint: &LocalEndpoint) -> Result<(), KernelError> {
@@ -623,8 +738,9 @@ impl Kernel {
         Ok(())
     }
 
+    /// Writes an FDB or neighbour entry on a VXLAN device of the switch namespace.
     async fn entry(&self, op: &Op, device: u32) -> Result<(), KernelError> {
-        let neighbours = self.handle.neighbours();
+        let neighbours = self.switch()?.handle.neighbours();
         match op {
             Op::SetFdb { vxlan, mac, vtep } => neighbours
                 .add_bridge(device, &mac.0)
@@ -704,6 +820,47 @@ fn entry_device(op: &Op) -> &str {
     }
 }
 
+/// Link indexes by namespace and name, as looked up during one `apply`.
+type IndexCache = HashMap<(Place, String), u32>;
+
+/// Marks a link as weft's. (The kernel ignores an alias given when a link is created, so it is
+/// set right after.)
+async fn label(handle: &Handle, name: &str, alias: &str) -> Result<(), KernelError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_name(name).alias(alias).build())
+        .execute()
+        .await
+        .map_err(failed(format!("labelling link {name} as weft's")))
+}
+
+/// The links of one namespace with their addresses.
+async fn dump_links(handle: &Handle, place: Place) -> Result<BTreeMap<String, Link>, KernelError> {
+    let messages: Vec<LinkMessage> =
+        handle.link().get().execute().try_collect().await.map_err(failed("listing links"))?;
+    let names: HashMap<u32, String> =
+        messages.iter().filter_map(|m| link_name(m).map(|n| (m.header.index, n.to_string()))).collect();
+    let mut links: BTreeMap<String, Link> = BTreeMap::new();
+    for message in &messages {
+        if let Some(link) = parse_link(message, &names, place) {
+            links.insert(link.name.clone(), link);
+        }
+    }
+    let by_index: HashMap<u32, String> = links.values().map(|l| (l.index, l.name.clone())).collect();
+    let mut addresses = handle.address().get().execute();
+    while let Some(message) = addresses.try_next().await.map_err(failed("listing addresses"))? {
+        let ip = message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        let name = by_index.get(&message.header.index);
+        if let (Some(ip), Some(link)) = (ip, name.and_then(|n| links.get_mut(n))) {
+            link.addresses.insert(IfAddr { ip, prefix: message.header.prefix_len });
+        }
+    }
+    Ok(links)
+}
+
 async fn link_index(handle: &Handle, name: &str) -> Result<u32, KernelError> {
     let mut found = handle.link().get().match_name(name.to_string()).execute();
     match found.try_next().await {
@@ -724,10 +881,11 @@ fn link_name(message: &LinkMessage) -> Option<&str> {
     })
 }
 
-fn parse_link(message: &LinkMessage, names: &HashMap<u32, String>) -> Option<Link> {
+fn parse_link(message: &LinkMessage, names: &HashMap<u32, String>, place: Place) -> Option<Link> {
     let mut link = Link {
         index: message.header.index,
         name: link_name(message)?.to_string(),
+        place,
         kind: LinkKind::Other(String::new()),
         alias: None,
         master: None,

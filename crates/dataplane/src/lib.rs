@@ -9,12 +9,13 @@ pub mod model;
 pub mod plan;
 pub mod rules;
 pub mod simulated;
+pub mod switch;
 pub mod wireguard;
 
 pub use host::{Dataplane, SimulatedHost};
 pub use kernel::{Kernel, KernelError};
 pub use model::{
     ContainerInterface, Desired, Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices,
-    Observed, RemoteEndpoint, ServiceLink,
+    Observed, Place, RemoteEndpoint, ServiceLink,
 };
 pub use plan::{Op, plan};

@@ -62,6 +62,25 @@ pub fn veth_name(revision: u64) -> String {
     format!("{VETH_PREFIX}{revision:x}")
 }
 
+/// The alias of both ends of a network's gateway pair.
+pub fn gateway_alias(network_id: &str) -> String {
+    format!("{GATEWAY_ALIAS_PREFIX}{network_id}")
+}
+
+/// How [`gateway_alias`] begins.
+pub const GATEWAY_ALIAS_PREFIX: &str = "weft gateway ";
+
+/// The switch end of a network's gateway pair. Named like an endpoint's veth (whose names are
+/// hexadecimal, so never this) so that a pair left unlabelled by a crash is known as weft's.
+pub fn gateway_port_name(vni: u32) -> String {
+    format!("{VETH_PREFIX}g{vni}")
+}
+
+/// A network's bridge, in the switch namespace.
+pub fn switch_bridge_name(vni: u32) -> String {
+    format!("weftb{vni}")
+}
+
 /// The alias of a network's bridge and VXLAN device.
 pub fn network_alias(network_id: &str) -> String {
     format!("{ALIAS_PREFIX}network {network_id}")
@@ -94,11 +113,29 @@ pub fn service_alias() -> String {
     format!("{ALIAS_PREFIX}services")
 }
 
-/// One overlay network on one host: a bridge carrying the anycast gateway, a VXLAN device on
-/// it, the local containers' veths, and an entry for every container elsewhere.
+/// Where a link lives: the host's own network namespace, or the switch namespace weft keeps
+/// beside it for the networks' bridges (decision 0004). Frames switched within a network never
+/// enter the host namespace, so its firewall, conntrack and br_netfilter never see them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Place {
+    #[default]
+    Host,
+    Switch,
+}
+
+/// One overlay network on one host. In the switch namespace: a bridge, the VXLAN device on
+/// it, the local containers' veths and the gateway's port. In the host namespace: the other end
+/// of that port, carrying the anycast gateway, through which the network reaches everything
+/// else. And an entry for every container elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkDevices {
     pub network_id: String,
+    /// The network's interface in the host namespace: the gateway, named as users know the
+    /// network's bridge (`weft4096`, or the name they chose).
+    pub gateway: String,
+    /// The gateway's other end, a port of the bridge.
+    pub gateway_port: String,
+    /// The bridge, in the switch namespace.
     pub bridge: String,
     pub vxlan: String,
     pub vni: u32,
@@ -182,6 +219,7 @@ pub enum LinkKind {
 pub struct Link {
     pub index: u32,
     pub name: String,
+    pub place: Place,
     pub kind: LinkKind,
     pub alias: Option<String>,
     pub master: Option<String>,
@@ -218,8 +256,11 @@ pub struct ContainerInterface {
 /// What a host's kernel holds, as far as weft cares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Keyed by name.
+    /// Keyed by name, from both namespaces (weft never gives two of its links one name).
     pub links: BTreeMap<String, Link>,
+    /// weft's links in the host namespace that share a name with one in the switch namespace:
+    /// left by an agent that predates the switch, to be removed.
+    pub misplaced: Vec<Link>,
     /// Per VXLAN device: unicast FDB entries MAC → remote VTEP.
     pub fdb: BTreeMap<String, BTreeMap<Mac, IpAddr>>,
     /// Per VXLAN device: permanent neighbour entries IP → MAC.

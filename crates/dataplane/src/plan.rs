@@ -8,17 +8,22 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use crate::model::{Desired, IfAddr, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, ServiceLink};
+use crate::model::{
+    Desired, IfAddr, Link, LinkKind, LocalEndpoint, Mac, NetworkDevices, Observed, Place, ServiceLink,
+};
 
-/// One change to the kernel.
+/// One change to the kernel. Each operation works in one namespace ([`Place`]): the host's,
+/// or the switch namespace holding the networks' bridges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
+    /// A bridge in the switch namespace.
     CreateBridge {
         name: String,
         alias: String,
-        mac: Mac,
         mtu: u32,
     },
+    /// A VXLAN device on `bridge`, made from the host namespace so that its UDP socket and
+    /// the underlay it sends through stay there, then moved into the switch namespace.
     CreateVxlan {
         name: String,
         alias: String,
@@ -27,6 +32,16 @@ pub enum Op {
         local: IpAddr,
         mtu: u32,
         bridge: String,
+    },
+    /// The veth pair joining a network to the host: `name` in the host namespace, with the
+    /// gateway's MAC (its addresses come as [`Op::AddAddress`]), and `port` on `bridge`.
+    CreateGateway {
+        name: String,
+        port: String,
+        bridge: String,
+        alias: String,
+        mac: Mac,
+        mtu: u32,
     },
     /// A bridge with no ports, up, for addresses of the host's own services. (A bridge, not
     /// a dummy link: every host weft runs on has bridges; not every kernel has `dummy`.)
@@ -37,25 +52,30 @@ pub enum Op {
     /// Repairs a link weft owns: MTU, bridge membership, and brings it up.
     SetLink {
         name: String,
+        place: Place,
         mtu: u32,
         master: Option<String>,
     },
+    /// On a link in the host namespace (weft's only addresses are there).
     AddAddress {
         link: String,
         address: IfAddr,
     },
     DeleteAddress {
         link: String,
+        place: Place,
         address: IfAddr,
     },
-    /// Creates a veth pair, puts the host side on `bridge` and the other end into the
-    /// container's namespace with its name, addresses and routes.
+    /// Creates a veth pair, puts the host side on `bridge` in the switch namespace and the
+    /// other end into the container's namespace with its name, addresses and routes (or
+    /// leaves it in the host namespace for the runtime, [`crate::model::Handover::Runtime`]).
     Plug {
         bridge: String,
         endpoint: LocalEndpoint,
     },
     DeleteLink {
         name: String,
+        place: Place,
     },
     /// Sets (or replaces) the FDB entry `mac → vtep` on a VXLAN device.
     SetFdb {
@@ -87,6 +107,13 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// Removes `link` from wherever it is.
+    fn delete(link: &Link) -> Op {
+        Op::DeleteLink { name: link.name.clone(), place: link.place }
+    }
+}
+
 /// Link-local IPv6 addresses appear on every interface by themselves; they are never drift.
 fn is_automatic(address: &IfAddr) -> bool {
     matches!(address.ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
@@ -99,8 +126,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
     // Devices that will be (re)created: whatever the dump says is inside them is gone.
     let mut fresh: BTreeSet<&str> = BTreeSet::new();
 
+    // Left by an agent that predates the switch namespace; their names are taken again there.
+    ops.extend(observed.misplaced.iter().map(Op::delete));
+
     for net in desired.networks.values() {
-        let foreign = [&net.bridge, &net.vxlan]
+        let foreign = [&net.gateway, &net.gateway_port, &net.bridge, &net.vxlan]
             .into_iter()
             .filter_map(|name| observed.links.get(name))
             .find(|link| !link.is_weft());
@@ -112,6 +142,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
             continue;
         }
         plan_bridge(net, observed, &mut ops, &mut fresh);
+        plan_gateway(net, observed, &mut ops, &fresh);
         plan_vxlan(net, observed, &mut ops, &mut fresh);
         plan_local(net, observed, &mut ops, &fresh);
         plan_remote(net, observed, &fresh, &mut ops, &mut late);
@@ -135,7 +166,9 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
         .networks
         .values()
         .flat_map(|n| {
-            [n.bridge.as_str(), n.vxlan.as_str()].into_iter().chain(n.local.keys().map(String::as_str))
+            [n.gateway.as_str(), n.gateway_port.as_str(), n.bridge.as_str(), n.vxlan.as_str()]
+                .into_iter()
+                .chain(n.local.keys().map(String::as_str))
         })
         .chain(handed_over.iter().map(String::as_str))
         .chain(desired.services.iter().map(|s| s.name.as_str()))
@@ -149,12 +182,23 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
         .links
         .values()
         .filter(|l| l.is_weft() && !wanted.contains(l.name.as_str()))
-        .filter(|l| !container_end_in_host(l, observed))
-        .map(|l| (rank(&l.kind), &l.name))
+        .filter(|l| !container_end_in_host(l, observed) && !gateway_port_of_stale_gateway(l, observed))
+        .map(|l| (rank(&l.kind), &l.name, l))
         .collect();
-    stale.sort();
-    ops.extend(stale.into_iter().map(|(_, name)| Op::DeleteLink { name: name.clone() }));
+    stale.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    ops.extend(stale.into_iter().map(|(_, _, link)| Op::delete(link)));
     ops
+}
+
+/// The switch end of a gateway pair whose host end is there too: it goes with it.
+fn gateway_port_of_stale_gateway(link: &Link, observed: &Observed) -> bool {
+    link.place == Place::Switch
+        && link.kind == LinkKind::Veth
+        && link.alias.as_deref().is_some_and(|a| a.starts_with(crate::model::GATEWAY_ALIAS_PREFIX))
+        && observed
+            .links
+            .values()
+            .any(|host| host.place == Place::Host && host.kind == LinkKind::Veth && host.alias == link.alias)
 }
 
 /// The temporary name of a veth's container end while it is still in the host namespace.
@@ -188,28 +232,76 @@ fn plan_bridge<'a>(
     ops: &mut Vec<Op>,
     fresh: &mut BTreeSet<&'a str>,
 ) {
-    let alias = crate::model::network_alias(&net.network_id);
     let existing = observed.links.get(&net.bridge);
-    let usable = existing.filter(|l| l.kind == LinkKind::Bridge && l.mac == Some(net.gateway_mac));
+    let usable = existing.filter(|l| l.kind == LinkKind::Bridge && l.place == Place::Switch);
     let Some(bridge) = usable else {
-        if existing.is_some() {
-            ops.push(Op::DeleteLink { name: net.bridge.clone() });
+        if let Some(existing) = existing {
+            ops.push(Op::delete(existing));
         }
         fresh.insert(&net.bridge);
-        ops.push(Op::CreateBridge { name: net.bridge.clone(), alias, mac: net.gateway_mac, mtu: net.mtu });
-        ops.extend(
-            net.gateway_addresses.iter().map(|a| Op::AddAddress { link: net.bridge.clone(), address: *a }),
-        );
+        let alias = crate::model::network_alias(&net.network_id);
+        ops.push(Op::CreateBridge { name: net.bridge.clone(), alias, mtu: net.mtu });
         return;
     };
     if bridge.mtu != net.mtu || !bridge.up {
-        ops.push(Op::SetLink { name: net.bridge.clone(), mtu: net.mtu, master: None });
+        ops.push(Op::SetLink { name: net.bridge.clone(), place: Place::Switch, mtu: net.mtu, master: None });
     }
-    for address in net.gateway_addresses.difference(&bridge.addresses) {
-        ops.push(Op::AddAddress { link: net.bridge.clone(), address: *address });
+    // The switch only switches: an address would make it a host on the network.
+    for address in bridge.addresses.iter().filter(|a| !is_automatic(a)) {
+        ops.push(Op::DeleteAddress { link: net.bridge.clone(), place: Place::Switch, address: *address });
     }
-    for address in bridge.addresses.difference(&net.gateway_addresses).filter(|a| !is_automatic(a)) {
-        ops.push(Op::DeleteAddress { link: net.bridge.clone(), address: *address });
+}
+
+/// The gateway pair: its host end with the gateway's MAC and addresses, its port on the
+/// bridge. A pair with either end missing or wrong is made again whole.
+fn plan_gateway(net: &NetworkDevices, observed: &Observed, ops: &mut Vec<Op>, fresh: &BTreeSet<&str>) {
+    let alias = crate::model::gateway_alias(&net.network_id);
+    let labelled = |l: &&Link| l.kind == LinkKind::Veth && l.alias.as_deref() == Some(alias.as_str());
+    let host = observed.links.get(&net.gateway);
+    let port = observed.links.get(&net.gateway_port);
+    let host_ok = host.filter(labelled).filter(|l| l.place == Place::Host && l.mac == Some(net.gateway_mac));
+    let port_ok = port.filter(labelled).filter(|l| l.place == Place::Switch);
+    let (Some(host), Some(port)) = (host_ok, port_ok) else {
+        if let Some(host) = host {
+            ops.push(Op::delete(host));
+        }
+        // Deleting either end of a pair deletes both.
+        if let Some(port) = port.filter(|p| !host.is_some_and(|h| labelled(&h) && labelled(p))) {
+            ops.push(Op::delete(port));
+        }
+        ops.push(Op::CreateGateway {
+            name: net.gateway.clone(),
+            port: net.gateway_port.clone(),
+            bridge: net.bridge.clone(),
+            alias,
+            mac: net.gateway_mac,
+            mtu: net.mtu,
+        });
+        ops.extend(
+            net.gateway_addresses.iter().map(|a| Op::AddAddress { link: net.gateway.clone(), address: *a }),
+        );
+        return;
+    };
+    if host.mtu != net.mtu || !host.up {
+        ops.push(Op::SetLink { name: net.gateway.clone(), place: Place::Host, mtu: net.mtu, master: None });
+    }
+    if fresh.contains(net.bridge.as_str())
+        || port.master.as_deref() != Some(&net.bridge)
+        || port.mtu != net.mtu
+        || !port.up
+    {
+        ops.push(Op::SetLink {
+            name: net.gateway_port.clone(),
+            place: Place::Switch,
+            mtu: net.mtu,
+            master: Some(net.bridge.clone()),
+        });
+    }
+    for address in net.gateway_addresses.difference(&host.addresses) {
+        ops.push(Op::AddAddress { link: net.gateway.clone(), address: *address });
+    }
+    for address in host.addresses.difference(&net.gateway_addresses).filter(|a| !is_automatic(a)) {
+        ops.push(Op::DeleteAddress { link: net.gateway.clone(), place: Place::Host, address: *address });
     }
 }
 
@@ -222,18 +314,27 @@ fn plan_services(services: &ServiceLink, observed: &Observed, ops: &mut Vec<Op>)
         }),
         Some(link) if link.kind == LinkKind::Bridge => {
             if !link.up {
-                ops.push(Op::SetLink { name: link.name.clone(), mtu: link.mtu, master: None });
+                ops.push(Op::SetLink {
+                    name: link.name.clone(),
+                    place: Place::Host,
+                    mtu: link.mtu,
+                    master: None,
+                });
             }
             for address in services.addresses.difference(&link.addresses) {
                 ops.push(Op::AddAddress { link: link.name.clone(), address: *address });
             }
             for address in link.addresses.difference(&services.addresses).filter(|a| !is_automatic(a)) {
-                ops.push(Op::DeleteAddress { link: link.name.clone(), address: *address });
+                ops.push(Op::DeleteAddress {
+                    link: link.name.clone(),
+                    place: Place::Host,
+                    address: *address,
+                });
             }
         }
         _ => {
-            if existing.is_some() {
-                ops.push(Op::DeleteLink { name: services.name.clone() });
+            if let Some(existing) = existing {
+                ops.push(Op::delete(existing));
             }
             ops.push(Op::CreateServiceLink {
                 name: services.name.clone(),
@@ -264,23 +365,23 @@ fn plan_vxlan<'a>(
     };
     let existing = observed.links.get(&net.vxlan);
     let replaced_bridge = fresh.contains(net.bridge.as_str());
-    match existing.filter(|l| l.kind == wanted) {
+    let repair = Op::SetLink {
+        name: net.vxlan.clone(),
+        place: Place::Switch,
+        mtu: net.mtu,
+        master: Some(net.bridge.clone()),
+    };
+    match existing.filter(|l| l.kind == wanted && l.place == Place::Switch) {
         Some(vxlan) if !replaced_bridge => {
             if vxlan.mtu != net.mtu || !vxlan.up || vxlan.master.as_deref() != Some(&net.bridge) {
-                ops.push(Op::SetLink {
-                    name: net.vxlan.clone(),
-                    mtu: net.mtu,
-                    master: Some(net.bridge.clone()),
-                });
+                ops.push(repair);
             }
         }
-        Some(_) => {
-            // The bridge it hung on is being replaced.
-            ops.push(Op::SetLink { name: net.vxlan.clone(), mtu: net.mtu, master: Some(net.bridge.clone()) });
-        }
+        // The bridge it hung on is being replaced.
+        Some(_) => ops.push(repair),
         None => {
-            if existing.is_some() {
-                ops.push(Op::DeleteLink { name: net.vxlan.clone() });
+            if let Some(existing) = existing {
+                ops.push(Op::delete(existing));
             }
             fresh.insert(&net.vxlan);
             ops.push(Op::CreateVxlan {
@@ -300,7 +401,12 @@ fn plan_local(net: &NetworkDevices, observed: &Observed, ops: &mut Vec<Op>, fres
     let replaced_bridge = fresh.contains(net.bridge.as_str());
     for endpoint in net.local.values() {
         match observed.links.get(&endpoint.host_veth) {
-            Some(veth) if veth.kind == LinkKind::Veth && veth.is_weft() && !half_made(veth, observed) => {
+            Some(veth)
+                if veth.kind == LinkKind::Veth
+                    && veth.place == Place::Switch
+                    && veth.is_weft()
+                    && !half_made(veth, observed) =>
+            {
                 if replaced_bridge
                     || veth.master.as_deref() != Some(&net.bridge)
                     || veth.mtu != endpoint.mtu
@@ -308,6 +414,7 @@ fn plan_local(net: &NetworkDevices, observed: &Observed, ops: &mut Vec<Op>, fres
                 {
                     ops.push(Op::SetLink {
                         name: endpoint.host_veth.clone(),
+                        place: Place::Switch,
                         mtu: endpoint.mtu,
                         master: Some(net.bridge.clone()),
                     });
@@ -318,8 +425,8 @@ fn plan_local(net: &NetworkDevices, observed: &Observed, ops: &mut Vec<Op>, fres
                 reason: format!("endpoint {} needs this name for its veth", endpoint.endpoint_id),
             }),
             existing => {
-                if existing.is_some() {
-                    ops.push(Op::DeleteLink { name: endpoint.host_veth.clone() });
+                if let Some(existing) = existing {
+                    ops.push(Op::delete(existing));
                 }
                 ops.push(Op::Plug { bridge: net.bridge.clone(), endpoint: endpoint.clone() });
             }

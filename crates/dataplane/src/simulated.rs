@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::{Handover, IfAddr, Link, LinkKind, Observed, endpoint_alias, handover_alias};
+use crate::model::{Handover, IfAddr, Link, LinkKind, Observed, Place, endpoint_alias, handover_alias};
 use crate::plan::Op;
 
 /// Why the kernel would refuse an operation, in its words where it has them.
@@ -34,6 +34,7 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), Refusal> {
     let link = |name: &str, kind: LinkKind, alias: String, master: Option<String>, mtu: u32| Link {
         index: 0,
         name: name.to_string(),
+        place: Place::Switch,
         kind,
         alias: Some(alias),
         master,
@@ -43,18 +44,30 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), Refusal> {
         addresses: BTreeSet::new(),
     };
     match op {
-        Op::CreateBridge { name, alias, mac, mtu } => create(
-            observed,
-            Link { mac: Some(*mac), ..link(name, LinkKind::Bridge, alias.clone(), None, *mtu) },
-        ),
+        Op::CreateBridge { name, alias, mtu } => {
+            create(observed, link(name, LinkKind::Bridge, alias.clone(), None, *mtu))
+        }
         Op::CreateVxlan { name, alias, vni, port, local, mtu, bridge } => {
-            existing(observed, bridge)?;
+            existing(observed, bridge, Place::Switch)?;
             let kind =
                 LinkKind::Vxlan { vni: *vni, port: *port, local: Some(*local), learning: false, proxy: true };
             create(observed, link(name, kind, alias.clone(), Some(bridge.clone()), *mtu))
         }
+        Op::CreateGateway { name, port, bridge, alias, mac, mtu } => {
+            existing(observed, bridge, Place::Switch)?;
+            if observed.links.contains_key(name) {
+                return Err(Refusal::Exists(name.clone()));
+            }
+            create(observed, link(port, LinkKind::Veth, alias.clone(), Some(bridge.clone()), *mtu))?;
+            let host = Link {
+                place: Place::Host,
+                mac: Some(*mac),
+                ..link(name, LinkKind::Veth, alias.clone(), None, *mtu)
+            };
+            create(observed, host)
+        }
         Op::Plug { bridge, endpoint } => {
-            existing(observed, bridge)?;
+            existing(observed, bridge, Place::Switch)?;
             let alias = endpoint_alias(&endpoint.endpoint_id);
             create(
                 observed,
@@ -65,6 +78,7 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), Refusal> {
                 let end = crate::plan::container_end_name(&endpoint.host_veth);
                 let alias = handover_alias(&endpoint.endpoint_id);
                 let waiting = Link {
+                    place: Place::Host,
                     up: false,
                     mac: Some(endpoint.mac),
                     ..link(&end, LinkKind::Veth, alias, None, endpoint.mtu)
@@ -73,14 +87,15 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), Refusal> {
             }
             Ok(())
         }
-        Op::CreateServiceLink { name, alias } => {
-            create(observed, link(name, LinkKind::Bridge, alias.clone(), None, 1500))
-        }
-        Op::SetLink { name, mtu, master } => {
+        Op::CreateServiceLink { name, alias } => create(
+            observed,
+            Link { place: Place::Host, ..link(name, LinkKind::Bridge, alias.clone(), None, 1500) },
+        ),
+        Op::SetLink { name, place, mtu, master } => {
             if let Some(master) = master {
-                existing(observed, master)?;
+                existing(observed, master, *place)?;
             }
-            let link = existing(observed, name)?;
+            let link = existing(observed, name, *place)?;
             link.mtu = *mtu;
             link.up = true;
             if master.is_some() {
@@ -89,28 +104,42 @@ pub fn apply(observed: &mut Observed, op: &Op) -> Result<(), Refusal> {
             Ok(())
         }
         Op::AddAddress { link, address } => {
-            let link = existing(observed, link)?;
+            let link = existing(observed, link, Place::Host)?;
             if !link.addresses.insert(*address) {
                 return Err(Refusal::AddressPresent { address: *address, link: link.name.clone() });
             }
             Ok(())
         }
-        Op::DeleteAddress { link, address } => {
-            let link = existing(observed, link)?;
+        Op::DeleteAddress { link, place, address } => {
+            let link = existing(observed, link, *place)?;
             if !link.addresses.remove(address) {
                 return Err(Refusal::AddressAbsent { address: *address, link: link.name.clone() });
             }
             Ok(())
         }
-        Op::DeleteLink { name } => {
-            let deleted = existing(observed, name)?.clone();
-            observed.links.remove(name);
-            // A veth pair goes as a whole: the container end still in the host namespace too.
-            let container_end = crate::plan::container_end_name(name);
-            if deleted.kind == LinkKind::Veth
-                && observed.links.get(&container_end).is_some_and(|end| end.kind == LinkKind::Veth)
-            {
-                observed.links.remove(&container_end);
+        Op::DeleteLink { name, place } => {
+            let deleted = existing(observed, name, *place)?.clone();
+            match observed.links.get(name) {
+                Some(l) if l.place == *place => {
+                    observed.links.remove(name);
+                }
+                _ => {
+                    observed.misplaced.retain(|l| !(l.name == *name && l.place == *place));
+                    return Ok(());
+                }
+            }
+            if deleted.kind == LinkKind::Veth {
+                // A veth pair goes as a whole: the container end still in the host namespace,
+                // or the other end of a gateway pair.
+                let container_end = crate::plan::container_end_name(name);
+                observed.links.retain(|other_name, other| {
+                    let partner = *other_name == container_end
+                        || deleted.alias.as_deref().is_some_and(|a| {
+                            a.starts_with(crate::model::GATEWAY_ALIAS_PREFIX)
+                                && other.alias.as_deref() == Some(a)
+                        });
+                    !(partner && other.kind == LinkKind::Veth)
+                });
             }
             observed.fdb.remove(name);
             observed.neighbours.remove(name);
@@ -162,12 +191,20 @@ fn create(observed: &mut Observed, link: Link) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn existing<'a>(observed: &'a mut Observed, name: &str) -> Result<&'a mut Link, Refusal> {
-    observed.links.get_mut(name).ok_or_else(|| Refusal::NoSuchDevice(name.to_string()))
+/// The link named `name` in the namespace at `place`.
+fn existing<'a>(observed: &'a mut Observed, name: &str, place: Place) -> Result<&'a mut Link, Refusal> {
+    let Observed { links, misplaced, .. } = observed;
+    match links.get_mut(name) {
+        Some(link) if link.place == place => Ok(link),
+        _ => misplaced
+            .iter_mut()
+            .find(|l| l.name == name && l.place == place)
+            .ok_or_else(|| Refusal::NoSuchDevice(name.to_string())),
+    }
 }
 
 fn vxlan_device(observed: &mut Observed, name: &str) -> Result<(), Refusal> {
-    match existing(observed, name)?.kind {
+    match existing(observed, name, Place::Switch)?.kind {
         LinkKind::Vxlan { .. } => Ok(()),
         _ => Err(Refusal::NotVxlan(name.to_string())),
     }

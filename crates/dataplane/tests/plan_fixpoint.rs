@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use proptest::prelude::*;
-use weft_dataplane::model::{Link, LinkKind};
+use weft_dataplane::model::{Link, LinkKind, Place};
 use weft_dataplane::{
     Desired, Handover, IfAddr, LocalEndpoint, Mac, NetworkDevices, Observed, Op, RemoteEndpoint, plan,
     simulated,
@@ -50,7 +50,7 @@ fn desired(specs: &[NetSpec]) -> Desired {
     let mut networks = BTreeMap::new();
     for spec in specs {
         let n = spec.which;
-        let bridge = format!("wbr{n}");
+        let bridge = weft_dataplane::model::switch_bridge_name(4096 + u32::from(n));
         let mtu = if spec.small_mtu { 1400 } else { 1450 };
         let local = spec
             .locals
@@ -87,6 +87,8 @@ fn desired(specs: &[NetSpec]) -> Desired {
             bridge.clone(),
             NetworkDevices {
                 network_id: format!("net{n}"),
+                gateway: format!("wbr{n}"),
+                gateway_port: weft_dataplane::model::gateway_port_name(4096 + u32::from(n)),
                 bridge,
                 vxlan: format!("wvx{n}"),
                 vni: 4096 + u32::from(n),
@@ -204,6 +206,7 @@ fn apply_drift(observed: &mut Observed, drift: &Drift) {
                 Link {
                     index: 0,
                     name,
+                    place: Place::Host,
                     kind: LinkKind::Other("dummy".into()),
                     alias: None,
                     master: None,
@@ -217,12 +220,17 @@ fn apply_drift(observed: &mut Observed, drift: &Drift) {
         Drift::HalfPlugged { n, c, labelled } => {
             let host = veth(*n, *c);
             let alias = labelled.then(|| weft_dataplane::model::endpoint_alias(&format!("ep{n}-{c}")));
-            for (name, alias) in [(weft_dataplane::plan::container_end_name(&host), None), (host, alias)] {
+            let ends = [
+                (weft_dataplane::plan::container_end_name(&host), None, Place::Host),
+                (host, alias, Place::Switch),
+            ];
+            for (name, alias, place) in ends {
                 observed.links.insert(
                     name.clone(),
                     Link {
                         index: 0,
                         name,
+                        place,
                         kind: LinkKind::Veth,
                         alias,
                         master: None,
@@ -236,7 +244,8 @@ fn apply_drift(observed: &mut Observed, drift: &Drift) {
         }
         Drift::Vanish { link } => {
             if let Some(name) = nth_link(observed, *link) {
-                simulated::apply(observed, &Op::DeleteLink { name }).unwrap();
+                let place = observed.links[&name].place;
+                simulated::apply(observed, &Op::DeleteLink { name, place }).unwrap();
             }
         }
     }
@@ -273,13 +282,23 @@ proptest! {
         for net in want.networks.values() {
             let bridge = &observed.links[&net.bridge];
             let vxlan = &observed.links[&net.vxlan];
-            prop_assert!(bridge.up && vxlan.up, "{bridge:?} {vxlan:?}");
-            prop_assert_eq!((bridge.mtu, vxlan.mtu), (net.mtu, net.mtu));
-            prop_assert_eq!(&bridge.addresses, &net.gateway_addresses);
+            let gateway = &observed.links[&net.gateway];
+            let port = &observed.links[&net.gateway_port];
+            prop_assert!(bridge.up && vxlan.up && gateway.up && port.up, "{bridge:?} {vxlan:?} {gateway:?} {port:?}");
+            prop_assert_eq!((bridge.mtu, vxlan.mtu, gateway.mtu, port.mtu), (net.mtu, net.mtu, net.mtu, net.mtu));
+            prop_assert_eq!(
+                (bridge.place, vxlan.place, gateway.place, port.place),
+                (Place::Switch, Place::Switch, Place::Host, Place::Switch)
+            );
+            prop_assert_eq!(&gateway.addresses, &net.gateway_addresses);
+            prop_assert_eq!(gateway.mac, Some(net.gateway_mac));
+            prop_assert!(bridge.addresses.is_empty(), "{bridge:?}");
             prop_assert_eq!(vxlan.master.as_deref(), Some(net.bridge.as_str()));
+            prop_assert_eq!(port.master.as_deref(), Some(net.bridge.as_str()));
             for (name, endpoint) in &net.local {
                 let veth = &observed.links[name];
                 prop_assert!(veth.up);
+                prop_assert_eq!(veth.place, Place::Switch);
                 prop_assert_eq!(veth.mtu, endpoint.mtu);
                 prop_assert_eq!(veth.master.as_deref(), Some(net.bridge.as_str()));
             }
@@ -297,7 +316,7 @@ proptest! {
             |l: &&Link| l.alias.as_deref().is_some_and(|a| a.starts_with(weft_dataplane::model::HANDOVER_ALIAS_PREFIX));
         let runtime_ends = want.networks.values().flat_map(|n| n.local.values()).filter(|e| e.handover == Handover::Runtime).count();
         prop_assert!(observed.links.values().filter(handed_over).count() <= runtime_ends);
-        let wanted = want.networks.values().map(|n| n.local.len() + 2).sum::<usize>();
+        let wanted = want.networks.values().map(|n| n.local.len() + 4).sum::<usize>();
         prop_assert_eq!(observed.links.values().filter(|l| l.is_weft() && !handed_over(l)).count(), wanted);
     }
 }

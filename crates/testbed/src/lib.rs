@@ -188,6 +188,28 @@ impl Netns {
         })
     }
 
+    /// The switch namespace a `weft-node` running in this namespace is given
+    /// (`--switch-namespace`): where its bridges, VXLAN devices and FDB entries are.
+    pub fn switch_name(&self) -> String {
+        format!("{}-sw", self.name)
+    }
+
+    /// Runs a command in this host's switch namespace; panics when it fails.
+    pub fn switch_exec(&self, args: &[&str]) -> String {
+        let switch = self.switch_name();
+        let mut full = vec!["netns", "exec", &switch];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a command in this host's switch namespace and returns whatever happened.
+    pub fn switch_try_exec(&self, args: &[&str]) -> Output {
+        let switch = self.switch_name();
+        let mut full = vec!["netns", "exec", &switch];
+        full.extend_from_slice(args);
+        output("ip", &full)
+    }
+
     /// True when `ping` from here reaches `ip` (a few quick probes).
     pub fn pings(&self, ip: &str) -> bool {
         self.try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", ip]).status.success()
@@ -202,6 +224,12 @@ impl Drop for Netns {
             let _ = output("kill", &["-9", pid]);
         }
         let _ = output("ip", &["netns", "del", &self.name]);
+        // The switch namespace of an agent that ran here (weft-node pins it; nothing else
+        // would remove it).
+        let switch = self.switch_name();
+        if std::path::Path::new("/run/netns").join(&switch).exists() {
+            let _ = output("ip", &["netns", "del", &switch]);
+        }
         remove_dead_wireguard_sockets(&format!("w{}", std::process::id() % 100_000));
         // Files `ip netns exec` shows inside (resolv.conf written by weft-node).
         let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));

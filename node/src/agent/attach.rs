@@ -104,7 +104,7 @@ impl<D: Dataplane> Agent<D> {
         let failures = self.reconcile().await;
         let problem =
             failures.endpoints.get(&endpoint.id).cloned().or_else(|| failures.host.first().cloned());
-        if !self.kernel.link_is_up(&crate::desired::host_veth(&endpoint)).await {
+        if !self.kernel.port_is_up(&crate::desired::host_veth(&endpoint)).await {
             let status = Status::failed_precondition(format!(
                 "could not plumb container {} into {}: {}",
                 request.container_id,

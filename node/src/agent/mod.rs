@@ -71,9 +71,9 @@ struct Shared {
 /// What the last pass put into the host's nftables rules.
 #[derive(Debug, Default)]
 struct LoadedRules {
-    /// The script, so rules are reloaded only when they change (and on every full resync,
+    /// The scripts, so rules are reloaded only when they change (and on every full resync,
     /// which repairs hand edits). `None` after a failed load.
-    script: Option<String>,
+    script: Option<weft_dataplane::rules::Rulesets>,
     /// The published ports in it: the flows of those that go are forgotten.
     published: std::collections::BTreeSet<weft_dataplane::rules::PublishedRule>,
 }

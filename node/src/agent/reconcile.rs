@@ -104,7 +104,7 @@ impl<D: Dataplane> Agent<D> {
             failures.host.extend(errors.iter().map(ToString::to_string));
         }
         self.refresh_dns(&want, revision).await;
-        if full || loaded.script.as_deref() != Some(script.as_str()) {
+        if full || loaded.script.as_ref() != Some(&script) {
             match self.kernel.load_rules(&script).await {
                 Ok(()) => loaded.script = Some(script),
                 Err(e) => {
@@ -132,8 +132,8 @@ impl<D: Dataplane> Agent<D> {
         failures
     }
 
-    /// After the rules load: 127.0.0.1 may reach the bridges that publish ports, publishing
-    /// containers' ports hairpin, and the flows of published ports that went are forgotten.
+    /// After the rules load: 127.0.0.1 may reach the networks that publish ports through their
+    /// gateways, and the flows of published ports that went are forgotten.
     async fn published_ports_loaded(
         &self,
         loaded: &mut LoadedRules,
@@ -141,10 +141,9 @@ impl<D: Dataplane> Agent<D> {
         failures: &mut Failures,
     ) {
         let publishing: Vec<String> =
-            network_rules.iter().filter(|n| !n.published.is_empty()).map(|n| n.bridge.clone()).collect();
-        let hairpin: Vec<String> = network_rules.iter().flat_map(|n| n.hairpin.iter().cloned()).collect();
-        if !(publishing.is_empty() && hairpin.is_empty())
-            && let Err(e) = self.kernel.prepare_publishing(&publishing, &hairpin).await
+            network_rules.iter().filter(|n| !n.published.is_empty()).map(|n| n.gateway.clone()).collect();
+        if !publishing.is_empty()
+            && let Err(e) = self.kernel.prepare_publishing(&publishing).await
         {
             failures.host.push(e.to_string());
         }

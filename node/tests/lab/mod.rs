@@ -210,14 +210,18 @@ impl Lab {
                     .arg(NODE);
                 command
             }
+            // nsenter, not `ip netns exec`: that gives the agent a mount namespace of its own,
+            // and the switch namespace it pins under /run/netns would be seen (and kept)
+            // only there.
             None => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", &host.ns.name, NODE]);
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net={}", host.ns.path())).arg(NODE);
                 command
             }
         };
         let child = command
             .args(["--controllers", &CONTROLLERS.join(","), "--name", &host.name])
+            .args(["--switch-namespace", &host.ns.switch_name()])
             .arg("--socket")
             .arg(&host.socket)
             .arg("--state-dir")
