@@ -283,6 +283,52 @@ fn iperf(client: &str, server: &str, server_ip: &str, seconds: u32) -> f64 {
     bits / 1e9
 }
 
+/// The kernel's VXLAN with nothing of weft's or Docker's: on each of the lab's two hosts a
+/// namespace holding a bridge, a VXLAN device (made in the host namespace, so its socket and
+/// underlay are the host's, as weft's and Docker's are) and a container's veth, and a flood
+/// entry towards the other host. What any VXLAN overlay on this underlay can reach at best.
+struct BareVxlan {
+    _switches: [Netns; 2],
+    containers: [Netns; 2],
+}
+
+impl BareVxlan {
+    const PORT: &str = "4790";
+
+    fn build(lab: &Lab) -> BareVxlan {
+        let switches = [Netns::new("b"), Netns::new("b")];
+        let containers = [Netns::new("c"), Netns::new("c")];
+        for i in 0..2 {
+            let (host, switch, container) = (&lab.hosts[i].ns, &switches[i], &containers[i]);
+            let (me, other) = (format!("{UNDERLAY}.{}", i + 1), format!("{UNDERLAY}.{}", 2 - i));
+            host.exec(&["ip", "link", "add", "bvx0", "type", "vxlan", "id", "999", "dstport", Self::PORT]);
+            host.exec(&["ip", "link", "set", "bvx0", "type", "vxlan", "local", &me]);
+            host.exec(&["ip", "link", "set", "bvx0", "netns", &switch.name]);
+            switch.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+            switch.exec(&["ip", "link", "set", "br0", "up"]);
+            switch.exec(&["ip", "link", "set", "bvx0", "master", "br0", "mtu", "1450", "up"]);
+            switch.exec(&["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "bvx0", "dst", &other]);
+            switch.exec(&[
+                "ip",
+                "link",
+                "add",
+                "port0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &container.name,
+            ]);
+            switch.exec(&["ip", "link", "set", "port0", "master", "br0", "mtu", "1450", "up"]);
+            container.exec(&["ip", "link", "set", "eth0", "mtu", "1450", "up"]);
+            container.exec(&["ip", "addr", "add", &format!("10.251.0.{}/24", i + 1), "dev", "eth0"]);
+        }
+        BareVxlan { _switches: switches, containers }
+    }
+}
+
 /// Docker's answer to the same question: a swarm of two dockerds on two more namespace hosts
 /// of the same underlay, a container of its overlay network on each.
 struct SwarmPair {
@@ -364,6 +410,9 @@ async fn throughput() {
     });
     assert!(reaches(&s1, &ip_of(&sealed2)).await, "the encrypted network does not carry traffic");
     let swarm = SwarmPair::start(&lab);
+    let bare = BareVxlan::build(&lab);
+    assert!(bare.containers[0].pings("10.251.0.2"), "the hand-built VXLAN does not carry traffic");
+    let bare_ends = [bare.containers[0].path(), bare.containers[1].path()];
     let seconds = setting("WEFT_BENCH_SECONDS", 5);
     let (hosts, containers) = ([lab.hosts[0].ns.path(), lab.hosts[1].ns.path()], [c1.path(), c2.path()]);
     let sealed = [s1.path(), s2.path()];
@@ -375,6 +424,9 @@ async fn throughput() {
         runs.underlay.push(underlay);
         runs.weft.push(overlay);
         runs.weft_share.push(overlay / underlay * 100.0);
+        let kernel = iperf(&bare_ends[0], &bare_ends[1], "10.251.0.2", seconds);
+        runs.bare_vxlan_share.push(kernel / underlay * 100.0);
+        runs.bare_vxlan.push(kernel);
         if let Some(peer) = &swarm {
             let docker = iperf(&peer.client, &peer.server, &peer.server_ip, seconds);
             runs.swarm.push(docker);
@@ -397,6 +449,8 @@ struct Throughputs {
     weft_share: Vec<f64>,
     swarm: Vec<f64>,
     swarm_share: Vec<f64>,
+    bare_vxlan: Vec<f64>,
+    bare_vxlan_share: Vec<f64>,
     tunnel: Vec<f64>,
     encrypted: Vec<f64>,
     encrypted_share: Vec<f64>,
@@ -410,6 +464,12 @@ impl Throughputs {
             ("dataplane.underlay", "bare underlay TCP, host → host", median(&self.underlay), "Gbit/s"),
             ("dataplane.vxlan", "container → container over VXLAN", median(&self.weft), "Gbit/s"),
             ("dataplane.vxlan_ratio", "VXLAN / bare underlay", median(&self.weft_share), "%"),
+            (
+                "dataplane.bare_vxlan_ratio",
+                "hand-built kernel VXLAN, bridge and veth / bare underlay",
+                median(&self.bare_vxlan_share),
+                "%",
+            ),
             (
                 "dataplane.tunnel",
                 "bare WireGuard tunnel (wireguard-go), host → host",
@@ -440,6 +500,24 @@ impl Throughputs {
             "| weft: container → container over VXLAN (MTU {overlay_mtu}) | {} | **{:.0} %** of the underlay |",
             spread(&self.weft),
             median(&self.weft_share)
+        );
+        println!(
+            "| kernel VXLAN by hand (bridge, VXLAN, veth; no rules): container → container | {} | **{:.0} %** of the underlay |",
+            spread(&self.bare_vxlan),
+            median(&self.bare_vxlan_share)
+        );
+        // The physical reference: what weft adds to the kernel's own VXLAN path, if anything.
+        record_comparison(
+            Comparison::of_rounds(
+                "dataplane.overlay_share_vs_kernel",
+                &format!("container → container / bare underlay, same round (iperf3, {seconds} s)"),
+                "%",
+                Better::Higher,
+                &self.weft_share,
+                "the kernel's VXLAN by hand, no rules",
+                &self.bare_vxlan_share,
+            )
+            .with_goal(0.95),
         );
         if !self.swarm.is_empty() {
             println!(

@@ -107,7 +107,7 @@ fn host_ruleset(networks: &[NetworkRules], encrypted: &EncryptedVxlan) -> String
     let _ = writeln!(s, "table bridge {TABLE}\ndelete table bridge {TABLE}");
     let _ = writeln!(s, "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{");
     if !networks.is_empty() {
-        untracked_chains(&mut s, networks);
+        untracked_chains(&mut s, networks, encrypted.port);
     }
     let _ = writeln!(s, "  chain forward {{\n    type filter hook forward priority filter; policy accept;");
     for n in networks.iter().filter(|n| n.internal) {
@@ -184,12 +184,19 @@ fn host_ruleset(networks: &[NetworkRules], encrypted: &EncryptedVxlan) -> String
 fn switch_ruleset(networks: &[NetworkRules]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "table bridge {TABLE}\ndelete table bridge {TABLE}\ntable bridge {TABLE} {{");
-    let _ = writeln!(s, "  chain forward {{\n    type filter hook forward priority filter; policy accept;");
-    for n in networks.iter().filter(|n| !n.icc && !n.ports.is_empty()) {
-        let ports = quoted(&mut n.ports.iter());
-        let _ = writeln!(s, "    iifname {{ {ports} }} oifname {{ {ports} }} drop");
+    let closed: Vec<&NetworkRules> = networks.iter().filter(|n| !n.icc && !n.ports.is_empty()).collect();
+    // No chain at all unless a network asks: an empty base chain still costs every frame a
+    // call into nftables.
+    if !closed.is_empty() {
+        let _ =
+            writeln!(s, "  chain forward {{\n    type filter hook forward priority filter; policy accept;");
+        for n in closed {
+            let ports = quoted(&mut n.ports.iter());
+            let _ = writeln!(s, "    iifname {{ {ports} }} oifname {{ {ports} }} drop");
+        }
+        let _ = writeln!(s, "  }}");
     }
-    let _ = writeln!(s, "  }}\n}}");
+    let _ = writeln!(s, "}}");
     s
 }
 
@@ -197,9 +204,12 @@ fn switch_ruleset(networks: &[NetworkRules]) -> String {
 /// connection state: untracked, they skip conntrack (a table entry per query otherwise).
 /// Traffic within a network never reaches the host namespace at all (it is switched in the
 /// switch namespace); everything else through the gateway stays tracked.
-fn untracked_chains(s: &mut String, networks: &[NetworkRules]) {
+fn untracked_chains(s: &mut String, networks: &[NetworkRules], vxlan_port: u16) {
     let _ =
         writeln!(s, "  chain untracked_in {{\n    type filter hook prerouting priority raw; policy accept;");
+    if vxlan_port != 0 {
+        let _ = writeln!(s, "    udp dport {vxlan_port} notrack");
+    }
     for n in networks {
         for subnet in &n.subnets {
             let family = if subnet.ip.is_ipv4() { "ip" } else { "ip6" };
@@ -210,6 +220,9 @@ fn untracked_chains(s: &mut String, networks: &[NetworkRules]) {
     }
     let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "  chain untracked_out {{\n    type filter hook output priority raw; policy accept;");
+    if vxlan_port != 0 {
+        let _ = writeln!(s, "    udp dport {vxlan_port} notrack");
+    }
     for n in networks {
         for subnet in &n.subnets {
             let family = if subnet.ip.is_ipv4() { "ip" } else { "ip6" };
