@@ -425,6 +425,18 @@ mod tests {
     }
 
     #[test]
+    fn the_overlays_own_packets_go_untracked_on_the_cluster_port() {
+        let overlay = EncryptedVxlan { port: 4789, vnis: vec![], tunnel: "weftwg".into() };
+        let host = ruleset(&[net("weft4096", "10.0.1.1/24", false, true)], &overlay).host;
+        let inbound = &host[host.find("chain untracked_in").unwrap()..];
+        let outbound = &host[host.find("chain untracked_out").unwrap()..];
+        for chain in [inbound, outbound] {
+            let body = &chain[..chain.find('}').unwrap()];
+            assert!(body.contains("udp dport 4789 notrack"), "{host}");
+        }
+    }
+
+    #[test]
     fn no_networks_leave_empty_tables() {
         let Rulesets { host, switch } =
             ruleset(&[], &EncryptedVxlan { port: 4789, vnis: vec![], tunnel: "weftwg".into() });
