@@ -27,8 +27,9 @@ struct Flags {
     /// earlier installs wrote, is read when it is unset.
     #[arg(long, alias = "controller", env = "WEFT_CONTROLLER", value_delimiter = ',')]
     controllers: Vec<String>,
-    /// Remove everything weft made on this host (its links and switch namespace, its nftables tables, the state
-    /// file) and exit. Containers lose their weft interfaces; stop the agent first.
+    /// Remove everything weft made on this host (its links and switch namespace, its nftables
+    /// tables, the state file) and exit. Containers lose their weft interfaces; stop the agent
+    /// first.
     #[arg(long)]
     uninstall: bool,
     /// This host's name in the cluster (default: the kernel's hostname).
