@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use weft_dataplane::{
-    Desired, Handover, IfAddr, Kernel, LocalEndpoint, Mac, NetworkDevices, Op, RemoteEndpoint, plan,
+    Desired, Handover, IfAddr, Kernel, LocalEndpoint, Mac, NetworkDevices, Op, Place, RemoteEndpoint, plan,
 };
 use weft_testbed::{Netns, Underlay, root_or_skip};
 
@@ -136,6 +136,87 @@ async fn two_hosts_carry_a_ping_and_drift_is_repaired() {
     }
     let inside = c1.exec(&["ip", "-o", "link"]);
     assert!(!inside.contains("eth0"), "{inside}");
+}
+
+/// A host an agent from before the switch namespace programmed: the network's bridge, VXLAN
+/// device and the container's veth in the host namespace. The first pass with the switch moves
+/// all of it (the container is plugged again), after which the host namespace holds only the
+/// gateway and the container reaches the other host and its gateway.
+#[tokio::test]
+async fn a_host_programmed_before_the_switch_is_moved_into_it() {
+    if !root_or_skip("a_host_programmed_before_the_switch_is_moved_into_it") {
+        return;
+    }
+    let underlay = Underlay::new("192.168.79");
+    let (h1, h2) = (Netns::new("h"), Netns::new("h"));
+    let (s1, s2) = (Netns::new("s"), Netns::new("s"));
+    let (c1, c2) = (Netns::new("c"), Netns::new("c"));
+    let a = underlay.join(&h1, 1, 1500);
+    let b = underlay.join(&h2, 2, 1500);
+    let d1 = host_desired(&a, &c1, 2, &b, 3);
+    converge(&kernel(&h2, &s2).await, &host_desired(&b, &c2, 3, &a, 2)).await;
+
+    // What the earlier agent left on host 1, labelled as it labelled things.
+    let network = "weft network net7";
+    let steps: [&[&str]; 6] = [
+        &["link", "add", "weft4100", "address", "02:42:0a:07:00:01", "mtu", "1450", "type", "bridge"],
+        &["link", "set", "weft4100", "alias", network, "up"],
+        &["addr", "add", "10.7.0.1/24", "dev", "weft4100"],
+        &[
+            "link",
+            "add",
+            "weftx4100",
+            "type",
+            "vxlan",
+            "id",
+            "4100",
+            "dstport",
+            "4789",
+            "local",
+            &a,
+            "nolearning",
+            "proxy",
+        ],
+        &["link", "set", "weftx4100", "master", "weft4100", "mtu", "1450", "alias", network, "up"],
+        &["link", "add", "weftp2", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450"],
+    ];
+    for step in steps {
+        let mut full = vec!["ip"];
+        full.extend_from_slice(step);
+        h1.exec(&full);
+    }
+    h1.exec(&[
+        "ip",
+        "link",
+        "set",
+        "weftp2",
+        "master",
+        "weft4100",
+        "alias",
+        "weft endpoint endpoint-2",
+        "up",
+    ]);
+    h1.exec(&["ip", "link", "set", "eth0", "address", "02:42:0a:07:00:02"]);
+    h1.exec(&["ip", "link", "set", "eth0", "netns", &c1.name]);
+    c1.exec(&["ip", "addr", "add", "10.7.0.2/24", "dev", "eth0"]);
+    c1.exec(&["ip", "link", "set", "eth0", "up"]);
+    c1.exec(&["ip", "route", "add", "default", "via", "10.7.0.1"]);
+    let alias = h1.exec(&["ip", "-d", "link", "show", "weftx4100"]);
+    assert!(alias.contains("alias weft network net7"), "{alias}");
+
+    let k1 = kernel(&h1, &s1).await;
+    let ops = plan(&d1, &k1.observe().await.unwrap());
+    let moved = ops.iter().filter(|op| matches!(op, Op::DeleteLink { place: Place::Host, .. })).count();
+    assert_eq!(moved, 3, "{ops:#?}");
+    converge(&k1, &d1).await;
+    let host = h1.exec(&["ip", "-o", "link"]);
+    assert!(
+        host.contains(": weft4100@") && !host.contains("weftx4100") && !host.contains("weftp2"),
+        "{host}"
+    );
+    assert!(s1.exec(&["ip", "-o", "link"]).contains(": weftx4100"));
+    assert!(c1.pings("10.7.0.3"), "the container does not reach the other host after the move");
+    assert!(c1.pings("10.7.0.1"), "the gateway does not answer after the move");
 }
 
 #[test]
