@@ -18,6 +18,9 @@ pub trait Dataplane: Send + Sync + 'static {
     fn apply_each(&self, ops: &[Op]) -> impl Future<Output = Vec<(usize, KernelError)>> + Send;
     /// Whether the port of that name exists on a bridge of the switch namespace and is up.
     fn port_is_up(&self, name: &str) -> impl Future<Output = bool> + Send;
+    /// Whether a link of that name exists in the host namespace (a container end waiting for
+    /// its runtime).
+    fn host_link_exists(&self, name: &str) -> impl Future<Output = bool> + Send;
     /// Turns on forwarding and loads weft's nftables rules (replacing weft's tables) in the
     /// host and switch namespaces.
     fn load_rules(&self, rules: &Rulesets) -> impl Future<Output = Result<(), KernelError>> + Send;
@@ -59,6 +62,10 @@ impl Dataplane for Kernel {
 
     async fn port_is_up(&self, name: &str) -> bool {
         Kernel::port_is_up(self, name).await
+    }
+
+    async fn host_link_exists(&self, name: &str) -> bool {
+        Kernel::host_link_exists(self, name).await
     }
 
     async fn load_rules(&self, rules: &Rulesets) -> Result<(), KernelError> {
@@ -208,6 +215,10 @@ impl Dataplane for SimulatedHost {
         self.state().observed.links.get(name).is_some_and(|l| l.up && l.place == crate::model::Place::Switch)
     }
 
+    async fn host_link_exists(&self, name: &str) -> bool {
+        self.state().observed.links.get(name).is_some_and(|l| l.place == crate::model::Place::Host)
+    }
+
     async fn load_rules(&self, rules: &Rulesets) -> Result<(), KernelError> {
         self.state().rules = Some(rules.clone());
         Ok(())
@@ -272,6 +283,10 @@ impl<T: Dataplane> Dataplane for std::sync::Arc<T> {
 
     async fn port_is_up(&self, name: &str) -> bool {
         T::port_is_up(self, name).await
+    }
+
+    async fn host_link_exists(&self, name: &str) -> bool {
+        T::host_link_exists(self, name).await
     }
 
     async fn load_rules(&self, rules: &Rulesets) -> Result<(), KernelError> {

@@ -42,8 +42,9 @@ pub struct KernelError {
 /// Linux's EBUSY.
 const EBUSY: i32 = 16;
 
-/// How often a dump is tried when links change under it.
-const DUMP_ATTEMPTS: u32 = 10;
+/// How often a dump is tried when links change under it (2 ms, 4 ms, … between attempts:
+/// about 1.5 s in all).
+const DUMP_ATTEMPTS: u32 = 40;
 
 impl KernelError {
     /// The kernel answered a dump with EBUSY: links changed while it was being read (a
@@ -197,30 +198,20 @@ impl Kernel {
 
     /// Dumps links, addresses, and the FDB and neighbour entries of weft's VXLAN devices.
     pub async fn observe(&self) -> Result<Observed, KernelError> {
-        let mut attempt = 1;
-        loop {
-            match answered(|| "dumping links, addresses and entries".into(), self.dump()).await {
-                Err(e) if e.is_interrupted_dump() && attempt < DUMP_ATTEMPTS => {
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-                done => return done,
-            }
-        }
+        answered(|| "dumping links, addresses and entries".into(), self.dump()).await
     }
 
+    /// Each namespace's dump is retried on its own when links change under it, so that churn
+    /// in one (containers' interfaces being made and moved, many at once) does not throw away
+    /// a good dump of the other.
     async fn dump(&self) -> Result<Observed, KernelError> {
         let mut observed = Observed::default();
+        let host = retrying(|| dump_links(&self.handle, Place::Host)).await?;
         let Some(switch) = &self.switch else {
-            observed.links = dump_links(&self.handle, Place::Host).await?;
+            observed.links = host;
             return Ok(observed);
         };
-        let (host, switched) = futures::future::try_join(
-            dump_links(&self.handle, Place::Host),
-            dump_links(&switch.handle, Place::Switch),
-        )
-        .await?;
-        observed.links = switched;
+        observed.links = retrying(|| dump_links(&switch.handle, Place::Switch)).await?;
         for (name, link) in host {
             match observed.links.entry(name) {
                 std::collections::btree_map::Entry::Vacant(free) => {
@@ -238,25 +229,7 @@ impl Kernel {
             .filter(|l| l.place == Place::Switch && l.is_weft() && matches!(l.kind, LinkKind::Vxlan { .. }))
             .map(|l| (l.index, l.name.clone()))
             .collect();
-
-        let handle = &switch.handle;
-        let mut fdb = handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
-        while let Some(message) = fdb.try_next().await.map_err(failed("listing FDB entries"))? {
-            let Some(vxlan) = vxlans.get(&message.header.ifindex) else { continue };
-            if let (Some(mac), Some(dst)) = (neighbour_mac(&message), neighbour_destination(&message)) {
-                observed.fdb.entry(vxlan.clone()).or_default().insert(mac, dst);
-            }
-        }
-        let mut neighbours = handle.neighbours().get().execute();
-        while let Some(message) = neighbours.try_next().await.map_err(failed("listing neighbours"))? {
-            let Some(vxlan) = vxlans.get(&message.header.ifindex) else { continue };
-            if message.header.state != NeighbourState::Permanent {
-                continue;
-            }
-            if let (Some(mac), Some(ip)) = (neighbour_mac(&message), neighbour_destination(&message)) {
-                observed.neighbours.entry(vxlan.clone()).or_default().insert(ip, mac);
-            }
-        }
+        (observed.fdb, observed.neighbours) = retrying(|| dump_entries(&switch.handle, &vxlans)).await?;
         Ok(observed)
     }
 
@@ -353,6 +326,13 @@ impl Kernel {
             Err(_) if link_index(&self.handle, name).await.is_err() => Ok(()),
             Err(e) => Err(failed(format!("deleting link {name}"))(e)),
         }
+    }
+
+    /// Whether a link of that name exists in the host namespace.
+    pub async fn host_link_exists(&self, name: &str) -> bool {
+        let mut found = self.handle.link().get().match_name(name.to_string()).execute();
+        let answer = tokio::time::timeout(KERNEL_ANSWER_TIMEOUT, found.try_next()).await;
+        matches!(answer, Ok(Ok(Some(_))))
     }
 
     /// Whether a link of that name exists in the switch namespace and is up.
@@ -818,6 +798,51 @@ fn entry_device(op: &Op) -> &str {
         | Op::DeleteNeighbour { vxlan, .. } => vxlan,
         _ => "",
     }
+}
+
+/// Runs a dump again while the kernel says links changed under it (EBUSY, as a runtime
+/// moving a dozen interfaces into containers at once causes), pausing a little longer each
+/// time.
+async fn retrying<T, F, Fut>(dump: F) -> Result<T, KernelError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, KernelError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match dump().await {
+            Err(e) if e.is_interrupted_dump() && attempt < DUMP_ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(2 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Per VXLAN device of `vxlans` (by index): its unicast FDB entries and permanent neighbours.
+type Entries = (BTreeMap<String, BTreeMap<Mac, IpAddr>>, BTreeMap<String, BTreeMap<IpAddr, Mac>>);
+
+async fn dump_entries(handle: &Handle, vxlans: &HashMap<u32, String>) -> Result<Entries, KernelError> {
+    let (mut fdb_of, mut neighbours_of) = (BTreeMap::new(), BTreeMap::new());
+    let mut fdb = handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+    while let Some(message) = fdb.try_next().await.map_err(failed("listing FDB entries"))? {
+        let Some(vxlan) = vxlans.get(&message.header.ifindex) else { continue };
+        if let (Some(mac), Some(dst)) = (neighbour_mac(&message), neighbour_destination(&message)) {
+            fdb_of.entry(vxlan.clone()).or_insert_with(BTreeMap::new).insert(mac, dst);
+        }
+    }
+    let mut neighbours = handle.neighbours().get().execute();
+    while let Some(message) = neighbours.try_next().await.map_err(failed("listing neighbours"))? {
+        let Some(vxlan) = vxlans.get(&message.header.ifindex) else { continue };
+        if message.header.state != NeighbourState::Permanent {
+            continue;
+        }
+        if let (Some(mac), Some(ip)) = (neighbour_mac(&message), neighbour_destination(&message)) {
+            neighbours_of.entry(vxlan.clone()).or_insert_with(BTreeMap::new).insert(ip, mac);
+        }
+    }
+    Ok((fdb_of, neighbours_of))
 }
 
 /// Link indexes by namespace and name, as looked up during one `apply`.

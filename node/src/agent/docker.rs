@@ -522,7 +522,9 @@ impl<D: Dataplane> Agent<D> {
         let failures = self.reconcile().await;
         let host_veth = crate::desired::host_veth(&endpoint);
         let waiting = weft_dataplane::plan::container_end_name(&host_veth);
-        let made = self.kernel.observe().await.is_ok_and(|o| o.links.contains_key(&waiting));
+        // One link asked for by name: a whole dump can be interrupted by the other joins'
+        // links coming and going, and this must not fail for that.
+        let made = self.kernel.host_link_exists(&waiting).await;
         if !made {
             let problem = failures.endpoints.get(&endpoint.id).or(failures.host.first()).cloned();
             // Docker undoes the endpoint (DeleteEndpoint, ReleaseAddress) but calls no Leave.
