@@ -104,6 +104,8 @@ struct Inner {
 pub struct Registry {
     inner: RwLock<Inner>,
     publish: broadcast::Sender<Published>,
+    /// The registry's revision as applied, for those waiting to see a write of theirs.
+    applied: tokio::sync::watch::Sender<u64>,
     retained: usize,
     /// The latest snapshot frame handed to a watcher; one is built at a time.
     snapshot_frame: tokio::sync::Mutex<Option<Arc<SnapshotFrame>>>,
@@ -135,6 +137,7 @@ impl Registry {
                 snapshot_bytes: 0,
             }),
             publish: broadcast::channel(buffer.max(1)).0,
+            applied: tokio::sync::watch::Sender::new(0),
             retained: retained.max(1),
             snapshot_frame: tokio::sync::Mutex::new(None),
         }
@@ -147,6 +150,13 @@ impl Registry {
 
     pub fn revision(&self) -> u64 {
         self.with_state(State::revision)
+    }
+
+    /// Waits until the registry has applied `revision` (a write committed through any member),
+    /// for at most `timeout`; whether it has.
+    pub async fn reached(&self, revision: u64, timeout: std::time::Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        matches!(tokio::time::timeout(timeout, applied.wait_for(|now| *now >= revision)).await, Ok(Ok(_)))
     }
 
     /// Size in bytes of the latest snapshot this member keeps (0 before its first).
@@ -228,6 +238,7 @@ impl StateMachine {
             inner.last_applied = stored.meta.last_log_id;
             inner.membership = stored.meta.last_membership.clone();
             inner.snapshot_bytes = stored.data.len() as u64;
+            registry.applied.send_replace(inner.state.revision());
         }
         Ok(StateMachine { registry, store })
     }
@@ -306,6 +317,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 // No receivers is fine: nobody is watching.
                 let _ = self.registry.publish.send(Published::Batch(batch));
             }
+            self.registry.applied.send_replace(inner.state.revision());
         }
         Ok(results)
     }
@@ -334,6 +346,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.membership = meta.last_membership.clone();
         inner.recent.clear();
         let _ = self.registry.publish.send(Published::Reset);
+        self.registry.applied.send_replace(inner.state.revision());
         Ok(())
     }
 
