@@ -73,6 +73,11 @@ fn link(name: &str, kind: LinkKind, alias: Option<String>, master: Option<&str>,
     }
 }
 
+/// The kind of link weft makes a network's VXLAN device.
+fn vxlan_kind(n: &NetworkDevices) -> LinkKind {
+    LinkKind::Vxlan { vni: n.vni, port: n.port, local: Some(n.local_vtep), learning: false, proxy: true }
+}
+
 /// A link in the host namespace.
 fn host_link(name: &str, kind: LinkKind, alias: Option<String>, mtu: u32) -> Link {
     Link { place: Place::Host, ..link(name, kind, alias, None, mtu) }
@@ -94,13 +99,7 @@ fn applied(desired: &Desired) -> Observed {
             n.gateway_port.clone(),
             link(&n.gateway_port, LinkKind::Veth, alias, Some(&n.bridge), n.mtu),
         );
-        let kind = LinkKind::Vxlan {
-            vni: n.vni,
-            port: n.port,
-            local: Some(n.local_vtep),
-            learning: false,
-            proxy: true,
-        };
+        let kind = vxlan_kind(n);
         observed.links.insert(
             n.vxlan.clone(),
             link(&n.vxlan, kind, Some(network_alias(&n.network_id)), Some(&n.bridge), n.mtu),
@@ -516,13 +515,7 @@ fn devices_of_an_agent_from_before_the_switch_move_into_it() {
         bridge.mac = Some(n.gateway_mac);
         bridge.addresses = n.gateway_addresses.clone();
         observed.links.insert(n.gateway.clone(), bridge);
-        let kind = LinkKind::Vxlan {
-            vni: n.vni,
-            port: n.port,
-            local: Some(n.local_vtep),
-            learning: false,
-            proxy: true,
-        };
+        let kind = vxlan_kind(n);
         let vxlan = Link { master: Some(n.gateway.clone()), ..host_link(&n.vxlan, kind, alias, n.mtu) };
         observed.links.insert(n.vxlan.clone(), vxlan);
         for e in n.local.values() {
