@@ -607,6 +607,44 @@ async fn restarting_every_member_keeps_identical_state() {
     }
 }
 
+/// A write taken by a follower is answered from the follower's own state once it has applied
+/// the write (it waits for its applied revision, not for a read-index round to the leader):
+/// networks created through the leader and, at once, an endpoint on each through a follower,
+/// all concurrently. Each answer comes within the deadline (a follower whose applied revision
+/// never reached the waiter would answer Unavailable) and names its network and address.
+#[tokio::test]
+async fn a_follower_answers_forwarded_writes_from_its_own_applied_state() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_ready(0, Duration::from_secs(30)).await;
+    let (leading, follower) = (cluster.index_of(leader), (cluster.index_of(leader) + 1) % 3);
+    register(&cluster, leading, "h1", 1).await;
+    let tasks: Vec<_> = (0..24)
+        .map(|k| {
+            let (mut networks, mut endpoints) = (cluster.networks(leading), cluster.endpoints(follower));
+            tokio::spawn(async move {
+                let name = format!("n{k}");
+                let request = pb::CreateNetworkRequest { name: name.clone(), ..Default::default() };
+                let network = networks.create_network(request).await.unwrap().into_inner();
+                let endpoint = endpoints
+                    .create_endpoint(attach(&name, "h1", &format!("c{k}")))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (network, endpoint)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (network, endpoint) = task.await.unwrap();
+        assert_eq!(
+            (endpoint.network_id.as_str(), endpoint.network_name.as_str()),
+            (network.id.as_str(), network.name.as_str())
+        );
+        assert!(!endpoint.ipv4_address.is_empty(), "{endpoint:?}");
+        assert!(endpoint.created_revision > 0, "{endpoint:?}");
+    }
+}
+
 async fn node_status(cluster: &Cluster, i: usize, name: &str) -> (i32, u64) {
     let nodes = cluster.nodes(i).list_nodes(pb::ListNodesRequest {}).await.unwrap().into_inner();
     let node = nodes.nodes.iter().find(|n| n.name == name).unwrap();
