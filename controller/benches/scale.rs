@@ -62,7 +62,10 @@ struct LiteEvents {
     events: Vec<LiteRevision>,
 }
 
+/// Networks the endpoints are spread over (each a /16): at least this many, more when the
+/// endpoints would not fit (a million needs 17).
 const NETWORKS: usize = 10;
+const PER_NETWORK: usize = 60_000;
 const LOAD_CLIENTS: usize = 256;
 
 fn node_name(i: usize) -> String {
@@ -298,6 +301,9 @@ async fn main() {
         wait_ready(addr, 0, Duration::from_secs(30)).await;
     }
 
+    let (rss_empty, _) = memory(&members);
+    let network_count = NETWORKS.max(endpoints.div_ceil(PER_NETWORK));
+
     // The registry: nodes, networks, endpoints spread over both.
     let began = Instant::now();
     let register: Vec<_> = (0..64)
@@ -320,7 +326,7 @@ async fn main() {
         task.await.expect("register task");
     }
     let mut networks = NetworkServiceClient::new(channel(&addrs[0]));
-    for n in 0..NETWORKS {
+    for n in 0..network_count {
         let request = pb::CreateNetworkRequest {
             name: format!("net{n}"),
             ipam_config: vec![pb::IpamConfig {
@@ -337,7 +343,7 @@ async fn main() {
             tokio::spawn(async move {
                 for k in (c..endpoints).step_by(LOAD_CLIENTS) {
                     let request = pb::CreateEndpointRequest {
-                        network: format!("net{}", k % NETWORKS),
+                        network: format!("net{}", k % network_count),
                         node: node_name(k % nodes),
                         container_id: format!("c{k:06}"),
                         container_name: format!("c{k:06}"),
@@ -432,6 +438,12 @@ async fn main() {
     let at = format!("{endpoints} endpoints, {nodes} watching nodes");
     let figures = [
         Figure::new("scale.endpoints", "endpoints held by the cluster", endpoints as f64, ""),
+        Figure::new(
+            "scale.memory_per_endpoint",
+            "member memory per endpoint (largest RSS loaded less empty, over the endpoints)",
+            (rss_loaded - rss_empty).max(0.0) * 1024.0 * 1024.0 / endpoints.max(1) as f64,
+            "bytes",
+        ),
         Figure::new(
             "scale.watchers",
             "simulated nodes watching (and heartbeating every second)",
