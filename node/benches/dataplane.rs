@@ -89,7 +89,7 @@ async fn programming_rate() {
         remotes as f64 / cold.as_secs_f64(),
         "/s",
     ));
-    let kernel = Kernel::connect_in(&PathBuf::from(lab.hosts[0].ns.path())).await.unwrap();
+    let kernel = host_kernel(&lab, 0).await;
     let began = Instant::now();
     let observed = kernel.observe().await.unwrap();
     let dump = began.elapsed();
@@ -153,6 +153,14 @@ fn record_percentiles(id: &str, label: &str, sorted: &[Duration]) {
     }
 }
 
+/// Host `i`'s kernel as its agent sees it: the host namespace and its switch namespace.
+async fn host_kernel(lab: &Lab, i: usize) -> Kernel {
+    let host = &lab.hosts[i].ns;
+    let kernel = Kernel::connect_in(&PathBuf::from(host.path())).await.unwrap();
+    let switch = PathBuf::from(format!("/run/netns/{}", host.switch_name()));
+    kernel.with_switch(&switch).await.unwrap()
+}
+
 /// With 10 hosts: attach latency, convergence (attach returned on A → B has the FDB entry
 /// and answers the name), attach → every other host has the entry, and `attach --wait`.
 async fn convergence() {
@@ -174,7 +182,7 @@ async fn convergence() {
         resolvers.push(Resolver::new(&c, &base.ipv4_gateway));
         containers.push(c);
         agents.push(client);
-        kernels.push(Kernel::connect_in(&PathBuf::from(lab.hosts[i].ns.path())).await.unwrap());
+        kernels.push(host_kernel(&lab, i).await);
     }
     let mut attach_times = Vec::with_capacity(samples);
     let mut converged = Vec::with_capacity(samples);
