@@ -179,7 +179,7 @@ impl Kernel {
     pub async fn connect_in(path: &Path) -> Result<Kernel, KernelError> {
         let path = path.to_path_buf();
         let doing = format!("opening a netlink socket in {}", path.display());
-        let (connection, handle, _) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let (mut connection, handle, _) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             use nix::sched::{CloneFlags, setns};
             let home = File::open("/proc/thread-self/ns/net")?;
             let target = File::open(&path)?;
@@ -192,6 +192,9 @@ impl Kernel {
         .await
         .map_err(|e| KernelError { doing: doing.clone(), reason: e.to_string(), source: None })?
         .map_err(io_failed(doing))?;
+        // The switch namespace's socket carries as much as the host's (a dump of every
+        // container's veth, many plugs at once): it overran with the default buffer.
+        enlarge_receive_buffer(&mut connection);
         tokio::spawn(connection);
         Ok(Kernel { handle, switch: None })
     }
