@@ -224,12 +224,8 @@ pub struct Failures {
 /// what the kernel said.
 pub fn blame(desired: &Desired, mirror: &Mirror, ops: &[Op], failed: &[(usize, KernelError)]) -> Failures {
     let mut failures = Failures::default();
-    let network_of_device = |name: &str| {
-        desired
-            .networks
-            .values()
-            .find(|n| [&n.gateway, &n.gateway_port, &n.bridge, &n.vxlan].contains(&&name.to_string()))
-    };
+    let network_of_device =
+        |name: &str| desired.networks.values().find(|n| n.devices().into_iter().any(|d| d == name));
     let endpoints_of = |net: &NetworkDevices| -> Vec<String> {
         mirror.endpoints.values().filter(|e| e.network_id == net.network_id).map(|e| e.id.clone()).collect()
     };

@@ -333,17 +333,13 @@ impl Kernel {
 
     /// Whether a link of that name exists in the host namespace.
     pub async fn host_link_exists(&self, name: &str) -> bool {
-        let mut found = self.handle.link().get().match_name(name.to_string()).execute();
-        let answer = tokio::time::timeout(KERNEL_ANSWER_TIMEOUT, found.try_next()).await;
-        matches!(answer, Ok(Ok(Some(_))))
+        named_link(&self.handle, name).await.is_some()
     }
 
     /// Whether a link of that name exists in the switch namespace and is up.
     pub async fn port_is_up(&self, name: &str) -> bool {
         let Some(switch) = &self.switch else { return false };
-        let mut found = switch.handle.link().get().match_name(name.to_string()).execute();
-        let answer = tokio::time::timeout(KERNEL_ANSWER_TIMEOUT, found.try_next()).await;
-        matches!(answer, Ok(Ok(Some(m))) if m.header.flags.contains(LinkFlags::Up))
+        named_link(&switch.handle, name).await.is_some_and(|m| m.header.flags.contains(LinkFlags::Up))
     }
 
     /// Carries out `ops` in order, going on past failures; returns what failed. Consecutive
@@ -887,6 +883,15 @@ async fn dump_links(handle: &Handle, place: Place) -> Result<BTreeMap<String, Li
         }
     }
     Ok(links)
+}
+
+/// The link named `name`, if the kernel answers in time that there is one.
+async fn named_link(handle: &Handle, name: &str) -> Option<LinkMessage> {
+    let mut found = handle.link().get().match_name(name.to_string()).execute();
+    match tokio::time::timeout(KERNEL_ANSWER_TIMEOUT, found.try_next()).await {
+        Ok(Ok(link)) => link,
+        _ => None,
+    }
 }
 
 async fn link_index(handle: &Handle, name: &str) -> Result<u32, KernelError> {

@@ -154,6 +154,13 @@ pub struct NetworkDevices {
     pub remote: BTreeMap<Mac, RemoteEndpoint>,
 }
 
+impl NetworkDevices {
+    /// The names of the network's own links: gateway, gateway port, bridge, VXLAN device.
+    pub fn devices(&self) -> [&String; 4] {
+        [&self.gateway, &self.gateway_port, &self.bridge, &self.vxlan]
+    }
+}
+
 /// Who puts the container end of an endpoint's veth pair into the container.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Handover {

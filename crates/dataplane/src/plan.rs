@@ -130,7 +130,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
     ops.extend(observed.misplaced.iter().map(Op::delete));
 
     for net in desired.networks.values() {
-        let foreign = [&net.gateway, &net.gateway_port, &net.bridge, &net.vxlan]
+        let foreign = net
+            .devices()
             .into_iter()
             .filter_map(|name| observed.links.get(name))
             .find(|link| !link.is_weft());
@@ -165,11 +166,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Vec<Op> {
     let wanted: BTreeSet<&str> = desired
         .networks
         .values()
-        .flat_map(|n| {
-            [n.gateway.as_str(), n.gateway_port.as_str(), n.bridge.as_str(), n.vxlan.as_str()]
-                .into_iter()
-                .chain(n.local.keys().map(String::as_str))
-        })
+        .flat_map(|n| n.devices().into_iter().map(String::as_str).chain(n.local.keys().map(String::as_str)))
         .chain(handed_over.iter().map(String::as_str))
         .chain(desired.services.iter().map(|s| s.name.as_str()))
         .collect();
@@ -285,18 +282,7 @@ fn plan_gateway(net: &NetworkDevices, observed: &Observed, ops: &mut Vec<Op>, fr
     if host.mtu != net.mtu || !host.up {
         ops.push(Op::SetLink { name: net.gateway.clone(), place: Place::Host, mtu: net.mtu, master: None });
     }
-    if fresh.contains(net.bridge.as_str())
-        || port.master.as_deref() != Some(&net.bridge)
-        || port.mtu != net.mtu
-        || !port.up
-    {
-        ops.push(Op::SetLink {
-            name: net.gateway_port.clone(),
-            place: Place::Switch,
-            mtu: net.mtu,
-            master: Some(net.bridge.clone()),
-        });
-    }
+    ops.extend(keep_on_bridge(port, net, net.mtu, fresh));
     for address in net.gateway_addresses.difference(&host.addresses) {
         ops.push(Op::AddAddress { link: net.gateway.clone(), address: *address });
     }
@@ -364,21 +350,8 @@ fn plan_vxlan<'a>(
         proxy: true,
     };
     let existing = observed.links.get(&net.vxlan);
-    let replaced_bridge = fresh.contains(net.bridge.as_str());
-    let repair = Op::SetLink {
-        name: net.vxlan.clone(),
-        place: Place::Switch,
-        mtu: net.mtu,
-        master: Some(net.bridge.clone()),
-    };
     match existing.filter(|l| l.kind == wanted && l.place == Place::Switch) {
-        Some(vxlan) if !replaced_bridge => {
-            if vxlan.mtu != net.mtu || !vxlan.up || vxlan.master.as_deref() != Some(&net.bridge) {
-                ops.push(repair);
-            }
-        }
-        // The bridge it hung on is being replaced.
-        Some(_) => ops.push(repair),
+        Some(vxlan) => ops.extend(keep_on_bridge(vxlan, net, net.mtu, fresh)),
         None => {
             if let Some(existing) = existing {
                 ops.push(Op::delete(existing));
@@ -397,8 +370,22 @@ fn plan_vxlan<'a>(
     }
 }
 
+/// A port of the network's bridge (its VXLAN device, the gateway's port, a container's veth)
+/// kept on the bridge with `mtu` and up, and put back on it when the bridge is made again.
+fn keep_on_bridge(port: &Link, net: &NetworkDevices, mtu: u32, fresh: &BTreeSet<&str>) -> Option<Op> {
+    let in_line = !fresh.contains(net.bridge.as_str())
+        && port.master.as_deref() == Some(net.bridge.as_str())
+        && port.mtu == mtu
+        && port.up;
+    (!in_line).then(|| Op::SetLink {
+        name: port.name.clone(),
+        place: Place::Switch,
+        mtu,
+        master: Some(net.bridge.clone()),
+    })
+}
+
 fn plan_local(net: &NetworkDevices, observed: &Observed, ops: &mut Vec<Op>, fresh: &BTreeSet<&str>) {
-    let replaced_bridge = fresh.contains(net.bridge.as_str());
     for endpoint in net.local.values() {
         match observed.links.get(&endpoint.host_veth) {
             Some(veth)
@@ -407,18 +394,7 @@ fn plan_local(net: &NetworkDevices, observed: &Observed, ops: &mut Vec<Op>, fres
                     && veth.is_weft()
                     && !half_made(veth, observed) =>
             {
-                if replaced_bridge
-                    || veth.master.as_deref() != Some(&net.bridge)
-                    || veth.mtu != endpoint.mtu
-                    || !veth.up
-                {
-                    ops.push(Op::SetLink {
-                        name: endpoint.host_veth.clone(),
-                        place: Place::Switch,
-                        mtu: endpoint.mtu,
-                        master: Some(net.bridge.clone()),
-                    });
-                }
+                ops.extend(keep_on_bridge(veth, net, endpoint.mtu, fresh));
             }
             Some(foreign) if !foreign.is_weft() => ops.push(Op::Conflict {
                 name: foreign.name.clone(),

@@ -79,7 +79,7 @@ fn create(pin: &Path) -> Result<(), KernelError> {
 }
 
 /// Runs `work` on a thread inside the namespace at `netns`.
-pub fn inside<T: Send + 'static>(
+fn inside<T: Send + 'static>(
     netns: &Path,
     work: impl FnOnce() -> Result<T, KernelError> + Send + 'static,
 ) -> Result<T, KernelError> {
