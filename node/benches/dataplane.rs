@@ -157,8 +157,7 @@ fn record_percentiles(id: &str, label: &str, sorted: &[Duration]) {
 async fn host_kernel(lab: &Lab, i: usize) -> Kernel {
     let host = &lab.hosts[i].ns;
     let kernel = Kernel::connect_in(&PathBuf::from(host.path())).await.unwrap();
-    let switch = PathBuf::from(format!("/run/netns/{}", host.switch_name()));
-    kernel.with_switch(&switch).await.unwrap()
+    kernel.with_switch(&host.switch_path()).await.unwrap()
 }
 
 /// With 10 hosts: attach latency, convergence (attach returned on A → B has the FDB entry

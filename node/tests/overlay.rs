@@ -196,10 +196,7 @@ async fn drift_is_repaired_and_restarts_or_outages_do_not_stop_traffic() {
         "--switch-namespace",
         &switch,
     ]);
-    assert!(
-        !std::path::Path::new("/run/netns").join(&switch).exists(),
-        "the switch namespace outlived uninstall"
-    );
+    assert!(!h1ns.switch_path().exists(), "the switch namespace outlived uninstall");
     let links = h1ns.exec(&["ip", "-o", "link"]);
     assert!(!links.contains("weft"), "{links}");
     assert!(!links.contains(&wireguard), "the WireGuard interface outlived uninstall: {links}");

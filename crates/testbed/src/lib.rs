@@ -122,6 +122,13 @@ pub fn unique(tag: &str) -> String {
     name
 }
 
+/// `ip` arguments that run `args` inside the named namespace.
+fn in_netns<'a>(name: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut full = vec!["netns", "exec", name];
+    full.extend_from_slice(args);
+    full
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -145,16 +152,12 @@ impl Netns {
 
     /// Runs a command inside the namespace; panics when it fails.
     pub fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        run("ip", &in_netns(&self.name, args))
     }
 
     /// Runs a command inside the namespace and returns whatever happened.
     pub fn try_exec(&self, args: &[&str]) -> Output {
-        let mut full = vec!["netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        output("ip", &full)
+        output("ip", &in_netns(&self.name, args))
     }
 
     /// Runs a command inside the namespace with `input` on its standard input.
@@ -194,20 +197,19 @@ impl Netns {
         format!("{}-sw", self.name)
     }
 
+    /// Where the switch namespace of [`Netns::switch_name`] is pinned.
+    pub fn switch_path(&self) -> std::path::PathBuf {
+        std::path::Path::new("/run/netns").join(self.switch_name())
+    }
+
     /// Runs a command in this host's switch namespace; panics when it fails.
     pub fn switch_exec(&self, args: &[&str]) -> String {
-        let switch = self.switch_name();
-        let mut full = vec!["netns", "exec", &switch];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        run("ip", &in_netns(&self.switch_name(), args))
     }
 
     /// Runs a command in this host's switch namespace and returns whatever happened.
     pub fn switch_try_exec(&self, args: &[&str]) -> Output {
-        let switch = self.switch_name();
-        let mut full = vec!["netns", "exec", &switch];
-        full.extend_from_slice(args);
-        output("ip", &full)
+        output("ip", &in_netns(&self.switch_name(), args))
     }
 
     /// True when `ping` from here reaches `ip` (a few quick probes).
@@ -226,9 +228,8 @@ impl Drop for Netns {
         let _ = output("ip", &["netns", "del", &self.name]);
         // The switch namespace of an agent that ran here (weft-node pins it; nothing else
         // would remove it).
-        let switch = self.switch_name();
-        if std::path::Path::new("/run/netns").join(&switch).exists() {
-            let _ = output("ip", &["netns", "del", &switch]);
+        if self.switch_path().exists() {
+            let _ = output("ip", &["netns", "del", &self.switch_name()]);
         }
         remove_dead_wireguard_sockets(&format!("w{}", std::process::id() % 100_000));
         // Files `ip netns exec` shows inside (resolv.conf written by weft-node).
