@@ -105,6 +105,14 @@ impl NameTable {
         table
     }
 
+    /// Adds network names with no endpoints in the table: `x.<network>` is weft's for every
+    /// network of the cluster, including those a host has no containers on (and so no
+    /// endpoints of, decision record 0005) or that have none at all.
+    pub fn with_networks<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> NameTable {
+        self.network_names.extend(names.into_iter().map(lower));
+        self
+    }
+
     /// Whether `asker` is a container weft knows (queries from elsewhere are only forwarded).
     pub fn knows(&self, asker: IpAddr) -> bool {
         self.scopes.contains_key(&asker)
@@ -222,6 +230,16 @@ mod tests {
         assert_eq!(t.lookup(from_web, "cache", false), Lookup::NoSuchName);
         assert_eq!(t.lookup(from_web, "cache.red", false), Lookup::NoSuchName);
         assert_eq!(t.lookup(from_web, "example.org", false), Lookup::Upstream);
+    }
+
+    #[test]
+    fn names_under_networks_without_endpoints_here_are_weft_s() {
+        let t = table();
+        let from_web = ip("10.0.1.2");
+        assert_eq!(t.lookup(from_web, "x.green", false), Lookup::Upstream, "not a network the table knows");
+        let t = t.with_networks(["Green"]);
+        assert_eq!(t.lookup(from_web, "x.green", false), Lookup::NoSuchName);
+        assert_eq!(t.lookup(from_web, "db", false), Lookup::Found(vec![ip("10.0.1.3")]));
     }
 
     #[test]

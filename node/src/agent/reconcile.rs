@@ -248,6 +248,7 @@ impl<D: Dataplane> Agent<D> {
                         }),
                     })
                 }))
+                .with_networks(mirror.networks.values().map(|n| n.name.as_str()))
             };
             self.dns.set_table(table);
         }
