@@ -36,6 +36,7 @@ pub mod raft_network;
 pub mod raft_server;
 pub mod raft_types;
 pub mod registry;
+pub mod scope;
 pub mod server;
 pub mod signer;
 pub mod store;

@@ -9,6 +9,9 @@
 //! watcher sends slices of the same bytes; HTTP/2 flow control paces each stream without
 //! copying. The wire format is exactly `WatchService.Watch` from `proto/weft/v1/watch.proto`:
 //! clients, reflection and grpcurl see no difference.
+//!
+//! A host's agent is sent its host's view only ([`crate::scope`], decision record 0005),
+//! assembled from the same shared pieces.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,8 +32,11 @@ use weft_api::pb;
 
 use crate::MAX_REQUEST_BYTES;
 use crate::cluster::Controller;
+use weft_pki::{Caller, Role};
+
 use crate::frames::progress_frame;
-use crate::registry::{Published, WatchStart};
+use crate::registry::{Batch, Published, SnapshotParts, WatchStart};
+use crate::scope::{HostView, Selection};
 
 /// The service name gRPC clients use.
 pub const SERVICE: &str = "weft.v1.WatchService";
@@ -91,9 +97,29 @@ async fn finish(tx: &Sender, status: &Status) {
     }
 }
 
+/// Sends a snapshot's pieces to a watcher: everything, or a host's view (whose networks are
+/// re-read from the snapshot, at its revision). False once the watcher has gone.
+async fn send_snapshot(tx: &Sender, parts: &SnapshotParts, host: &mut Option<HostView>) -> bool {
+    let pieces = match host {
+        None => parts.pieces(None::<fn(&str) -> bool>),
+        Some(view) => {
+            *view = HostView::new(view.node(), parts.placement(view.node()));
+            let view = &*view;
+            parts.pieces(Some(|network: &str| view.sees(network)))
+        }
+    };
+    for piece in &pieces {
+        if !send(tx, piece).await {
+            return false;
+        }
+    }
+    true
+}
+
 /// Feeds one watcher until it goes away: its start (snapshot or replay), then every batch
-/// after it, progress when idle, a fresh snapshot when it falls behind.
-async fn feed(controller: Controller, from: u64, tx: Sender) {
+/// after it, progress when idle, a fresh snapshot when it falls behind. `node`: send only
+/// that host's view.
+async fn feed(controller: Controller, from: u64, node: Option<String>, tx: Sender) {
     let registry = controller.registry.clone();
     // A member behind what the watcher has seen (just restarted, or lagging the leader) would
     // take it back in time: an agent applying an older snapshot removes entries for
@@ -111,25 +137,34 @@ async fn feed(controller: Controller, from: u64, tx: Sender) {
         );
         return finish(&tx, &Status::unavailable(behind)).await;
     }
-    let (start, mut published) = registry.watch(from);
+    let (mut start, mut published, placement) = registry.watch(from, node.as_deref());
+    let mut host = node.map(|node| HostView::new(node, placement));
+    // A replay that gives the host a network or takes one away would need the network's
+    // endpoints from before the replay: start from a snapshot of its view instead.
+    if let (Some(view), WatchStart::Replay(batches)) = (&host, &start)
+        && batches.iter().any(|batch| view.moves_own(&batch.events))
+    {
+        let after = batches.last().map_or(from, |batch| batch.revision);
+        start = WatchStart::Snapshot { after };
+    }
     // The last revision this watcher has been sent; later batches at or below it are already
     // covered (by a snapshot taken after they were published).
     let mut seen = from;
     let shutting_down = Status::unavailable("the controller is shutting down; watch again");
     match start {
         WatchStart::Snapshot { after } => {
-            let Some(snapshot) = registry.snapshot_frame(after).await else {
+            let Some(parts) = registry.snapshot_parts(after).await else {
                 return finish(&tx, &shutting_down).await;
             };
-            seen = snapshot.revision;
-            if !send(&tx, &snapshot.frame).await {
+            seen = parts.revision;
+            if !send_snapshot(&tx, &parts, &mut host).await {
                 return;
             }
         }
         WatchStart::Replay(batches) => {
             for batch in batches {
                 seen = batch.revision;
-                if !send(&tx, &batch.frame()).await {
+                if !send(&tx, &frame_for(&batch, host.as_ref())).await {
                     return;
                 }
             }
@@ -138,30 +173,71 @@ async fn feed(controller: Controller, from: u64, tx: Sender) {
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
     progress.tick().await;
     loop {
-        let bytes = tokio::select! {
+        // Either one frame, or a fresh snapshot to send at or after a revision.
+        let next = tokio::select! {
             received = published.recv() => match received {
                 Ok(Published::Batch(batch)) if batch.revision <= seen => continue,
                 Ok(Published::Batch(batch)) => {
                     seen = batch.revision;
-                    batch.frame()
+                    // The host's first endpoint on a network, or its last: its view changes
+                    // shape, sent whole as of this change or later.
+                    let reshaped = host.as_mut().is_some_and(|view| view.follow(&batch.events));
+                    if reshaped { Err(batch.revision) } else { Ok(frame_for(&batch, host.as_ref())) }
                 }
                 // Fell behind the bounded buffer, or the state was replaced: start over from a
                 // fresh snapshot rather than slow the cluster down.
                 Ok(Published::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     published = published.resubscribe();
-                    let Some(snapshot) = registry.snapshot_frame(registry.revision()).await else {
-                        return finish(&tx, &shutting_down).await;
-                    };
-                    seen = snapshot.revision;
-                    snapshot.frame.clone()
+                    Err(registry.revision())
                 }
                 Err(broadcast::error::RecvError::Closed) => return finish(&tx, &shutting_down).await,
             },
-            _ = progress.tick() => progress_frame(seen),
+            _ = progress.tick() => Ok(progress_frame(seen)),
         };
-        if !send(&tx, &bytes).await {
-            return;
+        match next {
+            Ok(bytes) => {
+                if !send(&tx, &bytes).await {
+                    return;
+                }
+            }
+            Err(after) => {
+                let Some(parts) = registry.snapshot_parts(after).await else {
+                    return finish(&tx, &shutting_down).await;
+                };
+                seen = parts.revision;
+                if !send_snapshot(&tx, &parts, &mut host).await {
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// A batch as a watcher is sent it: whole, the events of the host's networks only, or (none
+/// of them) progress to its revision.
+fn frame_for(batch: &Batch, host: Option<&HostView>) -> Bytes {
+    match host.map_or(Selection::All, |view| view.select(&batch.events)) {
+        Selection::All => batch.frame(),
+        Selection::Some(chosen) => batch.frame_of(&chosen),
+        Selection::Nothing => batch.progress_frame(),
+    }
+}
+
+/// Whose view a watch request asks for. A node certificate's holder watches as its own host
+/// whatever it names (an agent needs no more, and may not read other hosts' containers); an
+/// administrator, or anyone on a plaintext cluster, names a host or takes everything.
+fn audience(request: &pb::WatchRequest, caller: Option<&Caller>) -> Result<Option<String>, Status> {
+    match caller {
+        Some(caller) if caller.role == Role::Node => {
+            if !request.node.is_empty() && request.node != caller.name {
+                return Err(Status::permission_denied(format!(
+                    "{caller} may watch as its own host only, not as \"{}\"",
+                    request.node.escape_debug()
+                )));
+            }
+            Ok(Some(caller.name.clone()))
+        }
+        _ => Ok((!request.node.is_empty()).then(|| request.node.clone())),
     }
 }
 
@@ -197,12 +273,20 @@ impl tower::Service<http::Request<Body>> for WatchRoute {
                 let unknown = format!("{SERVICE} has one method, Watch; not {}", request.uri().path());
                 return Ok(Status::unimplemented(unknown).into_http());
             }
+            let caller = request.extensions().get::<Caller>().cloned();
             let watch = match read_request(request.into_body()).await {
                 Ok(watch) => watch,
                 Err(status) => return Ok(status.into_http()),
             };
+            let node = match audience(&watch, caller.as_ref()) {
+                Ok(node) => node,
+                Err(status) => {
+                    tracing::warn!(caller = ?caller.map(|c| c.to_string()), %status, "permission denied");
+                    return Ok(status.into_http());
+                }
+            };
             let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-            tokio::spawn(feed(controller, watch.from_revision, tx));
+            tokio::spawn(feed(controller, watch.from_revision, node, tx));
             let mut response = http::Response::new(Body::new(StreamBody::new(ReceiverStream::new(rx))));
             response
                 .headers_mut()
@@ -224,7 +308,7 @@ mod tests {
             body.extend_from_slice(message);
             Body::new(http_body_util::Full::new(Bytes::from(body)))
         };
-        let good = pb::WatchRequest { from_revision: 42 }.encode_to_vec();
+        let good = pb::WatchRequest { from_revision: 42, ..Default::default() }.encode_to_vec();
         let len = u32::try_from(good.len()).unwrap();
         assert_eq!(read_request(framed(&good, 0, len)).await.unwrap().from_revision, 42);
         let compressed = read_request(framed(&good, 1, len)).await.unwrap_err();

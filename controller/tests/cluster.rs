@@ -4,7 +4,7 @@
 // A test: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -437,7 +437,8 @@ async fn watchers_resume_from_their_revision_and_get_a_snapshot_when_it_is_compa
     };
 
     // From scratch: a snapshot, then live events.
-    let mut stream = watch.watch(pb::WatchRequest { from_revision: 0 }).await.unwrap().into_inner();
+    let mut stream =
+        watch.watch(pb::WatchRequest { from_revision: 0, ..Default::default() }).await.unwrap().into_inner();
     let start = match next_change(&mut stream).await {
         Kind::Snapshot(full) => full.revision,
         other => panic!("expected a snapshot, got {other:?}"),
@@ -451,7 +452,11 @@ async fn watchers_resume_from_their_revision_and_get_a_snapshot_when_it_is_compa
     for name in ["b", "c", "d"] {
         create(name.into()).await;
     }
-    let mut stream = watch.watch(pb::WatchRequest { from_revision: start + 1 }).await.unwrap().into_inner();
+    let mut stream = watch
+        .watch(pb::WatchRequest { from_revision: start + 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let mut replayed = Vec::new();
     for _ in 0..3 {
         replayed.extend(revisions(&next_change(&mut stream).await));
@@ -465,7 +470,11 @@ async fn watchers_resume_from_their_revision_and_get_a_snapshot_when_it_is_compa
     for i in 0..20 {
         create(format!("f{i}")).await;
     }
-    let mut stream = watch.watch(pb::WatchRequest { from_revision: start + 5 }).await.unwrap().into_inner();
+    let mut stream = watch
+        .watch(pb::WatchRequest { from_revision: start + 5, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     match next_change(&mut stream).await {
         Kind::Snapshot(full) => {
             assert_eq!(full.revision, start + 25);
@@ -476,8 +485,11 @@ async fn watchers_resume_from_their_revision_and_get_a_snapshot_when_it_is_compa
 
     // Ahead of a member that is up to date with its cluster: the watcher saw another history
     // (a cluster rebuilt from scratch) and starts over.
-    let mut stream =
-        watch.watch(pb::WatchRequest { from_revision: start + 1000 }).await.unwrap().into_inner();
+    let mut stream = watch
+        .watch(pb::WatchRequest { from_revision: start + 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     match next_change(&mut stream).await {
         Kind::Snapshot(full) => assert_eq!(full.revision, start + 25),
         other => panic!("expected a snapshot for a revision from another history, got {other:?}"),
@@ -508,7 +520,7 @@ async fn a_watcher_is_never_taken_back_in_time_by_a_member_behind_it() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut stream = loop {
         match WatchServiceClient::new(cluster.channel(2))
-            .watch(pb::WatchRequest { from_revision: seen })
+            .watch(pb::WatchRequest { from_revision: seen, ..Default::default() })
             .await
         {
             Ok(response) => break response.into_inner(),
@@ -533,7 +545,7 @@ async fn a_watcher_is_never_taken_back_in_time_by_a_member_behind_it() {
     let request = pb::CreateNetworkRequest { name: "after".into(), ..Default::default() };
     let created = cluster.networks(2).create_network(request).await.unwrap().into_inner();
     let mut stream = WatchServiceClient::new(cluster.channel(2))
-        .watch(pb::WatchRequest { from_revision: seen })
+        .watch(pb::WatchRequest { from_revision: seen, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -542,6 +554,323 @@ async fn a_watcher_is_never_taken_back_in_time_by_a_member_behind_it() {
         let batch = revisions(&next_change(&mut stream).await);
         assert!(batch.iter().all(|r| *r > seen), "events {batch:?} again after seeing {seen}");
         received.extend(batch);
+    }
+}
+
+/// What a host's agent makes of its watch stream: the endpoints it holds and the revision.
+#[derive(Debug, Default, Clone)]
+struct HostMirror {
+    revision: u64,
+    endpoints: BTreeMap<String, pb::Endpoint>,
+    networks: BTreeSet<String>,
+    snapshots: usize,
+}
+
+impl HostMirror {
+    fn take(&mut self, kind: Kind) {
+        match kind {
+            Kind::Snapshot(full) => {
+                self.revision = full.revision;
+                self.endpoints = full.endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
+                self.networks = full.networks.into_iter().map(|n| n.id).collect();
+                self.snapshots += 1;
+            }
+            Kind::Events(batch) => {
+                for event in batch.events {
+                    self.revision = event.revision;
+                    match event.kind.unwrap() {
+                        pb::event::Kind::EndpointCreated(e) | pb::event::Kind::EndpointUpdated(e) => {
+                            self.endpoints.insert(e.id.clone(), e);
+                        }
+                        pb::event::Kind::EndpointRemoved(e) => {
+                            self.endpoints.remove(&e.id);
+                        }
+                        pb::event::Kind::NetworkCreated(n) => {
+                            self.networks.insert(n.id);
+                        }
+                        pb::event::Kind::NetworkRemoved(n) => {
+                            self.networks.remove(&n.id);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Kind::Progress(progress) => self.revision = self.revision.max(progress.revision),
+        }
+    }
+
+    fn endpoint_networks(&self) -> BTreeSet<&str> {
+        self.endpoints.values().map(|e| e.network_id.as_str()).collect()
+    }
+}
+
+/// What `host` should hold: every endpoint of the networks it has an endpoint on.
+fn view_of(all: &[pb::Endpoint], host: &str) -> BTreeMap<String, pb::Endpoint> {
+    let seen: BTreeSet<&str> = all.iter().filter(|e| e.node == host).map(|e| e.network_id.as_str()).collect();
+    all.iter().filter(|e| seen.contains(e.network_id.as_str())).map(|e| (e.id.clone(), e.clone())).collect()
+}
+
+async fn all_endpoints(cluster: &Cluster, i: usize) -> Vec<pb::Endpoint> {
+    cluster
+        .endpoints(i)
+        .list_endpoints(pb::ListEndpointsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoints
+}
+
+fn watch_as(node: &str, from_revision: u64) -> pb::WatchRequest {
+    pb::WatchRequest { from_revision, node: node.into() }
+}
+
+/// Reads the stream into `mirror` until it reaches `revision`, within 10 s.
+async fn follow_to(stream: &mut tonic::Streaming<pb::WatchResponse>, mirror: &mut HostMirror, revision: u64) {
+    let follow = async {
+        while mirror.revision < revision {
+            mirror.take(stream.message().await.unwrap().expect("the stream stays open").kind.unwrap());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), follow).await.expect("the watcher reached the revision");
+}
+
+#[tokio::test]
+async fn a_host_is_sent_the_endpoints_of_its_networks_and_the_whole_of_one_it_joins() {
+    let cluster = Cluster::start(1);
+    cluster.wait_ready(0, Duration::from_secs(20)).await;
+    for (octet, host) in (1..).zip(["h1", "h2", "h3"]) {
+        register(&cluster, 0, host, octet).await;
+    }
+    for name in ["a", "b", "c"] {
+        cluster
+            .networks(0)
+            .create_network(pb::CreateNetworkRequest { name: name.into(), ..Default::default() })
+            .await
+            .unwrap();
+    }
+    let create = |network: &str, node: &str, container: &str| {
+        let mut client = cluster.endpoints(0);
+        let request = attach(network, node, container);
+        async move { client.create_endpoint(request).await.unwrap().into_inner() }
+    };
+    create("a", "h2", "a-h2-1").await;
+    create("a", "h2", "a-h2-2").await;
+    let b_h3 = create("b", "h3", "b-h3-1").await;
+    let a_h1 = create("a", "h1", "a-h1-1").await;
+
+    // Its view: every network and node, and the endpoints of a only.
+    let mut watch = WatchServiceClient::new(cluster.channel(0));
+    let mut stream = watch.watch(watch_as("h1", 0)).await.unwrap().into_inner();
+    let mut h1 = HostMirror::default();
+    let Kind::Snapshot(full) = next_change(&mut stream).await else { panic!("expected a snapshot") };
+    assert_eq!((full.networks.len(), full.nodes.len()), (3, 3), "networks and nodes go to every host");
+    h1.take(Kind::Snapshot(full));
+    assert_eq!(h1.endpoints, view_of(&all_endpoints(&cluster, 0).await, "h1"));
+    assert_eq!(h1.endpoints.len(), 3);
+
+    // A change on a network it does not see moves only its revision; one on a is sent.
+    let b_h3_2 = create("b", "h3", "b-h3-2").await;
+    follow_to(&mut stream, &mut h1, b_h3_2.created_revision).await;
+    assert!(!h1.endpoints.contains_key(&b_h3_2.id));
+    let a_h2_3 = create("a", "h2", "a-h2-3").await;
+    match next_change(&mut stream).await {
+        Kind::Events(batch) => {
+            assert_eq!(batch.events.len(), 1);
+            h1.take(Kind::Events(batch));
+        }
+        other => panic!("expected a's new endpoint, got {other:?}"),
+    }
+    assert!(h1.endpoints.contains_key(&a_h2_3.id));
+    let before_joining = h1.revision;
+
+    // Its first container on b: b's endpoints arrive whole, as a snapshot of its view.
+    let b_h1 = create("b", "h1", "b-h1-1").await;
+    let joined = next_change(&mut stream).await;
+    assert!(matches!(joined, Kind::Snapshot(_)), "expected a snapshot on joining b, got {joined:?}");
+    h1.take(joined);
+    assert!(h1.revision >= b_h1.created_revision);
+    assert!(h1.endpoints.contains_key(&b_h3.id) && h1.endpoints.contains_key(&b_h3_2.id));
+    assert_eq!(h1.endpoints, view_of(&all_endpoints(&cluster, 0).await, "h1"));
+
+    // Its last container on a goes: a's endpoints go with it.
+    cluster
+        .endpoints(0)
+        .remove_endpoint(pb::RemoveEndpointRequest {
+            target: Some(pb::remove_endpoint_request::Target::EndpointId(a_h1.id.clone())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let left = next_change(&mut stream).await;
+    assert!(matches!(left, Kind::Snapshot(_)), "expected a snapshot on leaving a, got {left:?}");
+    h1.take(left);
+    assert_eq!(h1.endpoint_networks().len(), 1, "only b's endpoints are left: {:?}", h1.endpoints);
+    assert_eq!(h1.endpoints, view_of(&all_endpoints(&cluster, 0).await, "h1"));
+    drop(stream);
+
+    // Away while others change: resuming replays what concerns it, and the revision passes
+    // the rest.
+    let resumed_from = h1.revision;
+    create("a", "h2", "a-h2-4").await;
+    let b_h3_3 = create("b", "h3", "b-h3-3").await;
+    let mut stream = watch.watch(watch_as("h1", resumed_from)).await.unwrap().into_inner();
+    let snapshots = h1.snapshots;
+    follow_to(&mut stream, &mut h1, b_h3_3.created_revision).await;
+    assert_eq!(h1.snapshots, snapshots, "a replay, not a snapshot");
+    assert_eq!(h1.endpoints, view_of(&all_endpoints(&cluster, 0).await, "h1"));
+    drop(stream);
+
+    // Resuming from before it joined b: the replay would lack b's older endpoints, so it
+    // starts over from a snapshot of its view.
+    let mut stream = watch.watch(watch_as("h1", before_joining)).await.unwrap().into_inner();
+    let mut again = HostMirror { revision: before_joining, ..Default::default() };
+    let first = next_change(&mut stream).await;
+    assert!(matches!(first, Kind::Snapshot(_)), "expected a snapshot, got {first:?}");
+    again.take(first);
+    assert_eq!(again.endpoints, view_of(&all_endpoints(&cluster, 0).await, "h1"));
+
+    // Without a host named: everything, as before.
+    let mut stream = watch.watch(watch_as("", 0)).await.unwrap().into_inner();
+    let Kind::Snapshot(full) = next_change(&mut stream).await else { panic!("expected a snapshot") };
+    assert_eq!(full.endpoints.len(), all_endpoints(&cluster, 0).await.len());
+}
+
+/// Six hosts attach and detach containers at once on four networks through a three-member
+/// cluster, while one member is killed; each host follows the watch as its agent does
+/// (reconnecting to the next member and resuming from its revision). In the end each holds
+/// exactly its networks' endpoints.
+#[tokio::test]
+async fn host_views_stay_exact_through_concurrent_attaches_and_a_member_kill() {
+    const HOSTS: usize = 6;
+    let mut cluster = Cluster::start(3);
+    for i in 0..3 {
+        cluster.wait_ready(i, Duration::from_secs(20)).await;
+    }
+    for (h, octet) in (0..HOSTS).zip(10..) {
+        register(&cluster, 0, &format!("h{h}"), octet).await;
+    }
+    for n in 0..4 {
+        let request = pb::CreateNetworkRequest { name: format!("n{n}"), ..Default::default() };
+        cluster.networks(0).create_network(request).await.unwrap();
+    }
+    let channels: Vec<Channel> = (0..3).map(|i| cluster.channel(i)).collect();
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mirrors: Vec<_> =
+        (0..HOSTS).map(|_| std::sync::Arc::new(std::sync::Mutex::new(HostMirror::default()))).collect();
+    let mut watchers = Vec::new();
+    for (h, mirror) in mirrors.iter().enumerate() {
+        let (channels, mirror, stop) = (channels.clone(), mirror.clone(), stop.clone());
+        watchers.push(tokio::spawn(async move {
+            let follow = async {
+                for member in (h..).map(|m| m % 3) {
+                    let from = mirror.lock().unwrap().revision;
+                    let Ok(response) = WatchServiceClient::new(channels[member].clone())
+                        .watch(watch_as(&format!("h{h}"), from))
+                        .await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let mut stream = response.into_inner();
+                    while let Ok(Some(message)) = stream.message().await {
+                        mirror.lock().unwrap().take(message.kind.unwrap());
+                    }
+                }
+            };
+            tokio::select! { () = follow => {}, () = stop.notified() => {} }
+        }));
+    }
+
+    // Writers: each host attaches 12 containers over two of the networks and detaches every
+    // third; even hosts then leave their second network. Through the two members that stay
+    // up, retrying with the request id as agents do.
+    let mut writers = Vec::new();
+    for h in 0..HOSTS {
+        let channels = channels[..2].to_vec();
+        writers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let detach = |id: String, request_id: String, through: usize| {
+                let channel = channels[through % 2].clone();
+                async move {
+                    let remove = pb::RemoveEndpointRequest {
+                        target: Some(pb::remove_endpoint_request::Target::EndpointId(id)),
+                        request_id,
+                    };
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while let Err(status) =
+                        EndpointServiceClient::new(channel.clone()).remove_endpoint(remove.clone()).await
+                    {
+                        assert!(Instant::now() < deadline, "detach never went through: {status:?}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            };
+            for k in 0..12 {
+                let network = format!("n{}", (h + k % 2) % 4);
+                let mut request = attach(&network, &format!("h{h}"), &format!("c{h}-{k}"));
+                request.request_id = format!("attach-{h}-{k}");
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let created = loop {
+                    let mut client = EndpointServiceClient::new(channels[k % 2].clone());
+                    match client.create_endpoint(request.clone()).await {
+                        Ok(created) => break created.into_inner(),
+                        Err(status) => {
+                            assert!(Instant::now() < deadline, "attach never went through: {status:?}")
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                mine.push((created.id, network));
+                if k % 3 == 2 {
+                    let (id, _) = mine.remove(0);
+                    detach(id, format!("detach-{h}-{k}"), k).await;
+                }
+            }
+            if h % 2 == 0 {
+                let second = format!("n{}", (h + 1) % 4);
+                for (k, (id, _)) in mine.into_iter().filter(|(_, n)| *n == second).enumerate() {
+                    detach(id, format!("leave-{h}-{k}"), k).await;
+                }
+            }
+        }));
+    }
+    // A member down half-way through (a third of the attaches in): its watchers move on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while all_endpoints(&cluster, 0).await.len() < HOSTS * 4 {
+        assert!(Instant::now() < deadline, "the attaches never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.kill(2);
+    let killed_at = cluster.status(0).await.revision;
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let all = all_endpoints(&cluster, 0).await;
+    let revision = cluster.status(0).await.revision;
+    assert!(revision > killed_at + 20, "the kill came too late to matter: {killed_at} of {revision}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (h, mirror) in mirrors.iter().enumerate() {
+        let expected = view_of(&all, &format!("h{h}"));
+        loop {
+            let held = mirror.lock().unwrap().clone();
+            if held.revision >= revision {
+                assert_eq!(held.endpoints, expected, "host h{h} at revision {}", held.revision);
+                let networks = if h % 2 == 0 { 1 } else { 2 };
+                assert_eq!(
+                    held.endpoint_networks().len(),
+                    networks,
+                    "host h{h} sees {networks} of 4 networks"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "host h{h} stuck at revision {} of {revision}", held.revision);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.notify_waiters();
+    for watcher in watchers {
+        let _ = watcher.await;
     }
 }
 
@@ -1084,7 +1413,7 @@ async fn a_watcher_that_stops_reading_is_reset_with_a_snapshot_without_slowing_w
         .initial_connection_window_size(Some(16 * 1024))
         .connect_lazy();
     let mut stream = WatchServiceClient::new(small_windows)
-        .watch(pb::WatchRequest { from_revision: 0 })
+        .watch(pb::WatchRequest { from_revision: 0, ..Default::default() })
         .await
         .unwrap()
         .into_inner();

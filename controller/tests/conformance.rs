@@ -527,7 +527,7 @@ async fn the_server_keeps_the_contract_the_proto_states() {
     // whose lower revision tells it so.
     let ahead = listed.revision + 1_000;
     let mut stream = WatchServiceClient::new(cluster.channel(2))
-        .watch(pb::WatchRequest { from_revision: ahead })
+        .watch(pb::WatchRequest { from_revision: ahead, ..Default::default() })
         .await
         .unwrap()
         .into_inner();

@@ -15,6 +15,7 @@ use weft_api::pb;
 use weft_api::pb::endpoint_service_client::EndpointServiceClient;
 use weft_api::pb::network_service_client::NetworkServiceClient;
 use weft_api::pb::node_service_client::NodeServiceClient;
+use weft_api::pb::watch_service_client::WatchServiceClient;
 use weft_pki::{Authority, Credentials, Role};
 
 struct Controller {
@@ -312,6 +313,64 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
 
     let log = std::fs::read_to_string(&controller.log).unwrap();
     assert!(log.contains("permission denied") && log.contains("node:a"), "denials are not logged:\n{log}");
+}
+
+/// The first snapshot of a watch: the endpoint ids it holds, by container.
+async fn watched_containers(channel: Channel, node: &str) -> Result<Vec<String>, Status> {
+    let request = pb::WatchRequest { from_revision: 0, node: node.into() };
+    let mut stream = WatchServiceClient::new(channel).watch(request).await?.into_inner();
+    loop {
+        match stream.message().await?.expect("the stream stays open").kind.unwrap() {
+            pb::watch_response::Kind::Snapshot(full) => {
+                let mut containers: Vec<String> =
+                    full.endpoints.into_iter().map(|e| e.container_id).collect();
+                containers.sort();
+                return Ok(containers);
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// A host's agent is sent its own view of the registry and cannot read another host's: the
+/// name comes from its certificate.
+#[tokio::test]
+async fn a_host_watches_its_own_networks_only() {
+    let controller = Controller::start();
+    let admin = controller.admin().await;
+    let (a, b) = (controller.as_(Role::Node, "a").await, controller.as_(Role::Node, "b").await);
+    for (name, channel, octet) in [("a", &a, 1), ("b", &b, 2)] {
+        let request = pb::RegisterNodeRequest {
+            name: name.into(),
+            underlay_address: format!("192.0.2.{octet}"),
+            underlay_mtu: 1500,
+            ..Default::default()
+        };
+        NodeServiceClient::new(channel.clone()).register_node(request).await.unwrap();
+    }
+    for (network, node, channel) in [("red", "a", &a), ("blue", "b", &b)] {
+        NetworkServiceClient::new(admin.clone())
+            .create_network(pb::CreateNetworkRequest { name: network.into(), ..Default::default() })
+            .await
+            .unwrap();
+        let request = pb::CreateEndpointRequest {
+            network: network.into(),
+            node: node.into(),
+            container_id: format!("{network}-{node}"),
+            container_name: format!("{network}-{node}"),
+            ..Default::default()
+        };
+        EndpointServiceClient::new(channel.clone()).create_endpoint(request).await.unwrap();
+    }
+    assert_eq!(watched_containers(a.clone(), "").await.unwrap(), ["red-a"], "a node is its own host");
+    assert_eq!(watched_containers(a.clone(), "a").await.unwrap(), ["red-a"]);
+    denied(watched_containers(a.clone(), "b").await, &["node:a", "\"b\"", "own host"]);
+    assert_eq!(watched_containers(admin.clone(), "").await.unwrap(), ["blue-b", "red-a"]);
+    assert_eq!(
+        watched_containers(admin.clone(), "b").await.unwrap(),
+        ["blue-b"],
+        "an administrator looks as b"
+    );
 }
 
 #[tokio::test]

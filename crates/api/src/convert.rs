@@ -530,13 +530,22 @@ pub fn events(batch: &[Event], state: &State) -> Vec<pb::Event> {
 /// The whole registry, for a watch that starts (or restarts) from scratch.
 pub fn full_state(state: &State) -> pb::FullState {
     pb::FullState {
-        revision: state.revision(),
-        config: Some(cluster_config(state.config())),
-        networks: state.networks().map(|n| network(n, state.endpoint_count(&n.id))).collect(),
         endpoints: state
             .endpoints()
             .filter_map(|e| state.network(&e.network).map(|n| endpoint(e, n)))
             .collect(),
+        ..full_state_without_endpoints(state)
+    }
+}
+
+/// The registry's revision, configuration, networks and nodes: what every watcher gets,
+/// whichever endpoints it is sent.
+pub fn full_state_without_endpoints(state: &State) -> pb::FullState {
+    pb::FullState {
+        revision: state.revision(),
+        config: Some(cluster_config(state.config())),
+        networks: state.networks().map(|n| network(n, state.endpoint_count(&n.id))).collect(),
+        endpoints: Vec::new(),
         nodes: state.nodes().map(|n| node(n, state.node_endpoints(&n.name).count(), 0)).collect(),
     }
 }

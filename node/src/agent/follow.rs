@@ -98,7 +98,10 @@ impl<D: Dataplane> Agent<D> {
             let from_revision = self.shared().mirror.revision;
             let mut client = WatchServiceClient::new(self.controllers.channel(i))
                 .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
-            match client.watch(pb::WatchRequest { from_revision }).await {
+            match client
+                .watch(pb::WatchRequest { from_revision, node: self.settings.host.name.clone() })
+                .await
+            {
                 Ok(response) => {
                     let mut stream = response.into_inner();
                     loop {
