@@ -4,13 +4,18 @@
 //!
 //! `cargo bench -p weft-controller --bench scale` (release build). Settings:
 //! `WEFT_BENCH_ENDPOINTS` (default 100000), `WEFT_BENCH_WATCHERS` (1000), `WEFT_BENCH_CHANGES`
-//! (changes timed for fan-out, 50).
+//! (changes timed for fan-out, 50), `WEFT_BENCH_NETWORKS_PER_NODE` (4).
+//!
+//! The endpoints are spread over networks of 1,000 (at least 10 networks), and each node has
+//! its containers on a few of them, as hosts running a share of a cluster's applications do:
+//! a network spans the nodes its application runs on. Each watcher is sent its host's view
+//! (decision record 0005): every network and node, and the endpoints of its own networks.
 //!
 //! A simulated node does what an agent does towards the controllers, without a kernel: it
 //! registers, heartbeats every second with the revision it has seen, and follows the watch
-//! stream over its own connection, resuming from that revision when the stream breaks. It
-//! reads only the revisions of what it receives, as the bytes arrive, so the client side
-//! stays light on the machine it shares with the three members.
+//! stream over its own connection as that host, resuming from that revision when the stream
+//! breaks. It reads only the revisions of what it receives, as the bytes arrive, so the client
+//! side stays light on the machine it shares with the three members.
 
 // A benchmark: a panic is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -62,14 +67,37 @@ struct LiteEvents {
     events: Vec<LiteRevision>,
 }
 
-/// Networks the endpoints are spread over (each a /16): at least this many, more when the
-/// endpoints would not fit (a million needs 17).
+/// Networks the endpoints are spread over (each a /22): at least this many, more when the
+/// endpoints would not fit (a million needs 1,000).
 const NETWORKS: usize = 10;
-const PER_NETWORK: usize = 60_000;
+const PER_NETWORK: usize = 1_000;
 const LOAD_CLIENTS: usize = 256;
 
 fn node_name(i: usize) -> String {
     format!("node{i:04}")
+}
+
+/// Where endpoints go: node `k % nodes`, on the `(k / nodes) % per_node`th of that node's
+/// networks, which are `per_node` consecutive ones from `node × per_node`.
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    nodes: usize,
+    networks: usize,
+    per_node: usize,
+}
+
+impl Placement {
+    fn node_of(&self, k: usize) -> usize {
+        k % self.nodes
+    }
+
+    fn network_of(&self, k: usize) -> usize {
+        self.nth_network_of(self.node_of(k), (k / self.nodes) % self.per_node)
+    }
+
+    fn nth_network_of(&self, node: usize, nth: usize) -> usize {
+        (node * self.per_node + nth) % self.networks
+    }
 }
 
 /// What the watchers have seen, one slot each, plus how many snapshots they received.
@@ -193,11 +221,17 @@ impl RevisionReader {
 }
 
 /// Opens a watch stream from `from` and reads it until it ends.
-async fn watch_once(channel: &Channel, from: u64, received: &AtomicU64, seen: &mut impl FnMut(u64, bool)) {
+async fn watch_once(
+    channel: &Channel,
+    node: String,
+    from: u64,
+    received: &AtomicU64,
+    seen: &mut impl FnMut(u64, bool),
+) {
     use http_body_util::BodyExt;
     use tonic::codegen::http;
     use tower::{Service, ServiceExt};
-    let body = weft_controller::frames::frame(&pb::WatchRequest { from_revision: from });
+    let body = weft_controller::frames::frame(&pb::WatchRequest { from_revision: from, node });
     let request = http::Request::builder()
         .method("POST")
         .uri("/weft.v1.WatchService/Watch")
@@ -243,7 +277,7 @@ fn simulate_node(id: usize, addr: String, watchers: Arc<Watchers>) {
     tokio::spawn(async move {
         loop {
             let from = watchers.seen[id].load(Ordering::Acquire);
-            watch_once(&channel, from, &watchers.bytes, &mut |revision, snapshot| {
+            watch_once(&channel, node_name(id), from, &watchers.bytes, &mut |revision, snapshot| {
                 if snapshot {
                     watchers.snapshots.fetch_add(1, Ordering::Relaxed);
                     if revision < watchers.seen[id].load(Ordering::Acquire) {
@@ -290,6 +324,7 @@ async fn main() {
     let endpoints: usize = setting("WEFT_BENCH_ENDPOINTS", 100_000);
     let nodes: usize = setting("WEFT_BENCH_WATCHERS", 1_000);
     let changes: usize = setting("WEFT_BENCH_CHANGES", 50);
+    let per_node: usize = setting("WEFT_BENCH_NETWORKS_PER_NODE", 4);
     // One connection per simulated node, and the members inherit the limit.
     raise_open_file_limit();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -303,6 +338,7 @@ async fn main() {
 
     let (rss_empty, _) = memory(&members);
     let network_count = NETWORKS.max(endpoints.div_ceil(PER_NETWORK));
+    let placement = Placement { nodes, networks: network_count, per_node: per_node.clamp(1, network_count) };
 
     // The registry: nodes, networks, endpoints spread over both.
     let began = Instant::now();
@@ -327,10 +363,12 @@ async fn main() {
     }
     let mut networks = NetworkServiceClient::new(channel(&addrs[0]));
     for n in 0..network_count {
+        // Consecutive /22s from 100.64.0.0 (4,096 of them fit in 100.64.0.0/10).
+        let base = u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0)) + u32::try_from(n * 1024).expect("fits");
         let request = pb::CreateNetworkRequest {
             name: format!("net{n}"),
             ipam_config: vec![pb::IpamConfig {
-                subnet: format!("100.{}.0.0/16", 64 + n),
+                subnet: format!("{}/22", std::net::Ipv4Addr::from(base)),
                 ..Default::default()
             }],
             ..Default::default()
@@ -343,8 +381,8 @@ async fn main() {
             tokio::spawn(async move {
                 for k in (c..endpoints).step_by(LOAD_CLIENTS) {
                     let request = pb::CreateEndpointRequest {
-                        network: format!("net{}", k % network_count),
-                        node: node_name(k % nodes),
+                        network: format!("net{}", placement.network_of(k)),
+                        node: node_name(placement.node_of(k)),
                         container_id: format!("c{k:06}"),
                         container_name: format!("c{k:06}"),
                         ..Default::default()
@@ -384,8 +422,10 @@ async fn main() {
     let mut from_ack = Vec::with_capacity(changes);
     for c in 0..changes {
         let mut client = EndpointServiceClient::new(channel(&addrs[c % 3]));
+        // On one of the node's networks: reaches the network's other hosts as an event, every
+        // other watcher as progress.
         let request = pb::CreateEndpointRequest {
-            network: "net0".into(),
+            network: format!("net{}", placement.nth_network_of(c % nodes, 0)),
             node: node_name(c % nodes),
             container_id: format!("change{c}"),
             container_name: format!("change{c}"),
@@ -419,7 +459,7 @@ async fn main() {
     }
     let restarted = began.elapsed();
     let request = pb::CreateEndpointRequest {
-        network: "net0".into(),
+        network: format!("net{}", placement.nth_network_of(0, 0)),
         node: node_name(0),
         container_id: "after-restart".into(),
         container_name: "after-restart".into(),
@@ -482,14 +522,17 @@ async fn main() {
         ),
         Figure::new(
             "scale.snapshot_wire",
-            "full state as a watcher receives it (protobuf)",
+            &format!(
+                "a host's view as its watcher receives it (protobuf; {per_node} networks of about {} endpoints)",
+                endpoints / network_count
+            ),
             mib(sync_bytes) / nodes.max(1) as f64,
             "MiB",
         ),
         Figure::new("scale.data_dir", "largest member data directory (log + snapshot)", mib(data), "MiB"),
         Figure::new(
             "scale.initial_sync",
-            &format!("{nodes} watchers connect at once: until all have the full state"),
+            &format!("{nodes} watchers connect at once: until all have their view"),
             synced.as_secs_f64(),
             "s",
         ),
