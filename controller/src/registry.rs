@@ -156,8 +156,6 @@ struct Inner {
     membership: StoredMembership,
     /// The most recent batches, oldest first.
     recent: VecDeque<Arc<Batch>>,
-    /// Counts snapshots built, to give each a unique id.
-    snapshots_built: u64,
     /// Size of the latest snapshot kept on disk (built, installed or loaded), 0 before one.
     snapshot_bytes: u64,
     /// The last revision that changed each network's endpoints as watchers see them: the
@@ -175,6 +173,8 @@ pub struct Registry {
     /// The registry's revision as applied, for those waiting to see a write of theirs.
     applied: tokio::sync::watch::Sender<u64>,
     retained: usize,
+    /// Counts snapshots built, to give each a unique id.
+    snapshots_built: std::sync::atomic::AtomicU64,
     /// The latest snapshot handed to a watcher; one is built at a time.
     snapshot_parts: tokio::sync::Mutex<Option<Arc<SnapshotParts>>>,
 }
@@ -201,7 +201,6 @@ impl Registry {
                 last_applied: None,
                 membership: StoredMembership::default(),
                 recent: VecDeque::new(),
-                snapshots_built: 0,
                 snapshot_bytes: 0,
                 touched: FxHashMap::default(),
                 generation: 0,
@@ -209,6 +208,7 @@ impl Registry {
             publish: broadcast::channel(buffer.max(1)).0,
             applied: tokio::sync::watch::Sender::new(0),
             retained: retained.max(1),
+            snapshots_built: std::sync::atomic::AtomicU64::new(0),
             snapshot_parts: tokio::sync::Mutex::new(None),
         }
     }
@@ -361,23 +361,39 @@ impl StateMachine {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Serializing and storing a large registry takes a while (about 100 MB at 1,000,000
+    /// endpoints): it runs off the async workers, under a read lock. Appliers wait for it;
+    /// Raft heartbeats and the API do not. Done on a worker under the write lock, it stalled
+    /// both of a 2-core member's workers at once, and the cluster lost its leader.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (meta, data) = {
-            let mut inner = self.registry.write();
-            inner.snapshots_built += 1;
-            let last = inner.last_applied;
-            let snapshot_id = match last {
-                Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, inner.snapshots_built),
-                None => format!("0-0-{}", inner.snapshots_built),
+        let (registry, store) = (self.registry.clone(), self.store.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            let stored = {
+                let inner = registry.read_inner();
+                let built = registry.snapshots_built.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let last = inner.last_applied;
+                let snapshot_id = match last {
+                    Some(id) => format!("{}-{}-{built}", id.leader_id.term, id.index),
+                    None => format!("0-0-{built}"),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: last,
+                    last_membership: inner.membership.clone(),
+                    snapshot_id,
+                };
+                StoredSnapshot { meta, data: inner.state.snapshot() }
             };
-            let meta =
-                SnapshotMeta { last_log_id: last, last_membership: inner.membership.clone(), snapshot_id };
-            (meta, inner.state.snapshot())
+            store.put_meta(KEY_SNAPSHOT, &stored)?;
+            registry.write().snapshot_bytes = stored.data.len() as u64;
+            Ok::<_, StorageError>(stored)
+        })
+        .await;
+        let stored = match built {
+            Ok(stored) => stored?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(sm_error(openraft::ErrorVerb::Write, e)),
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        self.store.put_meta(KEY_SNAPSHOT, &stored)?;
-        self.registry.write().snapshot_bytes = stored.data.len() as u64;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
 
