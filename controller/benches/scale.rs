@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Members, channel, disk_usage, wait_ready};
+use tonic::Code;
 use tonic::transport::Channel;
 use weft_api::pb;
 use weft_api::pb::cluster_service_client::ClusterServiceClient;
@@ -375,9 +376,13 @@ async fn main() {
         };
         networks.create_network(request).await.expect("create network");
     }
+    // Clients retry a write that timed out (a leader change under load) with its request id,
+    // as agents do; the retries are counted.
+    let retries = Arc::new(AtomicU64::new(0));
     let load: Vec<_> = (0..LOAD_CLIENTS)
         .map(|c| {
             let mut client = EndpointServiceClient::new(channel(&addrs[c % 3]));
+            let retries = retries.clone();
             tokio::spawn(async move {
                 for k in (c..endpoints).step_by(LOAD_CLIENTS) {
                     let request = pb::CreateEndpointRequest {
@@ -385,9 +390,15 @@ async fn main() {
                         node: node_name(placement.node_of(k)),
                         container_id: format!("c{k:06}"),
                         container_name: format!("c{k:06}"),
+                        request_id: format!("load-{k}"),
                         ..Default::default()
                     };
-                    client.create_endpoint(request).await.expect("create endpoint");
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while let Err(status) = client.create_endpoint(request.clone()).await {
+                        let retriable = matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded);
+                        assert!(retriable && Instant::now() < deadline, "create endpoint: {status:?}");
+                        retries.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             })
         })
@@ -495,6 +506,12 @@ async fn main() {
             &format!("creating {endpoints} endpoints with {LOAD_CLIENTS} clients: creates/s"),
             endpoints as f64 / loaded.as_secs_f64(),
             "/s",
+        ),
+        Figure::new(
+            "scale.load_retries",
+            "… writes retried after a timeout (a leader change under the load)",
+            retries.load(Ordering::Relaxed) as f64,
+            "",
         ),
         Figure::new(
             "scale.rss_loaded",
