@@ -4,7 +4,10 @@
 //!
 //! `cargo bench -p weft-controller --bench scale` (release build). Settings:
 //! `WEFT_BENCH_ENDPOINTS` (default 100000), `WEFT_BENCH_WATCHERS` (1000), `WEFT_BENCH_CHANGES`
-//! (changes timed for fan-out, 50), `WEFT_BENCH_NETWORKS_PER_NODE` (4).
+//! (changes timed for fan-out, 50), `WEFT_BENCH_NETWORKS_PER_NODE` (4),
+//! `WEFT_BENCH_RAFT_HEARTBEAT_MS` (the members' `--heartbeat-ms`, 100; election timeouts are 3
+//! to 6 of it). Three members and thousands of simulated hosts share this machine's cores: at
+//! 5,000 hosts, replication RPCs miss a 100 ms timeout and the members keep electing.
 //!
 //! The endpoints are spread over networks of 1,000 (at least 10 networks), and each node has
 //! its containers on a few of them, as hosts running a share of a cluster's applications do:
@@ -326,12 +329,14 @@ async fn main() {
     let nodes: usize = setting("WEFT_BENCH_WATCHERS", 1_000);
     let changes: usize = setting("WEFT_BENCH_CHANGES", 50);
     let per_node: usize = setting("WEFT_BENCH_NETWORKS_PER_NODE", 4);
+    let raft_heartbeat_ms: u64 = setting("WEFT_BENCH_RAFT_HEARTBEAT_MS", 100);
     // One connection per simulated node, and the members inherit the limit.
     raise_open_file_limit();
     let dir = tempfile::tempdir().expect("tempdir");
     // Snapshots every 500 entries, so the figures include one (the default, 10,000, is not
     // reached by this load: creates are batched into far fewer entries).
-    let mut members = Members::start(dir.path(), &["--snapshot-every", "500"]);
+    let heartbeat = raft_heartbeat_ms.to_string();
+    let mut members = Members::start(dir.path(), &["--snapshot-every", "500", "--heartbeat-ms", &heartbeat]);
     let addrs = members.addrs.clone();
     for addr in &addrs {
         wait_ready(addr, 0, Duration::from_secs(30)).await;
@@ -440,10 +445,20 @@ async fn main() {
             node: node_name(c % nodes),
             container_id: format!("change{c}"),
             container_name: format!("change{c}"),
+            request_id: format!("change-{c}"),
             ..Default::default()
         };
         let sent = Instant::now();
-        let created = client.create_endpoint(request).await.expect("create endpoint").into_inner();
+        let created = loop {
+            match client.create_endpoint(request.clone()).await {
+                Ok(created) => break created.into_inner(),
+                Err(status) if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) => {
+                    assert!(sent.elapsed() < Duration::from_secs(60), "create endpoint: {status:?}");
+                    retries.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(status) => panic!("create endpoint: {status:?}"),
+            }
+        };
         let acked = Instant::now();
         let everywhere = watchers.wait_all(created.created_revision, Duration::from_secs(60)).await;
         from_request.push(everywhere - sent);
@@ -486,7 +501,7 @@ async fn main() {
     let backwards = watchers.backwards.load(Ordering::Relaxed);
     let (rss_restarted, _) = memory(&members);
 
-    let at = format!("{endpoints} endpoints, {nodes} watching nodes");
+    let at = format!("{endpoints} endpoints, {nodes} watching nodes, Raft heartbeat {raft_heartbeat_ms} ms");
     let figures = [
         Figure::new("scale.endpoints", "endpoints held by the cluster", endpoints as f64, ""),
         Figure::new(
@@ -509,7 +524,7 @@ async fn main() {
         ),
         Figure::new(
             "scale.load_retries",
-            "… writes retried after a timeout (a leader change under the load)",
+            "writes retried after a timeout (a leader change), load and timed changes",
             retries.load(Ordering::Relaxed) as f64,
             "",
         ),
