@@ -433,7 +433,13 @@ async fn main() {
     let sync_bytes = watchers.bytes.load(Ordering::Relaxed);
     let (rss_watched, _) = memory(&members);
 
-    // One change at a time, until every watcher has it.
+    // One change at a time, until every watcher has it. Elections and snapshots sent to
+    // watchers meanwhile are counted: either stretches the fan-out.
+    let term = |members: &Members| {
+        (0..3).filter_map(|i| members.gauge(i, "weft_controller_term")).max().unwrap_or(0)
+    };
+    let term_before_changes = term(&members);
+    let snapshots_before_changes = watchers.snapshots.load(Ordering::Relaxed);
     let mut from_request = Vec::with_capacity(changes);
     let mut from_ack = Vec::with_capacity(changes);
     for c in 0..changes {
@@ -466,6 +472,8 @@ async fn main() {
     }
     from_request.sort();
     from_ack.sort();
+    let elections_in_changes = term(&members) - term_before_changes;
+    let snapshots_in_changes = watchers.snapshots.load(Ordering::Relaxed) - snapshots_before_changes;
     let (rss_steady, peak) = memory(&members);
 
     // The snapshot and the disk.
@@ -585,6 +593,18 @@ async fn main() {
             &format!("one change, request sent → all {nodes} watchers have it: p99"),
             common::ms(percentile(&from_request, 990)),
             "ms",
+        ),
+        Figure::new(
+            "scale.fanout_elections",
+            "… elections (term changes) while the changes were timed",
+            elections_in_changes as f64,
+            "",
+        ),
+        Figure::new(
+            "scale.fanout_snapshots",
+            "… snapshots sent to watchers while the changes were timed",
+            snapshots_in_changes as f64,
+            "",
         ),
         Figure::new(
             "scale.fanout_after_ack.p99",
