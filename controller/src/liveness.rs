@@ -19,18 +19,30 @@ struct Seen {
     problems: Arc<BTreeMap<String, String>>,
 }
 
+/// A host's problem report found matching the registry, and the term it was found in.
+type SettledReport = (u64, Arc<BTreeMap<String, String>>);
+
 /// What the leader knows of each host's heartbeats.
 #[derive(Debug)]
 pub struct Liveness {
     timeout: Duration,
     seen: Mutex<HashMap<String, Seen>>,
+    /// Per host, the problem report last found matching the registry, and in which term. A
+    /// host repeating it in the same term needs no look at its endpoints: within a term only
+    /// this leader writes endpoint problems, and only from heartbeats.
+    settled: Mutex<HashMap<String, SettledReport>>,
     /// Woken on every heartbeat, for those waiting on hosts' applied revisions.
     heard: tokio::sync::Notify,
 }
 
 impl Liveness {
     pub fn new(timeout: Duration) -> Liveness {
-        Liveness { timeout, seen: Mutex::new(HashMap::new()), heard: tokio::sync::Notify::new() }
+        Liveness {
+            timeout,
+            seen: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
+            heard: tokio::sync::Notify::new(),
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -51,6 +63,21 @@ impl Liveness {
         self.seen()
             .insert(name.to_string(), Seen { at: now, applied_revision, problems: Arc::new(problems) });
         self.heard.notify_waiters();
+    }
+
+    fn settled_reports(&self) -> std::sync::MutexGuard<'_, HashMap<String, SettledReport>> {
+        self.settled.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `problems` is what the host last reported in `term` and was found to match the
+    /// registry then.
+    pub fn is_settled(&self, name: &str, term: u64, problems: &BTreeMap<String, String>) -> bool {
+        self.settled_reports().get(name).is_some_and(|(at, settled)| *at == term && **settled == *problems)
+    }
+
+    /// Notes that the registry holds exactly `problems` for the host's endpoints, in `term`.
+    pub fn settle(&self, name: &str, term: u64, problems: BTreeMap<String, String>) {
+        self.settled_reports().insert(name.to_string(), (term, Arc::new(problems)));
     }
 
     /// What the host last reported it cannot program about `endpoint_id`, if anything.
@@ -146,5 +173,23 @@ mod tests {
         let leader_since = t0 + Duration::from_secs(60);
         assert!(live.overdue(nodes.iter(), leader_since, leader_since + Duration::from_secs(9)).is_empty());
         assert_eq!(live.overdue(nodes.iter(), leader_since, leader_since + Duration::from_secs(11)), ["a"]);
+    }
+
+    #[test]
+    fn a_report_is_settled_for_its_host_and_term_only() {
+        let liveness = Liveness::new(Duration::from_secs(10));
+        let report = BTreeMap::from([("e1".to_string(), "no buffer space".to_string())]);
+        assert!(!liveness.is_settled("h1", 3, &report), "nothing settled yet");
+        liveness.settle("h1", 3, report.clone());
+        assert!(liveness.is_settled("h1", 3, &report));
+        assert!(!liveness.is_settled("h1", 4, &report), "another leader's term looks again");
+        assert!(!liveness.is_settled("h2", 3, &report), "another host");
+        assert!(!liveness.is_settled("h1", 3, &BTreeMap::new()), "a changed report");
+        liveness.settle("h1", 3, BTreeMap::new());
+        assert!(liveness.is_settled("h1", 3, &BTreeMap::new()));
+        assert!(
+            !liveness.is_settled("h1", 3, &report),
+            "the old report is no longer what the registry holds"
+        );
     }
 }
