@@ -278,7 +278,8 @@ impl Registry {
     /// `None` only when the process is shutting down.
     pub async fn snapshot_parts(self: &Arc<Self>, after: u64) -> Option<Arc<SnapshotParts>> {
         let mut cached = self.snapshot_parts.lock().await;
-        if let Some(parts) = cached.as_ref().filter(|p| p.revision >= after) {
+        let generation = self.read_inner().generation;
+        if let Some(parts) = cached.as_ref().filter(|p| p.revision >= after && p.generation == generation) {
             return Some(parts.clone());
         }
         let registry = self.clone();
