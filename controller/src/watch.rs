@@ -173,7 +173,6 @@ async fn feed(controller: Controller, from: u64, node: Option<String>, tx: Sende
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
     progress.tick().await;
     loop {
-        // Either one frame, or a fresh snapshot to send at or after a revision.
         let next = tokio::select! {
             received = published.recv() => match received {
                 Ok(Published::Batch(batch)) if batch.revision <= seen => continue,
@@ -181,26 +180,29 @@ async fn feed(controller: Controller, from: u64, node: Option<String>, tx: Sende
                     seen = batch.revision;
                     // The host's first endpoint on a network, or its last: its view changes
                     // shape, sent whole as of this change or later.
-                    let reshaped = host.as_mut().is_some_and(|view| view.follow(&batch.events));
-                    if reshaped { Err(batch.revision) } else { Ok(frame_for(&batch, host.as_ref())) }
+                    if host.as_mut().is_some_and(|view| view.follow(&batch.events)) {
+                        Next::Snapshot { after: batch.revision }
+                    } else {
+                        Next::Frame(frame_for(&batch, host.as_ref()))
+                    }
                 }
                 // Fell behind the bounded buffer, or the state was replaced: start over from a
                 // fresh snapshot rather than slow the cluster down.
                 Ok(Published::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     published = published.resubscribe();
-                    Err(registry.revision())
+                    Next::Snapshot { after: registry.revision() }
                 }
                 Err(broadcast::error::RecvError::Closed) => return finish(&tx, &shutting_down).await,
             },
-            _ = progress.tick() => Ok(progress_frame(seen)),
+            _ = progress.tick() => Next::Frame(progress_frame(seen)),
         };
         match next {
-            Ok(bytes) => {
+            Next::Frame(bytes) => {
                 if !send(&tx, &bytes).await {
                     return;
                 }
             }
-            Err(after) => {
+            Next::Snapshot { after } => {
                 let Some(parts) = registry.snapshot_parts(after).await else {
                     return finish(&tx, &shutting_down).await;
                 };
@@ -213,6 +215,15 @@ async fn feed(controller: Controller, from: u64, node: Option<String>, tx: Sende
     }
 }
 
+/// What a watch stream sends next.
+enum Next {
+    Frame(Bytes),
+    /// A fresh snapshot (of the host's view) at this revision or later.
+    Snapshot {
+        after: u64,
+    },
+}
+
 /// A batch as a watcher is sent it: whole, the events of the host's networks only, or (none
 /// of them) progress to its revision.
 fn frame_for(batch: &Batch, host: Option<&HostView>) -> Bytes {
@@ -223,9 +234,10 @@ fn frame_for(batch: &Batch, host: Option<&HostView>) -> Bytes {
     }
 }
 
-/// Whose view a watch request asks for. A node certificate's holder watches as its own host
-/// whatever it names (an agent needs no more, and may not read other hosts' containers); an
-/// administrator, or anyone on a plaintext cluster, names a host or takes everything.
+/// Whose view a watch request asks for. A node certificate's holder watches as its own host,
+/// named or not, and is refused another's (an agent needs no more, and may not read other
+/// hosts' containers); an administrator, or anyone on a plaintext cluster, names a host or
+/// takes everything.
 fn audience(request: &pb::WatchRequest, caller: Option<&Caller>) -> Result<Option<String>, Status> {
     match caller {
         Some(caller) if caller.role == Role::Node => {
