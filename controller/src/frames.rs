@@ -89,11 +89,6 @@ pub fn events_frame(events: &[pb::Event]) -> Bytes {
     })
 }
 
-/// The whole registry as a `WatchResponse` frame.
-pub fn snapshot_frame(full: pb::FullState) -> Bytes {
-    frame(&pb::WatchResponse { kind: Some(pb::watch_response::Kind::Snapshot(full)) })
-}
-
 /// "Nothing new up to `revision`" as a `WatchResponse` frame.
 pub fn progress_frame(revision: u64) -> Bytes {
     frame(&pb::WatchResponse { kind: Some(pb::watch_response::Kind::Progress(pb::Progress { revision })) })

@@ -123,7 +123,7 @@ impl SnapshotParts {
 
     /// The pieces of one `WatchResponse` snapshot: everything, or the endpoints of `networks`
     /// only.
-    pub fn pieces<'a>(&self, networks: Option<impl Fn(&str) -> bool + 'a>) -> Vec<Bytes> {
+    pub fn pieces(&self, networks: Option<impl Fn(&str) -> bool>) -> Vec<Bytes> {
         let parts: Vec<Bytes> = self
             .networks
             .iter()
@@ -142,7 +142,7 @@ impl SnapshotParts {
 /// How a watch begins.
 #[derive(Debug)]
 pub enum WatchStart {
-    /// The whole registry at a revision at or after `after` (see [`Registry::snapshot_frame`]);
+    /// The whole registry at a revision at or after `after` (see [`Registry::snapshot_parts`]);
     /// then everything after that.
     Snapshot { after: u64 },
     /// Every batch after the requested revision that happened before subscribing.

@@ -5,7 +5,7 @@
 //! encode each message into a buffer of its own stream: 1,000 agents and 100,000 endpoints
 //! meant 1,000 conversions and encodings of a 10 MB snapshot, each holding the registry lock,
 //! and 1,000 copies in memory at once. Here each snapshot and each batch of changes is
-//! encoded once ([`crate::registry::Registry::snapshot_frame`], [`crate::registry::Batch::frame`]) and every
+//! encoded once ([`crate::registry::Registry::snapshot_parts`], [`crate::registry::Batch::frame`]) and every
 //! watcher sends slices of the same bytes; HTTP/2 flow control paces each stream without
 //! copying. The wire format is exactly `WatchService.Watch` from `proto/weft/v1/watch.proto`:
 //! clients, reflection and grpcurl see no difference.
@@ -16,6 +16,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ use crate::cluster::Controller;
 use weft_pki::{Caller, Role};
 
 use crate::frames::progress_frame;
-use crate::registry::{Batch, Published, SnapshotParts, WatchStart};
+use crate::registry::{Batch, Published, Registry, WatchStart};
 use crate::scope::{HostView, Selection};
 
 /// The service name gRPC clients use.
@@ -97,9 +98,20 @@ async fn finish(tx: &Sender, status: &Status) {
     }
 }
 
-/// Sends a snapshot's pieces to a watcher: everything, or a host's view (whose networks are
-/// re-read from the snapshot, at its revision). False once the watcher has gone.
-async fn send_snapshot(tx: &Sender, parts: &SnapshotParts, host: &mut Option<HostView>) -> bool {
+/// Sends a snapshot at revision `after` or later: everything, or a host's view (whose
+/// networks are re-read from the snapshot, at its revision). The revision sent, or `None`
+/// once the stream is over (the watcher went away, or the controller is shutting down and
+/// has said so).
+async fn send_snapshot(
+    registry: &Arc<Registry>,
+    tx: &Sender,
+    after: u64,
+    host: &mut Option<HostView>,
+) -> Option<u64> {
+    let Some(parts) = registry.snapshot_parts(after).await else {
+        finish(tx, &shutting_down()).await;
+        return None;
+    };
     let pieces = match host {
         None => parts.pieces(None::<fn(&str) -> bool>),
         Some(view) => {
@@ -110,10 +122,14 @@ async fn send_snapshot(tx: &Sender, parts: &SnapshotParts, host: &mut Option<Hos
     };
     for piece in &pieces {
         if !send(tx, piece).await {
-            return false;
+            return None;
         }
     }
-    true
+    Some(parts.revision)
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the controller is shutting down; watch again")
 }
 
 /// Feeds one watcher until it goes away: its start (snapshot or replay), then every batch
@@ -150,16 +166,10 @@ async fn feed(controller: Controller, from: u64, node: Option<String>, tx: Sende
     // The last revision this watcher has been sent; later batches at or below it are already
     // covered (by a snapshot taken after they were published).
     let mut seen = from;
-    let shutting_down = Status::unavailable("the controller is shutting down; watch again");
     match start {
         WatchStart::Snapshot { after } => {
-            let Some(parts) = registry.snapshot_parts(after).await else {
-                return finish(&tx, &shutting_down).await;
-            };
-            seen = parts.revision;
-            if !send_snapshot(&tx, &parts, &mut host).await {
-                return;
-            }
+            let Some(sent) = send_snapshot(&registry, &tx, after, &mut host).await else { return };
+            seen = sent;
         }
         WatchStart::Replay(batches) => {
             for batch in batches {
@@ -192,7 +202,7 @@ async fn feed(controller: Controller, from: u64, node: Option<String>, tx: Sende
                     published = published.resubscribe();
                     Next::Snapshot { after: registry.revision() }
                 }
-                Err(broadcast::error::RecvError::Closed) => return finish(&tx, &shutting_down).await,
+                Err(broadcast::error::RecvError::Closed) => return finish(&tx, &shutting_down()).await,
             },
             _ = progress.tick() => Next::Frame(progress_frame(seen)),
         };
@@ -203,13 +213,8 @@ async fn feed(controller: Controller, from: u64, node: Option<String>, tx: Sende
                 }
             }
             Next::Snapshot { after } => {
-                let Some(parts) = registry.snapshot_parts(after).await else {
-                    return finish(&tx, &shutting_down).await;
-                };
-                seen = parts.revision;
-                if !send_snapshot(&tx, &parts, &mut host).await {
-                    return;
-                }
+                let Some(sent) = send_snapshot(&registry, &tx, after, &mut host).await else { return };
+                seen = sent;
             }
         }
     }

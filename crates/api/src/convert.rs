@@ -527,17 +527,6 @@ pub fn events(batch: &[Event], state: &State) -> Vec<pb::Event> {
         .collect()
 }
 
-/// The whole registry, for a watch that starts (or restarts) from scratch.
-pub fn full_state(state: &State) -> pb::FullState {
-    pb::FullState {
-        endpoints: state
-            .endpoints()
-            .filter_map(|e| state.network(&e.network).map(|n| endpoint(e, n)))
-            .collect(),
-        ..full_state_without_endpoints(state)
-    }
-}
-
 /// The registry's revision, configuration, networks and nodes: what every watcher gets,
 /// whichever endpoints it is sent.
 pub fn full_state_without_endpoints(state: &State) -> pb::FullState {
@@ -718,10 +707,11 @@ mod tests {
         assert_eq!(pb_ep.mac_address, "02:42:0a:00:00:02");
         assert_eq!(pb_ep.network_name, "blue");
 
-        let full = full_state(&state);
-        assert_eq!((full.networks.len(), full.endpoints.len(), full.nodes.len()), (1, 1, 1));
-        assert_eq!(full.nodes[0].endpoint_count, 1);
-        assert_eq!(full.revision, state.revision());
+        let common = full_state_without_endpoints(&state);
+        assert_eq!((common.networks.len(), common.endpoints.len(), common.nodes.len()), (1, 0, 1));
+        assert_eq!(common.networks[0].endpoint_count, 1);
+        assert_eq!(common.nodes[0].endpoint_count, 1);
+        assert_eq!(common.revision, state.revision());
     }
 
     #[test]
