@@ -77,6 +77,10 @@ impl HostView {
     /// changed (a first endpoint on one, or the last gone), in which case the stream sends a
     /// fresh snapshot of the view instead of the batch.
     pub fn follow(&mut self, events: &[pb::Event]) -> bool {
+        // Every watcher looks at every batch; most batches are other hosts' business.
+        if !self.moves_own(events) {
+            return false;
+        }
         let before: Vec<String> = self.own.keys().cloned().collect();
         for event in events {
             match &event.kind {
