@@ -98,10 +98,6 @@ impl RequestHandler for TableHandler {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 struct Round {
     qps: f64,
     p50_ms: f64,
@@ -165,7 +161,6 @@ async fn main() {
     let queries = queries.to_str().unwrap().to_string();
 
     let shared_table = Arc::new(table());
-    let weft_address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let dns = weft_dns::server::Dns::new(weft_dns::server::Settings {
         ttl: TTL,
         upstreams: vec![],
@@ -173,11 +168,13 @@ async fn main() {
         max_forwards: 64,
     });
     dns.set_table(table());
-    let _weft = weft_dns::server::listen(dns, weft_address).await.unwrap();
+    let weft = weft_dns::server::listen(dns, ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let weft_address = weft.address;
 
-    let hickory_address: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let mut hickory = hickory_server::Server::new(TableHandler { table: shared_table });
-    hickory.register_socket(tokio::net::UdpSocket::bind(hickory_address).await.unwrap());
+    let hickory_socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let hickory_address = hickory_socket.local_addr().unwrap();
+    hickory.register_socket(hickory_socket);
 
     let mut weft_rounds = Vec::new();
     let mut hickory_rounds = Vec::new();

@@ -140,12 +140,21 @@ impl Dns {
 /// through the async runtime (fewer wake-ups per query); forwards go to the runtime.
 const UDP_THREADS: usize = 2;
 
-/// Binds UDP and TCP on `address` and serves both until the returned task is aborted.
-pub async fn listen(dns: Arc<Dns>, address: SocketAddr) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let udp = std::net::UdpSocket::bind(address)?;
+/// A running DNS listener: the address it answers on (the port filled in when 0 was asked
+/// for) and the task that serves it until aborted.
+#[derive(Debug)]
+pub struct Listening {
+    pub address: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds UDP and TCP on `address` and serves both until the returned task is aborted. Port 0
+/// takes a port free for both protocols.
+pub async fn listen(dns: Arc<Dns>, address: SocketAddr) -> std::io::Result<Listening> {
+    let (udp, tcp) = bind_both(address).await?;
+    let address = udp.local_addr()?;
     // Wakes the loops now and then to notice they should stop.
     udp.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let tcp = TcpListener::bind(address).await?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let runtime = tokio::runtime::Handle::current();
     for _ in 0..UDP_THREADS {
@@ -154,10 +163,29 @@ pub async fn listen(dns: Arc<Dns>, address: SocketAddr) -> std::io::Result<tokio
             .name(format!("dns {address}"))
             .spawn(move || dns.serve_udp_blocking(&socket, &stop, &runtime))?;
     }
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _stop = StopOnDrop(stop);
         dns.serve_tcp(tcp).await;
-    }))
+    });
+    Ok(Listening { address, task })
+}
+
+/// Binds the UDP socket and the TCP listener of one address. For port 0 the kernel picks the
+/// UDP port, which TCP may already have in use elsewhere: then another is tried, a few times.
+async fn bind_both(address: SocketAddr) -> std::io::Result<(std::net::UdpSocket, TcpListener)> {
+    const ATTEMPTS: usize = 16;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let udp = std::net::UdpSocket::bind(address)?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if address.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < ATTEMPTS => {
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Tells the UDP threads to stop when the listener's task ends (is aborted).

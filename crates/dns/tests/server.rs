@@ -56,9 +56,8 @@ async fn server(ip: IpAddr, upstream: Option<SocketAddr>) -> (SocketAddr, tokio:
         max_forwards: 64,
     });
     dns.set_table(table());
-    let port = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).unwrap().local_addr().unwrap().port();
-    let address = SocketAddr::new(ip, port);
-    (address, listen(dns, address).await.unwrap())
+    let listening = listen(dns, SocketAddr::new(ip, 0)).await.unwrap();
+    (listening.address, listening.task)
 }
 
 /// Sends one asker's queries ten at a time, each ten before reading their answers, so that the

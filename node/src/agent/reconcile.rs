@@ -272,12 +272,12 @@ impl<D: Dataplane> Agent<D> {
         };
         for address in missing {
             match weft_dns::server::listen(self.dns.clone(), address).await {
-                Ok(task) => {
+                Ok(listening) => {
                     tracing::info!(%address, "DNS listening");
                     self.dns_listeners
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(address, task);
+                        .insert(address, listening.task);
                 }
                 Err(e) => tracing::debug!(%address, error = %e, "DNS cannot listen yet; retrying next pass"),
             }
