@@ -3,8 +3,9 @@
 //!
 //! `cargo bench -p weft-controller --bench cluster` (release build). Prints a Markdown table
 //! for BENCHMARKS.md. `WEFT_BENCH_SECONDS` sets the time per round (default 5),
-//! `WEFT_BENCH_ROUNDS` the rounds per concurrency level (default 3); `WEFT_BENCH_TLS=1` runs
-//! weft over mutual TLS (as deployed) instead of `--insecure`.
+//! `WEFT_BENCH_ROUNDS` the rounds per concurrency level (default 3), `WEFT_BENCH_CLIENTS` the
+//! concurrency levels (default `1,16,256`); `WEFT_BENCH_TLS=1` runs weft over mutual TLS (as
+//! deployed) instead of `--insecure`.
 //!
 //! Clients spread over all three members, as agents do; a member that is not the leader
 //! forwards to it. The client load runs on the same machine as the three controllers.
@@ -167,7 +168,12 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     let spread = |values: &[f64]| Spread::of(values).brief(1);
-    for (level, clients) in [1usize, 16, 256].into_iter().enumerate() {
+    let levels: String = setting("WEFT_BENCH_CLIENTS", "1,16,256".to_string());
+    let levels: Vec<usize> = levels
+        .split(',')
+        .map(|n| n.trim().parse().expect("WEFT_BENCH_CLIENTS: client counts separated by commas"))
+        .collect();
+    for (level, clients) in levels.into_iter().enumerate() {
         let (mut weft, mut other) = (Rounds::default(), Rounds::default());
         for round in 0..rounds {
             let tag = level * rounds + round;
