@@ -121,11 +121,15 @@ impl NameTable {
     /// Looks `name` up for `asker`: addresses of the family of `want_v6`, searched in the
     /// networks the asker's sandbox is on.
     pub fn lookup(&self, asker: IpAddr, name: &str, want_v6: bool) -> Lookup {
-        let name = lower(name);
+        self.lookup_lowered(asker, &lower(name), want_v6)
+    }
+
+    /// [`NameTable::lookup`] of a name already in lower case, without its trailing dot.
+    pub(crate) fn lookup_lowered(&self, asker: IpAddr, name: &str, want_v6: bool) -> Lookup {
         let Some(scope) = self.scopes.get(&asker) else { return Lookup::Upstream };
         let mut found: Option<Vec<IpAddr>> = None;
         for network in scope {
-            if let Some(addresses) = self.networks.get(network).and_then(|n| n.names.get(&name)) {
+            if let Some(addresses) = self.networks.get(network).and_then(|n| n.names.get(name)) {
                 let wanted = found.get_or_insert_with(Vec::new);
                 for a in addresses.iter().filter(|a| a.is_ipv6() == want_v6) {
                     if !wanted.contains(a) {
@@ -136,7 +140,7 @@ impl NameTable {
         }
         match found {
             Some(addresses) => Lookup::Found(addresses),
-            None if self.owns(&name) => Lookup::NoSuchName,
+            None if self.owns(name) => Lookup::NoSuchName,
             None => Lookup::Upstream,
         }
     }
