@@ -4,8 +4,9 @@
 //!
 //! Layers that only point down; each module uses those listed before it.
 //!
-//! - bottom: [`raft_types`] (the openraft type configuration), [`store`] (log, vote and
-//!   snapshots in redb, fsynced before acknowledging), [`frames`] (watch messages encoded once),
+//! - bottom: [`raft_types`] (the openraft type configuration), [`wal`] (the Raft log in
+//!   segment files, flushed before acknowledging), [`store`] (that log, and the vote and
+//!   snapshots in redb), [`frames`] (watch messages encoded once),
 //!   [`error`] (the controller's errors and their one mapping to gRPC statuses),
 //!   [`metrics`] (Prometheus metrics, the request layer and client deadlines), [`liveness`]
 //!   (hosts' heartbeats), [`signer`] (the CA a member signs joiners' credentials with),
@@ -40,6 +41,7 @@ pub mod scope;
 pub mod server;
 pub mod signer;
 pub mod store;
+pub mod wal;
 pub mod watch;
 
 /// Largest request a client may send: every public request is a few hundred bytes (names,

@@ -1,9 +1,10 @@
-//! The Raft log, vote, committed index and latest snapshot, durable in one redb file.
+//! The Raft log, vote and latest snapshot, durable on local disk: the log in segment files of
+//! its own ([`crate::wal`]), the rest in one redb file.
 //!
-//! Every append is one redb transaction committed with fsync before openraft is told the
-//! entries are flushed, so an acknowledged write survives a crash. openraft hands over every
-//! entry that queued while the previous append was in flight, so under load many client writes
-//! share one commit.
+//! Every append is written and flushed with `fdatasync` before openraft is told the entries
+//! are flushed, so an acknowledged write survives a crash. openraft hands over every entry
+//! that queued while the previous append was in flight, so under load many client writes
+//! share one flush.
 
 // openraft's traits return its StorageError (224 bytes); the helpers feeding them share it.
 #![allow(clippy::result_large_err)]
@@ -20,8 +21,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::raft_types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use crate::wal::Wal;
 
-/// index -> postcard-encoded entry.
+/// index -> postcard-encoded entry: where versions before the segment files kept the log. A
+/// store opened with entries here moves them to the segment files once.
 const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("logs");
 /// Small records (vote, committed, last purged, snapshot, cluster identity) by name.
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
@@ -30,10 +33,12 @@ const KEY_VOTE: &str = "vote";
 const KEY_LAST_PURGED: &str = "last_purged";
 pub(crate) const KEY_SNAPSHOT: &str = "snapshot";
 
-/// The on-disk store: a redb database shared by the log store and the state machine.
+/// The on-disk store: the log's segment files, and a redb database shared by the log store
+/// and the state machine.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Arc<Database>,
+    log: Arc<Wal>,
 }
 
 fn io_error(
@@ -53,7 +58,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::E
 }
 
 impl Store {
-    /// Opens (or creates) `dir/raft.redb`.
+    /// Opens (or creates) `dir/raft.redb` and the log in `dir/log`.
     pub fn open(dir: &Path) -> Result<Store, redb::Error> {
         std::fs::create_dir_all(dir).map_err(redb::Error::Io)?;
         let db = Database::create(dir.join("raft.redb"))?;
@@ -62,7 +67,18 @@ impl Store {
         txn.open_table(LOGS)?;
         txn.open_table(META)?;
         txn.commit()?;
-        Ok(Store { db: Arc::new(db) })
+        let purged: Option<LogId> = {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let bytes = meta.get(KEY_LAST_PURGED)?;
+            bytes
+                .map(|b| decode(b.value()))
+                .transpose()
+                .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?
+        };
+        move_log_out_of_redb(&db, &dir.join("log"))?;
+        let log = Wal::open(&dir.join("log"), purged.map(|p| p.index)).map_err(redb::Error::Io)?;
+        Ok(Store { db: Arc::new(db), log: Arc::new(log) })
     }
 
     /// Reads a META record.
@@ -92,36 +108,44 @@ impl Store {
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        let read = |e: redb::Error| io_error(ErrorSubject::Logs, ErrorVerb::Read, e);
-        let txn = self.db.begin_read().map_err(|e| read(e.into()))?;
-        let table = txn.open_table(LOGS).map_err(|e| read(e.into()))?;
-        let Some((_, bytes)) = table.last().map_err(|e| read(e.into()))? else {
-            return Ok(None);
-        };
-        let entry: Entry =
-            decode(bytes.value()).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-        Ok(Some(entry.log_id))
+        let Some(next) = self.log.next_index() else { return Ok(None) };
+        Ok(self.read_logs(next - 1..next)?.pop().map(|entry| entry.log_id))
     }
 
-    /// Deletes log entries in `range` (and records `last_purged` when purging).
-    fn delete_logs(
-        &self,
-        range: impl RangeBounds<u64>,
-        last_purged: Option<&LogId>,
-    ) -> Result<(), StorageError> {
-        let write = |e: redb::Error| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e);
-        let txn = self.db.begin_write().map_err(|e| write(e.into()))?;
-        {
-            let mut table = txn.open_table(LOGS).map_err(|e| write(e.into()))?;
-            table.retain_in(range, |_, _| false).map_err(|e| write(e.into()))?;
-            if let Some(purged) = last_purged {
-                let bytes = encode(purged).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-                let mut meta = txn.open_table(META).map_err(|e| write(e.into()))?;
-                meta.insert(KEY_LAST_PURGED, bytes.as_slice()).map_err(|e| write(e.into()))?;
-            }
+    fn read_logs(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, StorageError> {
+        let read = |e: std::io::Error| io_error(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let mut entries = Vec::new();
+        for (_, bytes) in self.log.read(range).map_err(read)? {
+            entries.push(decode(&bytes).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?);
         }
-        txn.commit().map_err(|e| write(e.into()))
+        Ok(entries)
     }
+}
+
+/// Moves the entries a version before the segment files kept in redb into new segment files,
+/// which are written and flushed before redb lets go of the entries: a crash in between only
+/// means moving them again.
+fn move_log_out_of_redb(db: &Database, dir: &Path) -> Result<(), redb::Error> {
+    let old: Vec<(u64, Vec<u8>)> = {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(LOGS)?;
+        table
+            .iter()?
+            .map(|item| item.map(|(k, v)| (k.value(), v.value().to_vec())))
+            .collect::<Result<_, _>>()?
+    };
+    if old.is_empty() {
+        return Ok(());
+    }
+    // Whatever is there is an earlier move cut short.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(redb::Error::Io)?;
+    }
+    Wal::open(dir, None).and_then(|log| log.append(&old)).map_err(redb::Error::Io)?;
+    let txn = db.begin_write()?;
+    txn.open_table(LOGS)?.retain(|_, _| false)?;
+    txn.commit()?;
+    Ok(())
 }
 
 // === impl RaftLogReader / RaftLogStorage ===
@@ -131,16 +155,7 @@ impl RaftLogReader<TypeConfig> for Store {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        let read = |e: redb::Error| io_error(ErrorSubject::Logs, ErrorVerb::Read, e);
-        let txn = self.db.begin_read().map_err(|e| read(e.into()))?;
-        let table = txn.open_table(LOGS).map_err(|e| read(e.into()))?;
-        let mut entries = Vec::new();
-        for item in table.range(range).map_err(|e| read(e.into()))? {
-            let (_, bytes) = item.map_err(|e| read(e.into()))?;
-            entries
-                .push(decode(bytes.value()).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?);
-        }
-        Ok(entries)
+        self.read_logs(range)
     }
 }
 
@@ -174,28 +189,27 @@ impl RaftLogStorage<TypeConfig> for Store {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let write = |e: redb::Error| io_error(ErrorSubject::Logs, ErrorVerb::Write, e);
-        let txn = self.db.begin_write().map_err(|e| write(e.into()))?;
-        {
-            let mut table = txn.open_table(LOGS).map_err(|e| write(e.into()))?;
-            for entry in entries {
-                let bytes = encode(&entry).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-                table.insert(entry.log_id.index, bytes.as_slice()).map_err(|e| write(e.into()))?;
-            }
-        }
-        // Durability::Immediate (redb's default): the commit returns after fsync.
-        let result = txn.commit();
-        let flushed = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        let write = |e: std::io::Error| io_error(ErrorSubject::Logs, ErrorVerb::Write, e);
+        let records = entries
+            .into_iter()
+            .map(|entry| Ok((entry.log_id.index, encode(&entry).map_err(std::io::Error::other)?)))
+            .collect::<Result<Vec<_>, std::io::Error>>()
+            .map_err(write)?;
+        // Returns once the records are flushed to disk.
+        let result = self.log.append(&records);
+        let flushed = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
         callback.log_io_completed(flushed);
-        result.map_err(|e| write(e.into()))
+        result.map_err(write)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.delete_logs(log_id.index.., None)
+        self.log.truncate(log_id.index).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.delete_logs(..=log_id.index, Some(&log_id))
+        // Recorded first: a crash before the segments go leaves them to the next open.
+        self.put_meta(KEY_LAST_PURGED, &log_id)?;
+        self.log.purge(log_id.index).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }
 
@@ -219,6 +233,40 @@ mod tests {
             let sm = StateMachine::open(store.clone(), Arc::new(Registry::new(16, 16)))?;
             Ok((dir, store, sm))
         }
+    }
+
+    /// A store written by a version that kept the log in redb opens with the same log, now in
+    /// segment files, even when an earlier attempt at moving it was cut short.
+    #[tokio::test]
+    async fn a_log_kept_in_redb_moves_to_segment_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |index| Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        };
+        {
+            let db = Database::create(dir.path().join("raft.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut logs = txn.open_table(LOGS).unwrap();
+                for index in 5..=9 {
+                    logs.insert(index, encode(&entry(index)).unwrap().as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        // A move cut short: segment files already there, redb still holding the log.
+        Wal::open(&dir.path().join("log"), None).unwrap().append(&[(5, b"half".to_vec())]).unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let indexes = |entries: Vec<Entry>| entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        assert_eq!(indexes(store.try_get_log_entries(0..100).await.unwrap()), vec![5, 6, 7, 8, 9]);
+        assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(entry(9).log_id));
+        let txn = store.db.begin_read().unwrap();
+        assert!(txn.open_table(LOGS).unwrap().first().unwrap().is_none(), "redb lets go of the log");
+        drop(txn);
+        drop(store);
+        let mut store = Store::open(dir.path()).unwrap();
+        assert_eq!(indexes(store.try_get_log_entries(0..100).await.unwrap()), vec![5, 6, 7, 8, 9]);
     }
 
     /// openraft's storage conformance suite: log, vote, purge, truncate, snapshots.
