@@ -6,7 +6,7 @@
 //! cost of one flush is paid twice per write. A redb commit of one log entry wrote seven pages
 //! across the file and its header before its `fdatasync`; a record appended into a segment
 //! whose space was reserved up front is one write to one place, and the flush has no file-size
-//! change to carry (see BENCHMARKS.md, "the Raft log in segment files").
+//! change to carry (decision 0006 has the measurements).
 //!
 //! A record is `[payload length: u32][crc32 of index and payload: u32][index: u64][payload]`,
 //! little endian. Segments are named by the index of their first record. Reading a segment
