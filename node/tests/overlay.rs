@@ -395,3 +395,43 @@ async fn traffic_within_a_network_never_enters_the_hosts_netfilter() {
         }
     }
 }
+
+/// `ip netns del` on the switch namespace removes only its pin: the agent holds the namespace
+/// open, so bridges, VXLAN devices and veths stay and traffic goes on; the agent pins it again
+/// where operators and restarts look for it, and later attaches are plumbed into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_namespace_deleted_by_hand_is_pinned_again_and_traffic_goes_on() {
+    if !root_or_skip("a_switch_namespace_deleted_by_hand_is_pinned_again_and_traffic_goes_on") {
+        return;
+    }
+    let lab = Lab::new(2);
+    let net = lab.create_network("amber", false);
+    let (c1, c2, c3) = (Netns::new("c"), Netns::new("c"), Netns::new("c"));
+    let mut h1 = lab.agent(0).await;
+    let mut h2 = lab.agent(1).await;
+    attach(&mut h1, &c1, "amber", "c1").await;
+    let e2 = attach(&mut h2, &c2, "amber", "c2").await;
+    let target = ip_of(&e2);
+    assert!(reaches(&c1, &target).await);
+
+    let h1ns = &lab.hosts[0].ns;
+    let switch = h1ns.switch_name();
+    let bridge = format!("weftb{}", net.vni);
+    let ports = || h1ns.switch_exec(&["ip", "-o", "link", "show", "master", &bridge]).lines().count();
+    let ports_before = ports();
+    let ping = BackgroundPing::start(&c1, &target, 40);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    weft_testbed::run("ip", &["netns", "del", &switch]);
+    assert!(!h1ns.switch_path().exists(), "ip netns del removed the pin");
+    let vxlan = format!("weftx{}", net.vni);
+    eventually("the switch namespace pinned again, devices and all", Duration::from_secs(5), || {
+        h1ns.switch_path().exists() && h1ns.switch_try_exec(&["ip", "link", "show", &vxlan]).status.success()
+    })
+    .await;
+    let (summary, received) = ping.finish().await;
+    assert_eq!(received, 40, "{summary}");
+
+    attach(&mut h1, &c3, "amber", "c3").await;
+    assert!(reaches(&c3, &target).await, "a container attached after the pin came back");
+    assert_eq!(ports(), ports_before + 1, "the new container's port is on the same bridge");
+}

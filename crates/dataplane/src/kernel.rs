@@ -128,6 +128,9 @@ pub struct Kernel {
 struct Switch {
     handle: Handle,
     path: PathBuf,
+    /// The namespace itself, held open: it stays reachable (for moving links in, for pinning
+    /// it again) even when its pin is removed under the agent.
+    held: std::sync::Arc<File>,
 }
 
 impl Kernel {
@@ -143,8 +146,21 @@ impl Kernel {
     /// This kernel with the switch namespace pinned at `path` opened too: networks' devices
     /// are observed and programmed there.
     pub async fn with_switch(self, path: &Path) -> Result<Kernel, KernelError> {
+        let held = File::open(path)
+            .map_err(io_failed(format!("opening the switch namespace {}", path.display())))?;
         let inside = Kernel::connect_in(path).await?;
-        Ok(Kernel { switch: Some(Switch { handle: inside.handle, path: path.to_path_buf() }), ..self })
+        let switch =
+            Switch { handle: inside.handle, path: path.to_path_buf(), held: std::sync::Arc::new(held) };
+        Ok(Kernel { switch: Some(switch), ..self })
+    }
+
+    /// Pins the switch namespace again if its pin was removed (see
+    /// [`crate::switch::keep_pinned`]); true when it had to.
+    pub fn keep_switch_pinned(&self) -> Result<bool, KernelError> {
+        match &self.switch {
+            Some(switch) => crate::switch::keep_pinned(&switch.path, &switch.held),
+            None => Ok(false),
+        }
     }
 
     /// Where the switch namespace is pinned, if this kernel has one.
@@ -169,8 +185,11 @@ impl Kernel {
 
     /// An open descriptor of the switch namespace, for moving links into it.
     fn switch_fd(&self) -> Result<File, KernelError> {
-        let path = &self.switch()?.path;
-        File::open(path).map_err(io_failed(format!("opening the switch namespace {}", path.display())))
+        let switch = self.switch()?;
+        switch
+            .held
+            .try_clone()
+            .map_err(io_failed(format!("opening the switch namespace {}", switch.path.display())))
     }
 
     /// Connects to the namespace at `path` (`/run/netns/NAME`, `/proc/PID/ns/net`). The socket
@@ -201,6 +220,12 @@ impl Kernel {
 
     /// Dumps links, addresses, and the FDB and neighbour entries of weft's VXLAN devices.
     pub async fn observe(&self) -> Result<Observed, KernelError> {
+        if self.keep_switch_pinned()? {
+            tracing::warn!(
+                path = %self.switch_path().map(Path::display).map(|p| p.to_string()).unwrap_or_default(),
+                "the switch namespace's pin was removed under the agent: pinned it again"
+            );
+        }
         answered(|| "dumping links, addresses and entries".into(), self.dump()).await
     }
 

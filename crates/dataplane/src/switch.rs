@@ -78,6 +78,41 @@ fn create(pin: &Path) -> Result<(), KernelError> {
     made
 }
 
+/// Pins the namespace open at `held` at `pin` again when the pin is gone: `ip netns del`
+/// unpins and removes it, but the namespace lives on, with every bridge, VXLAN device and
+/// container veth in it, as long as the agent holds it open. Re-pinned, operators see it
+/// again and agent restarts find it. Returns whether it had to be re-pinned; a different
+/// namespace pinned there (deleted and made again by hand) is an error, as weft's devices are
+/// not in it.
+pub fn keep_pinned(pin: &Path, held: &File) -> Result<bool, KernelError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    if is_pinned(pin) {
+        let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+        let (pinned, ours) = (std::fs::metadata(pin), held.metadata());
+        return match (pinned, ours) {
+            (Ok(pinned), Ok(ours)) if !same(&pinned, &ours) => Err(KernelError {
+                doing: format!("checking the switch namespace at {}", pin.display()),
+                reason: "another namespace is pinned there (deleted and made again?); this agent's \
+                         networks are in the one it holds: restart the agent to rebuild them there"
+                    .into(),
+                source: None,
+            }),
+            _ => Ok(false),
+        };
+    }
+    let shown = pin.display().to_string();
+    std::fs::create_dir_all(NETNS_DIR).map_err(failed(format!("creating {NETNS_DIR}")))?;
+    File::create(pin).map_err(failed(format!("creating {shown}")))?;
+    let source = format!("/proc/self/fd/{}", held.as_raw_fd());
+    let pinned = mount(Some(source.as_str()), pin, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(errno(format!("pinning the switch namespace at {shown} again")));
+    if pinned.is_err() {
+        let _ = std::fs::remove_file(pin);
+    }
+    pinned.map(|()| true)
+}
+
 /// Runs `work` on a thread inside the namespace at `netns`.
 fn inside<T: Send + 'static>(
     netns: &Path,
