@@ -67,15 +67,8 @@ impl Store {
         txn.open_table(LOGS)?;
         txn.open_table(META)?;
         txn.commit()?;
-        let purged: Option<LogId> = {
-            let txn = db.begin_read()?;
-            let meta = txn.open_table(META)?;
-            let bytes = meta.get(KEY_LAST_PURGED)?;
-            bytes
-                .map(|b| decode(b.value()))
-                .transpose()
-                .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?
-        };
+        let purged: Option<LogId> =
+            read_meta(&db, KEY_LAST_PURGED).map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
         move_log_out_of_redb(&db, &dir.join("log"))?;
         let log = Wal::open(&dir.join("log"), purged.map(|p| p.index)).map_err(redb::Error::Io)?;
         Ok(Store { db: Arc::new(db), log: Arc::new(log) })
@@ -83,16 +76,7 @@ impl Store {
 
     /// Reads a META record.
     pub(crate) fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
-        let subject = || ErrorSubject::Store;
-        let read = |e: redb::Error| io_error(subject(), ErrorVerb::Read, e);
-        let txn = self.db.begin_read().map_err(|e| read(e.into()))?;
-        let table = txn.open_table(META).map_err(|e| read(e.into()))?;
-        match table.get(key).map_err(|e| read(e.into()))? {
-            None => Ok(None),
-            Some(bytes) => {
-                decode(bytes.value()).map(Some).map_err(|e| io_error(subject(), ErrorVerb::Read, e))
-            }
-        }
+        read_meta(&self.db, key)
     }
 
     /// Writes a META record durably.
@@ -119,6 +103,18 @@ impl Store {
             entries.push(decode(&bytes).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))?);
         }
         Ok(entries)
+    }
+}
+
+/// Reads a META record of `db`.
+fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, StorageError> {
+    let subject = || ErrorSubject::Store;
+    let read = |e: redb::Error| io_error(subject(), ErrorVerb::Read, e);
+    let txn = db.begin_read().map_err(|e| read(e.into()))?;
+    let table = txn.open_table(META).map_err(|e| read(e.into()))?;
+    match table.get(key).map_err(|e| read(e.into()))? {
+        None => Ok(None),
+        Some(bytes) => decode(bytes.value()).map(Some).map_err(|e| io_error(subject(), ErrorVerb::Read, e)),
     }
 }
 

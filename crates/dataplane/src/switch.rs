@@ -39,10 +39,18 @@ pub fn path(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }
 
-/// Whether `path` is a pinned network namespace (not just a file left where one was).
+/// The network namespace pinned at `path`, opened (`None` for nothing, or just a file left
+/// where one was).
+fn pinned_namespace(path: &Path) -> Option<File> {
+    let file = File::open(path).ok()?;
+    nix::sys::statfs::fstatfs(&file)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+        .then_some(file)
+}
+
+/// Whether `path` is a pinned network namespace.
 fn is_pinned(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else { return false };
-    nix::sys::statfs::fstatfs(&file).is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+    pinned_namespace(path).is_some()
 }
 
 /// The switch namespace named `name`, made and pinned if it is not there yet, with
@@ -87,10 +95,9 @@ fn create(pin: &Path) -> Result<(), KernelError> {
 pub fn keep_pinned(pin: &Path, held: &File) -> Result<bool, KernelError> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
-    if is_pinned(pin) {
+    if let Some(pinned) = pinned_namespace(pin) {
         let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
-        let (pinned, ours) = (std::fs::metadata(pin), held.metadata());
-        return match (pinned, ours) {
+        return match (pinned.metadata(), held.metadata()) {
             (Ok(pinned), Ok(ours)) if !same(&pinned, &ours) => Err(KernelError {
                 doing: format!("checking the switch namespace at {}", pin.display()),
                 reason: "another namespace is pinned there (deleted and made again?); this agent's \
