@@ -62,13 +62,12 @@ impl Index {
     }
 }
 
-/// The segment being appended to and where the next record goes.
+/// Every segment on disk and where in the last one the next record goes.
 #[derive(Debug)]
 struct Writer {
-    segment: Option<Arc<Segment>>,
-    position: u64,
-    /// Every segment on disk, oldest first.
+    /// Oldest first; records are appended to the last.
     segments: VecDeque<Arc<Segment>>,
+    position: u64,
     /// The log was purged empty: the next record, which may not follow the last one written,
     /// starts a segment of its own (segments are read back as one unbroken sequence each).
     fresh_segment: bool,
@@ -151,17 +150,12 @@ impl Wal {
         let wal = Wal {
             dir: dir.to_path_buf(),
             segment_bytes,
-            writer: Mutex::new(Writer {
-                segment: segments.back().cloned(),
-                position: end,
-                segments,
-                fresh_segment: false,
-            }),
+            writer: Mutex::new(Writer { segments, position: end, fresh_segment: false }),
             index: RwLock::new(index),
         };
         {
             let writer = wal.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(segment) = &writer.segment {
+            if let Some(segment) = writer.segments.back() {
                 clear_from(&segment.file, end, segment_bytes)?;
             }
         }
@@ -202,7 +196,7 @@ impl Wal {
             bytes.extend_from_slice(payload);
             lens.push(len);
         }
-        let needs_new = match &writer.segment {
+        let needs_new = match writer.segments.back() {
             None => true,
             Some(_) => {
                 writer.fresh_segment
@@ -212,7 +206,8 @@ impl Wal {
         if needs_new {
             self.start_segment(&mut writer, *first)?;
         }
-        let segment = writer.segment.clone().ok_or_else(|| invalid("no segment to append to".into()))?;
+        let segment =
+            writer.segments.back().cloned().ok_or_else(|| invalid("no segment to append to".into()))?;
         let start = writer.position;
         segment.file.write_all_at(&bytes, start)?;
         segment.file.sync_data()?;
@@ -241,8 +236,7 @@ impl Wal {
         file.sync_all()?;
         sync_dir(&self.dir)?;
         let segment = Arc::new(Segment { first, path, file });
-        writer.segments.push_back(segment.clone());
-        writer.segment = Some(segment);
+        writer.segments.push_back(segment);
         writer.position = 0;
         writer.fresh_segment = false;
         Ok(())
@@ -294,7 +288,6 @@ impl Wal {
         let record_start = span.offset - RECORD_HEADER as u64;
         clear_from(&span.segment.file, record_start, self.segment_bytes)?;
         sync_dir(&self.dir)?;
-        writer.segment = Some(span.segment.clone());
         writer.position = record_start;
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
         let keep = index.position(from).unwrap_or(index.spans.len());

@@ -313,7 +313,7 @@ mod tests {
         let askers: [IpAddr; 3] =
             ["10.0.1.2".parse().unwrap(), "10.9.9.9".parse().unwrap(), "fd00::2".parse().unwrap()];
         let mut plain_answers = 0;
-        for (t, name, kind, id, asker, rd, udp) in itertools_product(&names, &askers) {
+        for (t, name, kind, id, asker, rd, udp) in every_combination(&names, &askers) {
             let t = if t { &large } else { &small };
             let mut m = Message::new(id, MessageType::Query, OpCode::Query);
             m.metadata.recursion_desired = rd;
@@ -329,7 +329,7 @@ mod tests {
 
     /// Every combination of table (small, large), name, type, query id, asker, RD bit and
     /// transport.
-    fn itertools_product<'a>(
+    fn every_combination<'a>(
         names: &'a [&'a str],
         askers: &'a [IpAddr],
     ) -> impl Iterator<Item = (bool, &'a str, RecordType, u16, IpAddr, bool, bool)> + 'a {
