@@ -398,7 +398,8 @@ async fn traffic_within_a_network_never_enters_the_hosts_netfilter() {
 
 /// `ip netns del` on the switch namespace removes only its pin: the agent holds the namespace
 /// open, so bridges, VXLAN devices and veths stay and traffic goes on; the agent pins it again
-/// where operators and restarts look for it, and later attaches are plumbed into it.
+/// where operators and restarts look for it. Containers attached while the pin is gone, as it
+/// goes and after it is back are all plumbed into that same namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switch_namespace_deleted_by_hand_is_pinned_again_and_traffic_goes_on() {
     if !root_or_skip("a_switch_namespace_deleted_by_hand_is_pinned_again_and_traffic_goes_on") {
@@ -406,7 +407,7 @@ async fn a_switch_namespace_deleted_by_hand_is_pinned_again_and_traffic_goes_on(
     }
     let lab = Lab::new(2);
     let net = lab.create_network("amber", false);
-    let (c1, c2, c3) = (Netns::new("c"), Netns::new("c"), Netns::new("c"));
+    let (c1, c2) = (Netns::new("c"), Netns::new("c"));
     let mut h1 = lab.agent(0).await;
     let mut h2 = lab.agent(1).await;
     attach(&mut h1, &c1, "amber", "c1").await;
@@ -420,9 +421,43 @@ async fn a_switch_namespace_deleted_by_hand_is_pinned_again_and_traffic_goes_on(
     let ports = || h1ns.switch_exec(&["ip", "-o", "link", "show", "master", &bridge]).lines().count();
     let ports_before = ports();
     let ping = BackgroundPing::start(&c1, &target, 40);
+    // Let a few pings through before the pin goes, so the run spans the deletion.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    const RACING: usize = 8;
+    let racing: Vec<Netns> = (0..RACING).map(|_| Netns::new("c")).collect();
+    let attaches: Vec<_> = racing
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let mut client = h1.clone();
+            let request = attach_request(ns, "amber", &format!("r{i}"));
+            tokio::spawn(async move { client.attach(request).await })
+        })
+        .collect();
     weft_testbed::run("ip", &["netns", "del", &switch]);
     assert!(!h1ns.switch_path().exists(), "ip netns del removed the pin");
+    // While the containers attach, the pin is deleted again each time the agent restores it.
+    let attaching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let deleter = {
+        let (attaching, pin, switch) = (attaching.clone(), h1ns.switch_path(), switch.clone());
+        std::thread::spawn(move || {
+            let mut deletions = 1;
+            while attaching.load(std::sync::atomic::Ordering::Relaxed) {
+                if pin.exists() && weft_testbed::output("ip", &["netns", "del", &switch]).status.success() {
+                    deletions += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            deletions
+        })
+    };
+    let mut attached = Vec::new();
+    for (i, task) in attaches.into_iter().enumerate() {
+        let reply = task.await.unwrap().unwrap_or_else(|e| panic!("r{i}, attached as the pin went: {e}"));
+        attached.push(reply.into_inner().attachment.unwrap());
+    }
+    attaching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let deletions = deleter.join().unwrap();
     let vxlan = format!("weftx{}", net.vni);
     eventually("the switch namespace pinned again, devices and all", Duration::from_secs(5), || {
         h1ns.switch_path().exists() && h1ns.switch_try_exec(&["ip", "link", "show", &vxlan]).status.success()
@@ -430,8 +465,13 @@ async fn a_switch_namespace_deleted_by_hand_is_pinned_again_and_traffic_goes_on(
     .await;
     let (summary, received) = ping.finish().await;
     assert_eq!(received, 40, "{summary}");
-
+    for (i, attachment) in attached.iter().enumerate() {
+        let ip = ip_of(attachment);
+        assert!(reaches(&racing[i], &target).await, "r{i} ({ip}), attached as the pin went");
+    }
+    eprintln!("the pin was deleted {deletions} times while {RACING} containers attached");
+    let c3 = Netns::new("c");
     attach(&mut h1, &c3, "amber", "c3").await;
     assert!(reaches(&c3, &target).await, "a container attached after the pin came back");
-    assert_eq!(ports(), ports_before + 1, "the new container's port is on the same bridge");
+    assert_eq!(ports(), ports_before + RACING + 1, "every new container's port is on the same bridge");
 }
