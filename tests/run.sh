@@ -20,8 +20,9 @@ source tests/prerequisites.sh
 # conntrack forgets the flows of unpublished ports; docker.io and busybox-static: the Docker
 # plugin tests run Debian's dockerd on namespace hosts with a busybox image; podman and
 # containernetworking-plugins: the CNI plugin tests run podman with its CNI backend there;
-# python3-yaml reads the Kubernetes manifest the way kubectl would before it is checked.
-packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump python3 python3-venv docker.io busybox-static podman containernetworking-plugins python3-yaml)
+# python3-yaml reads the Kubernetes manifest the way kubectl would before it is checked;
+# systemd gives systemd-analyze, which checks deploy/systemd's units as systemd reads them.
+packages=(ca-certificates gcc libc6-dev pkg-config git iproute2 iputils-ping nftables conntrack procps bind9-dnsutils wireguard-go wireguard-tools tcpdump python3 python3-venv docker.io busybox-static podman containernetworking-plugins python3-yaml systemd)
 
 install_missing "weft's tests" "${packages[@]}"
 

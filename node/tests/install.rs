@@ -271,3 +271,23 @@ fn the_kubernetes_manifest_agrees_with_itself_and_the_image() {
     // Pods' namespaces reach the agent as the runtime mounts them.
     assert!(on_node(agent, "/run/netns/cni-1").is_some(), "pods' namespaces are not visible to the agent");
 }
+
+/// The systemd units as systemd reads them: `systemd-analyze verify` reports no unknown key,
+/// bad value or missing dependency. What it says of the binaries themselves is left out:
+/// they are not installed at /usr/local/bin on the machine running the tests.
+#[test]
+fn the_systemd_units_load_without_a_complaint() {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    for unit in ["weft-controller.service", "weft-node.service"] {
+        let path = units.join(unit);
+        let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap_or_else(|e| {
+            panic!("cannot run systemd-analyze ({e}): install Debian's systemd package (tests/run.sh does)")
+        });
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let binary =
+            format!("{unit}: Command /usr/local/bin/{} is not executable", unit.trim_end_matches(".service"));
+        let complaints: Vec<&str> = said.lines().filter(|line| !line.starts_with(&binary)).collect();
+        assert!(complaints.is_empty(), "{}:\n{}", path.display(), complaints.join("\n"));
+    }
+}
