@@ -167,6 +167,8 @@ fn networks_are_created_listed_inspected_and_removed_like_docker_networks() {
 
     let status = ok(&c, &["cluster", "status"]);
     assert!(status.contains("Leader:         1 (") && status.contains("MEMBER ID"), "{status}");
+    // `weft pki init` issues for a year: the member's own credential, not due yet.
+    assert!(status.contains("\nCredential:     expires ") && status.contains(" (in 364 days)\n"), "{status}");
     assert!(ok(&c, &["node", "ls"]).starts_with("NAME"));
     assert!(ok(&c, &["completion", "bash"]).contains("weft"));
 }

@@ -44,6 +44,8 @@ pub struct Controller {
     /// The cluster CA (and its key, on members that hold it), for join tokens; none with
     /// `--insecure`.
     pub signer: Option<Arc<crate::signer::Signer>>,
+    /// When this member's own certificate expires (ms since the epoch); none with `--insecure`.
+    pub credential_expires_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -230,6 +232,7 @@ impl Controller {
             last_applied_index: m.last_applied.map_or(0, |l| l.index),
             members: u64::try_from(m.membership_config.membership().nodes().count()).unwrap_or(u64::MAX),
             snapshot_bytes: self.registry.snapshot_bytes(),
+            credential_expires_ms: self.credential_expires_ms,
         }
     }
 

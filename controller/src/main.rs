@@ -69,6 +69,10 @@ struct Args {
     /// as `weft pki init` writes them. Every connection is mutual TLS.
     #[arg(long, env = "WEFT_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// Warn (in the log, in `weft cluster status`) this many days before this member's
+    /// credential expires. Controllers' credentials are renewed by hand (README, "Renewal").
+    #[arg(long, default_value_t = 30)]
+    warn_credential_within_days: u64,
     /// With --tls-dir holding no credential yet: get this member's credential with a
     /// controller join token (`weft token create --role controller`), from --join-via.
     #[arg(long, env = "WEFT_JOIN_TOKEN")]
@@ -91,7 +95,10 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: journald and log files would keep the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if args.log_json {
         builder.json().init();
     } else {
@@ -174,6 +181,7 @@ fn start(args: Args) -> anyhow::Result<()> {
     let opts = Options {
         tls,
         tls_dir: args.tls_dir.clone(),
+        warn_credential_within: Duration::from_secs(args.warn_credential_within_days.saturating_mul(86_400)),
         id: args.id,
         listen: args.listen,
         advertise: args.advertise,

@@ -34,6 +34,7 @@ pub struct Gauges {
     pub last_applied_index: u64,
     pub members: u64,
     pub snapshot_bytes: u64,
+    pub credential_expires_ms: Option<u64>,
 }
 
 impl Metrics {
@@ -87,6 +88,14 @@ impl Metrics {
             "Size of the latest registry snapshot this member keeps (0 before the first).",
             gauges.snapshot_bytes,
         );
+        if let Some(expires_ms) = gauges.credential_expires_ms {
+            gauge(
+                &mut out,
+                "weft_controller_credential_expiry_timestamp_seconds",
+                "When this member's TLS certificate expires, seconds since the epoch (renewed by hand).",
+                expires_ms / 1000,
+            );
+        }
 
         let _ = writeln!(
             out,
@@ -260,6 +269,7 @@ mod tests {
             last_applied_index: 50,
             members: 3,
             snapshot_bytes: 9000,
+            credential_expires_ms: None,
         });
         assert!(text.contains("weft_controller_is_leader 1\n"), "{text}");
         assert!(text.contains("weft_controller_snapshot_bytes 9000\n"));
@@ -273,6 +283,10 @@ mod tests {
         assert!(text.contains("weft_controller_commit_seconds_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("weft_controller_commit_seconds_bucket{le=\"0.002\"} 1\n"));
         assert!(text.contains("weft_controller_commit_seconds_count 1\n"));
+        assert!(!text.contains("credential"), "no credential without TLS");
+        let with_tls =
+            m.render(Gauges { credential_expires_ms: Some(1_800_000_000_500), ..Gauges::default() });
+        assert!(with_tls.contains("weft_controller_credential_expiry_timestamp_seconds 1800000000\n"));
         assert_eq!(code_name("6"), "AlreadyExists");
         assert_eq!(code_name("14"), "Unavailable");
     }

@@ -63,6 +63,8 @@ pub struct Options {
     pub tls: Option<weft_pki::Credentials>,
     /// Where they came from; a `ca-key.pem` there lets this member sign joiners' requests.
     pub tls_dir: Option<PathBuf>,
+    /// How long before its credential expires this member starts warning.
+    pub warn_credential_within: Duration,
 }
 
 fn raft_config(opts: &Options) -> anyhow::Result<openraft::Config> {
@@ -118,6 +120,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         bail!("member {} is not in the manifest (members: {:?})", opts.id, manifest.members.keys());
     }
 
+    let credential_expires_ms = opts
+        .tls
+        .as_ref()
+        .map(weft_pki::Credentials::expires_ms)
+        .transpose()
+        .context("reading when this member's certificate expires")?;
     let registry = Arc::new(Registry::new(opts.watch_retained_revisions, opts.watch_buffer));
     let state_machine = StateMachine::open(store.clone(), registry.clone())?;
     let peers = Peers::new(opts.tls.as_ref().map(weft_pki::Credentials::client));
@@ -150,8 +158,17 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
             })),
             _ => None,
         },
+        credential_expires_ms,
     };
     tokio::spawn(controller.clone().watch_liveness());
+    if let Some(expires_ms) = credential_expires_ms {
+        tokio::spawn(warn_of_credential_expiry(
+            opts.id,
+            advertise.clone(),
+            expires_ms,
+            opts.warn_credential_within,
+        ));
+    }
 
     let listener =
         TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
@@ -269,6 +286,31 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
     }
     let _ = raft.shutdown().await;
     result
+}
+
+/// Logs, at start and twice a day, when this member's credential is due for renewal or has
+/// expired: controllers' credentials are renewed by hand, and one left to expire cuts the
+/// member off from its peers and its clients.
+async fn warn_of_credential_expiry(id: u64, advertise: String, expires_ms: u64, within: Duration) {
+    let (year, month, day) =
+        weft_core::calendar::civil_from_days(i64::try_from(expires_ms / 86_400_000).unwrap_or(i64::MAX));
+    let expires = format!("{year:04}-{month:02}-{day:02}");
+    let host = advertise.rsplit_once(':').map_or(advertise.as_str(), |(host, _)| host);
+    let renew = format!(
+        "renew it: `weft pki issue --controller {id}={host}` into this member's --tls-dir, then restart it"
+    );
+    loop {
+        match weft_pki::Standing::of(expires_ms, crate::cluster::now_ms(), within) {
+            weft_pki::Standing::Valid => {}
+            weft_pki::Standing::Due { days_left } => {
+                tracing::warn!(%expires, days_left, "this member's credential expires soon; {renew}");
+            }
+            weft_pki::Standing::Expired => {
+                tracing::error!(%expires, "this member's credential has expired: peers and clients refuse it; {renew}");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(12 * 3600)).await;
+    }
 }
 
 /// The manifest's networks, created once by the member that configured the new cluster (by

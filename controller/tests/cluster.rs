@@ -1159,16 +1159,6 @@ async fn await_applied_waits_for_every_other_host_with_the_network() {
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
 }
 
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
-}
-
 #[tokio::test]
 async fn metrics_show_leadership_commits_and_requests_by_code() {
     let metrics_addr = free_address();
@@ -1179,7 +1169,8 @@ async fn metrics_show_leadership_commits_and_requests_by_code() {
     cluster.networks(0).create_network(create()).await.unwrap();
     assert_eq!(cluster.networks(0).create_network(create()).await.unwrap_err().code(), Code::AlreadyExists);
 
-    let body = tokio::task::spawn_blocking(move || http_get(&metrics_addr, "/metrics")).await.unwrap();
+    let body =
+        tokio::task::spawn_blocking(move || weft_testbed::http_get(&metrics_addr, "/metrics")).await.unwrap();
     for expected in [
         "weft_controller_is_leader 1\n",
         "weft_controller_requests_total{method=\"CreateNetwork\",code=\"OK\"} 1\n",
@@ -1210,7 +1201,8 @@ async fn metrics_show_leadership_commits_and_requests_by_code() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let addr = metrics_addr.clone();
-        let body = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics")).await.unwrap();
+        let body =
+            tokio::task::spawn_blocking(move || weft_testbed::http_get(&addr, "/metrics")).await.unwrap();
         let bytes: u64 = body
             .lines()
             .find_map(|l| l.strip_prefix("weft_controller_snapshot_bytes "))

@@ -35,12 +35,12 @@ impl Drop for Controller {
 
 impl Controller {
     fn start() -> Controller {
-        Controller::start_with(false)
+        Controller::start_with(false, &[])
     }
 
     /// `signs`: the credential directory also holds the CA key, as `weft pki init` makes a
-    /// controller's: it signs joiners' certificate requests.
-    fn start_with(signs: bool) -> Controller {
+    /// controller's: it signs joiners' certificate requests. `flags` go to weft-controller.
+    fn start_with(signs: bool, flags: &[&str]) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         // A loopback IP of this test process's own: no other test can take the port picked.
         let ip = weft_testbed::own_loopback(3);
@@ -56,6 +56,7 @@ impl Controller {
             .arg(dir.path().join("data"))
             .arg("--tls-dir")
             .arg(dir.path().join("tls"))
+            .args(flags)
             .env("RUST_LOG", "warn,openraft=off")
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -375,7 +376,7 @@ async fn a_host_watches_its_own_networks_only() {
 
 #[tokio::test]
 async fn a_host_joins_with_a_token_and_the_ca_fingerprint_and_its_key_never_leaves() {
-    let controller = Controller::start_with(true);
+    let controller = Controller::start_with(true, &[]);
     let admin = controller.admin().await;
     let mut tokens = pb::token_service_client::TokenServiceClient::new(admin.clone());
     let made = tokens
@@ -487,7 +488,7 @@ fn x509_parser_der(pem: &str) -> Vec<u8> {
 /// becomes a member.
 #[tokio::test]
 async fn a_new_controller_joins_with_a_controller_token() {
-    let first = Controller::start_with(true);
+    let first = Controller::start_with(true, &[]);
     let admin = first.admin().await;
     let made = pb::token_service_client::TokenServiceClient::new(admin.clone())
         .create_token(pb::CreateTokenRequest { role: pb::TokenRole::Controller.into(), ttl_seconds: 600 })
@@ -540,4 +541,49 @@ async fn a_new_controller_joins_with_a_controller_token() {
         .into_inner()
         .members;
     assert!(members.iter().any(|m| m.id == 2 && m.voter), "{members:?}");
+}
+
+/// A member says when its own credential expires (controllers renew theirs by hand): in its
+/// status, in its metrics, and in a warning logged once the expiry is inside the warning
+/// period, naming the command that renews it.
+#[tokio::test]
+async fn a_member_says_when_its_credential_expires_and_warns_before_it_does() {
+    let metrics = weft_testbed::free_address_on(&weft_testbed::own_loopback(4));
+    // Credentials last a year: warning 400 days ahead puts this one inside the period.
+    let c = Controller::start_with(
+        false,
+        &["--warn-credential-within-days", "400", "--metrics-listen", &metrics],
+    );
+    let expires_ms = Credentials::load(&c._dir.path().join("tls")).unwrap().expires_ms().unwrap();
+    let admin = c.admin().await;
+    let status = pb::cluster_service_client::ClusterServiceClient::new(admin)
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap();
+    let expires = status.into_inner().credential_expires.expect("a member with TLS says when it expires");
+    assert_eq!(weft_api::convert::millis(&expires), expires_ms);
+
+    let scraped = weft_testbed::http_get(&metrics, "/metrics");
+    let line = format!("weft_controller_credential_expiry_timestamp_seconds {}\n", expires_ms / 1000);
+    assert!(scraped.contains(&line), "{line} missing from:\n{scraped}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let warning = loop {
+        let log = std::fs::read_to_string(&c.log).unwrap();
+        if let Some(line) = log.lines().find(|l| l.contains("this member's credential expires soon")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no warning logged:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        warning.contains("days_left=364") && warning.contains("weft pki issue --controller 1="),
+        "{warning}"
+    );
+
+    // With the default period (30 days) a fresh credential is no news.
+    let quiet = Controller::start();
+    quiet.admin().await;
+    let log = std::fs::read_to_string(&quiet.log).unwrap();
+    assert!(!log.contains("credential expires"), "{log}");
 }

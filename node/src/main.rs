@@ -199,9 +199,11 @@ async fn renew_if_due(
 ) -> anyhow::Result<bool> {
     use weft_api::pb::join_service_client::JoinServiceClient;
     let current = weft_pki::Credentials::load(dir).context("loading this host's credential")?;
-    let expires_ms = current.expires_ms().context("reading when this host's certificate expires")?;
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
-    if u128::from(expires_ms) > now_ms + within.as_millis() {
+    let now_ms =
+        u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis())?;
+    let standing =
+        current.standing(now_ms, within).context("reading when this host's certificate expires")?;
+    if standing == weft_pki::Standing::Valid {
         return Ok(false);
     }
     let (csr_pem, key) = weft_pki::certificate_request(weft_pki::Role::Node, name)
@@ -284,7 +286,9 @@ async fn main() -> anyhow::Result<()> {
     if flags.log_json {
         tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        // Colours only on a terminal: journald and log files would keep the escape codes.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     }
 
     let kernel = Kernel::connect().context("connecting to the kernel")?;

@@ -195,6 +195,11 @@ impl Credentials {
         Ok(u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0) * 1000)
     }
 
+    /// How this credential stands at `now_ms`, warned `within` ahead of its expiry.
+    pub fn standing(&self, now_ms: u64, within: std::time::Duration) -> Result<Standing, PkiError> {
+        Ok(Standing::of(self.expires_ms()?, now_ms, within))
+    }
+
     /// For a server: present this certificate with the CA's (so a joining machine can check
     /// the CA against its pinned fingerprint), demand one from the cluster CA. Clients without
     /// a certificate get through the handshake only to be refused everything but joining.
@@ -325,9 +330,48 @@ pub fn certificate_request(role: Role, name: &str) -> Result<(String, String), P
 pub mod authorize;
 pub mod join;
 
+/// Where a credential stands against its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// More than the warning period left.
+    Valid,
+    /// Inside the warning period: renew it. Whole days left, rounded down.
+    Due { days_left: u64 },
+    /// Past its expiry: peers refuse it.
+    Expired,
+}
+
+impl Standing {
+    /// A credential expiring at `expires_ms`, seen at `now_ms`, warned `within` ahead.
+    pub fn of(expires_ms: u64, now_ms: u64, within: std::time::Duration) -> Standing {
+        let Some(left_ms) = expires_ms.checked_sub(now_ms).filter(|left| *left > 0) else {
+            return Standing::Expired;
+        };
+        if u128::from(left_ms) > within.as_millis() {
+            Standing::Valid
+        } else {
+            Standing::Due { days_left: left_ms / 86_400_000 }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_credential_is_valid_then_due_then_expired() {
+        let day = 86_400_000;
+        let within = std::time::Duration::from_secs(30 * 86_400);
+        let expires = 1_000 * day;
+        assert_eq!(Standing::of(expires, expires - 31 * day, within), Standing::Valid);
+        assert_eq!(Standing::of(expires, expires - 30 * day, within), Standing::Due { days_left: 30 });
+        assert_eq!(Standing::of(expires, expires - 30 * day + 1, within), Standing::Due { days_left: 29 });
+        assert_eq!(Standing::of(expires, expires - 1, within), Standing::Due { days_left: 0 });
+        assert_eq!(Standing::of(expires, expires, within), Standing::Expired);
+        assert_eq!(Standing::of(expires, expires + day, within), Standing::Expired);
+        assert_eq!(Standing::of(expires, expires - day, std::time::Duration::ZERO), Standing::Valid);
+    }
 
     #[test]
     fn issued_certificates_name_their_holder_and_role() {

@@ -102,6 +102,19 @@ pub fn free_address_on(ip: &str) -> String {
     format!("{ip}:{port}")
 }
 
+/// The body of `GET path` from the plain HTTP server at `addr` (metrics endpoints); panics
+/// on anything but 200.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
 /// A process a test started: killed and reaped when dropped, even when the test panics.
 #[derive(Debug)]
 pub struct Process(pub std::process::Child);
