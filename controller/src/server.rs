@@ -225,15 +225,22 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         None => None,
     };
 
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &opts.tls {
-        builder = builder.tls_config(tls.server()).context("loading the TLS credentials")?;
-    } else {
-        tracing::warn!(
-            "--insecure: serving plaintext gRPC; anyone who can reach this port controls the cluster"
-        );
-    }
-    let serve = builder
+    // With TLS, the certificate is presented through `Presented`, which a renewal replaces
+    // while the member serves.
+    let tls_server = match &opts.tls {
+        Some(tls) => {
+            let presented = weft_pki::serve::Presented::new(tls).context("loading the TLS credentials")?;
+            let config = presented.server_config(&tls.ca).context("loading the TLS credentials")?;
+            Some((presented, config))
+        }
+        None => {
+            tracing::warn!(
+                "--insecure: serving plaintext gRPC; anyone who can reach this port controls the cluster"
+            );
+            None
+        }
+    };
+    let router = tonic::transport::Server::builder()
         .layer(CountRequests { metrics: controller.metrics.clone() })
         .layer(weft_pki::authorize::Authorize {
             insecure: opts.tls.is_none(),
@@ -273,14 +280,19 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         )
         .add_service(health)
         .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
+        .add_service(reflection_v1alpha);
+    let served = match tls_server {
+        Some((_presented, config)) => {
+            router.serve_with_incoming_shutdown(weft_pki::serve::incoming(listener, config), shutdown).await
+        }
+        None => {
             // Small request/response messages: without TCP_NODELAY, Nagle's algorithm and
             // delayed ACKs add ~40 ms to replies.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        );
-    let result = serve.await.context("serving gRPC");
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+    };
+    let result = served.context("serving gRPC");
     if let Some(task) = metrics_server {
         task.abort();
     }

@@ -14,7 +14,7 @@ use std::fmt;
 use std::path::Path;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// How long issued certificates are valid.
 pub const VALIDITY_DAYS: i64 = 365;
@@ -200,16 +200,6 @@ impl Credentials {
         Ok(Standing::of(self.expires_ms()?, now_ms, within))
     }
 
-    /// For a server: present this certificate with the CA's (so a joining machine can check
-    /// the CA against its pinned fingerprint), demand one from the cluster CA. Clients without
-    /// a certificate get through the handshake only to be refused everything but joining.
-    pub fn server(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(format!("{}\n{}", self.cert.trim_end(), self.ca), &self.key))
-            .client_ca_root(Certificate::from_pem(&self.ca))
-            .client_auth_optional(true)
-    }
-
     /// For a client: trust only the cluster CA, present this certificate.
     pub fn client(&self) -> ClientTlsConfig {
         ClientTlsConfig::new()
@@ -329,6 +319,7 @@ pub fn certificate_request(role: Role, name: &str) -> Result<(String, String), P
 
 pub mod authorize;
 pub mod join;
+pub mod serve;
 
 /// Where a credential stands against its expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
