@@ -19,6 +19,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 /// How long issued certificates are valid.
 pub const VALIDITY_DAYS: i64 = 365;
 
+/// [`VALIDITY_DAYS`] as a duration.
+const FULL_VALIDITY: std::time::Duration =
+    std::time::Duration::from_secs(86_400 * VALIDITY_DAYS.unsigned_abs());
+
 /// Certificates are valid from this long before they are issued, for clocks a little behind;
 /// the issue time is recovered from `not_before` by adding it back.
 pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
@@ -53,6 +57,56 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
         .map_err(|e| file_error(&temporary, e))?;
     file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| file_error(&temporary, e))?;
     std::fs::rename(&temporary, path).map_err(|e| file_error(path, e))
+}
+
+/// Where [`Credentials::save`] stages a new certificate and key before putting them in place.
+const STAGED_CERT: &str = "cert.pem.new";
+const STAGED_KEY: &str = "key.pem.new";
+
+/// Whether `key_pem` is the private key of the certificate `cert_pem`.
+fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else { return false };
+    let Ok(cert) = pem.parse_x509() else { return false };
+    KeyPair::from_pem(key_pem)
+        .is_ok_and(|key| rcgen::PublicKeyData::subject_public_key_info(&key) == cert.public_key().raw)
+}
+
+/// Puts a staged certificate and key in place, key first, or drops what a crash left staged
+/// half-way. Staged files are complete when they exist (each is written whole, then renamed
+/// into its staged name), so a staged certificate whose key (staged, or already moved into
+/// place) belongs to it is a save to finish; anything else is a save cut short before it
+/// replaced anything.
+fn finish_staged(dir: &Path) -> Result<(), PkiError> {
+    let (staged_cert, staged_key) = (dir.join(STAGED_CERT), dir.join(STAGED_KEY));
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if !staged_cert.exists() {
+        return match std::fs::remove_file(&staged_key) {
+            Ok(()) => sync_dir(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(file_error(&staged_key, e)),
+        };
+    }
+    let new_cert = read(&staged_cert)?;
+    let new_key = if staged_key.exists() { read(&staged_key)? } else { read(&key)? };
+    if key_matches(&new_cert, &new_key) {
+        if staged_key.exists() {
+            std::fs::rename(&staged_key, &key).map_err(|e| file_error(&key, e))?;
+        }
+        std::fs::rename(&staged_cert, &cert).map_err(|e| file_error(&cert, e))?;
+    } else {
+        for staged in [&staged_key, &staged_cert] {
+            match std::fs::remove_file(staged) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(file_error(staged, e)),
+            }
+        }
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PkiError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| file_error(dir, e))
 }
 
 /// What a certificate's holder may do.
@@ -164,6 +218,7 @@ impl Credentials {
     /// `ca.pem`, `cert.pem` and `key.pem` from `dir`; a key others can read is refused.
     pub fn load(dir: &Path) -> Result<Credentials, PkiError> {
         use std::os::unix::fs::PermissionsExt as _;
+        finish_staged(dir)?;
         let key_path = dir.join("key.pem");
         let mode = std::fs::metadata(&key_path).map_err(|e| file_error(&key_path, e))?.permissions().mode();
         if mode & 0o077 != 0 {
@@ -179,11 +234,44 @@ impl Credentials {
         })
     }
 
+    /// Writes the credential to `dir`. The certificate and key are staged first and then
+    /// put in place, so that a crash part-way leaves either the old pair or the new one for
+    /// [`Credentials::load`], never a certificate beside another's key.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
         std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
         write(&dir.join("ca.pem"), &self.ca, false)?;
-        write(&dir.join("cert.pem"), &self.cert, false)?;
-        write(&dir.join("key.pem"), &self.key, true)
+        write(&dir.join(STAGED_CERT), &self.cert, false)?;
+        write(&dir.join(STAGED_KEY), &self.key, true)?;
+        finish_staged(dir)
+    }
+
+    /// The addresses and names the certificate is valid for.
+    pub fn sans(&self) -> Result<Vec<String>, PkiError> {
+        use x509_parser::extensions::GeneralName;
+        let unreadable = |e: &dyn fmt::Display| PkiError::Certificate(format!("unreadable certificate: {e}"));
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert.as_bytes()).map_err(|e| unreadable(&e))?;
+        let cert = pem.parse_x509().map_err(|e| unreadable(&e))?;
+        let Some(names) = cert.subject_alternative_name().map_err(|e| unreadable(&e))? else {
+            return Ok(Vec::new());
+        };
+        let mut sans = Vec::new();
+        for name in &names.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => sans.push((*dns).to_string()),
+                GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => sans.push(
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).unwrap_or_default()).to_string(),
+                    ),
+                    16 => sans.push(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default())
+                            .to_string(),
+                    ),
+                    _ => return Err(unreadable(&"an IP address of neither 4 nor 16 bytes")),
+                },
+                other => return Err(unreadable(&format!("unexpected subject alternative name {other:?}"))),
+            }
+        }
+        Ok(sans)
     }
 
     /// When the certificate stops being valid, ms since the epoch.
@@ -264,7 +352,7 @@ impl Authority {
     ) -> Result<String, PkiError> {
         let mut request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::Certificate(format!("unreadable certificate request: {e}")))?;
-        request.params = leaf_params(role, name, sans)?;
+        request.params = leaf_params(role, name, sans, FULL_VALIDITY)?;
         let issuer = Issuer::from_ca_cert_pem(&self.cert, &self.key).map_err(cert_error)?;
         Ok(request.signed_by(&issuer).map_err(cert_error)?.pem())
     }
@@ -272,8 +360,19 @@ impl Authority {
     /// Credentials for `role:name`, valid for the host names and addresses in `sans` (what
     /// clients dial a server by; empty for a client-only credential).
     pub fn issue(&self, role: Role, name: &str, sans: &[String]) -> Result<Credentials, PkiError> {
+        self.issue_valid_for(role, name, sans, FULL_VALIDITY)
+    }
+
+    /// [`Authority::issue`] with a validity of the caller's choosing (short-lived credentials).
+    pub fn issue_valid_for(
+        &self,
+        role: Role,
+        name: &str,
+        sans: &[String],
+        validity: std::time::Duration,
+    ) -> Result<Credentials, PkiError> {
         let key = KeyPair::generate().map_err(cert_error)?;
-        let params = leaf_params(role, name, sans)?;
+        let params = leaf_params(role, name, sans, validity)?;
         let issuer = Issuer::from_ca_cert_pem(&self.cert, &self.key).map_err(cert_error)?;
         let cert = params.signed_by(&key, &issuer).map_err(cert_error)?;
         Ok(Credentials { ca: self.cert.clone(), cert: cert.pem(), key: key.serialize_pem() })
@@ -282,7 +381,12 @@ impl Authority {
 
 /// What an issued certificate says: `role:name`, the addresses, valid from now (less the
 /// clock skew) for [`VALIDITY_DAYS`].
-fn leaf_params(role: Role, name: &str, sans: &[String]) -> Result<CertificateParams, PkiError> {
+fn leaf_params(
+    role: Role,
+    name: &str,
+    sans: &[String],
+    validity: std::time::Duration,
+) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(sans.to_vec()).map_err(cert_error)?;
     params.distinguished_name.push(DnType::CommonName, format!("{}:{name}", role.as_str()));
     let now = std::time::SystemTime::now()
@@ -291,7 +395,7 @@ fn leaf_params(role: Role, name: &str, sans: &[String]) -> Result<CertificatePar
         .unwrap_or_default();
     let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(now);
     params.not_before = now - CLOCK_SKEW;
-    params.not_after = now + std::time::Duration::from_secs(86_400 * VALIDITY_DAYS.unsigned_abs());
+    params.not_after = now + validity;
     Ok(params)
 }
 
@@ -349,6 +453,74 @@ impl Standing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_names_its_addresses() {
+        let ca = Authority::create("c").unwrap();
+        let sans = vec!["10.1.2.3".to_string(), "fd00::7".to_string(), "ctl-1.example".to_string()];
+        let issued = ca.issue(Role::Controller, "1", &sans).unwrap();
+        let mut found = issued.sans().unwrap();
+        found.sort();
+        let mut expected = sans;
+        expected.sort();
+        assert_eq!(found, expected);
+    }
+
+    /// Every point a crash can cut a save at leaves a matching pair: the old one before the
+    /// first rename, the new one from it on.
+    #[test]
+    fn a_save_cut_short_anywhere_leaves_a_matching_pair() {
+        let ca = Authority::create("c").unwrap();
+        let old = ca.issue(Role::Node, "h1", &[]).unwrap();
+        let new = ca.issue(Role::Node, "h1", &[]).unwrap();
+        assert!(key_matches(&old.cert, &old.key) && !key_matches(&new.cert, &old.key));
+        let fresh = || {
+            let dir = tempfile::tempdir().unwrap();
+            old.save(dir.path()).unwrap();
+            dir
+        };
+        let staged = |dir: &Path, cert: Option<&str>, key: Option<&str>| {
+            if let Some(cert) = cert {
+                write(&dir.join(STAGED_CERT), cert, false).unwrap();
+            }
+            if let Some(key) = key {
+                write(&dir.join(STAGED_KEY), key, true).unwrap();
+            }
+        };
+        let loads = |dir: &Path| {
+            let loaded = Credentials::load(dir).unwrap();
+            assert!(key_matches(&loaded.cert, &loaded.key));
+            assert!(!dir.join(STAGED_CERT).exists() && !dir.join(STAGED_KEY).exists(), "nothing left staged");
+            loaded
+        };
+        // Cut while staging: the certificate staged, the key not yet.
+        let dir = fresh();
+        staged(dir.path(), Some(&new.cert), None);
+        assert_eq!(loads(dir.path()), old);
+        // Both staged, nothing renamed yet.
+        let dir = fresh();
+        staged(dir.path(), Some(&new.cert), Some(&new.key));
+        assert_eq!(loads(dir.path()), new);
+        // The key in place, the certificate still staged.
+        let dir = fresh();
+        staged(dir.path(), Some(&new.cert), None);
+        write(&dir.path().join("key.pem"), &new.key, true).unwrap();
+        assert_eq!(loads(dir.path()), new);
+        // A key staged alone is never a save in progress.
+        let dir = fresh();
+        staged(dir.path(), None, Some(&new.key));
+        assert_eq!(loads(dir.path()), old);
+        // And a whole save.
+        let dir = fresh();
+        new.save(dir.path()).unwrap();
+        assert_eq!(loads(dir.path()), new);
+        assert_eq!(mode_of(&dir.path().join("key.pem")), 0o600);
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
 
     #[test]
     fn a_credential_is_valid_then_due_then_expired() {
