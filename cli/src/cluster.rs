@@ -65,14 +65,16 @@ pub(crate) async fn run(target: &Target, command: ClusterCommand) -> Result<()> 
     Ok(())
 }
 
-/// Controllers' credentials are renewed by hand; the status says when, and how, once it is due.
+/// A member renews its own credential 30 days ahead when it holds the CA key; one that does
+/// not needs an operator, and the status says so once it is due.
 const CREDENTIAL_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// The answering member's credential: when it expires, and what to do once that is near.
 fn credential_line(expires: &prost_types::Timestamp, member: u64, now_ms: u64) -> String {
     let expires_ms = weft_api::convert::millis(expires);
-    let renew =
-        format!("renew it with `weft pki issue --controller {member}=HOST`, then restart member {member}");
+    let renew = format!(
+        "renew it with `weft pki issue --controller {member}=HOST` into member {member}'s --tls-dir (picked up without a restart)"
+    );
     match weft_pki::Standing::of(expires_ms, now_ms, CREDENTIAL_WARNING) {
         weft_pki::Standing::Valid => {
             format!(
@@ -106,7 +108,7 @@ mod tests {
         assert_eq!(line(20_000 * day - 100 * day), "expires 2024-10-04T00:00:00.000000000Z (in 100 days)");
         assert_eq!(
             line(20_000 * day - 10 * day),
-            "expires 2024-10-04T00:00:00.000000000Z (in 10 days): renew it with `weft pki issue --controller 2=HOST`, then restart member 2"
+            "expires 2024-10-04T00:00:00.000000000Z (in 10 days): renew it with `weft pki issue --controller 2=HOST` into member 2's --tls-dir (picked up without a restart)"
         );
         assert!(line(20_001 * day).starts_with("EXPIRED 2024-10-04"), "{}", line(20_001 * day));
     }

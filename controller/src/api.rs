@@ -591,7 +591,7 @@ impl ClusterService for Controller {
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             purged_index: metrics.purged.map_or(0, |l| l.index),
             members_reported_by,
-            credential_expires: self.credential_expires_ms.map(convert::timestamp),
+            credential_expires: self.credential_expires_ms().map(convert::timestamp),
         }))
     }
 

@@ -44,8 +44,9 @@ pub struct Controller {
     /// The cluster CA (and its key, on members that hold it), for join tokens; none with
     /// `--insecure`.
     pub signer: Option<Arc<crate::signer::Signer>>,
-    /// When this member's own certificate expires (ms since the epoch); none with `--insecure`.
-    pub credential_expires_ms: Option<u64>,
+    /// When this member's own certificate expires (ms since the epoch), kept current by its
+    /// renewal; none with `--insecure`.
+    pub credential_expires_ms: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -61,6 +62,11 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Controller {
+    /// When this member's own certificate expires, ms since the epoch; none without TLS.
+    pub fn credential_expires_ms(&self) -> Option<u64> {
+        self.credential_expires_ms.as_ref().map(|ms| ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Commits a command through Raft and returns what the state machine answered. Writes that
     /// reach a follower are forwarded to the leader.
     pub async fn propose(&self, command: Command) -> Result<(u64, Response), ControllerError> {
@@ -232,7 +238,7 @@ impl Controller {
             last_applied_index: m.last_applied.map_or(0, |l| l.index),
             members: u64::try_from(m.membership_config.membership().nodes().count()).unwrap_or(u64::MAX),
             snapshot_bytes: self.registry.snapshot_bytes(),
-            credential_expires_ms: self.credential_expires_ms,
+            credential_expires_ms: self.credential_expires_ms(),
         }
     }
 

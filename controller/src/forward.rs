@@ -124,7 +124,12 @@ pub struct HeartbeatAnswer {
 /// Lazily connected channels to other members, by address.
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    state: Arc<Mutex<PeerChannels>>,
+}
+
+#[derive(Debug, Default)]
+struct PeerChannels {
+    by_address: HashMap<String, Channel>,
     /// Mutual TLS towards other members (their certificates name their addresses); none
     /// with `--insecure`.
     tls: Option<ClientTlsConfig>,
@@ -132,19 +137,27 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(tls: Option<ClientTlsConfig>) -> Peers {
-        Peers { channels: Arc::default(), tls }
+        Peers { state: Arc::new(Mutex::new(PeerChannels { by_address: HashMap::new(), tls })) }
+    }
+
+    /// Connects with `tls` (a renewed credential) from now on: channels open so far are let
+    /// go, calls already on them finish there.
+    pub fn reconnect_with(&self, tls: ClientTlsConfig) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.tls = Some(tls);
+        state.by_address.clear();
     }
 
     /// A client for the member at `addr` (host:port). Connection happens on first use.
     pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, Status> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(channel) = channels.get(addr) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = state.by_address.get(addr) {
             return Ok(RaftServiceClient::new(channel.clone()));
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let scheme = if state.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| Status::internal(format!("bad member address {addr:?}: {e}")))?;
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &state.tls {
             endpoint = endpoint
                 .tls_config(tls.clone())
                 .map_err(|e| Status::internal(format!("TLS towards member {addr}: {e}")))?;
@@ -155,7 +168,7 @@ impl Peers {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        state.by_address.insert(addr.to_string(), channel.clone());
         Ok(RaftServiceClient::new(channel))
     }
 

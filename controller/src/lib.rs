@@ -17,6 +17,8 @@
 //! - [`batcher`]: gathers proposals into Raft entries, locally or on the leader;
 //! - [`cluster`]: [`cluster::Controller`], proposing writes and linearizable reads with
 //!   deadlines, and the leader's view;
+//! - [`renewal`]: the member's own credential, renewed, picked up from its directory or
+//!   warned about, and presented on new connections both ways;
 //! - the gRPC services over it: [`api`] (the public API), [`join`] (tokens and joining),
 //!   [`watch`] (the watch stream), [`raft_server`] (the internal service other members call);
 //! - [`server`]: assembles a member and runs it.
@@ -37,6 +39,7 @@ pub mod raft_network;
 pub mod raft_server;
 pub mod raft_types;
 pub mod registry;
+pub mod renewal;
 pub mod scope;
 pub mod server;
 pub mod signer;

@@ -69,10 +69,15 @@ struct Args {
     /// as `weft pki init` writes them. Every connection is mutual TLS.
     #[arg(long, env = "WEFT_TLS_DIR")]
     tls_dir: Option<PathBuf>,
-    /// Warn (in the log, in `weft cluster status`) this many days before this member's
-    /// credential expires. Controllers' credentials are renewed by hand (README, "Renewal").
+    /// Renew this member's credential when it expires within this many days: the member
+    /// does it itself when --tls-dir holds the CA key, and warns (log, `weft cluster
+    /// status`) when it does not.
     #[arg(long, default_value_t = 30)]
-    warn_credential_within_days: u64,
+    renew_within_days: u64,
+    /// How often to check the credential in --tls-dir (its expiry, and one renewed there by
+    /// hand, which is presented from then on).
+    #[arg(long, default_value_t = 3_600_000)]
+    renew_check_ms: u64,
     /// With --tls-dir holding no credential yet: get this member's credential with a
     /// controller join token (`weft token create --role controller`), from --join-via.
     #[arg(long, env = "WEFT_JOIN_TOKEN")]
@@ -181,7 +186,8 @@ fn start(args: Args) -> anyhow::Result<()> {
     let opts = Options {
         tls,
         tls_dir: args.tls_dir.clone(),
-        warn_credential_within: Duration::from_secs(args.warn_credential_within_days.saturating_mul(86_400)),
+        renew_within: Duration::from_secs(args.renew_within_days.saturating_mul(86_400)),
+        renew_check: Duration::from_millis(args.renew_check_ms.max(100)),
         id: args.id,
         listen: args.listen,
         advertise: args.advertise,

@@ -63,8 +63,10 @@ pub struct Options {
     pub tls: Option<weft_pki::Credentials>,
     /// Where they came from; a `ca-key.pem` there lets this member sign joiners' requests.
     pub tls_dir: Option<PathBuf>,
-    /// How long before its credential expires this member starts warning.
-    pub warn_credential_within: Duration,
+    /// How long before its credential expires this member renews it (or warns).
+    pub renew_within: Duration,
+    /// How often it looks at the credential in `tls_dir`.
+    pub renew_check: Duration,
 }
 
 fn raft_config(opts: &Options) -> anyhow::Result<openraft::Config> {
@@ -125,7 +127,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         .as_ref()
         .map(weft_pki::Credentials::expires_ms)
         .transpose()
-        .context("reading when this member's certificate expires")?;
+        .context("reading when this member's certificate expires")?
+        .map(|ms| Arc::new(std::sync::atomic::AtomicU64::new(ms)));
     let registry = Arc::new(Registry::new(opts.watch_retained_revisions, opts.watch_buffer));
     let state_machine = StateMachine::open(store.clone(), registry.clone())?;
     let peers = Peers::new(opts.tls.as_ref().map(weft_pki::Credentials::client));
@@ -158,17 +161,9 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
             })),
             _ => None,
         },
-        credential_expires_ms,
+        credential_expires_ms: credential_expires_ms.clone(),
     };
     tokio::spawn(controller.clone().watch_liveness());
-    if let Some(expires_ms) = credential_expires_ms {
-        tokio::spawn(warn_of_credential_expiry(
-            opts.id,
-            advertise.clone(),
-            expires_ms,
-            opts.warn_credential_within,
-        ));
-    }
 
     let listener =
         TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
@@ -281,6 +276,23 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);
+    if let (Some((presented, _)), Some(tls), Some(dir), Some(expires_ms)) =
+        (&tls_server, &opts.tls, &opts.tls_dir, &credential_expires_ms)
+    {
+        let renewal = crate::renewal::Renewal {
+            id: opts.id,
+            advertise: advertise.clone(),
+            dir: dir.clone(),
+            within: opts.renew_within,
+            period: opts.renew_check,
+            presented: presented.clone(),
+            peers: controller.peers.clone(),
+            signer: controller.signer.clone(),
+            expires_ms: expires_ms.clone(),
+            current: std::sync::Mutex::new(tls.cert.clone()),
+        };
+        tokio::spawn(renewal.run());
+    }
     let served = match tls_server {
         Some((_presented, config)) => {
             router.serve_with_incoming_shutdown(weft_pki::serve::incoming(listener, config), shutdown).await
@@ -298,31 +310,6 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
     }
     let _ = raft.shutdown().await;
     result
-}
-
-/// Logs, at start and twice a day, when this member's credential is due for renewal or has
-/// expired: controllers' credentials are renewed by hand, and one left to expire cuts the
-/// member off from its peers and its clients.
-async fn warn_of_credential_expiry(id: u64, advertise: String, expires_ms: u64, within: Duration) {
-    let (year, month, day) =
-        weft_core::calendar::civil_from_days(i64::try_from(expires_ms / 86_400_000).unwrap_or(i64::MAX));
-    let expires = format!("{year:04}-{month:02}-{day:02}");
-    let host = advertise.rsplit_once(':').map_or(advertise.as_str(), |(host, _)| host);
-    let renew = format!(
-        "renew it: `weft pki issue --controller {id}={host}` into this member's --tls-dir, then restart it"
-    );
-    loop {
-        match weft_pki::Standing::of(expires_ms, crate::cluster::now_ms(), within) {
-            weft_pki::Standing::Valid => {}
-            weft_pki::Standing::Due { days_left } => {
-                tracing::warn!(%expires, days_left, "this member's credential expires soon; {renew}");
-            }
-            weft_pki::Standing::Expired => {
-                tracing::error!(%expires, "this member's credential has expired: peers and clients refuse it; {renew}");
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(12 * 3600)).await;
-    }
 }
 
 /// The manifest's networks, created once by the member that configured the new cluster (by

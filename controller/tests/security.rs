@@ -543,17 +543,14 @@ async fn a_new_controller_joins_with_a_controller_token() {
     assert!(members.iter().any(|m| m.id == 2 && m.voter), "{members:?}");
 }
 
-/// A member says when its own credential expires (controllers renew theirs by hand): in its
-/// status, in its metrics, and in a warning logged once the expiry is inside the warning
-/// period, naming the command that renews it.
+/// A member that cannot renew its own credential (no CA key in its directory) says when it
+/// expires: in its status, in its metrics, and in a warning logged once the expiry is inside
+/// the renewal period, naming the command that renews it.
 #[tokio::test]
 async fn a_member_says_when_its_credential_expires_and_warns_before_it_does() {
     let metrics = weft_testbed::free_address_on(&weft_testbed::own_loopback(4));
     // Credentials last a year: warning 400 days ahead puts this one inside the period.
-    let c = Controller::start_with(
-        false,
-        &["--warn-credential-within-days", "400", "--metrics-listen", &metrics],
-    );
+    let c = Controller::start_with(false, &["--renew-within-days", "400", "--metrics-listen", &metrics]);
     let expires_ms = Credentials::load(&c._dir.path().join("tls")).unwrap().expires_ms().unwrap();
     let admin = c.admin().await;
     let status = pb::cluster_service_client::ClusterServiceClient::new(admin)
@@ -586,4 +583,126 @@ async fn a_member_says_when_its_credential_expires_and_warns_before_it_does() {
     quiet.admin().await;
     let log = std::fs::read_to_string(&quiet.log).unwrap();
     assert!(!log.contains("credential expires"), "{log}");
+}
+
+/// Three members whose credentials, issued together, expire 15 s after the cluster starts.
+/// Each holds the CA key, renews its own at once (a new key, the same name and address) and
+/// presents it without a restart. Past the old credentials' expiry a member restarted from
+/// its disk is caught up by the leader over new connections both ways, and fresh clients
+/// reach every member: only renewed credentials can do that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_renew_credentials_issued_together_and_go_on_past_their_expiry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ip = weft_testbed::own_loopback(5);
+    let ca = Authority::create("renewing").unwrap();
+    let lifetime = Duration::from_secs(15);
+    let issued = Instant::now();
+    let addresses: Vec<String> = (0..3).map(|_| weft_testbed::free_address_on(&ip)).collect();
+    let manifest = tmp.path().join("cluster.toml");
+    let listed: Vec<String> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{{ id = {}, address = \"{a}\" }}", i + 1))
+        .collect();
+    std::fs::write(&manifest, format!("cluster_id = \"renewing\"\nmembers = [{}]\n", listed.join(", ")))
+        .unwrap();
+    let mut originals = Vec::new();
+    for i in 0..3 {
+        let tls = tmp.path().join(format!("m{}/tls", i + 1));
+        let credentials = ca
+            .issue_valid_for(Role::Controller, &(i + 1).to_string(), std::slice::from_ref(&ip), lifetime)
+            .unwrap();
+        credentials.save(&tls).unwrap();
+        ca.save(&tls).unwrap();
+        originals.push(credentials);
+    }
+    let spawn = |i: usize| {
+        let dir = tmp.path().join(format!("m{}", i + 1));
+        weft_testbed::Process(
+            Command::new(env!("CARGO_BIN_EXE_weft-controller"))
+                .args(["--id", &(i + 1).to_string(), "--listen", &addresses[i], "--manifest"])
+                .arg(&manifest)
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .arg("--tls-dir")
+                .arg(dir.join("tls"))
+                .args(["--renew-within-days", "1", "--renew-check-ms", "60000", "--heartbeat-ms", "100"])
+                .env("RUST_LOG", "warn,openraft=off")
+                .stdin(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("controller.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut members: Vec<weft_testbed::Process> = (0..3).map(spawn).collect();
+    let admin = ca.issue(Role::Admin, "ops", &[]).unwrap();
+    let channel = |i: usize| {
+        Channel::from_shared(format!("https://{}", addresses[i]))
+            .unwrap()
+            .tls_config(admin.client())
+            .unwrap()
+            .connect_lazy()
+    };
+    let status = |i: usize| async move {
+        pb::cluster_service_client::ClusterServiceClient::new(channel(i)).status(pb::StatusRequest {}).await
+    };
+
+    // Every member renews at once: its credential is inside the renewal period from the start.
+    for (i, original) in originals.iter().enumerate() {
+        let tls = tmp.path().join(format!("m{}/tls", i + 1));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Credentials::load(&tls).unwrap().cert == original.cert {
+            assert!(Instant::now() < deadline, "member {} did not renew its credential", i + 1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let renewed = Credentials::load(&tls).unwrap();
+        assert_ne!(renewed.key, original.key, "member {}: a new key", i + 1);
+        assert_eq!(renewed.sans().unwrap(), std::slice::from_ref(&ip), "member {}: the same address", i + 1);
+    }
+
+    // Past the old credentials' expiry, nothing made with them is accepted any more.
+    tokio::time::sleep_until((issued + lifetime + Duration::from_secs(1)).into()).await;
+    let leader = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = status(0).await
+                && s.get_ref().leader_id != 0
+            {
+                break s.into_inner().leader_id;
+            }
+            assert!(Instant::now() < deadline, "no leader after the old credentials expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    for (i, original) in originals.iter().enumerate() {
+        let s = status(i).await.unwrap_or_else(|e| panic!("member {} refused a fresh client: {e}", i + 1));
+        let expires = s.into_inner().credential_expires.unwrap();
+        assert!(
+            weft_api::convert::millis(&expires) > original.expires_ms().unwrap() + 300 * 86_400_000,
+            "member {} reports its old credential",
+            i + 1
+        );
+    }
+
+    // A follower restarted from its disk: the leader reaches it over a new connection, with
+    // its renewed client credential, and it answers with its renewed server credential.
+    let follower = (0..3).find(|i| (*i as u64 + 1) != leader).unwrap();
+    drop(members.remove(follower));
+    members.insert(follower, spawn(follower));
+    let leader_index = usize::try_from(leader - 1).unwrap();
+    let created = NetworkServiceClient::new(channel(leader_index))
+        .create_network(pb::CreateNetworkRequest { name: "after-expiry".into(), ..Default::default() })
+        .await;
+    assert!(created.is_ok(), "{created:?}");
+    let target = status(leader_index).await.unwrap().into_inner().revision;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if status(follower).await.is_ok_and(|s| s.get_ref().revision >= target) {
+            break;
+        }
+        let log =
+            std::fs::read_to_string(tmp.path().join(format!("m{}/controller.log", follower + 1))).unwrap();
+        assert!(Instant::now() < deadline, "the restarted member {} never caught up:\n{log}", follower + 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
