@@ -150,9 +150,14 @@ impl Peers {
 
     /// A client for the member at `addr` (host:port). Connection happens on first use.
     pub fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, Status> {
+        self.channel(addr).map(RaftServiceClient::new)
+    }
+
+    /// The channel to the member at `addr`, for any of its services.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(channel) = state.by_address.get(addr) {
-            return Ok(RaftServiceClient::new(channel.clone()));
+            return Ok(channel.clone());
         }
         let scheme = if state.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -169,7 +174,7 @@ impl Peers {
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
         state.by_address.insert(addr.to_string(), channel.clone());
-        Ok(RaftServiceClient::new(channel))
+        Ok(channel)
     }
 
     /// Sends a batch of proposals to the member at `addr` (the leader), which commits them

@@ -8,6 +8,7 @@ use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use weft_api::convert;
 use weft_api::pb;
@@ -182,12 +183,28 @@ impl pb::join_service_server::JoinService for Controller {
     async fn renew(&self, request: Request<pb::RenewRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let caller = request.extensions().get::<weft_pki::Caller>().cloned();
         let (signer, authority) = (self.signer()?, self.authority()?);
-        let caller = match caller {
-            Some(caller) if caller.role == Role::Node => caller,
-            _ => return Err(Status::failed_precondition("only hosts renew their credential this way")),
+        let (caller, sans) = match caller {
+            Some(caller) if caller.role == Role::Node => (caller, Vec::new()),
+            // A controller keeps the addresses its current certificate names.
+            Some(caller) if caller.role == Role::Controller => {
+                let certificate = request
+                    .extensions()
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .and_then(TlsConnectInfo::peer_certs)
+                    .and_then(|certs| certs.first().cloned())
+                    .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+                let sans =
+                    weft_pki::sans_of(&certificate).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                (caller, sans)
+            }
+            _ => {
+                return Err(Status::failed_precondition(
+                    "only hosts and controllers renew their credential this way",
+                ));
+            }
         };
         let certificate_pem = authority
-            .sign_request(&request.get_ref().csr_pem, Role::Node, &caller.name, &[])
+            .sign_request(&request.get_ref().csr_pem, caller.role, &caller.name, &sans)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(%caller, "credential renewed");
         Ok(Response::new(pb::JoinResponse { certificate_pem, ca_pem: signer.ca_pem.clone() }))

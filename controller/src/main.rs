@@ -173,10 +173,14 @@ fn start(args: Args) -> anyhow::Result<()> {
         runtime.block_on(join(args.id, &advertise, token, fingerprint, via, dir))?;
     }
     let tls = match (&args.tls_dir, args.insecure) {
-        (Some(dir), false) => Some(
-            weft_pki::Credentials::load(dir)
-                .map_err(|e| anyhow::anyhow!("--tls-dir: {e} (make credentials with `weft pki init`)"))?,
-        ),
+        (Some(dir), false) => {
+            // This member owns the directory: a renewal a crash cut short is finished or dropped.
+            weft_pki::Credentials::recover(dir).map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?;
+            Some(
+                weft_pki::Credentials::load(dir)
+                    .map_err(|e| anyhow::anyhow!("--tls-dir: {e} (make credentials with `weft pki init`)"))?,
+            )
+        }
         (None, true) => None,
         (Some(_), true) => anyhow::bail!("--tls-dir and --insecure exclude each other"),
         (None, false) => anyhow::bail!(

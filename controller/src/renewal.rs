@@ -4,8 +4,9 @@
 //!
 //! - a credential an operator put there (`weft pki issue`) is presented from then on, no
 //!   restart needed;
-//! - one due for renewal is renewed there by the member itself when it holds the CA key
-//!   (a new key, the same name and addresses), and presented;
+//! - one due for renewal is renewed there (a new key, the same name and addresses) by the
+//!   member itself when it holds the CA key, or else signed by another member that holds it
+//!   (`JoinService.Renew`, vouched for by the current credential), and presented;
 //! - one due that nothing renews is warned about, with the command that renews it.
 //!
 //! Connections already open keep the credential they were made with; new ones, both ways,
@@ -42,7 +43,14 @@ pub struct Renewal {
     pub expires_ms: Arc<AtomicU64>,
     /// The certificate presented now (PEM).
     pub current: Mutex<String>,
+    /// The other members' addresses, asked in turn when this member holds no CA key.
+    pub others: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
 }
+
+/// A renewal that failed is tried again this soon (or at the next check, if sooner).
+const RETRY: Duration = Duration::from_secs(5);
+/// How long one member may take to answer a renewal.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Renewal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,13 +77,58 @@ impl Renewal {
         let renewal = Arc::new(self);
         loop {
             let checking = renewal.clone();
+            let mut next = renewal.period;
             match tokio::task::spawn_blocking(move || checking.check(now_ms())).await {
+                Ok(Ok(Checked::Due(standing))) => match renewal.renew_through_others().await {
+                    Ok(expires_ms) => renewal.report(&Checked::Renewed { expires_ms }),
+                    Err(e) => {
+                        tracing::warn!("renewing through the other members: {e:#}");
+                        renewal.report(&Checked::Due(standing));
+                        next = next.min(RETRY);
+                    }
+                },
                 Ok(Ok(checked)) => renewal.report(&checked),
-                Ok(Err(e)) => tracing::warn!("checking this member's credential: {e:#}"),
+                Ok(Err(e)) => {
+                    tracing::warn!("checking this member's credential: {e:#}");
+                    next = next.min(RETRY);
+                }
                 Err(e) => tracing::warn!("checking this member's credential: {e}"),
             }
-            tokio::time::sleep(renewal.period).await;
+            tokio::time::sleep(next).await;
         }
+    }
+
+    /// Asks the other members in turn to sign a new key for this member; the first that
+    /// holds the CA key does. Returns when the renewed credential expires.
+    async fn renew_through_others(&self) -> anyhow::Result<u64> {
+        use weft_api::pb::join_service_client::JoinServiceClient;
+        let (csr_pem, key) = weft_pki::certificate_request(Role::Controller, &self.id.to_string())
+            .context("making this member's new key")?;
+        let mut refused = Vec::new();
+        for address in (self.others)() {
+            let channel = match self.peers.channel(&address) {
+                Ok(channel) => channel,
+                Err(status) => {
+                    refused.push(format!("{address}: {}", status.message()));
+                    continue;
+                }
+            };
+            let mut request = tonic::Request::new(weft_api::pb::RenewRequest { csr_pem: csr_pem.clone() });
+            request.set_timeout(RENEW_TIMEOUT);
+            match JoinServiceClient::new(channel).renew(request).await {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    let renewed = Credentials { ca: answer.ca_pem, cert: answer.certificate_pem, key };
+                    renewed.save(&self.dir).context("saving the renewed credential")?;
+                    return self.present(&renewed);
+                }
+                Err(status) => refused.push(format!("{address}: {}", status.message())),
+            }
+        }
+        if refused.is_empty() {
+            anyhow::bail!("no other member to ask");
+        }
+        anyhow::bail!("{}", refused.join("; "))
     }
 
     /// One look at the directory at `now_ms`.
@@ -166,6 +219,7 @@ mod tests {
             signer,
             expires_ms: Arc::new(AtomicU64::new(credentials.expires_ms().unwrap())),
             current: Mutex::new(credentials.cert.clone()),
+            others: Arc::new(Vec::new),
         }
     }
 

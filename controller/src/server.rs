@@ -290,6 +290,18 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
             signer: controller.signer.clone(),
             expires_ms: expires_ms.clone(),
             current: std::sync::Mutex::new(tls.cert.clone()),
+            others: {
+                let (raft, id) = (controller.raft.clone(), opts.id);
+                Arc::new(move || {
+                    let metrics = raft.metrics().borrow().clone();
+                    let membership = metrics.membership_config.membership();
+                    membership
+                        .nodes()
+                        .filter(|(other, _)| **other != id)
+                        .map(|(_, node)| node.addr.clone())
+                        .collect()
+                })
+            },
         };
         tokio::spawn(renewal.run());
     }

@@ -316,7 +316,11 @@ async fn main() -> anyhow::Result<()> {
         join(&flags.controllers, &name, token, fingerprint, dir, timeout).await?;
     }
     let tls = match (&flags.tls_dir, flags.insecure) {
-        (Some(dir), false) => Some(weft_pki::Credentials::load(dir).context("--tls-dir")?.client()),
+        (Some(dir), false) => {
+            // This agent owns the directory: a renewal a crash cut short is finished or dropped.
+            weft_pki::Credentials::recover(dir).context("--tls-dir")?;
+            Some(weft_pki::Credentials::load(dir).context("--tls-dir")?.client())
+        }
         (None, true) => {
             tracing::warn!("--insecure: talking to the controllers in plaintext");
             None

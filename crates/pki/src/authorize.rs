@@ -36,6 +36,8 @@ const NODE_METHODS: &[&str] = &[
 
 /// Served to callers without a certificate.
 const JOIN_METHOD: &str = "/weft.v1.JoinService/Join";
+/// A member without the CA key renews its credential through one that holds it.
+const RENEW_METHOD: &str = "/weft.v1.JoinService/Renew";
 
 /// Health checks and reflection: anyone the cluster CA vouches for.
 fn is_probe(path: &str) -> bool {
@@ -46,7 +48,7 @@ fn is_probe(path: &str) -> bool {
 pub fn allowed(role: Role, path: &str) -> bool {
     match role {
         Role::Admin => true,
-        Role::Controller => path.starts_with("/weft.raft.v1.") || is_probe(path),
+        Role::Controller => path.starts_with("/weft.raft.v1.") || path == RENEW_METHOD || is_probe(path),
         Role::Node => NODE_METHODS.contains(&path) || is_probe(path),
     }
 }
@@ -165,6 +167,7 @@ mod tests {
         assert!(!allowed(Role::Node, "/weft.raft.v1.RaftService/AppendEntries"));
         assert!(allowed(Role::Controller, "/weft.raft.v1.RaftService/AppendEntries"));
         assert!(!allowed(Role::Controller, "/weft.v1.NetworkService/RemoveNetwork"));
+        assert!(allowed(Role::Controller, "/weft.v1.JoinService/Renew"));
         assert!(allowed(Role::Node, "/grpc.health.v1.Health/Check"));
     }
 }

@@ -59,6 +59,33 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
     std::fs::rename(&temporary, path).map_err(|e| file_error(path, e))
 }
 
+/// The addresses and names a certificate (DER) is valid for.
+pub fn sans_of(der: &[u8]) -> Result<Vec<String>, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    let unreadable = |e: &dyn fmt::Display| PkiError::Certificate(format!("unreadable certificate: {e}"));
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| unreadable(&e))?;
+    let Some(names) = cert.subject_alternative_name().map_err(|e| unreadable(&e))? else {
+        return Ok(Vec::new());
+    };
+    let mut sans = Vec::new();
+    for name in &names.value.general_names {
+        match name {
+            GeneralName::DNSName(dns) => sans.push((*dns).to_string()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => sans.push(
+                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).unwrap_or_default()).to_string(),
+                ),
+                16 => sans.push(
+                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default()).to_string(),
+                ),
+                _ => return Err(unreadable(&"an IP address of neither 4 nor 16 bytes")),
+            },
+            other => return Err(unreadable(&format!("unexpected subject alternative name {other:?}"))),
+        }
+    }
+    Ok(sans)
+}
+
 /// Where [`Credentials::save`] stages a new certificate and key before putting them in place.
 const STAGED_CERT: &str = "cert.pem.new";
 const STAGED_KEY: &str = "key.pem.new";
@@ -69,6 +96,49 @@ fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
     let Ok(cert) = pem.parse_x509() else { return false };
     KeyPair::from_pem(key_pem)
         .is_ok_and(|key| rcgen::PublicKeyData::subject_public_key_info(&key) == cert.public_key().raw)
+}
+
+/// Reads `path` and its permission bits (from the one open file: a save in another process
+/// may rename over it meanwhile), or `None` when it is not there.
+fn read_if_there(path: &Path) -> Result<Option<(String, u32)>, PkiError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(file_error(path, e)),
+    };
+    let mode = file.metadata().map_err(|e| file_error(path, e))?.permissions().mode();
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| file_error(path, e))?;
+    Ok(Some((text, mode)))
+}
+
+/// The certificate and key `dir` holds, the key's file and its permission bits: a staged
+/// certificate with the key that belongs to it (staged, or already moved into place) is a
+/// save past its point of no return; otherwise `cert.pem` and `key.pem`. A save in another
+/// process moves files between these reads, so a pair that does not match is read again.
+fn current_pair(dir: &Path) -> Result<(String, String, std::path::PathBuf, u32), PkiError> {
+    let (staged_cert, staged_key) = (dir.join(STAGED_CERT), dir.join(STAGED_KEY));
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let required = |path: &Path| read_if_there(path)?.ok_or_else(|| file_error(path, "missing"));
+    for _ in 0..5 {
+        if let Some((new_cert, _)) = read_if_there(&staged_cert)? {
+            for key in [&staged_key, &key_path] {
+                if let Some((new_key, mode)) = read_if_there(key)?
+                    && key_matches(&new_cert, &new_key)
+                {
+                    return Ok((new_cert, new_key, key.clone(), mode));
+                }
+            }
+        }
+        let ((cert, _), (key, mode)) = (required(&cert_path)?, required(&key_path)?);
+        if key_matches(&cert, &key) {
+            return Ok((cert, key, key_path, mode));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(file_error(&key_path, format!("not the key of {}", cert_path.display())))
 }
 
 /// Puts a staged certificate and key in place, key first, or drops what a crash left staged
@@ -215,23 +285,25 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// `ca.pem`, `cert.pem` and `key.pem` from `dir`; a key others can read is refused.
+    /// `ca.pem`, `cert.pem` and `key.pem` from `dir`; a key others can read is refused. A
+    /// save cut short by a crash (see [`Credentials::save`]) reads as the pair it leaves
+    /// whole, and a save under way in another process as the old pair or the new one; the
+    /// directory is not changed (its owner tidies it with [`Credentials::recover`]).
     pub fn load(dir: &Path) -> Result<Credentials, PkiError> {
-        use std::os::unix::fs::PermissionsExt as _;
-        finish_staged(dir)?;
-        let key_path = dir.join("key.pem");
-        let mode = std::fs::metadata(&key_path).map_err(|e| file_error(&key_path, e))?.permissions().mode();
+        let (cert, key, key_path, mode) = current_pair(dir)?;
         if mode & 0o077 != 0 {
             return Err(file_error(
                 &key_path,
                 format!("readable by others (mode {:o}); chmod 600 it", mode & 0o777),
             ));
         }
-        Ok(Credentials {
-            ca: read(&dir.join("ca.pem"))?,
-            cert: read(&dir.join("cert.pem"))?,
-            key: read(&key_path)?,
-        })
+        Ok(Credentials { ca: read(&dir.join("ca.pem"))?, cert, key })
+    }
+
+    /// Finishes a save a crash cut short, or drops what it left staged: for the process
+    /// that owns `dir`, when it starts.
+    pub fn recover(dir: &Path) -> Result<(), PkiError> {
+        finish_staged(dir)
     }
 
     /// Writes the credential to `dir`. The certificate and key are staged first and then
@@ -247,31 +319,9 @@ impl Credentials {
 
     /// The addresses and names the certificate is valid for.
     pub fn sans(&self) -> Result<Vec<String>, PkiError> {
-        use x509_parser::extensions::GeneralName;
-        let unreadable = |e: &dyn fmt::Display| PkiError::Certificate(format!("unreadable certificate: {e}"));
-        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert.as_bytes()).map_err(|e| unreadable(&e))?;
-        let cert = pem.parse_x509().map_err(|e| unreadable(&e))?;
-        let Some(names) = cert.subject_alternative_name().map_err(|e| unreadable(&e))? else {
-            return Ok(Vec::new());
-        };
-        let mut sans = Vec::new();
-        for name in &names.value.general_names {
-            match name {
-                GeneralName::DNSName(dns) => sans.push((*dns).to_string()),
-                GeneralName::IPAddress(bytes) => match bytes.len() {
-                    4 => sans.push(
-                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*bytes).unwrap_or_default()).to_string(),
-                    ),
-                    16 => sans.push(
-                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*bytes).unwrap_or_default())
-                            .to_string(),
-                    ),
-                    _ => return Err(unreadable(&"an IP address of neither 4 nor 16 bytes")),
-                },
-                other => return Err(unreadable(&format!("unexpected subject alternative name {other:?}"))),
-            }
-        }
-        Ok(sans)
+        let (_, pem) = x509_parser::pem::parse_x509_pem(self.cert.as_bytes())
+            .map_err(|e| PkiError::Certificate(format!("unreadable certificate: {e}")))?;
+        sans_of(&pem.contents)
     }
 
     /// When the certificate stops being valid, ms since the epoch.
@@ -487,10 +537,13 @@ mod tests {
                 write(&dir.join(STAGED_KEY), key, true).unwrap();
             }
         };
+        // What a crash left reads as a whole pair, and stays that pair once the owner tidies up.
         let loads = |dir: &Path| {
             let loaded = Credentials::load(dir).unwrap();
             assert!(key_matches(&loaded.cert, &loaded.key));
+            Credentials::recover(dir).unwrap();
             assert!(!dir.join(STAGED_CERT).exists() && !dir.join(STAGED_KEY).exists(), "nothing left staged");
+            assert_eq!(Credentials::load(dir).unwrap(), loaded);
             loaded
         };
         // Cut while staging: the certificate staged, the key not yet.
@@ -515,6 +568,35 @@ mod tests {
         new.save(dir.path()).unwrap();
         assert_eq!(loads(dir.path()), new);
         assert_eq!(mode_of(&dir.path().join("key.pem")), 0o600);
+    }
+
+    /// Another process reading the directory while the owner saves, again and again, sees
+    /// the old pair or the new one, never one of each.
+    #[test]
+    fn a_load_during_saves_always_reads_a_matching_pair() {
+        let ca = Authority::create("c").unwrap();
+        let credentials: Vec<Credentials> =
+            (0..4).map(|_| ca.issue(Role::Node, "h1", &[]).unwrap()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        credentials[0].save(dir.path()).unwrap();
+        let saving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let saver = {
+            let (saving, dir, credentials) = (saving.clone(), dir.path().to_path_buf(), credentials.clone());
+            std::thread::spawn(move || {
+                for k in 0..200 {
+                    credentials[k % credentials.len()].save(&dir).unwrap();
+                }
+                saving.store(false, std::sync::atomic::Ordering::Relaxed);
+            })
+        };
+        let mut loads = 0;
+        while saving.load(std::sync::atomic::Ordering::Relaxed) {
+            let loaded = Credentials::load(dir.path()).unwrap();
+            assert!(credentials.contains(&loaded), "a pair that was never saved");
+            loads += 1;
+        }
+        saver.join().unwrap();
+        assert!(loads > 0);
     }
 
     fn mode_of(path: &Path) -> u32 {
