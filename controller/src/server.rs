@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -276,35 +276,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha);
-    if let (Some((presented, _)), Some(tls), Some(dir), Some(expires_ms)) =
-        (&tls_server, &opts.tls, &opts.tls_dir, &credential_expires_ms)
-    {
-        let renewal = crate::renewal::Renewal {
-            id: opts.id,
-            advertise: advertise.clone(),
-            dir: dir.clone(),
-            within: opts.renew_within,
-            period: opts.renew_check,
-            presented: presented.clone(),
-            peers: controller.peers.clone(),
-            signer: controller.signer.clone(),
-            expires_ms: expires_ms.clone(),
-            current: std::sync::Mutex::new(tls.cert.clone()),
-            others: {
-                let (raft, id) = (controller.raft.clone(), opts.id);
-                Arc::new(move || {
-                    let metrics = raft.metrics().borrow().clone();
-                    let membership = metrics.membership_config.membership();
-                    membership
-                        .nodes()
-                        .filter(|(other, _)| **other != id)
-                        .map(|(_, node)| node.addr.clone())
-                        .collect()
-                })
-            },
-        };
-        tokio::spawn(renewal.run());
-    }
+    let renewal = match (&tls_server, &opts.tls, &opts.tls_dir, &credential_expires_ms) {
+        (Some((presented, _)), Some(tls), Some(dir), Some(expires_ms)) => {
+            Some(tokio::spawn(renewal(&opts, &controller, &advertise, tls, dir, presented, expires_ms).run()))
+        }
+        _ => None,
+    };
     let served = match tls_server {
         Some((_presented, config)) => {
             router.serve_with_incoming_shutdown(weft_pki::serve::incoming(listener, config), shutdown).await
@@ -317,11 +294,41 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()> + Send + 'sta
         }
     };
     let result = served.context("serving gRPC");
-    if let Some(task) = metrics_server {
+    for task in [metrics_server, renewal].into_iter().flatten() {
         task.abort();
     }
     let _ = raft.shutdown().await;
     result
+}
+
+/// The renewal of this member's own credential (decision record 0007).
+fn renewal(
+    opts: &Options,
+    controller: &Controller,
+    advertise: &str,
+    tls: &weft_pki::Credentials,
+    dir: &Path,
+    presented: &Arc<weft_pki::serve::Presented>,
+    expires_ms: &Arc<std::sync::atomic::AtomicU64>,
+) -> crate::renewal::Renewal {
+    let (raft, id) = (controller.raft.clone(), opts.id);
+    crate::renewal::Renewal {
+        id,
+        advertise: advertise.to_string(),
+        dir: dir.to_path_buf(),
+        within: opts.renew_within,
+        period: opts.renew_check,
+        presented: presented.clone(),
+        peers: controller.peers.clone(),
+        signer: controller.signer.clone(),
+        expires_ms: expires_ms.clone(),
+        current: std::sync::Mutex::new(tls.cert.clone()),
+        others: Arc::new(move || {
+            let metrics = raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            membership.nodes().filter(|(other, _)| **other != id).map(|(_, node)| node.addr.clone()).collect()
+        }),
+    }
 }
 
 /// The manifest's networks, created once by the member that configured the new cluster (by
