@@ -223,17 +223,27 @@ mod tests {
         }
     }
 
+    /// Member 2's credential, valid for `days`, saved in `dir`. With `ca_key` the member holds
+    /// the CA key; without, the CA is handed back (an operator's).
+    fn member(dir: &std::path::Path, days: u64, ca_key: bool) -> (Renewal, Credentials, Option<Authority>) {
+        let ca = Authority::create("c").unwrap();
+        let first = ca
+            .issue_valid_for(Role::Controller, "2", &["10.0.0.2".into()], Duration::from_secs(days * 86_400))
+            .unwrap();
+        first.save(dir).unwrap();
+        if ca_key {
+            let signer = Arc::new(Signer { ca_pem: first.ca.clone(), authority: Some(ca) });
+            (renewal(dir, &first, Some(signer)), first, None)
+        } else {
+            (renewal(dir, &first, None), first, Some(ca))
+        }
+    }
+
     #[test]
     fn a_member_holding_the_ca_key_renews_its_credential_once_it_is_due() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Authority::create("c").unwrap();
-        let first = ca
-            .issue_valid_for(Role::Controller, "2", &["10.0.0.2".into()], Duration::from_secs(40 * 86_400))
-            .unwrap();
-        first.save(dir.path()).unwrap();
+        let (member, first, _) = member(dir.path(), 40, true);
         let expires = first.expires_ms().unwrap();
-        let signer = Arc::new(Signer { ca_pem: first.ca.clone(), authority: Some(ca) });
-        let member = renewal(dir.path(), &first, Some(signer));
 
         assert_eq!(member.check(expires - 31 * DAY).unwrap(), Checked::Valid);
         let Checked::Renewed { expires_ms } = member.check(expires - 29 * DAY).unwrap() else {
@@ -253,18 +263,13 @@ mod tests {
     #[test]
     fn a_member_without_the_ca_key_picks_up_a_credential_renewed_by_hand_and_warns_until_then() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Authority::create("c").unwrap();
-        let first = ca
-            .issue_valid_for(Role::Controller, "2", &["10.0.0.2".into()], Duration::from_secs(20 * 86_400))
-            .unwrap();
-        first.save(dir.path()).unwrap();
+        let (member, first, operator) = member(dir.path(), 20, false);
         let expires = first.expires_ms().unwrap();
-        let member = renewal(dir.path(), &first, None);
 
         assert_eq!(member.check(expires - 10 * DAY).unwrap(), Checked::Due(Standing::Due { days_left: 10 }));
         assert_eq!(member.check(expires + DAY).unwrap(), Checked::Due(Standing::Expired));
         // An operator issues a new one into the directory.
-        let by_hand = ca.issue(Role::Controller, "2", &["10.0.0.2".into()]).unwrap();
+        let by_hand = operator.unwrap().issue(Role::Controller, "2", &["10.0.0.2".into()]).unwrap();
         by_hand.save(dir.path()).unwrap();
         let now = expires - 10 * DAY;
         assert_eq!(

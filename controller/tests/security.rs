@@ -600,13 +600,7 @@ async fn members_renew_credentials_issued_together_and_go_on_past_their_expiry()
     let issued = Instant::now();
     let addresses: Vec<String> = (0..3).map(|_| weft_testbed::free_address_on(&ip)).collect();
     let manifest = tmp.path().join("cluster.toml");
-    let listed: Vec<String> = addresses
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{{ id = {}, address = \"{a}\" }}", i + 1))
-        .collect();
-    std::fs::write(&manifest, format!("cluster_id = \"renewing\"\nmembers = [{}]\n", listed.join(", ")))
-        .unwrap();
+    weft_testbed::write_manifest(&manifest, "renewing", &addresses);
     let mut originals = Vec::new();
     for i in 0..3 {
         let tls = tmp.path().join(format!("m{}/tls", i + 1));

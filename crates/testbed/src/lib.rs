@@ -102,6 +102,17 @@ pub fn free_address_on(ip: &str) -> String {
     format!("{ip}:{port}")
 }
 
+/// Writes a cluster manifest at `path`: `cluster_id` and one member per address, ids from 1.
+pub fn write_manifest(path: &std::path::Path, cluster_id: &str, addresses: &[impl AsRef<str>]) {
+    let members: Vec<String> = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, address)| format!("{{ id = {}, address = \"{}\" }}", i + 1, address.as_ref()))
+        .collect();
+    std::fs::write(path, format!("cluster_id = \"{cluster_id}\"\nmembers = [{}]\n", members.join(", ")))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
 /// The body of `GET path` from the plain HTTP server at `addr` (metrics endpoints); panics
 /// on anything but 200.
 pub fn http_get(addr: &str, path: &str) -> String {

@@ -138,13 +138,7 @@ impl Lab {
         }
         ca.issue(weft_pki::Role::Admin, "lab", &[]).unwrap().save(&tmp.path().join("pki/admin")).unwrap();
         let manifest = tmp.path().join("cluster.toml");
-        let members: Vec<String> = CONTROLLERS
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{{ id = {}, address = \"{a}\" }}", i + 1))
-            .collect();
-        std::fs::write(&manifest, format!("cluster_id = \"lab\"\nmembers = [{}]\n", members.join(", ")))
-            .unwrap();
+        weft_testbed::write_manifest(&manifest, "lab", &CONTROLLERS);
         let mut lab = Lab {
             hosts,
             controllers: vec![None, None, None],
