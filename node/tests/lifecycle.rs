@@ -331,20 +331,12 @@ async fn an_agent_killed_mid_attach_leaves_nothing_half_done() {
     let network = lab.create_network("n", false);
     let containers: Vec<Netns> = (0..24).map(|_| Netns::new("c")).collect();
     let client = lab.agent(0).await;
-    let tasks: Vec<_> = containers
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            let mut client = client.clone();
-            let request = attach_request(ns, "n", &format!("k{i}"));
-            tokio::spawn(async move { client.attach(request).await.is_ok() })
-        })
-        .collect();
+    let tasks = attach_all(&client, &containers, "n", "k");
     tokio::time::sleep(Duration::from_millis(150)).await;
     lab.kill_agent(0);
     let mut succeeded = Vec::new();
     for task in tasks {
-        succeeded.push(task.await.unwrap());
+        succeeded.push(task.await.unwrap().is_ok());
     }
     lab.start_agent(0);
     let mut h1 = lab.agent(0).await;

@@ -425,15 +425,7 @@ async fn a_switch_namespace_deleted_by_hand_is_pinned_again_and_traffic_goes_on(
     tokio::time::sleep(Duration::from_millis(300)).await;
     const RACING: usize = 8;
     let racing: Vec<Netns> = (0..RACING).map(|_| Netns::new("c")).collect();
-    let attaches: Vec<_> = racing
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            let mut client = h1.clone();
-            let request = attach_request(ns, "amber", &format!("r{i}"));
-            tokio::spawn(async move { client.attach(request).await })
-        })
-        .collect();
+    let attaches = attach_all(&h1, &racing, "amber", "r");
     weft_testbed::run("ip", &["netns", "del", &switch]);
     assert!(!h1ns.switch_path().exists(), "ip netns del removed the pin");
     // While the containers attach, the pin is deleted again each time the agent restores it.

@@ -431,6 +431,28 @@ pub async fn attach(
     client.attach(attach_request(container, network, name)).await.unwrap().into_inner().attachment.unwrap()
 }
 
+/// A container's attach, answered or refused.
+pub type Attaching = tokio::task::JoinHandle<Result<tonic::Response<agent::AttachResponse>, tonic::Status>>;
+
+/// Starts attaching every one of `containers` to `network` at once, as `{prefix}{i}`, the way
+/// a runtime starting many containers does.
+pub fn attach_all(
+    client: &AgentServiceClient<Channel>,
+    containers: &[Netns],
+    network: &str,
+    prefix: &str,
+) -> Vec<Attaching> {
+    containers
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let mut client = client.clone();
+            let request = attach_request(ns, network, &format!("{prefix}{i}"));
+            tokio::spawn(async move { client.attach(request).await })
+        })
+        .collect()
+}
+
 pub fn ip_of(attachment: &agent::Attachment) -> String {
     attachment.ipv4_address.split('/').next().unwrap().to_string()
 }
