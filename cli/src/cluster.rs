@@ -90,7 +90,7 @@ fn credential_line(expires: &prost_types::Timestamp, member: u64, now_ms: u64) -
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -89,11 +89,14 @@ impl Target {
     /// A channel to the first controller that accepts a connection.
     pub(crate) async fn controller(&self) -> Result<Channel> {
         let tls = match &self.tls_dir {
-            Some(dir) => Some(
-                weft_pki::Credentials::load(dir)
-                    .map_err(|e| Failure::new(format!("--tls-dir: {e}")))?
-                    .client(),
-            ),
+            Some(dir) => {
+                let credentials =
+                    weft_pki::Credentials::load(dir).map_err(|e| Failure::new(format!("--tls-dir: {e}")))?;
+                if let Some(warning) = expiry_warning(dir, &credentials, crate::cluster::now_ms()) {
+                    eprintln!("{warning}");
+                }
+                Some(credentials.client())
+            }
             None => None,
         };
         let mut problems = Vec::new();
@@ -173,4 +176,41 @@ fn source_text(e: &(dyn std::error::Error + 'static)) -> String {
         inner = next;
     }
     inner.to_string()
+}
+
+/// One line for stderr when the credential the CLI presents expires within 30 days, or has:
+/// admins' credentials are renewed by hand, and the command itself goes on.
+fn expiry_warning(dir: &std::path::Path, credentials: &weft_pki::Credentials, now_ms: u64) -> Option<String> {
+    let within = std::time::Duration::from_secs(30 * 86_400);
+    let renew = "an admin issues a new one with `weft pki issue --admin NAME`";
+    match credentials.standing(now_ms, within).ok()? {
+        weft_pki::Standing::Valid => None,
+        weft_pki::Standing::Due { days_left } => Some(format!(
+            "weft: warning: the credential in {} expires in {days_left} days; {renew}",
+            dir.display()
+        )),
+        weft_pki::Standing::Expired => Some(format!(
+            "weft: the credential in {} has expired and controllers refuse it; {renew}",
+            dir.display()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    #[test]
+    fn an_expiring_credential_gets_one_line_and_a_fresh_one_none() {
+        let ca = weft_pki::Authority::create("c").unwrap();
+        let admin = ca.issue(weft_pki::Role::Admin, "ops", &[]).unwrap();
+        let expires = admin.expires_ms().unwrap();
+        let dir = std::path::Path::new("/etc/weft/admin");
+        assert_eq!(expiry_warning(dir, &admin, expires - 31 * 86_400_000), None);
+        assert_eq!(
+            expiry_warning(dir, &admin, expires - 3 * 86_400_000).unwrap(),
+            "weft: warning: the credential in /etc/weft/admin expires in 3 days; an admin issues a new one with `weft pki issue --admin NAME`"
+        );
+        assert!(expiry_warning(dir, &admin, expires + 1).unwrap().contains("has expired"));
+    }
 }

@@ -221,3 +221,28 @@ fn bad_input_gets_one_readable_line_and_a_failing_exit() {
     let out = weft(&c, &["--debug", "network", "inspect", "nowhere"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
 }
+
+/// An admin credential close to its expiry still works, with one warning line on stderr
+/// saying how to get a new one; stdout stays what scripts parse.
+#[test]
+fn a_credential_about_to_expire_is_warned_about_and_still_works() {
+    let c = start();
+    let ca = weft_pki::Authority::load(&c._dir.path().join("pki/controller-1")).unwrap();
+    let short = c._dir.path().join("pki/short-lived");
+    ca.issue_valid_for(weft_pki::Role::Admin, "ops", &[], Duration::from_secs(10 * 86_400))
+        .unwrap()
+        .save(&short)
+        .unwrap();
+    let out = Command::new(WEFT)
+        .args(["network", "ls", "-q"])
+        .env("WEFT_CONTROLLER", &c.address)
+        .env("WEFT_TLS_DIR", &short)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("expires in 9 days") && stderr.contains("weft pki issue --admin"), "{stderr}");
+}
