@@ -57,14 +57,18 @@ down() {
     done
     for i in "${hosts[@]}"; do
         ns="$prefix-h$i"
-        if ip netns list | grep -qw "^$ns"; then
+        # The pins, not `ip netns list`: with namespaces going away around it, that prints
+        # "Peer netns reference is invalid" for each one it cannot name.
+        if [ -e "/run/netns/$ns" ]; then
             if [ -x "$state/bin/weft-node" ]; then
                 nsenter "--net=/run/netns/$ns" "$state/bin/weft-node" --uninstall --state-dir "$state/host$i" \
                     --wireguard-interface "$prefix-wg$i" --switch-namespace "$ns-switch" >/dev/null 2>&1 || true
             fi
         fi
     done
-    for ns in $(ip netns list | awk '{print $1}' | grep "^$prefix-" || true); do
+    for pin in /run/netns/"$prefix"-*; do
+        [ -e "$pin" ] || continue
+        ns="${pin##*/}"
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
         ip netns del "$ns" 2>/dev/null || true
         rm -rf "/etc/netns/$ns"

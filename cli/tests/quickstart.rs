@@ -88,6 +88,7 @@ fn the_quickstart_brings_up_a_working_cluster_and_down_removes_it() {
 
     let down = quickstart.run(&["down"]);
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert_eq!(String::from_utf8_lossy(&down.stderr), "", "down complained");
     let namespaces =
         String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
     assert!(!namespaces.contains(&format!("{prefix}-")), "namespaces left: {namespaces}");
@@ -158,6 +159,8 @@ fn the_docker_quickstart_runs_the_example_through_dockerd_and_down_removes_it() 
 
     let down = quickstart.run(&["down"]);
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    // Tearing down says what it did and nothing else: no warnings for a user to wonder about.
+    assert_eq!(String::from_utf8_lossy(&down.stderr), "", "down complained");
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(&format!("/run/{prefix}")), "mounts left: {mounts}");
     let processes = String::from_utf8(
