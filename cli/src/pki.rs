@@ -27,8 +27,8 @@ pub(crate) enum PkiCommand {
         admin: String,
     },
     /// Issue a credential from the CA in DIR: for a host (--node NAME), an admin, or a
-    /// controller (--controller ID=HOST, e.g. to renew one before it expires: issue, then
-    /// restart the members one at a time).
+    /// controller (--controller ID=HOST; members holding the CA key renew their own, and one
+    /// that does not picks up a credential issued into its --tls-dir without a restart).
     Issue {
         #[arg(long)]
         dir: PathBuf,
