@@ -47,7 +47,9 @@ pub struct Renewal {
     pub others: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
 }
 
-/// A renewal that failed is tried again this soon (or at the next check, if sooner).
+/// A renewal that failed is tried again this soon, then twice as long after each further
+/// failure, up to the check period: a peer not serving yet is retried at once, a directory
+/// that cannot be written is not logged every few seconds for a month.
 const RETRY: Duration = Duration::from_secs(5);
 /// How long one member may take to answer a renewal.
 const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,26 +77,36 @@ impl Renewal {
     /// Checks now and then every `period`, for as long as the member runs.
     pub async fn run(self) {
         let renewal = Arc::new(self);
+        let mut failures = 0u32;
         loop {
             let checking = renewal.clone();
-            let mut next = renewal.period;
-            match tokio::task::spawn_blocking(move || checking.check(now_ms())).await {
+            let failed = match tokio::task::spawn_blocking(move || checking.check(now_ms())).await {
                 Ok(Ok(Checked::Due(standing))) => match renewal.renew_through_others().await {
-                    Ok(expires_ms) => renewal.report(&Checked::Renewed { expires_ms }),
+                    Ok(expires_ms) => {
+                        renewal.report(&Checked::Renewed { expires_ms });
+                        false
+                    }
                     Err(e) => {
                         tracing::warn!("renewing through the other members: {e:#}");
                         renewal.report(&Checked::Due(standing));
-                        next = next.min(RETRY);
+                        true
                     }
                 },
-                Ok(Ok(checked)) => renewal.report(&checked),
+                Ok(Ok(checked)) => {
+                    renewal.report(&checked);
+                    false
+                }
                 Ok(Err(e)) => {
                     tracing::warn!("checking this member's credential: {e:#}");
-                    next = next.min(RETRY);
+                    true
                 }
-                Err(e) => tracing::warn!("checking this member's credential: {e}"),
-            }
-            tokio::time::sleep(next).await;
+                Err(e) => {
+                    tracing::warn!("checking this member's credential: {e}");
+                    true
+                }
+            };
+            failures = if failed { failures.saturating_add(1) } else { 0 };
+            tokio::time::sleep(next_check(renewal.period, failures)).await;
         }
     }
 
@@ -193,6 +205,14 @@ impl Renewal {
     }
 }
 
+/// When to look again after `failures` failed attempts in a row.
+fn next_check(period: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        return period;
+    }
+    RETRY.saturating_mul(2u32.saturating_pow(failures - 1)).min(period)
+}
+
 /// `YYYY-MM-DD` of a time in ms since the epoch.
 fn date(ms: u64) -> String {
     let (year, month, day) =
@@ -237,6 +257,15 @@ mod tests {
         } else {
             (renewal(dir, &first, None), first, Some(ca))
         }
+    }
+
+    #[test]
+    fn failed_renewals_are_retried_soon_then_less_and_less_often() {
+        let hour = Duration::from_secs(3600);
+        let waits: Vec<u64> = (0..12).map(|failures| next_check(hour, failures).as_secs()).collect();
+        assert_eq!(waits, [3600, 5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600]);
+        assert_eq!(next_check(Duration::from_secs(2), 1), Duration::from_secs(2), "never past the period");
+        assert_eq!(next_check(hour, u32::MAX), hour);
     }
 
     #[test]
