@@ -114,23 +114,33 @@ fn read_if_there(path: &Path) -> Result<Option<(String, u32)>, PkiError> {
     Ok(Some((text, mode)))
 }
 
-/// The certificate and key `dir` holds, the key's file and its permission bits: a staged
-/// certificate with the key that belongs to it (staged, or already moved into place) is a
-/// save past its point of no return; otherwise `cert.pem` and `key.pem`. A save in another
-/// process moves files between these reads, so a pair that does not match is read again.
-fn current_pair(dir: &Path) -> Result<(String, String, std::path::PathBuf, u32), PkiError> {
-    let (staged_cert, staged_key) = (dir.join(STAGED_CERT), dir.join(STAGED_KEY));
+/// A pair as read: certificate, key, the key's file and its permission bits.
+type Pair = (String, String, std::path::PathBuf, u32);
+
+/// A staged certificate with the key that belongs to it, staged or already moved into place:
+/// a save past its point of no return. Staged files are complete when they exist (each is
+/// written whole, then renamed into its staged name).
+fn staged_pair(dir: &Path) -> Result<Option<Pair>, PkiError> {
+    let Some((cert, _)) = read_if_there(&dir.join(STAGED_CERT))? else { return Ok(None) };
+    for key_path in [dir.join(STAGED_KEY), dir.join("key.pem")] {
+        if let Some((key, mode)) = read_if_there(&key_path)?
+            && key_matches(&cert, &key)
+        {
+            return Ok(Some((cert, key, key_path, mode)));
+        }
+    }
+    Ok(None)
+}
+
+/// The certificate and key `dir` holds: a [`staged_pair`], or else `cert.pem` and `key.pem`.
+/// A save in another process moves files between these reads, so a pair that does not match
+/// is read again.
+fn current_pair(dir: &Path) -> Result<Pair, PkiError> {
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     let required = |path: &Path| read_if_there(path)?.ok_or_else(|| file_error(path, "missing"));
     for _ in 0..5 {
-        if let Some((new_cert, _)) = read_if_there(&staged_cert)? {
-            for key in [&staged_key, &key_path] {
-                if let Some((new_key, mode)) = read_if_there(key)?
-                    && key_matches(&new_cert, &new_key)
-                {
-                    return Ok((new_cert, new_key, key.clone(), mode));
-                }
-            }
+        if let Some(pair) = staged_pair(dir)? {
+            return Ok(pair);
         }
         let ((cert, _), (key, mode)) = (required(&cert_path)?, required(&key_path)?);
         if key_matches(&cert, &key) {
@@ -141,38 +151,28 @@ fn current_pair(dir: &Path) -> Result<(String, String, std::path::PathBuf, u32),
     Err(file_error(&key_path, format!("not the key of {}", cert_path.display())))
 }
 
-/// Puts a staged certificate and key in place, key first, or drops what a crash left staged
-/// half-way. Staged files are complete when they exist (each is written whole, then renamed
-/// into its staged name), so a staged certificate whose key (staged, or already moved into
-/// place) belongs to it is a save to finish; anything else is a save cut short before it
-/// replaced anything.
+/// Makes what [`current_pair`] reads permanent: a [`staged_pair`] is put in place, key
+/// first; whatever else is staged is a save cut short before it replaced anything, and goes.
 fn finish_staged(dir: &Path) -> Result<(), PkiError> {
     let (staged_cert, staged_key) = (dir.join(STAGED_CERT), dir.join(STAGED_KEY));
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    if !staged_cert.exists() {
-        return match std::fs::remove_file(&staged_key) {
-            Ok(()) => sync_dir(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(file_error(&staged_key, e)),
-        };
-    }
-    let new_cert = read(&staged_cert)?;
-    let new_key = if staged_key.exists() { read(&staged_key)? } else { read(&key)? };
-    if key_matches(&new_cert, &new_key) {
-        if staged_key.exists() {
+    let mut changed = false;
+    if let Some((_, _, key_path, _)) = staged_pair(dir)? {
+        if key_path == staged_key {
+            let key = dir.join("key.pem");
             std::fs::rename(&staged_key, &key).map_err(|e| file_error(&key, e))?;
         }
+        let cert = dir.join("cert.pem");
         std::fs::rename(&staged_cert, &cert).map_err(|e| file_error(&cert, e))?;
-    } else {
-        for staged in [&staged_key, &staged_cert] {
-            match std::fs::remove_file(staged) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(file_error(staged, e)),
-            }
+        changed = true;
+    }
+    for staged in [&staged_key, &staged_cert] {
+        match std::fs::remove_file(staged) {
+            Ok(()) => changed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_error(staged, e)),
         }
     }
-    sync_dir(dir)
+    if changed { sync_dir(dir) } else { Ok(()) }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), PkiError> {
