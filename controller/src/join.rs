@@ -8,7 +8,6 @@ use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 use weft_api::convert;
 use weft_api::pb;
@@ -188,9 +187,7 @@ impl pb::join_service_server::JoinService for Controller {
             // A controller keeps the addresses its current certificate names.
             Some(caller) if caller.role == Role::Controller => {
                 let certificate = request
-                    .extensions()
-                    .get::<TlsConnectInfo<TcpConnectInfo>>()
-                    .and_then(TlsConnectInfo::peer_certs)
+                    .peer_certs()
                     .and_then(|certs| certs.first().cloned())
                     .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
                 let sans =
