@@ -133,11 +133,13 @@ struct PeerChannels {
     /// Mutual TLS towards other members (their certificates name their addresses); none
     /// with `--insecure`.
     tls: Option<ClientTlsConfig>,
+    /// Counts credential renewals, so long-lived streams know to move to new connections.
+    generation: u64,
 }
 
 impl Peers {
     pub fn new(tls: Option<ClientTlsConfig>) -> Peers {
-        Peers { state: Arc::new(Mutex::new(PeerChannels { by_address: HashMap::new(), tls })) }
+        Peers { state: Arc::new(Mutex::new(PeerChannels { by_address: HashMap::new(), tls, generation: 0 })) }
     }
 
     /// Connects with `tls` (a renewed credential) from now on: channels open so far are let
@@ -145,7 +147,23 @@ impl Peers {
     pub fn reconnect_with(&self, tls: ClientTlsConfig) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.tls = Some(tls);
+        Self::let_go(&mut state);
+    }
+
+    /// Opens new connections from now on; calls and streams on the old ones finish there.
+    #[cfg(test)]
+    pub(crate) fn let_go_of_connections(&self) {
+        Self::let_go(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn let_go(state: &mut PeerChannels) {
         state.by_address.clear();
+        state.generation += 1;
+    }
+
+    /// Changes whenever the connections are let go ([`Peers::reconnect_with`]).
+    pub fn generation(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).generation
     }
 
     /// A client for the member at `addr` (host:port). Connection happens on first use.

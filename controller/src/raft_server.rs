@@ -1,10 +1,13 @@
 //! The internal `weft.raft.v1` service a member serves to the others: openraft's RPCs into
 //! the local Raft, and the requests other members forward to this one when it leads.
 
+use std::pin::Pin;
+
 use openraft::error::RaftError;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::{Deserialize, Serialize};
-use tonic::{Request, Response, Status};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 use weft_core::Proposal;
 
 use crate::cluster::Controller;
@@ -44,9 +47,32 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<pb::Payload>, Status> {
 
 #[tonic::async_trait]
 impl pb::raft_service_server::RaftService for RaftServer {
+    /// What a member of a release before `Replicate` sends, during a rolling upgrade.
     async fn append_entries(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
         reply(&self.raft.append_entries(rpc).await)
+    }
+
+    type ReplicateStream = Pin<Box<dyn Stream<Item = Result<pb::Payload, Status>> + Send>>;
+
+    /// Answers each request as the reply stream is read: no task of its own, so a request
+    /// reaches the local Raft from the connection's own poll.
+    async fn replicate(
+        &self,
+        request: Request<Streaming<pb::Payload>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let raft = self.raft.clone();
+        let answers = request.into_inner().then(move |message| {
+            let raft = raft.clone();
+            async move {
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&message?.data)
+                    .map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
+                let data =
+                    encode(&raft.append_entries(rpc).await).map_err(|e| Status::internal(e.to_string()))?;
+                Ok(pb::Payload { data })
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {

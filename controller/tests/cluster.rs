@@ -132,6 +132,13 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to member `i`.
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.members[i].child.as_ref().expect("member running").id();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     fn channel(&self, i: usize) -> Channel {
         Channel::from_shared(format!("http://{}", self.members[i].addr)).unwrap().connect_lazy()
     }
@@ -1390,6 +1397,61 @@ async fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
     assert_eq!(caught_up.1.len(), 120);
     assert_eq!(caught_up, everything(&cluster, cluster.index_of(leader)).await);
     assert!(cluster.status(lagging).await.snapshot_index >= leader_status.purged_index);
+}
+
+/// A follower stops running in the middle of replication (SIGSTOP, as a paused VM or a
+/// stalled disk would), with the leader's AppendEntries to it still in flight on their stream.
+/// The leader's calls time out and their late answers must never be taken for later calls'.
+/// Writes go on committing with the other two; when the follower runs again it catches up and
+/// answers every write, without a snapshot.
+#[tokio::test]
+async fn a_follower_that_stalls_mid_replication_catches_up_when_it_runs_again() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.index_of(cluster.wait_ready(0, Duration::from_secs(30)).await);
+    big_network(&cluster, leader).await;
+    let stalled = (leader + 1) % 3;
+    let writers: Vec<_> = (0..3).filter(|i| *i != stalled).map(|i| cluster.endpoints(i)).collect();
+    let writes = tokio::spawn(async move {
+        let batches = (0..4).map(|b| create_many(writers.clone(), b * 100, b * 100 + 100));
+        all_at_once(batches).await
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.status(leader).await.applied_index < 50 {
+        assert!(Instant::now() < deadline, "writes did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.signal(stalled, "STOP");
+    let stopped_at = cluster.status(leader).await.applied_index;
+    while cluster.status(leader).await.applied_index < stopped_at + 100 {
+        assert!(Instant::now() < deadline, "writes stopped committing while one follower was stalled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.signal(stalled, "CONT");
+
+    let acknowledged: usize = writes.await.unwrap().iter().map(Vec::len).sum();
+    assert_eq!(acknowledged, 400);
+    let leader_state = everything(&cluster, leader).await;
+    assert_eq!(leader_state.1.len(), 400);
+    assert_eq!(everything(&cluster, stalled).await, leader_state);
+    let status = cluster.status(stalled).await;
+    assert_eq!(status.snapshot_index, 0, "caught up from the log, not a snapshot");
+    assert_eq!(status.applied_index, cluster.status(leader).await.applied_index);
+}
+
+/// Runs every future to completion, concurrently; their outputs in order.
+async fn all_at_once<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outputs.push(task.await.unwrap());
+    }
+    outputs
 }
 
 #[tokio::test]
