@@ -173,16 +173,19 @@ async fn uninstall(
 /// Keeps the host's credential from expiring: when it has less than `within` left, a new key
 /// is made here, a controller signs it (the current credential vouching for the request), the
 /// files are replaced and new connections present it. Connections open meanwhile keep the
-/// old one, which is still valid: nothing is interrupted.
+/// old one, which is still valid: nothing is interrupted. A credential an operator put in
+/// `dir` (`weft pki issue`) is presented from the next check on, without a restart.
+/// `presented` is the certificate new connections present now.
 async fn renew_forever(
     controllers: &Controllers,
     name: &str,
     dir: &std::path::Path,
+    mut presented: String,
     within: Duration,
     period: Duration,
 ) {
     loop {
-        match renew_if_due(controllers, name, dir, within).await {
+        match renew_if_due(controllers, name, dir, &mut presented, within).await {
             Ok(true) => tracing::info!(dir = %dir.display(), "credential renewed"),
             Ok(false) => {}
             Err(e) => tracing::warn!("renewing the credential: {e:#}; retrying in {period:?}"),
@@ -195,10 +198,16 @@ async fn renew_if_due(
     controllers: &Controllers,
     name: &str,
     dir: &std::path::Path,
+    presented: &mut String,
     within: Duration,
 ) -> anyhow::Result<bool> {
     use weft_api::pb::join_service_client::JoinServiceClient;
     let current = weft_pki::Credentials::load(dir).context("loading this host's credential")?;
+    if current.cert != *presented {
+        controllers.reconnect_with(current.client())?;
+        *presented = current.cert.clone();
+        tracing::info!(dir = %dir.display(), "presenting the credential found in the directory");
+    }
     let now_ms =
         u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis())?;
     let standing =
@@ -216,6 +225,7 @@ async fn renew_if_due(
     let credentials = weft_pki::Credentials { ca: renewed.ca_pem, cert: renewed.certificate_pem, key };
     credentials.save(dir).context("saving the renewed credential")?;
     controllers.reconnect_with(credentials.client())?;
+    *presented = credentials.cert;
     Ok(true)
 }
 
@@ -315,11 +325,11 @@ async fn main() -> anyhow::Result<()> {
     {
         join(&flags.controllers, &name, token, fingerprint, dir, timeout).await?;
     }
-    let tls = match (&flags.tls_dir, flags.insecure) {
+    let credentials = match (&flags.tls_dir, flags.insecure) {
         (Some(dir), false) => {
             // This agent owns the directory: a renewal a crash cut short is finished or dropped.
             weft_pki::Credentials::recover(dir).context("--tls-dir")?;
-            Some(weft_pki::Credentials::load(dir).context("--tls-dir")?.client())
+            Some(weft_pki::Credentials::load(dir).context("--tls-dir")?)
         }
         (None, true) => {
             tracing::warn!("--insecure: talking to the controllers in plaintext");
@@ -330,12 +340,16 @@ async fn main() -> anyhow::Result<()> {
             "give --tls-dir DIR (this host's ca.pem, cert.pem, key.pem from `weft pki issue --node NAME`), or --insecure"
         ),
     };
-    let controllers = Controllers::new(flags.controllers.clone(), timeout, tls)?;
-    if let Some(dir) = flags.tls_dir.clone() {
+    let controllers =
+        Controllers::new(flags.controllers.clone(), timeout, credentials.as_ref().map(|c| c.client()))?;
+    if let (Some(dir), Some(credentials)) = (flags.tls_dir.clone(), credentials) {
         let (controllers, name) = (controllers.clone(), name.clone());
         let within = Duration::from_secs(flags.renew_within_days.saturating_mul(86_400));
         let period = Duration::from_millis(flags.renew_check_ms.max(100));
-        tokio::spawn(async move { renew_forever(&controllers, &name, &dir, within, period).await });
+        let presented = credentials.cert;
+        tokio::spawn(
+            async move { renew_forever(&controllers, &name, &dir, presented, within, period).await },
+        );
     }
     let settings = Settings {
         host: Host { name, vtep, underlay_mtu },

@@ -326,6 +326,57 @@ async fn an_agent_renews_its_credential_without_interrupting_anything() {
     assert_eq!(received, 40, "{summary}");
 }
 
+/// An operator puts a new credential in a host's directory by hand (`weft pki issue`), as
+/// when the one it runs with can no longer be renewed: the agent presents it from its next
+/// check, without a restart. Once the credential it started with has expired and every
+/// controller has restarted, so that no connection made before is left, the host still
+/// attaches containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_presents_a_credential_placed_in_its_directory_without_a_restart() {
+    if !root_or_skip("an_agent_presents_a_credential_placed_in_its_directory_without_a_restart") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    lab.create_network("steady", false);
+    let authority = weft_pki::Authority::load(&lab.tmp_path().join("pki/controller1")).unwrap();
+    let dir = lab.tmp_path().join("pki/h1");
+    lab.kill_agent(0);
+    const SHORT: Duration = Duration::from_secs(15);
+    let started_with = authority.issue_valid_for(weft_pki::Role::Node, "h1", &[], SHORT).unwrap();
+    let expired_at = tokio::time::Instant::now() + SHORT;
+    started_with.save(&dir).unwrap();
+    // Renewing only once expired: nothing but the operator replaces this credential.
+    lab.start_agent_with(0, &["--renew-within-days", "0", "--renew-check-ms", "300"]);
+    let (c1, c2) = (Netns::new("c"), Netns::new("c"));
+    let first = attach(&mut lab.agent(0).await, &c1, "steady", "c1").await;
+
+    authority.issue(weft_pki::Role::Node, "h1", &[]).unwrap().save(&dir).unwrap();
+    // The old certificate's expiry is the event waited for.
+    tokio::time::sleep_until(expired_at + Duration::from_secs(1)).await;
+    for i in 0..3 {
+        lab.stop_controller(i);
+    }
+    for i in 0..3 {
+        lab.start_controller(i);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut agent = lab.agent(0).await;
+    let attached = loop {
+        match agent.attach(attach_request(&c2, "steady", "c2")).await {
+            Ok(answer) => break answer.into_inner().attachment.unwrap(),
+            Err(status) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no attach after the old credential expired: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(attached.network_name, "steady", "{attached:?}");
+    assert!(reaches(&c2, &ip_of(&first)).await, "c2 -> c1");
+}
+
 /// Where br_netfilter hands bridged frames to the IP hooks (hosts running Docker or
 /// Kubernetes load it), a bridge in the host namespace would have every container flow of a
 /// network walk the host's firewall and connection tracking on both hosts, for nothing: no NAT
