@@ -381,6 +381,51 @@ async fn an_agent_killed_mid_attach_leaves_nothing_half_done() {
     assert_eq!(leftovers, registry(&lab).len(), "one record per attached container");
 }
 
+/// A runtime attaches a container while no controller can be reached: the attach fails as
+/// Unavailable, and what it began cannot be undone yet either. The runtime retries, as
+/// runtimes do: while the controllers are still away it is told Unavailable again, never that
+/// the container is already attached; once they are back the retry attaches it, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attach_that_failed_while_the_controllers_were_away_succeeds_when_retried() {
+    if !root_or_skip("an_attach_that_failed_while_the_controllers_were_away_succeeds_when_retried") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    lab.create_network("n", false);
+    let mut h1 = lab.agent(0).await;
+    for i in 0..3 {
+        lab.stop_controller(i);
+    }
+    let container = Netns::new("c");
+    let request = attach_request(&container, "n", "retried");
+    let refused = h1.attach(request.clone()).await.expect_err("no controller to register with");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    for _ in 0..3 {
+        let again = h1.attach(request.clone()).await.expect_err("no controller to register with");
+        // Aborted while the agent is in the middle of undoing the first try.
+        assert!(matches!(again.code(), Code::Unavailable | Code::Aborted), "a retry while away: {again:?}");
+    }
+
+    for i in 0..3 {
+        lab.start_controller(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let attached = loop {
+        match h1.attach(request.clone()).await {
+            Ok(answer) => break answer.into_inner().attachment.unwrap(),
+            Err(status) => {
+                assert!(Instant::now() < deadline, "the retry never attached: {status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(addresses(&container.name), vec![attached.ipv4_address.clone()]);
+    let registered: Vec<_> =
+        registry(&lab).into_values().filter(|e| e.container_id == request.container_id).collect();
+    assert_eq!(registered.len(), 1, "{registered:?}");
+    assert_eq!(registered[0].ipv4_address, attached.ipv4_address);
+}
+
 /// One endpoint the host cannot program (a foreign link holds its veth's name) is reported
 /// as that endpoint's state and blocks only waits for it; the rest of the host moves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,7 +140,8 @@ impl<D: Dataplane> Agent<D> {
 
     /// Takes the container's place on the network for this attach: a new record, in memory
     /// and owned by the caller. A record left by a container that is gone (its namespace
-    /// deleted or replaced) is released first; a live one means the container is attached.
+    /// deleted or replaced), or by an attach that failed, is released first; a live one means
+    /// the container is attached.
     pub(super) async fn claim(
         &self,
         request: &agent::AttachRequest,
@@ -154,12 +155,17 @@ impl<D: Dataplane> Agent<D> {
                 let mut shared = self.shared();
                 let attachments = &mut shared.attachments;
                 match attachments.entries.get_mut(&key) {
+                    // Aborted, not AlreadyExists: the attach or detach in flight (or the
+                    // undoing of one that failed) may yet end with the container not attached.
                     Some(entry) if entry.busy => {
-                        return Err(Status::already_exists(format!(
-                            "container {} is being attached to or detached from network {} right now",
+                        return Err(Status::aborted(format!(
+                            "container {} is being attached to or detached from network {} right now; retry",
                             request.container_id, network.name
                         )));
                     }
+                    // An attach that failed and could not be undone then (no controller
+                    // reached): the container is not attached; undone below, then afresh.
+                    Some(entry) if entry.record.stage == Stage::Attaching => {}
                     Some(entry) if entry.gone.is_none() && still_there(entry) => {
                         return Err(Status::already_exists(format!(
                             "container {} is already attached to network {} (interface {} in {})",
