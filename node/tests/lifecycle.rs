@@ -426,6 +426,66 @@ async fn an_attach_that_failed_while_the_controllers_were_away_succeeds_when_ret
     assert_eq!(registered[0].ipv4_address, attached.ipv4_address);
 }
 
+/// A runtime that retries before its first call has answered sends the same attach again
+/// and again: eight at once for one container. One attaches it; each other is told the
+/// container is busy (Aborted, retry) or already attached, and the container ends up with one
+/// interface and one endpoint. Eight detaches at once then leave it with none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_container_attached_and_detached_eight_times_at_once_ends_up_once() {
+    if !root_or_skip("one_container_attached_and_detached_eight_times_at_once_ends_up_once") {
+        return;
+    }
+    let lab = Lab::new(1);
+    lab.create_network("n", false);
+    let h1 = lab.agent(0).await;
+    let container = Netns::new("c");
+    let request = attach_request(&container, "n", "eager");
+    let attaches: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut client, request) = (h1.clone(), request.clone());
+            tokio::spawn(async move { client.attach(request).await })
+        })
+        .collect();
+    let mut attached = Vec::new();
+    for task in attaches {
+        match task.await.unwrap() {
+            Ok(answer) => attached.push(answer.into_inner().attachment.unwrap()),
+            Err(status) => assert!(
+                matches!(status.code(), Code::Aborted | Code::AlreadyExists),
+                "a repeated attach: {status:?}"
+            ),
+        }
+    }
+    assert_eq!(attached.len(), 1, "{attached:?}");
+    assert_eq!(links(&container.name), vec![attached[0].interface.clone()]);
+    assert_eq!(addresses(&container.name), vec![attached[0].ipv4_address.clone()]);
+    let registered =
+        |lab: &Lab| registry(lab).into_values().filter(|e| e.container_id == request.container_id).count();
+    assert_eq!(registered(&lab), 1);
+
+    let detaches: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = h1.clone();
+            let detach =
+                agent::DetachRequest { network: "n".into(), container_id: request.container_id.clone() };
+            tokio::spawn(async move { client.detach(detach).await })
+        })
+        .collect();
+    let mut detached = 0;
+    for task in detaches {
+        match task.await.unwrap() {
+            Ok(_) => detached += 1,
+            Err(status) => assert!(
+                matches!(status.code(), Code::Aborted | Code::NotFound),
+                "a repeated detach: {status:?}"
+            ),
+        }
+    }
+    assert_eq!(detached, 1);
+    assert!(links(&container.name).is_empty(), "{:?}", links(&container.name));
+    assert_eq!(registered(&lab), 0);
+}
+
 /// One endpoint the host cannot program (a foreign link holds its veth's name) is reported
 /// as that endpoint's state and blocks only waits for it; the rest of the host moves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

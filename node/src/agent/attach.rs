@@ -442,7 +442,7 @@ impl<D: Dataplane> Agent<D> {
             let key = crate::attachments::key(&network.id, &request.container_id);
             let entry = attachments.entries.get_mut(&key).ok_or_else(not_attached)?;
             if entry.busy {
-                return Err(Status::failed_precondition(format!(
+                return Err(Status::aborted(format!(
                     "container {} is being attached to or detached from network {} right now; retry",
                     request.container_id, network.name
                 )));
