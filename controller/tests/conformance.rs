@@ -560,6 +560,62 @@ fn python_env() -> PathBuf {
     python
 }
 
+/// The established TCP connections (local, peer) matching an `ss` filter.
+fn established(filter: &str) -> Vec<(String, String, String)> {
+    let out =
+        Command::new("ss").args(["-Htnp", "state", "established", filter]).output().expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            Some((columns.get(2)?.to_string(), columns.get(3)?.to_string(), columns[4..].join(" ")))
+        })
+        .collect()
+}
+
+/// A client that stops answering without closing its connection (a host that lost power in
+/// the middle of a watch, a paused VM) is let go: members ping their HTTP/2 connections and
+/// close one whose peer does not answer, so its watch stream and buffers do not stay for
+/// ever. The client is a stock Python grpcio watch, stopped with SIGSTOP; its kernel still
+/// holds the TCP connection, so only the missing ping answers can tell.
+#[tokio::test]
+async fn a_watcher_that_stops_answering_is_let_go() {
+    let cluster = SecureCluster::start().await;
+    let python = python_env();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/stalled_watcher.py");
+    let member = &cluster.addresses[0];
+    let mut watcher = Process(
+        Command::new(&python)
+            .arg(&script)
+            .args(["--controller", member, "--tls-dir"])
+            .arg(&cluster.admin_dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(watcher.0.stdout.take().unwrap()), &mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "watching");
+    let port = member.rsplit(':').next().unwrap();
+    let pid = format!("pid={},", watcher.0.id());
+    let (watcher_end, _, _) = established(&format!("( dport = :{port} )"))
+        .into_iter()
+        .find(|(_, _, process)| process.contains(&pid))
+        .expect("the watcher's connection");
+    let watcher_port = watcher_end.rsplit(':').next().unwrap().to_string();
+    let member_side = format!("( sport = :{port} and dport = :{watcher_port} )");
+    assert_eq!(established(&member_side).len(), 1, "the member's end of the watch");
+
+    let stopped = Command::new("kill").args(["-STOP", &watcher.0.id().to_string()]).status().unwrap();
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !established(&member_side).is_empty() {
+        assert!(Instant::now() < deadline, "the member still holds the stopped watcher's connection");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The README's worked example, run with a stock Python grpcio client: stubs generated from
 /// the .proto files, mutual TLS, health, v1alpha reflection, a retried create with a request
 /// id, and a refusal's details decoded with grpcio-status.
