@@ -120,6 +120,10 @@ impl Controllers {
     }
 }
 
+/// How long a connection to a controller may go without a sign of it before a ping, and how
+/// long the ping may go unanswered before the connection is given up.
+const CONTROLLER_SILENCE: Duration = Duration::from_secs(5);
+
 /// Lazily connected channels to each member.
 fn connect(
     addresses: &[String],
@@ -135,7 +139,17 @@ fn connect(
             if let Some(tls) = &tls {
                 endpoint = endpoint.tls_config(tls.clone()).context("TLS")?;
             }
-            Ok(endpoint.connect_timeout(timeout).timeout(timeout).tcp_nodelay(true).connect_lazy())
+            // A controller that hangs or loses power closes nothing: without pings the watch
+            // on it would wait for ever (or for TCP's retransmissions, a quarter of an hour)
+            // instead of moving to another member.
+            Ok(endpoint
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(CONTROLLER_SILENCE)
+                .keep_alive_timeout(CONTROLLER_SILENCE)
+                .keep_alive_while_idle(true)
+                .connect_lazy())
         })
         .collect()
 }

@@ -229,6 +229,30 @@ async fn agents_carry_on_when_a_controller_dies() {
     assert!(c2.pings(&ip_of(&e1)));
 }
 
+/// A controller that hangs (SIGSTOP: a paused VM, a host that lost power) closes nothing;
+/// its kernel even keeps the connections up. Agents notice it stopped answering their pings
+/// and carry on through the others, watch included: what one host attaches reaches the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_carry_on_when_a_controller_hangs() {
+    if !root_or_skip("agents_carry_on_when_a_controller_hangs") {
+        return;
+    }
+    let lab = Lab::new(2);
+    lab.create_network("amber", false);
+    let (c1, c2) = (Netns::new("c"), Netns::new("c"));
+    let mut h1 = lab.agent(0).await;
+    let e1 = attach(&mut h1, &c1, "amber", "c1").await;
+    // The first member is every agent's first choice: what it watches and writes through.
+    lab.signal_controller(0, "STOP");
+    let e2 = attach(&mut lab.agent(1).await, &c2, "amber", "c2").await;
+    // Within two missed pings and a reconnect, not the quarter of an hour TCP would take.
+    eventually("h1 learns of c2 while its controller hangs", Duration::from_secs(20), || {
+        c1.pings(&ip_of(&e2))
+    })
+    .await;
+    assert!(c2.pings(&ip_of(&e1)));
+}
+
 /// A registry whose snapshot is larger than gRPC's default 4 MiB message limit still reaches
 /// an agent (it broke the watch stream at about 20,000 endpoints once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -188,6 +188,13 @@ impl Lab {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to controller `i`.
+    pub fn signal_controller(&self, i: usize, signal: &str) {
+        let pid = self.controllers[i].as_ref().expect("controller running").id();
+        let sent = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
     pub fn start_agent(&mut self, i: usize) {
         self.start_agent_with(i, &[]);
     }
