@@ -538,14 +538,23 @@ async fn the_server_keeps_the_contract_the_proto_states() {
 }
 
 /// Where the Python client's virtual environment lives: built once per target directory.
+/// Tests run as processes of their own at the same time: the first builds it while holding a
+/// lock, the others wait for it rather than build into the same directory at once.
 fn python_env() -> PathBuf {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
     let venv = target.join("python-grpcio");
     let python = venv.join("bin/python");
     let ready = venv.join(".ready");
+    std::fs::create_dir_all(&target).unwrap();
+    let lock = std::fs::File::create(target.join("python-grpcio.lock")).unwrap();
+    let _building = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("locking the Python environment");
     if ready.exists() {
         return python;
     }
+    // What a build cut short left behind.
+    let _ = std::fs::remove_dir_all(&venv);
     let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/requirements.txt");
     let created =
         Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 is installed");
