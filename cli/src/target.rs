@@ -100,11 +100,11 @@ impl Target {
             None => None,
         };
         let mut problems = Vec::new();
-        for address in &self.controllers {
+        for (k, address) in self.controllers.iter().enumerate() {
             let scheme = if tls.is_some() { "https" } else { "http" };
             let uri = if address.contains("://") { address.clone() } else { format!("{scheme}://{address}") };
             let mut endpoint = match Channel::from_shared(uri) {
-                Ok(e) => e.connect_timeout(Duration::from_secs(2)).timeout(self.timeout),
+                Ok(e) => e.connect_timeout(ANSWER_WITHIN).timeout(self.timeout),
                 Err(_) => {
                     problems.push(format!("{address}: not a host:port"));
                     continue;
@@ -113,9 +113,16 @@ impl Target {
             if let Some(tls) = &tls {
                 endpoint = endpoint.tls_config(tls.clone()).map_err(|e| Failure::new(format!("TLS: {e}")))?;
             }
-            match endpoint.connect().await {
-                Ok(channel) => return Ok(channel),
-                Err(e) => problems.push(format!("{address}: {}", source_text(&e))),
+            // A member that hangs still has its kernel accept the connection, and the TLS
+            // handshake would wait on it for ever: each member gets ANSWER_WITHIN to connect
+            // and answer a health check while another is left to try; the last one gets the
+            // whole timeout, and no check.
+            let others_left = k + 1 < self.controllers.len();
+            let wait = if others_left { ANSWER_WITHIN.min(self.timeout) } else { self.timeout };
+            match tokio::time::timeout(wait, connect_answering(&endpoint, others_left)).await {
+                Ok(Ok(channel)) => return Ok(channel),
+                Ok(Err(why)) => problems.push(format!("{address}: {why}")),
+                Err(_) => problems.push(format!("{address}: no answer within {} ms", wait.as_millis())),
             }
         }
         Err(Failure::new(format!(
@@ -160,6 +167,34 @@ impl Target {
             ))
         })
     }
+}
+
+/// How long a controller may take to connect and answer while another is left to try.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
+/// Connects to a controller and, when `check`, has it answer a health check: an accepted
+/// connection alone does not show that the member runs.
+async fn connect_answering(
+    endpoint: &tonic::transport::Endpoint,
+    check: bool,
+) -> std::result::Result<Channel, String> {
+    let channel = endpoint.connect().await.map_err(|e| source_text(&e))?;
+    if check {
+        let probe = tonic_health::pb::HealthCheckRequest { service: String::new() };
+        match tonic_health::pb::health_client::HealthClient::new(channel.clone()).check(probe).await {
+            // Any answer of its own, even a refusal, shows the member is there.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+                ) =>
+            {
+                return Err(status.message().to_string());
+            }
+            _ => {}
+        }
+    }
+    Ok(channel)
 }
 
 /// The request id of one write and its retries: this host and process.

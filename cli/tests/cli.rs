@@ -246,3 +246,75 @@ fn a_credential_about_to_expire_is_warned_about_and_still_works() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("expires in 9 days") && stderr.contains("weft pki issue --admin"), "{stderr}");
 }
+
+/// A controller listed first that hangs (SIGSTOP, as a paused VM): its kernel still accepts
+/// the connection, but nothing answers, the TLS handshake included. `weft` gives it a short
+/// while, then carries on with the next controller, well within its own timeout.
+#[test]
+fn a_hanging_controller_is_passed_over_for_the_next() {
+    let good = start();
+    // A second member with a credential from the same CA, a cluster of its own.
+    let pki = good._dir.path().join("pki");
+    let ip = weft_testbed::own_loopback(2);
+    let issued = Command::new(WEFT)
+        .args(["pki", "issue", "--controller", &format!("2={ip}"), "--dir"])
+        .arg(&pki)
+        .arg("--out")
+        .arg(pki.join("controller-2"))
+        .output()
+        .unwrap();
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    let address = weft_testbed::free_address_on(&ip);
+    let hanging = weft_testbed::Process(
+        Command::new(controller_binary())
+            .args(["--listen", &address, "--data-dir"])
+            .arg(good._dir.path().join("data-2"))
+            .arg("--tls-dir")
+            .arg(pki.join("controller-2"))
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = Command::new(WEFT)
+            .args(["cluster", "status"])
+            .env("WEFT_CONTROLLER", &address)
+            .env("WEFT_TLS_DIR", &good.tls)
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap();
+        if probe.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second member did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = Command::new("kill").args(["-STOP", &hanging.0.id().to_string()]).status().unwrap();
+    assert!(stopped.success());
+
+    let began = Instant::now();
+    let mut create = weft_testbed::Process(
+        Command::new(WEFT)
+            .args(["--timeout", "10", "network", "create", "passed-over"])
+            .env("WEFT_CONTROLLER", format!("{address},{}", good.address))
+            .env("WEFT_TLS_DIR", &good.tls)
+            .env("HOME", "/nonexistent")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = loop {
+        if let Some(status) = create.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(began.elapsed() < Duration::from_secs(8), "weft still waits on the hanging controller");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut create.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(ok(&good, &["network", "inspect", "passed-over"]).contains("passed-over"));
+}
