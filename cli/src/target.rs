@@ -115,11 +115,13 @@ impl Target {
             }
             // A member that hangs still has its kernel accept the connection, and the TLS
             // handshake would wait on it for ever: each member gets ANSWER_WITHIN to connect
-            // and answer a health check while another is left to try; the last one gets the
-            // whole timeout, and no check.
+            // while another is left to try; the last one gets the whole timeout. A finished
+            // TLS handshake shows the member runs; in plaintext nothing does until it answers,
+            // so there it must answer a health check too.
             let others_left = k + 1 < self.controllers.len();
             let wait = if others_left { ANSWER_WITHIN.min(self.timeout) } else { self.timeout };
-            match tokio::time::timeout(wait, connect_answering(&endpoint, others_left)).await {
+            let check = others_left && tls.is_none();
+            match tokio::time::timeout(wait, connect_answering(&endpoint, check)).await {
                 Ok(Ok(channel)) => return Ok(channel),
                 Ok(Err(why)) => problems.push(format!("{address}: {why}")),
                 Err(_) => problems.push(format!("{address}: no answer within {} ms", wait.as_millis())),
