@@ -291,8 +291,7 @@ fn a_hanging_controller_is_passed_over_for_the_next() {
         assert!(Instant::now() < deadline, "the second member did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let stopped = Command::new("kill").args(["-STOP", &hanging.0.id().to_string()]).status().unwrap();
-    assert!(stopped.success());
+    weft_testbed::signal(hanging.0.id(), "STOP");
 
     let began = Instant::now();
     let mut create = weft_testbed::Process(

@@ -134,9 +134,7 @@ impl Cluster {
 
     /// Sends `signal` (`STOP`, `CONT`) to member `i`.
     fn signal(&self, i: usize, signal: &str) {
-        let pid = self.members[i].child.as_ref().expect("member running").id();
-        let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
-        assert!(status.success(), "kill -{signal} {pid}");
+        weft_testbed::signal(self.members[i].child.as_ref().expect("member running").id(), signal);
     }
 
     fn channel(&self, i: usize) -> Channel {

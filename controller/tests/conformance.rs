@@ -616,8 +616,7 @@ async fn a_watcher_that_stops_answering_is_let_go() {
     let member_side = format!("( sport = :{port} and dport = :{watcher_port} )");
     assert_eq!(established(&member_side).len(), 1, "the member's end of the watch");
 
-    let stopped = Command::new("kill").args(["-STOP", &watcher.0.id().to_string()]).status().unwrap();
-    assert!(stopped.success());
+    weft_testbed::signal(watcher.0.id(), "STOP");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !established(&member_side).is_empty() {
         assert!(Instant::now() < deadline, "the member still holds the stopped watcher's connection");

@@ -126,6 +126,13 @@ pub fn http_get(addr: &str, path: &str) -> String {
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
 }
 
+/// Sends `signal` (`STOP`, `CONT`, ...) to process `pid`, as `kill -SIGNAL PID` does; panics
+/// when it cannot be sent.
+pub fn signal(pid: u32, signal: &str) {
+    let sent = output("kill", &[&format!("-{signal}"), &pid.to_string()]);
+    assert!(sent.status.success(), "kill -{signal} {pid}: {}", String::from_utf8_lossy(&sent.stderr));
+}
+
 /// A process a test started: killed and reaped when dropped, even when the test panics.
 #[derive(Debug)]
 pub struct Process(pub std::process::Child);

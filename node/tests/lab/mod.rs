@@ -190,9 +190,7 @@ impl Lab {
 
     /// Sends `signal` (`STOP`, `CONT`) to controller `i`.
     pub fn signal_controller(&self, i: usize, signal: &str) {
-        let pid = self.controllers[i].as_ref().expect("controller running").id();
-        let sent = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
-        assert!(sent.success(), "kill -{signal} {pid}");
+        weft_testbed::signal(self.controllers[i].as_ref().expect("controller running").id(), signal);
     }
 
     pub fn start_agent(&mut self, i: usize) {
