@@ -589,27 +589,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / per_second
 }
 
-/// One side's figures from one round of [`dnsperf`].
-struct DnsRound {
+/// One side's figures from one full-speed run of dnsperf.
+struct FullSpeed {
     qps: f64,
-    /// The server process's CPU time per answer at full speed, µs.
+    /// The server process's CPU time per answer, µs.
     cpu_per_answer: f64,
-    /// Every answer's latency at the fixed rate, ms.
-    latencies: Vec<f64>,
 }
 
 /// dnsperf from the namespace at `asker` against `server` (served by process `server_pid`),
-/// asking the names in `queries`: queries/s at full speed for `seconds` and the server's CPU
-/// time per answer meanwhile, then every answer's latency at `rate` a second for 5 s.
-fn dnsperf(
-    asker: &str,
-    server: &str,
-    server_pid: u32,
-    queries: &str,
-    seconds: u32,
-    rate: u32,
-    scratch: &Path,
-) -> DnsRound {
+/// asking the names in `queries` as fast as it can for `seconds`: queries/s and the server's
+/// CPU time per answer meanwhile.
+fn dnsperf_full_speed(asker: &str, server: &str, server_pid: u32, queries: &str, seconds: u32) -> FullSpeed {
     let cpu_before = cpu_seconds(server_pid);
     let full = shell_in(asker, &format!("dnsperf -s {server} -d {queries} -l {seconds} -c 8 -T 1 -q 200"));
     let cpu = cpu_seconds(server_pid) - cpu_before;
@@ -620,8 +610,7 @@ fn dnsperf(
             .unwrap_or_else(|| panic!("{key} missing from dnsperf's summary:\n{full}"))
     };
     let (qps, answered) = (summary("Queries per second:"), summary("Queries completed:"));
-    let latencies = dnsperf_latencies(asker, server, 53, queries, rate, scratch);
-    DnsRound { qps, cpu_per_answer: cpu / answered * 1e6, latencies }
+    FullSpeed { qps, cpu_per_answer: cpu / answered * 1e6 }
 }
 
 /// Every answer's latency, ms, of dnsperf asking `server`:`port` from `asker` at `rate`
@@ -788,25 +777,36 @@ async fn dns() {
     // on the host meanwhile), as dockerd's is Docker's resolver's.
     let agent_pid = lab.hosts[0].agent.as_ref().unwrap().id();
     let rate = 20_000;
-    let floor = BareResponder::start(&lab.hosts[0].ns, &me.ipv4_gateway);
-    let (mut weft, mut peer) = (DnsRuns::default(), DnsRuns::default());
-    let (mut floor_p50, mut floor_p99) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        weft.add(dnsperf(&asker.path(), &me.ipv4_gateway, agent_pid, &file, seconds, rate, lab.tmp_path()));
-        let mut latencies =
-            dnsperf_latencies(&asker.path(), &me.ipv4_gateway, floor.port, &file, rate, lab.tmp_path());
-        latencies.sort_by(f64::total_cmp);
-        floor_p50.push(percentile(&latencies, 500));
-        floor_p99.push(percentile(&latencies, 990));
+    let bare = BareResponder::start(&lab.hosts[0].ns, &me.ipv4_gateway);
+    let (mut weft, mut peer, mut floor) = (DnsRuns::default(), DnsRuns::default(), DnsRuns::default());
+    let (weft_asker, weft_server) = (asker.path(), me.ipv4_gateway.clone());
+    for round in 0..rounds {
+        weft.full_speed.push(dnsperf_full_speed(&weft_asker, &weft_server, agent_pid, &file, seconds));
         if let Some(docker) = &docker {
             let dockerd = docker.dockerd.pid().unwrap();
-            peer.add(dnsperf(&docker.asker, "127.0.0.11", dockerd, &file, seconds, rate, lab.tmp_path()));
+            peer.full_speed.push(dnsperf_full_speed(&docker.asker, "127.0.0.11", dockerd, &file, seconds));
+        }
+        // The fixed-rate runs follow both full-speed runs, in an order that turns with the
+        // round, so no side always sits in the same place: on this kind of machine the p99
+        // moves by 2× within minutes (two runs in a row, each side in a fixed place: weft 2.6
+        // and the floor 3.4 ms, then weft 3.6 and the floor 2.1 ms).
+        let mut sides: Vec<(&mut DnsRuns, &str, &str, u16)> = vec![
+            (&mut weft, &weft_asker, &weft_server, 53),
+            (&mut floor, &weft_asker, &weft_server, bare.port),
+        ];
+        if let Some(docker) = &docker {
+            sides.push((&mut peer, &docker.asker, "127.0.0.11", 53));
+        }
+        let turn = round % sides.len();
+        sides.rotate_left(turn);
+        for (runs, asker, server, port) in sides {
+            runs.add_latencies(dnsperf_latencies(asker, server, port, &file, rate, lab.tmp_path()));
         }
     }
     record(Figure::new(
         "dns.qps",
         &format!("DNS queries/s from a container, 1,000 names (dnsperf, full speed, median of {rounds})"),
-        Spread::of(&weft.qps).median,
+        Spread::of(&weft.qps()).median,
         "q/s",
     ));
     let at_rate = format!("DNS latency at {rate} queries/s (median of {rounds} rounds)");
@@ -819,21 +819,21 @@ async fn dns() {
     let spread = |v: &[f64], precision: usize| Spread::of(v).brief(precision);
     println!(
         "| queries/s, full speed, {seconds} s: median (min–max) | **{}** | {} |",
-        spread(&weft.qps, 0),
-        spread(&peer.qps, 0)
+        spread(&weft.qps(), 0),
+        spread(&peer.qps(), 0)
     );
     println!(
         "| server CPU time per answer at full speed, µs | **{}** | {} |",
-        spread(&weft.cpu_per_answer, 2),
-        spread(&peer.cpu_per_answer, 2)
+        spread(&weft.cpu_per_answer(), 2),
+        spread(&peer.cpu_per_answer(), 2)
     );
     println!("| p50 at {rate} q/s, ms | {} | {} |", spread(&weft.p50, 3), spread(&peer.p50, 3));
     println!("| p99 at {rate} q/s, ms | **{}** | {} |", spread(&weft.p99, 3), spread(&peer.p99, 3));
     println!();
     println!(
         "The path's floor, a bare UDP responder on weft's address that answers without looking: p50 {} ms, p99 {} ms\n",
-        spread(&floor_p50, 3),
-        spread(&floor_p99, 3)
+        spread(&floor.p50, 3),
+        spread(&floor.p99, 3)
     );
     // The absolute p99 target is a statement about the machine as much as about weft: what
     // the bare responder gets in the same rounds is the floor no server goes below.
@@ -845,7 +845,7 @@ async fn dns() {
             Better::Lower,
             &weft.p99,
             "a bare UDP responder in weft's place (no lookup)",
-            &floor_p99,
+            &floor.p99,
         )
         .with_goal(0.8),
     );
@@ -863,15 +863,15 @@ async fn dns() {
                 cpu,
                 "µs",
                 Better::Lower,
-                &weft.cpu_per_answer,
-                &peer.cpu_per_answer,
+                &weft.cpu_per_answer(),
+                &peer.cpu_per_answer(),
             )
             .with_goal(2.0),
         );
         // One dnsperf thread is the client: on 2 cores it saturates its own core near 90,000
         // q/s (perf: dnsperf ≈ half of all samples), so twice Docker cannot show in
         // queries/s here; the capacity goal is on the CPU time per answer above.
-        record_comparison(compare("dns.qps_vs_docker", qps, "q/s", Better::Higher, &weft.qps, &peer.qps));
+        record_comparison(compare("dns.qps_vs_docker", qps, "q/s", Better::Higher, &weft.qps(), &peer.qps()));
         record_comparison(compare("dns.p99_vs_docker", &p99, "ms", Better::Lower, &weft.p99, &peer.p99));
     }
 }
@@ -879,20 +879,24 @@ async fn dns() {
 /// Every round's figures of one side of the DNS benchmark.
 #[derive(Default)]
 struct DnsRuns {
-    qps: Vec<f64>,
-    cpu_per_answer: Vec<f64>,
+    full_speed: Vec<FullSpeed>,
     p50: Vec<f64>,
     p99: Vec<f64>,
 }
 
 impl DnsRuns {
-    fn add(&mut self, round: DnsRound) {
-        let DnsRound { qps, cpu_per_answer, mut latencies } = round;
+    fn add_latencies(&mut self, mut latencies: Vec<f64>) {
         latencies.sort_by(f64::total_cmp);
-        self.qps.push(qps);
-        self.cpu_per_answer.push(cpu_per_answer);
         self.p50.push(percentile(&latencies, 500));
         self.p99.push(percentile(&latencies, 990));
+    }
+
+    fn qps(&self) -> Vec<f64> {
+        self.full_speed.iter().map(|f| f.qps).collect()
+    }
+
+    fn cpu_per_answer(&self) -> Vec<f64> {
+        self.full_speed.iter().map(|f| f.cpu_per_answer).collect()
     }
 }
 
