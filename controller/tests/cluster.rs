@@ -1382,12 +1382,21 @@ async fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
 
     let writers: Vec<_> = (0..3).filter(|i| *i != lagging).map(|i| cluster.endpoints(i)).collect();
     create_many(writers, 0, 120).await;
-    let leader_status = cluster.status(cluster.index_of(leader)).await;
-    assert!(
-        leader_status.purged_index > behind,
-        "the log the lagging member needs is compacted away ({} > {behind})",
-        leader_status.purged_index
-    );
+    // The leader purges only once its latest snapshot is built and no append to the stopped
+    // member is still in flight, which can come a moment after the last write is answered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader_status = loop {
+        let status = cluster.status(cluster.index_of(leader)).await;
+        if status.purged_index > behind {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log the lagging member needs was never compacted away ({} <= {behind})",
+            status.purged_index
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     cluster.spawn(lagging);
     cluster.wait_ready(lagging, Duration::from_secs(30)).await;
