@@ -363,13 +363,14 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// Serializing and storing a large registry takes a while (about 100 MB at 1,000,000
-    /// endpoints): it runs off the async workers, under a read lock. Appliers wait for it;
-    /// Raft heartbeats and the API do not. Done on a worker under the write lock, it stalled
-    /// both of a 2-core member's workers at once, and the cluster lost its leader.
+    /// endpoints): it runs off the async workers, and holds the registry's read lock only while
+    /// it takes a view of shared records; appliers wait for that, not for the encoding or the
+    /// disk. Done on a worker under the write lock, it stalled both of a 2-core member's
+    /// workers at once, and the cluster lost its leader.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let (registry, store) = (self.registry.clone(), self.store.clone());
         let built = tokio::task::spawn_blocking(move || {
-            let stored = {
+            let (meta, view) = {
                 let inner = registry.read_inner();
                 let built = registry.snapshots_built.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 let last = inner.last_applied;
@@ -382,8 +383,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     last_membership: inner.membership.clone(),
                     snapshot_id,
                 };
-                StoredSnapshot { meta, data: inner.state.snapshot() }
+                (meta, inner.state.snapshot_view())
             };
+            let stored = StoredSnapshot { meta, data: view.encode() };
             store.put_meta(KEY_SNAPSHOT, &stored)?;
             registry.write().snapshot_bytes = stored.data.len() as u64;
             Ok::<_, StorageError>(stored)

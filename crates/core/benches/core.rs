@@ -11,7 +11,9 @@
 //!   write with a request id, which the registry remembers for retries, and
 //!   `apply/retry_with_request_id`: a retry answered from that memory;
 //! - `apply/create_network`: carving a /24 beside 1,000 existing networks, then removing it;
-//! - `snapshot/encode` and `snapshot/restore`: whole-registry snapshots, for Raft.
+//! - `snapshot/encode` and `snapshot/restore`: whole-registry snapshots, for Raft;
+//!   `snapshot/view`: the part of `encode` a controller does under the registry's lock
+//!   (applies wait for it), sharing the records without encoding them.
 //!
 //! BENCHMARKS.md records the figures; `WEFT_BENCH_QUICK=1` runs fewer samples.
 
@@ -224,6 +226,8 @@ fn snapshots(c: &mut Criterion) {
         eprintln!("snapshot of {label} endpoints: {} bytes ({} per endpoint)", bytes.len(), bytes.len() / n);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::new("encode", label), |b| b.iter(|| black_box(state.snapshot())));
+        group
+            .bench_function(BenchmarkId::new("view", label), |b| b.iter(|| black_box(state.snapshot_view())));
         group.bench_function(BenchmarkId::new("restore", label), |b| {
             b.iter(|| black_box(State::restore(&bytes).expect("restore")))
         });

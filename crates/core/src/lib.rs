@@ -54,4 +54,4 @@ pub use model::{
 };
 pub use options::NetworkSettings;
 pub use ports::{PortProtocol, PortSpec, PublishedPort};
-pub use state::{SnapshotError, State};
+pub use state::{SnapshotError, SnapshotView, State};

@@ -8,6 +8,7 @@
 //! at most [`MAX_REMEMBERED`] of them, and replicates them like everything else.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -35,10 +36,11 @@ pub struct Remembered {
     pub response: Response,
 }
 
-/// The remembered answers, by id and by age.
+/// The remembered answers, by id and by age. Answers are shared so a snapshot can take them
+/// all without copying them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestLog {
-    by_id: BTreeMap<String, Remembered>,
+    by_id: BTreeMap<String, Arc<Remembered>>,
     by_age: BTreeSet<(u64, String)>,
 }
 
@@ -74,16 +76,16 @@ impl RequestLog {
     }
 
     pub fn recall(&self, id: &str) -> Option<&Remembered> {
-        self.by_id.get(id)
+        self.by_id.get(id).map(Arc::as_ref)
     }
 
     /// Keeps an answer; beyond [`MAX_REMEMBERED`] the oldest is forgotten.
     pub fn remember(&mut self, answer: Remembered) {
         if let Some(old) = self.by_id.remove(&answer.id) {
-            self.by_age.remove(&(old.at_ms, old.id));
+            self.by_age.remove(&(old.at_ms, old.id.clone()));
         }
         self.by_age.insert((answer.at_ms, answer.id.clone()));
-        self.by_id.insert(answer.id.clone(), answer);
+        self.by_id.insert(answer.id.clone(), Arc::new(answer));
         while self.by_id.len() > MAX_REMEMBERED {
             let Some((_, id)) = self.by_age.pop_first() else { break };
             self.by_id.remove(&id);
@@ -91,7 +93,7 @@ impl RequestLog {
     }
 
     /// Every answer, oldest first (the snapshot's order).
-    pub fn entries(&self) -> impl Iterator<Item = &Remembered> {
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<Remembered>> {
         self.by_age.iter().filter_map(|(_, id)| self.by_id.get(id))
     }
 

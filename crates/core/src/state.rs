@@ -132,6 +132,38 @@ struct SnapshotBody {
     tokens: BTreeMap<String, JoinToken>,
 }
 
+/// The registry as a snapshot holds it, taken by [`State::snapshot_view`] and encoded later.
+pub struct SnapshotView {
+    body: SnapshotBody,
+    answers: Vec<Arc<requests::Remembered>>,
+}
+
+impl std::fmt::Debug for SnapshotView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotView")
+            .field("revision", &self.body.revision)
+            .field("networks", &self.body.networks.len())
+            .field("nodes", &self.body.nodes.len())
+            .field("endpoints", &self.body.endpoints.len())
+            .field("answers", &self.answers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotView {
+    /// The snapshot's bytes, as [`State::snapshot`] gives them.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.body.endpoints.len() * 96);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        postcard::to_io(&self.body, &mut out)
+            .unwrap_or_else(|e| unreachable!("encoding to memory cannot fail: {e}"));
+        postcard::to_io(&self.answers, &mut out)
+            .unwrap_or_else(|e| unreachable!("encoding to memory cannot fail: {e}"));
+        out
+    }
+}
+
 /// An endpoint as snapshot formats 5 and 6 wrote it: before published ports.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
@@ -1539,24 +1571,25 @@ impl State {
     /// The canonical data as bytes: a header, a format version, then postcard. Two replicas with
     /// the same history produce identical bytes.
     pub fn snapshot(&self) -> Vec<u8> {
-        let body = SnapshotBody {
-            revision: self.revision,
-            config: self.config.clone(),
-            networks: self.networks().cloned().collect(),
-            nodes: self.nodes().cloned().collect(),
-            endpoints: self.endpoints.values().cloned().collect(),
-            revoked_nodes: self.revoked_nodes.clone(),
-            tokens: self.tokens.clone(),
-        };
-        let mut out = Vec::with_capacity(64 + self.endpoints.len() * 96);
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        postcard::to_io(&body, &mut out)
-            .unwrap_or_else(|e| unreachable!("encoding to memory cannot fail: {e}"));
-        let answers: Vec<&requests::Remembered> = self.requests.entries().collect();
-        postcard::to_io(&answers, &mut out)
-            .unwrap_or_else(|e| unreachable!("encoding to memory cannot fail: {e}"));
-        out
+        self.snapshot_view().encode()
+    }
+
+    /// What [`State::snapshot`] encodes, taken without encoding it: records are shared, not
+    /// copied, so a caller holding a lock over the registry can take the view, release the lock,
+    /// and encode while writes go on.
+    pub fn snapshot_view(&self) -> SnapshotView {
+        SnapshotView {
+            body: SnapshotBody {
+                revision: self.revision,
+                config: self.config.clone(),
+                networks: self.networks().cloned().collect(),
+                nodes: self.nodes().cloned().collect(),
+                endpoints: self.endpoints.values().cloned().collect(),
+                revoked_nodes: self.revoked_nodes.clone(),
+                tokens: self.tokens.clone(),
+            },
+            answers: self.requests.entries().cloned().collect(),
+        }
     }
 
     /// SHA-256 of the snapshot, in hex: a cheap way to compare replicas.

@@ -725,6 +725,30 @@ fn a_write_retried_with_its_request_id_answers_what_the_first_attempt_did() {
 }
 
 #[test]
+fn a_snapshot_view_encodes_the_registry_as_it_was_when_taken() {
+    let mut s = cluster();
+    create(&mut s, network("blue"));
+    attach(&mut s, endpoint("blue", "h1", "web"));
+    apply(&mut s, Command::once("req-1", Command::CreateEndpoint(endpoint("blue", "h1", "db")))).unwrap();
+    let before = s.clone();
+    let view = s.snapshot_view();
+
+    // Writes after the view (a new host and endpoint, a removal, another remembered answer)
+    // do not reach it: it holds the records as they were, shared rather than copied.
+    register(&mut s, "h2", 2);
+    attach(&mut s, endpoint("blue", "h2", "cache"));
+    apply(&mut s, Command::once("req-2", Command::CreateNetwork(network("green")))).unwrap();
+    let web = before.endpoints().find(|e| e.container_name == "web").unwrap().clone();
+    apply(&mut s, Command::RemoveEndpoint(EndpointRef::Id(web.id.to_string()))).unwrap();
+
+    let bytes = view.encode();
+    assert_eq!(bytes, before.snapshot());
+    assert_eq!(State::restore(&bytes).unwrap(), before);
+    assert_ne!(s.snapshot(), bytes);
+    assert_eq!(s.snapshot_view().encode(), s.snapshot());
+}
+
+#[test]
 fn version_5_snapshots_restore_without_request_ids() {
     let mut s = cluster();
     create(&mut s, network("blue"));
