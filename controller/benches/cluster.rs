@@ -8,7 +8,10 @@
 //! deployed) instead of `--insecure`.
 //!
 //! Clients spread over all three members, as agents do; a member that is not the leader
-//! forwards to it. The client load runs on the same machine as the three controllers.
+//! forwards to it. Each client takes the members in turn, call by call, so that one client's
+//! figures do not depend on whether the member it happened to reach leads (weft's first
+//! member usually does, etcd's leader is drawn at random); the table shows the p50 through the
+//! leader and through a follower apart. The client load runs on the same machine as the three controllers.
 //!
 //! Beside weft, in the same rounds: a 3-member etcd (Debian's etcd-server, its defaults, one
 //! fsync per commit like weft) on loopback, driven the same way — the same clients, one unary
@@ -34,15 +37,27 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", common::ms(d))
 }
 
-/// `clients` concurrent clients, each with its own connection from `connect` (spread over the
-/// members by the caller), calling `call(connection, client, k)` one call after another for
-/// `seconds`; returns (calls/s, every call's latency, sorted).
+/// Every call of one load: which member it went through and how long it took.
+struct Calls {
+    rate: f64,
+    /// Every call's latency, sorted.
+    all: Vec<Duration>,
+    /// Each member's calls' latencies, sorted, by the member's index.
+    by_member: Vec<Vec<Duration>>,
+}
+
+/// `clients` concurrent clients, each with its own connection to every member from
+/// `connect(client, member)`, calling `call(connection, client, k)` one call after another for
+/// `seconds`. A client's calls take the members in turn, so at any concurrency (one client
+/// included) a third of the calls reach the leader and two thirds are forwarded, whichever
+/// member leads.
 async fn load<C, F, Fut>(
+    members: usize,
     clients: usize,
     seconds: f64,
-    connect: impl Fn(usize) -> C,
+    connect: impl Fn(usize, usize) -> C,
     call: F,
-) -> (f64, Vec<Duration>)
+) -> Calls
 where
     C: Clone + Send + 'static,
     F: Fn(C, usize, usize) -> Fut + Clone + Send + 'static,
@@ -52,33 +67,39 @@ where
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
-            let (connection, call) = (connect(c), call.clone());
+            let connections: Vec<C> = (0..members).map(|m| connect(c, m)).collect();
+            let call = call.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut k = 0usize;
                 while Instant::now() < stop {
+                    let member = (c + k) % members;
                     let began = Instant::now();
-                    call(connection.clone(), c, k).await;
-                    latencies.push(began.elapsed());
+                    call(connections[member].clone(), c, k).await;
+                    latencies.push((member, began.elapsed()));
                     k += 1;
                 }
                 latencies
             })
         })
         .collect();
-    let mut all = Vec::new();
+    let mut by_member = vec![Vec::new(); members];
     for task in tasks {
-        all.extend(task.await.expect("client task"));
+        for (member, latency) in task.await.expect("client task") {
+            by_member[member].push(latency);
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let mut all: Vec<Duration> = by_member.iter().flatten().copied().collect();
     all.sort();
-    (all.len() as f64 / elapsed, all)
+    by_member.iter_mut().for_each(|l| l.sort());
+    Calls { rate: all.len() as f64 / elapsed, all, by_member }
 }
 
 /// weft: endpoint creates through the members (one allocation and one registry write each).
-async fn creates(addrs: &[String], clients: usize, seconds: f64, round: usize) -> (f64, Vec<Duration>) {
-    let connect = |c: usize| EndpointServiceClient::new(channel(&addrs[c % addrs.len()]));
-    load(clients, seconds, connect, move |mut client, c, k| async move {
+async fn creates(addrs: &[String], clients: usize, seconds: f64, round: usize) -> Calls {
+    let connect = |_, member: usize| EndpointServiceClient::new(channel(&addrs[member]));
+    load(addrs.len(), clients, seconds, connect, move |mut client, c, k| async move {
         let container = format!("b{round}-{c}-{k}");
         let request = pb::CreateEndpointRequest {
             network: "bench".into(),
@@ -93,9 +114,9 @@ async fn creates(addrs: &[String], clients: usize, seconds: f64, round: usize) -
 }
 
 /// etcd: puts of a new key with a value the size of an endpoint record, through the members.
-async fn puts(addrs: &[String], clients: usize, seconds: f64, round: usize) -> (f64, Vec<Duration>) {
-    let connect = |c: usize| common::channel_plain(&addrs[c % addrs.len()]);
-    load(clients, seconds, connect, move |channel, c, k| async move {
+async fn puts(addrs: &[String], clients: usize, seconds: f64, round: usize) -> Calls {
+    let connect = |_, member: usize| common::channel_plain(&addrs[member]);
+    load(addrs.len(), clients, seconds, connect, move |channel, c, k| async move {
         let request = etcd::PutRequest {
             key: format!("/weft/endpoints/b{round}-{c}-{k}").into_bytes(),
             value: vec![b'x'; 160],
@@ -105,20 +126,39 @@ async fn puts(addrs: &[String], clients: usize, seconds: f64, round: usize) -> (
     .await
 }
 
-/// Each round's rate, p50 and p99 of one side at one concurrency.
+/// Each round's rate, p50 and p99 of one side at one concurrency, and the p50 of the calls
+/// through the leader and through the followers.
 #[derive(Default)]
 struct Rounds {
     rate: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    leader_p50: Vec<f64>,
+    follower_p50: Vec<f64>,
 }
 
 impl Rounds {
-    fn add(&mut self, (rate, latencies): (f64, Vec<Duration>)) {
-        self.rate.push(rate);
-        self.p50.push(common::ms(percentile(&latencies, 500)));
-        self.p99.push(common::ms(percentile(&latencies, 990)));
+    fn add(&mut self, calls: Calls, leader: Option<usize>) {
+        self.rate.push(calls.rate);
+        self.p50.push(common::ms(percentile(&calls.all, 500)));
+        self.p99.push(common::ms(percentile(&calls.all, 990)));
+        if let Some(leader) = leader {
+            self.leader_p50.push(common::ms(percentile(&calls.by_member[leader], 500)));
+            let mut followers: Vec<Duration> = (calls.by_member.iter().enumerate())
+                .filter(|(m, _)| *m != leader)
+                .flat_map(|(_, l)| l.iter().copied())
+                .collect();
+            followers.sort();
+            self.follower_p50.push(common::ms(percentile(&followers, 500)));
+        }
     }
+}
+
+/// Which member leads the weft cluster now, by index into `addrs`.
+async fn weft_leader(addrs: &[String]) -> Option<usize> {
+    let status = ClusterServiceClient::new(channel(&addrs[0])).status(pb::StatusRequest {}).await.ok()?;
+    let id = status.into_inner().leader_id;
+    (0..addrs.len()).find(|i| *i as u64 + 1 == id)
 }
 
 #[tokio::main]
@@ -164,9 +204,10 @@ async fn main() {
     println!("Transport: {}\n", if tls_enabled() { "mutual TLS" } else { "plaintext (--insecure)" });
     println!("{rounds} rounds of {seconds} s, alternating weft and etcd; median (min–max) of the rounds\n");
     println!(
-        "| concurrent clients | weft creates/s | weft p50, ms | weft p99, ms | etcd puts/s | etcd p50, ms | etcd p99, ms |"
+        "| concurrent clients | weft creates/s | weft p50, ms | weft p99, ms | … p50 through the leader / a follower | \
+         etcd puts/s | etcd p50, ms | etcd p99, ms | … p50 through the leader / a follower |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let spread = |values: &[f64]| Spread::of(values).brief(1);
     let levels: String = setting("WEFT_BENCH_CLIENTS", "1,16,256".to_string());
     let levels: Vec<usize> = levels
@@ -177,9 +218,11 @@ async fn main() {
         let (mut weft, mut other) = (Rounds::default(), Rounds::default());
         for round in 0..rounds {
             let tag = level * rounds + round;
-            weft.add(creates(&addrs, clients, seconds, tag).await);
+            let calls = creates(&addrs, clients, seconds, tag).await;
+            weft.add(calls, weft_leader(&addrs).await);
             if let Some(peer) = &peer {
-                other.add(puts(&peer.addrs, clients, seconds, tag).await);
+                let calls = puts(&peer.addrs, clients, seconds, tag).await;
+                other.add(calls, peer.leader().await);
             }
         }
         let id = format!("control.creates_{clients}");
@@ -191,14 +234,20 @@ async fn main() {
         record(Figure::new(&format!("{id}.rate"), &format!("{what}: creates/s"), median(&weft.rate), "/s"));
         record(Figure::new(&format!("{id}.p50"), &format!("{what}: p50"), median(&weft.p50), "ms"));
         record(Figure::new(&format!("{id}.p99"), &format!("{what}: p99"), median(&weft.p99), "ms"));
+        let roles = |r: &Rounds| match (r.leader_p50.is_empty(), r.follower_p50.is_empty()) {
+            (false, false) => format!("{} / {}", spread(&r.leader_p50), spread(&r.follower_p50)),
+            _ => "–".into(),
+        };
         println!(
-            "| {clients} | {} | {} | {} | {} | {} | {} |",
+            "| {clients} | {} | {} | {} | {} | {} | {} | {} | {} |",
             spread(&weft.rate),
             spread(&weft.p50),
             spread(&weft.p99),
+            roles(&weft),
             spread(&other.rate),
             spread(&other.p50),
-            spread(&other.p99)
+            spread(&other.p99),
+            roles(&other)
         );
         if peer.is_some() {
             let writes = format!(

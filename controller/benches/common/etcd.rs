@@ -23,8 +23,21 @@ pub struct PutRequest {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ResponseHeader {
+    #[prost(uint64, tag = "2")]
+    pub member_id: u64,
     #[prost(int64, tag = "3")]
     pub revision: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatusRequest {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatusResponse {
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    #[prost(uint64, tag = "4")]
+    pub leader: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -40,6 +53,15 @@ pub async fn put(channel: Channel, request: PutRequest) -> Result<PutResponse, t
     let codec = tonic_prost::ProstCodec::<PutRequest, PutResponse>::default();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
     Ok(grpc.unary(tonic::Request::new(request), path, codec).await?.into_inner())
+}
+
+/// `etcdserverpb.Maintenance/Status` on `channel`: the member's id and its leader's.
+pub async fn status(channel: Channel) -> Result<StatusResponse, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<StatusRequest, StatusResponse>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Maintenance/Status");
+    Ok(grpc.unary(tonic::Request::new(StatusRequest {}), path, codec).await?.into_inner())
 }
 
 /// Whether Debian's etcd is installed.
@@ -95,6 +117,19 @@ impl Etcd {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+impl Etcd {
+    /// Which of `addrs` leads now, by index.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, addr) in self.addrs.iter().enumerate() {
+            let status = status(super::channel_plain(addr)).await.ok()?;
+            if status.header.is_some_and(|h| h.member_id == status.leader) {
+                return Some(i);
+            }
+        }
+        None
     }
 }
 
