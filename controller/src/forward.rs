@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 use weft_core::Proposal;
 
+use crate::proposals::{ProposalStream, UNARY_RETRY};
 use crate::raft_types::{NodeId, Outcome};
 use crate::store::{decode, encode};
 
@@ -135,11 +136,15 @@ struct PeerChannels {
     tls: Option<ClientTlsConfig>,
     /// Counts credential renewals, so long-lived streams know to move to new connections.
     generation: u64,
+    /// Open proposal streams to leaders, by address.
+    proposal_streams: HashMap<String, Arc<ProposalStream>>,
+    /// Leaders that did not serve the proposal stream, and since when: sent unary calls.
+    unary_proposals: HashMap<String, Instant>,
 }
 
 impl Peers {
     pub fn new(tls: Option<ClientTlsConfig>) -> Peers {
-        Peers { state: Arc::new(Mutex::new(PeerChannels { by_address: HashMap::new(), tls, generation: 0 })) }
+        Peers { state: Arc::new(Mutex::new(PeerChannels { tls, ..PeerChannels::default() })) }
     }
 
     /// Connects with `tls` (a renewed credential) from now on: channels open so far are let
@@ -158,6 +163,7 @@ impl Peers {
 
     fn let_go(state: &mut PeerChannels) {
         state.by_address.clear();
+        state.proposal_streams.clear();
         state.generation += 1;
     }
 
@@ -203,7 +209,50 @@ impl Peers {
         proposals: &[Proposal],
         timeout: Duration,
     ) -> Result<Vec<Result<Outcome, ForwardError>>, Status> {
-        self.forward(addr, Forwarded::Propose, &proposals, timeout).await
+        let Some(stream) = self.proposal_stream(addr)? else {
+            return self.forward(addr, Forwarded::Propose, &proposals, timeout).await;
+        };
+        match stream.propose(proposals, timeout).await {
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                tracing::info!(
+                    leader = addr,
+                    "leader serves no proposal stream (an earlier release): unary calls"
+                );
+                self.send_unary_proposals(addr);
+                self.forward(addr, Forwarded::Propose, &proposals, timeout).await
+            }
+            answered => answered,
+        }
+    }
+
+    /// The open proposal stream to `addr`, opened (or reopened after a failure) as needed;
+    /// none while that member is sent unary calls.
+    fn proposal_stream(&self, addr: &str) -> Result<Option<Arc<ProposalStream>>, Status> {
+        let channel = self.channel(addr)?;
+        let mut state = self.lock();
+        match state.unary_proposals.get(addr) {
+            Some(since) if since.elapsed() < UNARY_RETRY => return Ok(None),
+            Some(_) => {
+                state.unary_proposals.remove(addr);
+            }
+            None => {}
+        }
+        if let Some(stream) = state.proposal_streams.get(addr).filter(|s| !s.failed()) {
+            return Ok(Some(stream.clone()));
+        }
+        let stream = Arc::new(ProposalStream::open(channel));
+        state.proposal_streams.insert(addr.to_string(), stream.clone());
+        Ok(Some(stream))
+    }
+
+    fn send_unary_proposals(&self, addr: &str) {
+        let mut state = self.lock();
+        state.proposal_streams.remove(addr);
+        state.unary_proposals.insert(addr.to_string(), Instant::now());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PeerChannels> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Hands a node's heartbeat to the member at `addr`.

@@ -35,6 +35,7 @@ pub mod join;
 pub mod liveness;
 pub mod manifest;
 pub mod metrics;
+pub mod proposals;
 pub mod raft_network;
 pub mod raft_server;
 pub mod raft_types;
@@ -46,6 +47,9 @@ pub mod signer;
 pub mod store;
 pub mod wal;
 pub mod watch;
+
+#[cfg(test)]
+mod test_member;
 
 /// Largest request a client may send: every public request is a few hundred bytes (names,
 /// addresses, labels); anything near this is refused before it is decoded.

@@ -216,111 +216,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use openraft::{CommittedLeaderId, LogId, Vote};
-    use tokio_stream::wrappers::TcpListenerStream;
-    use tokio_stream::{Stream, StreamExt};
-    use tonic::{Response, Streaming};
+
+    use crate::test_member::Echo;
 
     use super::*;
 
-    /// A member's internal service that answers each AppendEntries by naming the request's
-    /// `prev_log_id` back, so a test sees which request an answer belongs to.
-    #[derive(Clone, Default)]
-    struct Echo {
-        /// Serve no `Replicate`, as a release before it.
-        without_streams: bool,
-        /// The answer to an AppendEntries whose prev index is this one is held back 500 ms.
-        slow_index: u64,
-        streams_opened: Arc<AtomicUsize>,
-        unary_calls: Arc<AtomicUsize>,
-    }
-
-    fn echo(data: &[u8], slow_index: u64) -> (Duration, Vec<u8>) {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(data).expect("request");
-        let delay = if rpc.prev_log_id.map(|id| id.index) == Some(slow_index) {
-            Duration::from_millis(500)
-        } else {
-            Duration::ZERO
-        };
-        let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
-            Ok(AppendEntriesResponse::PartialSuccess(rpc.prev_log_id));
-        (delay, encode(&answer).expect("answer"))
-    }
-
-    fn unserved<T>() -> Result<Response<T>, Status> {
-        Err(Status::unimplemented("not in this test"))
-    }
-
-    #[tonic::async_trait]
-    impl pb::raft_service_server::RaftService for Echo {
-        type ReplicateStream = std::pin::Pin<Box<dyn Stream<Item = Result<pb::Payload, Status>> + Send>>;
-
-        async fn replicate(
-            &self,
-            request: Request<Streaming<pb::Payload>>,
-        ) -> Result<Response<Self::ReplicateStream>, Status> {
-            if self.without_streams {
-                return Err(Status::unimplemented("unknown method Replicate"));
-            }
-            self.streams_opened.fetch_add(1, Ordering::SeqCst);
-            let slow_index = self.slow_index;
-            let answers = request.into_inner().then(move |message| async move {
-                let (delay, data) = echo(&message?.data, slow_index);
-                tokio::time::sleep(delay).await;
-                Ok(pb::Payload { data })
-            });
-            Ok(Response::new(Box::pin(answers)))
-        }
-
-        async fn append_entries(
-            &self,
-            request: Request<pb::Payload>,
-        ) -> Result<Response<pb::Payload>, Status> {
-            self.unary_calls.fetch_add(1, Ordering::SeqCst);
-            let (delay, data) = echo(&request.into_inner().data, self.slow_index);
-            tokio::time::sleep(delay).await;
-            Ok(Response::new(pb::Payload { data }))
-        }
-
-        async fn vote(&self, _: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
-            unserved()
-        }
-        async fn install_snapshot(&self, _: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
-            unserved()
-        }
-        async fn propose(&self, _: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
-            unserved()
-        }
-        async fn read_index(&self, _: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
-            unserved()
-        }
-        async fn heartbeat(&self, _: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
-            unserved()
-        }
-        async fn change_membership(&self, _: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
-            unserved()
-        }
-        async fn await_applied(&self, _: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
-            unserved()
-        }
-        async fn leader_view(&self, _: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
-            unserved()
-        }
-    }
-
     /// Serves `member` on a loopback port; answers a client to it.
     async fn client_to(member: Echo) -> PeerClient {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address").to_string();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(pb::raft_service_server::RaftServiceServer::new(member))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        let addr = member.serve().await;
         Network::new(Peers::new(None)).new_client(2, &BasicNode { addr }).await
     }
 

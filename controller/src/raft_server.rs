@@ -13,7 +13,8 @@ use weft_core::Proposal;
 use crate::cluster::Controller;
 use crate::forward::{AwaitApplied, Beat, ForwardError, MembershipChange, leader_of, pb};
 use crate::metrics::ClientDeadline;
-use crate::raft_types::{NodeId, Outcome, Raft, TypeConfig};
+use crate::proposals;
+use crate::raft_types::{NodeId, Raft, TypeConfig};
 use crate::store::{decode, encode};
 
 /// Serves the internal service: openraft's RPCs into the local Raft, and forwarded requests.
@@ -88,20 +89,16 @@ impl pb::raft_service_server::RaftService for RaftServer {
     async fn propose(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
         let deadline = request.extensions().get::<ClientDeadline>().map(|d| d.0);
         let proposals: Vec<Proposal> = decode_request(request)?;
-        // Into the leader's own batcher, so forwarded proposals share entries with everyone
-        // else's rather than each forwarded batch becoming an entry of its own.
-        let submitted: Vec<_> = proposals
-            .into_iter()
-            .map(|proposal| {
-                let batcher = self.controller.batcher.clone();
-                tokio::spawn(async move { batcher.submit_local(proposal, deadline).await })
-            })
-            .collect();
-        let mut results: Vec<Result<Outcome, ForwardError>> = Vec::with_capacity(submitted.len());
-        for task in submitted {
-            results.push(task.await.unwrap_or_else(|e| Err(ForwardError::Failed(e.to_string()))));
-        }
-        reply(&results)
+        reply(&proposals::submit_all(&self.controller.batcher, proposals, deadline).await)
+    }
+
+    type ProposalsStream = tokio_stream::wrappers::ReceiverStream<Result<pb::Payload, Status>>;
+
+    async fn proposals(
+        &self,
+        request: Request<Streaming<pb::Payload>>,
+    ) -> Result<Response<Self::ProposalsStream>, Status> {
+        Ok(Response::new(proposals::serve(self.controller.batcher.clone(), request.into_inner())))
     }
 
     async fn heartbeat(&self, request: Request<pb::Payload>) -> Result<Response<pb::Payload>, Status> {
