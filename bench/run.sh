@@ -3,7 +3,7 @@
 # mode, runs every part (or the parts named: control cli scale agent dns dnsserver dataplane published docker cni), prints each
 # figure beside its target and updates BENCHMARKS.md and bench/results.json.
 #
-#   bash bench/run.sh                # everything, about half an hour on 2 cores
+#   bash bench/run.sh                # everything, about forty minutes on 2 cores
 #   bash bench/run.sh dns dataplane  # some parts
 #
 # The agent, DNS and data-plane parts build hosts as network namespaces: run as root. As

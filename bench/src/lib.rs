@@ -257,9 +257,8 @@ pub struct Target {
 
 /// The design's targets for a 2-core machine, by figure id.
 pub const TARGETS: &[Target] = &[
-    Target { id: "control.creates_256.rate", bound: Bound::AtLeast(20_000.0) },
-    Target { id: "control.creates_256.p99", bound: Bound::AtMost(20.0) },
-    Target { id: "control.network_create.p50", bound: Bound::AtMost(5.0) },
+    // Control operations have no absolute targets: their rates and latencies move with the
+    // machine's fsync and cores by 3×, so they are held to etcd's and Docker's in the same run.
     Target { id: "agent.programming.rate", bound: Bound::AtLeast(20_000.0) },
     Target { id: "agent.convergence.p99", bound: Bound::AtMost(100.0) },
     // Queries/s is held to twice Docker's embedded DNS in the same run (the comparison
@@ -267,10 +266,11 @@ pub const TARGETS: &[Target] = &[
     Target { id: "dns.p99", bound: Bound::AtMost(0.5) },
     Target { id: "dataplane.vxlan_ratio", bound: Bound::AtLeast(90.0) },
     Target { id: "dataplane.encrypted_ratio", bound: Bound::AtLeast(90.0) },
-    // The design asks for 100,000 endpoints and 1,000 watchers to work and for memory and
-    // restart time to be reported; these two say "it worked at that size".
-    Target { id: "scale.endpoints", bound: Bound::AtLeast(100_000.0) },
-    Target { id: "scale.watchers", bound: Bound::AtLeast(1_000.0) },
+    // The design asks for 1,000,000 endpoints and 5,000 watching hosts on one 3-member
+    // cluster, with memory, snapshot, sync, fan-out and restart reported; these two say "it
+    // worked at that size".
+    Target { id: "scale.endpoints", bound: Bound::AtLeast(1_000_000.0) },
+    Target { id: "scale.watchers", bound: Bound::AtLeast(5_000.0) },
     // Not a performance target: a watcher must never be taken back in time.
     Target { id: "scale.backwards", bound: Bound::AtMost(0.0) },
     // Published ports (issue 19): at least 95 % of reaching the container directly, and ahead
@@ -516,8 +516,9 @@ mod tests {
 
     #[test]
     fn verdicts_follow_each_targets_direction() {
-        assert!(meets(20_000.0, target("control.creates_256.rate").unwrap()));
-        assert!(!meets(19_999.0, target("control.creates_256.rate").unwrap()));
+        assert!(meets(1_000_000.0, target("scale.endpoints").unwrap()));
+        assert!(!meets(999_999.0, target("scale.endpoints").unwrap()));
+        assert_eq!(target("control.creates_256.rate"), None, "held to etcd's figure in the same run");
         assert!(meets(0.5, target("dns.p99").unwrap()));
         assert_eq!(target("dns.qps"), None, "held to Docker's figure in the same run");
         assert!(!meets(0.51, target("dns.p99").unwrap()));

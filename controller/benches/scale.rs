@@ -1,9 +1,9 @@
-//! Scale benchmark: a 3-member cluster holding 100,000 endpoints, watched by 1,000 simulated
-//! nodes. Reports the members' memory, the snapshot's size, how long a restart of the whole
+//! Scale benchmark: a 3-member cluster holding 1,000,000 endpoints, watched by 5,000 simulated
+//! nodes (the design's goal size). Reports the members' memory, the snapshot's size, how long a restart of the whole
 //! cluster takes, and how long one change takes to reach every watcher.
 //!
 //! `cargo bench -p weft-controller --bench scale` (release build). Settings:
-//! `WEFT_BENCH_ENDPOINTS` (default 100000), `WEFT_BENCH_WATCHERS` (1000), `WEFT_BENCH_CHANGES`
+//! `WEFT_BENCH_ENDPOINTS` (default 1000000), `WEFT_BENCH_WATCHERS` (5000), `WEFT_BENCH_CHANGES`
 //! (changes timed for fan-out, 50), `WEFT_BENCH_NETWORKS_PER_NODE` (4),
 //! `WEFT_BENCH_RAFT_HEARTBEAT_MS` (the members' `--heartbeat-ms`, 100; election timeouts are 3
 //! to 6 of it), for machines too slow for the three members and thousands of simulated hosts
@@ -346,8 +346,8 @@ fn raise_open_file_limit() {
 
 #[tokio::main]
 async fn main() {
-    let endpoints: usize = setting("WEFT_BENCH_ENDPOINTS", 100_000);
-    let nodes: usize = setting("WEFT_BENCH_WATCHERS", 1_000);
+    let endpoints: usize = setting("WEFT_BENCH_ENDPOINTS", 1_000_000);
+    let nodes: usize = setting("WEFT_BENCH_WATCHERS", 5_000);
     let changes: usize = setting("WEFT_BENCH_CHANGES", 50);
     let per_node: usize = setting("WEFT_BENCH_NETWORKS_PER_NODE", 4);
     let raft_heartbeat_ms: u64 = setting("WEFT_BENCH_RAFT_HEARTBEAT_MS", 100);
