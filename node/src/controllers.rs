@@ -89,7 +89,7 @@ impl Controllers {
         let mut last = Status::unavailable("no controller answered");
         for k in 0..channels.len() {
             let i = (first + k) % channels.len();
-            match request(channels[i].clone()).await {
+            match self.bounded(&self.addresses[i], request(channels[i].clone())).await {
                 Err(status) if try_another(&status) => {
                     tracing::debug!(controller = %self.addresses[i], %status, "trying the next controller");
                     last = Status::new(
@@ -108,6 +108,25 @@ impl Controllers {
 }
 
 impl Controllers {
+    /// `attempt` on the member at `address`, given up as Unavailable past the request
+    /// timeout and a grace for the member's own DeadlineExceeded answer to arrive first.
+    ///
+    /// The channel's own timeout starts only once a request is dispatched on a ready
+    /// connection. A member that hangs still has the kernel accept TCP connections on its
+    /// behalf, so a new connection to it waits for ever in the TLS handshake, where neither
+    /// that timeout nor HTTP/2 pings reach; without this bound every call queued on that
+    /// channel would wait with it.
+    pub async fn bounded<T>(
+        &self,
+        address: &str,
+        attempt: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let limit = self.timeout + ATTEMPT_GRACE;
+        tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
+            Err(Status::unavailable(format!("controller {address} did not answer within {limit:?}")))
+        })
+    }
+
     /// [`Controllers::call`] for the common shape: one request message, cloned for each
     /// member tried.
     pub async fn send<R, T, F, Fut>(&self, request: &R, call: F) -> Result<T, Status>
@@ -119,6 +138,9 @@ impl Controllers {
         self.call(|channel| call(channel, request.clone())).await.map(tonic::Response::into_inner)
     }
 }
+
+/// How much longer than the request timeout an attempt may take before it is abandoned.
+const ATTEMPT_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a connection to a controller may go without a sign of it before a ping, and how
 /// long the ping may go unanswered before the connection is given up.
@@ -152,4 +174,45 @@ fn connect(
                 .connect_lazy())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use weft_api::pb;
+    use weft_api::pb::node_service_client::NodeServiceClient;
+
+    use super::*;
+
+    /// A stopped member: the kernel completes TCP handshakes on its listening socket, but
+    /// nothing ever reads the TLS ClientHello.
+    fn hung_member() -> (std::net::TcpListener, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        (listener, address)
+    }
+
+    #[tokio::test]
+    async fn a_member_that_never_finishes_the_tls_handshake_is_passed_over() {
+        let (_hung, hung) = hung_member();
+        let (_also_hung, also_hung) = hung_member();
+        let timeout = Duration::from_millis(300);
+        let tls = ClientTlsConfig::new().domain_name("weft-controller");
+        let controllers =
+            Controllers::new(vec![hung.clone(), also_hung.clone()], timeout, Some(tls)).unwrap();
+        let started = Instant::now();
+        let request = pb::HeartbeatRequest::default();
+        let answer = controllers
+            .send(&request, |c, r| async move { NodeServiceClient::new(c).heartbeat(r).await })
+            .await;
+        let status = answer.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains(&also_hung) && status.message().contains("did not answer"),
+            "{status:?}"
+        );
+        let bound = 2 * (timeout + ATTEMPT_GRACE) + Duration::from_secs(1);
+        assert!(started.elapsed() < bound, "each member given up in time: {:?}", started.elapsed());
+    }
 }

@@ -98,10 +98,9 @@ impl<D: Dataplane> Agent<D> {
             let from_revision = self.shared().mirror.revision;
             let mut client = WatchServiceClient::new(self.controllers.channel(i))
                 .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
-            match client
-                .watch(pb::WatchRequest { from_revision, node: self.settings.host.name.clone() })
-                .await
-            {
+            let watch =
+                client.watch(pb::WatchRequest { from_revision, node: self.settings.host.name.clone() });
+            match self.controllers.bounded(&address, watch).await {
                 Ok(response) => {
                     let mut stream = response.into_inner();
                     loop {
