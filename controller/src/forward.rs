@@ -315,18 +315,31 @@ impl Peers {
         let mut request = Request::new(pb::Payload { data });
         request.set_timeout(timeout);
         let mut client = self.client(addr)?;
-        let reply = match method {
-            Forwarded::Propose => client.propose(request).await?,
-            Forwarded::Heartbeat => client.heartbeat(request).await?,
-            Forwarded::ChangeMembership => client.change_membership(request).await?,
-            Forwarded::ReadIndex => client.read_index(request).await?,
-            Forwarded::AwaitApplied => client.await_applied(request).await?,
-            Forwarded::LeaderView => client.leader_view(request).await?,
+        let call = async {
+            Ok::<_, Status>(match method {
+                Forwarded::Propose => client.propose(request).await?,
+                Forwarded::Heartbeat => client.heartbeat(request).await?,
+                Forwarded::ChangeMembership => client.change_membership(request).await?,
+                Forwarded::ReadIndex => client.read_index(request).await?,
+                Forwarded::AwaitApplied => client.await_applied(request).await?,
+                Forwarded::LeaderView => client.leader_view(request).await?,
+            })
         };
+        // The request's own timeout starts only once it is dispatched on a ready connection;
+        // a member that hangs still has the kernel accept connections for it, and a new one
+        // then waits for ever in the TLS handshake. Past the timeout and a grace for the
+        // member's own DeadlineExceeded, the call is given up here.
+        let limit = timeout + FORWARD_GRACE;
+        let reply = tokio::time::timeout(limit, call)
+            .await
+            .map_err(|_| Status::unavailable(format!("member {addr} did not answer within {limit:?}")))??;
         decode(&reply.into_inner().data)
             .map_err(|e| Status::internal(format!("undecodable answer from {addr}: {e}")))
     }
 }
+
+/// How much longer than its timeout a forwarded call may take before it is given up.
+const FORWARD_GRACE: Duration = Duration::from_secs(1);
 
 /// The requests one member forwards to another.
 #[derive(Debug, Clone, Copy)]
@@ -344,4 +357,29 @@ pub(crate) fn leader_of(
     err: &openraft::error::ForwardToLeader<NodeId, BasicNode>,
 ) -> Option<(NodeId, String)> {
     Some((err.leader_id?, err.leader_node.as_ref()?.addr.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_forward_to_a_member_that_never_finishes_the_tls_handshake_is_given_up() {
+        // A stopped member: the kernel completes the TCP handshake, nobody reads the TLS hello.
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = hung.local_addr().unwrap().to_string();
+        let peers = Peers::new(Some(ClientTlsConfig::new().domain_name("weft-controller")));
+        let timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let status = peers.read_index(&addr, timeout).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("did not answer"), "{status:?}");
+        assert!(
+            started.elapsed() < timeout + FORWARD_GRACE + Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }
