@@ -150,7 +150,7 @@ impl Peers {
     /// Connects with `tls` (a renewed credential) from now on: channels open so far are let
     /// go, calls already on them finish there.
     pub fn reconnect_with(&self, tls: ClientTlsConfig) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
         state.tls = Some(tls);
         Self::let_go(&mut state);
     }
@@ -158,7 +158,7 @@ impl Peers {
     /// Opens new connections from now on; calls and streams on the old ones finish there.
     #[cfg(test)]
     pub(crate) fn let_go_of_connections(&self) {
-        Self::let_go(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        Self::let_go(&mut self.lock());
     }
 
     fn let_go(state: &mut PeerChannels) {
@@ -169,7 +169,7 @@ impl Peers {
 
     /// Changes whenever the connections are let go ([`Peers::reconnect_with`]).
     pub fn generation(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).generation
+        self.lock().generation
     }
 
     /// A client for the member at `addr` (host:port). Connection happens on first use.
@@ -179,7 +179,10 @@ impl Peers {
 
     /// The channel to the member at `addr`, for any of its services.
     pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Self::channel_in(&mut self.lock(), addr)
+    }
+
+    fn channel_in(state: &mut PeerChannels, addr: &str) -> Result<Channel, Status> {
         if let Some(channel) = state.by_address.get(addr) {
             return Ok(channel.clone());
         }
@@ -228,7 +231,6 @@ impl Peers {
     /// The open proposal stream to `addr`, opened (or reopened after a failure) as needed;
     /// none while that member is sent unary calls.
     fn proposal_stream(&self, addr: &str) -> Result<Option<Arc<ProposalStream>>, Status> {
-        let channel = self.channel(addr)?;
         let mut state = self.lock();
         match state.unary_proposals.get(addr) {
             Some(since) if since.elapsed() < UNARY_RETRY => return Ok(None),
@@ -240,7 +242,7 @@ impl Peers {
         if let Some(stream) = state.proposal_streams.get(addr).filter(|s| !s.failed()) {
             return Ok(Some(stream.clone()));
         }
-        let stream = Arc::new(ProposalStream::open(channel));
+        let stream = Arc::new(ProposalStream::open(Self::channel_in(&mut state, addr)?));
         state.proposal_streams.insert(addr.to_string(), stream.clone());
         Ok(Some(stream))
     }
