@@ -167,9 +167,12 @@ members = [
   { id = 3, address = "$controller_ip:7003" },
 ]
 EOF
+# Three members share this machine: each gets its share of the cores (see --worker-threads).
+threads=$(( $(nproc) / 3 )); [ "$threads" -ge 1 ] || threads=1
 for i in 1 2 3; do
     RUST_LOG="warn,openraft=off" nohup "$state/bin/weft-controller" --id "$i" --listen "$controller_ip:700$i" \
         --data-dir "$state/controller$i" --manifest "$state/cluster.toml" --tls-dir "$state/pki/controller-$i" \
+        --worker-threads "$threads" \
         >"$state/controller$i.log" 2>&1 &
     echo $! >"$state/controller$i.pid"
 done

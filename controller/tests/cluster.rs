@@ -262,7 +262,9 @@ async fn a_single_member_needs_only_a_data_dir_and_keeps_state_across_restarts()
 
 #[tokio::test]
 async fn three_members_forward_writes_and_survive_a_leader_kill() {
-    let mut cluster = Cluster::start(3);
+    // One worker thread each, as the quickstart gives members sharing a small machine: Raft,
+    // forwarding and the API all take turns on it.
+    let mut cluster = Cluster::start_with(3, &["--worker-threads", "1"]);
     let leader = cluster.wait_ready(0, Duration::from_secs(30)).await;
     big_network(&cluster, 2).await;
 
@@ -406,6 +408,27 @@ fn a_data_directory_of_another_cluster_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("refusing to bootstrap") && stderr.contains("\"other\""), "{stderr}");
+}
+
+#[test]
+fn a_worker_thread_count_out_of_range_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["0", "many", "5000"] {
+        let out = Command::new(BIN)
+            .args(["--insecure", "--listen", &free_address(), "--worker-threads", bad, "--data-dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--worker-threads {bad} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(&format!("'{bad}'")) && first.contains("--worker-threads"), "{stderr}");
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "a refused start wrote to its data directory"
+    );
 }
 
 /// The next watch message that is not a progress note, within 10 s.
