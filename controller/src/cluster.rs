@@ -61,6 +61,18 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A request id no other proposal has: this member's id, when its process started, and a
+/// count. Clients' ids are theirs to choose; one that copies this shape only collides with
+/// itself.
+fn own_request_id(member: NodeId) -> String {
+    static STARTED_NS: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let started =
+        STARTED_NS.get_or_init(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("weft-member-{member}-{started:x}-{n}")
+}
+
 impl Controller {
     /// When this member's own certificate expires, ms since the epoch; none without TLS.
     pub fn credential_expires_ms(&self) -> Option<u64> {
@@ -96,11 +108,23 @@ impl Controller {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let proposal = Proposal { at_ms: now_ms(), command };
+        let proposal = Proposal { at_ms: now_ms(), command: self.with_own_request_id(command) };
         let timer = Timer::start();
         let outcome = self.propose_until(&proposal, deadline, client_deadline).await?;
         self.metrics.observe_commit(timer.elapsed());
         outcome.result.map(|response| (outcome.revision, response)).map_err(ControllerError::Refused)
+    }
+
+    /// A command its client sent without a request id gets one of this member's, so the
+    /// member's own retries are answered from the state machine instead of applied again: a
+    /// leader that dies or steps down with the write in flight answers "not the leader" (or
+    /// nothing) although the write may still commit, and the retry then found the client's
+    /// own endpoint and answered AlreadyExists (the scale benchmark's restart hit it).
+    fn with_own_request_id(&self, command: Command) -> Command {
+        if matches!(command, Command::Once { .. }) {
+            return command;
+        }
+        Command::Once { request_id: own_request_id(self.id), command: Box::new(command) }
     }
 
     async fn propose_until(
@@ -626,3 +650,18 @@ impl Controller {
 
 /// How long a follower waits for the leader's view before answering with its own.
 const LEADER_VIEW_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_members_own_request_ids_are_valid_and_never_repeat() {
+        let ids: BTreeSet<String> = (0..1000).map(|_| own_request_id(3)).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            weft_core::requests::check_id(id).unwrap();
+            assert!(id.starts_with("weft-member-3-"), "{id}");
+        }
+    }
+}
