@@ -166,7 +166,8 @@ async fn main() {
     // `cargo bench` passes --bench; a filter argument selects nothing here.
     let seconds: f64 = setting("WEFT_BENCH_SECONDS", 5.0);
     let dir = tempfile::tempdir().expect("tempdir");
-    let members = Members::start(dir.path(), &[]);
+    let threads = common::worker_threads().to_string();
+    let members = Members::start(dir.path(), &["--worker-threads", &threads]);
     for addr in &members.addrs {
         wait_ready(addr, 0, Duration::from_secs(30)).await;
     }

@@ -94,7 +94,8 @@ struct Args {
     /// Threads serving requests, watchers and Raft (default: one per core). A member's writes
     /// go through one pipeline (Raft, the log, the state machine) that more threads do not
     /// widen, while every hand-off between two of them costs a wake-up: where members share
-    /// a machine (`deploy/quickstart.sh`), give each its share of the cores.
+    /// a machine and serve a small fleet (`deploy/quickstart.sh`), give each its share of the
+    /// cores. A member serving thousands of hosts wants the default (decision 0010).
     #[arg(long, env = "WEFT_CONTROLLER_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
     /// Log as JSON lines instead of text.

@@ -46,8 +46,8 @@ pub fn free_port() -> u16 {
 }
 
 /// Each member's share of the machine's cores, as `deploy/quickstart.sh` gives members that
-/// share a machine (at least one): three members on one machine are three machines' work on
-/// one. etcd is left at its defaults, its best here (decision 0010).
+/// share a machine (at least one). The `cluster` bench runs its members so; etcd is left at
+/// its defaults, its best here (decision 0010).
 pub fn worker_threads() -> usize {
     (std::thread::available_parallelism().map_or(1, usize::from) / 3).max(1)
 }
@@ -96,7 +96,6 @@ impl Members {
                 ] {
                     args.push(arg.into());
                 }
-                args.extend(["--worker-threads".into(), worker_threads().to_string().into()]);
                 args.extend(["--data-dir".into(), data_dirs[i].clone().into_os_string()]);
                 args.extend(["--manifest".into(), manifest.clone().into_os_string()]);
                 args.extend(extra.iter().map(OsString::from));
