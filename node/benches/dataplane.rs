@@ -661,7 +661,7 @@ impl BareResponder {
         socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let port = socket.local_addr().unwrap().port();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let threads = (0..2)
+        let threads = (0..1)
             .map(|_| {
                 let (socket, stop) = (socket.try_clone().unwrap(), stop.clone());
                 std::thread::spawn(move || {

@@ -137,8 +137,12 @@ impl Dns {
 }
 
 /// UDP threads per listening address: blocking loops answer local names without a trip
-/// through the async runtime (fewer wake-ups per query); forwards go to the runtime.
-const UDP_THREADS: usize = 2;
+/// through the async runtime (fewer wake-ups per query); forwards go to the runtime. One is
+/// enough (a plain answer costs about 0.2 µs in user space) and beats two: a second thread
+/// on the same socket adds wake-ups, not answers. In pairs from a container, one thread
+/// answered 5-7 % more queries/s with 20-27 % less CPU per answer than two (BENCHMARKS.md,
+/// 2026-12-04 ninth part).
+const UDP_THREADS: usize = 1;
 
 /// A running DNS listener: the address it answers on (the port filled in when 0 was asked
 /// for) and the task that serves it until aborted.
