@@ -203,10 +203,7 @@ async fn main() {
     };
 
     println!("Transport: {}", if tls_enabled() { "mutual TLS" } else { "plaintext (--insecure)" });
-    println!(
-        "Each weft member: --worker-threads {} (its share of the cores); etcd: its defaults\n",
-        common::worker_threads()
-    );
+    println!("Each weft member: --worker-threads {threads} (its share of the cores); etcd: its defaults\n");
     println!("{rounds} rounds of {seconds} s, alternating weft and etcd; median (min–max) of the rounds\n");
     println!(
         "| concurrent clients | weft creates/s | weft p50, ms | weft p99, ms | … p50 through the leader / a follower | \
