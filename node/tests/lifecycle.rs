@@ -544,3 +544,35 @@ async fn one_broken_endpoint_is_reported_and_holds_nobody_else_back() {
     let code = h1.attach(attach_request(&stuck, "n", "stuck")).await.unwrap_err().code();
     assert_eq!(code, Code::AlreadyExists);
 }
+
+/// weft makes a container's interface directly in the container's namespace under its final
+/// name. A namespace that already has a link of that name (another runtime's, a leftover) is
+/// refused in one clear answer naming the name and the namespace; the foreign link is left as
+/// it was, no endpoint or veth stays behind, and once the name is free the same attach works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interface_name_the_container_already_uses_is_refused_and_nothing_stays_behind() {
+    if !root_or_skip("an_interface_name_the_container_already_uses_is_refused_and_nothing_stays_behind") {
+        return;
+    }
+    let lab = Lab::new(1);
+    lab.create_network("n", false);
+    let mut h1 = lab.agent(0).await;
+    let container = Netns::new("c");
+    container.exec(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0"]);
+    let request = attach_request(&container, "n", "taken");
+
+    let refused = h1.attach(request.clone()).await.expect_err("eth0 is taken in the container");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    for named in ["already has an interface named eth0", &container.path()] {
+        assert!(refused.message().contains(named), "the answer names {named:?}: {}", refused.message());
+    }
+    let foreign = container.exec(&["ip", "-o", "link", "show", "eth0"]);
+    assert!(foreign.contains("eth0@other0"), "the container's own eth0 is untouched: {foreign}");
+    assert!(!registry(&lab).contains_key(&request.container_id), "no endpoint stays registered");
+    assert_eq!(host_veths(&lab.hosts[0].ns), 0, "no veth stays in the switch namespace");
+
+    container.exec(&["ip", "link", "del", "eth0"]);
+    let attached = h1.attach(request).await.unwrap().into_inner().attachment.unwrap();
+    assert_eq!(addresses(&container.name), vec![attached.ipv4_address.clone()]);
+    assert_eq!(host_veths(&lab.hosts[0].ns), 1);
+}

@@ -75,12 +75,28 @@ impl Dataplane for Kernel {
         let switch = self.switch_path().map(std::path::Path::to_path_buf);
         tokio::task::spawn_blocking(move || {
             crate::rules::enable_forwarding()?;
-            crate::rules::load(&rules.host, None)?;
-            if let Some(switch) = switch {
-                crate::rules::load(&rules.switch, Some(&switch))?;
-                crate::switch::quiet_bridge_hooks(&switch)?;
-            }
-            Ok(())
+            // The two namespaces' tables are independent, and a load that replaces a table
+            // waits out its hooks' removal (10–20 ms each here): side by side, the first
+            // container of a network on a host waits for one of them, not both.
+            std::thread::scope(|scope| {
+                let switch = switch.map(|switch| {
+                    scope.spawn(move || {
+                        crate::rules::load(&rules.switch, Some(&switch))?;
+                        crate::switch::quiet_bridge_hooks(&switch)
+                    })
+                });
+                let host = crate::rules::load(&rules.host, None);
+                let switch = switch.map_or(Ok(()), |job| {
+                    job.join().unwrap_or_else(|_| {
+                        Err(KernelError {
+                            doing: "loading weft's nftables rules in the switch namespace".into(),
+                            reason: "the loading thread panicked".into(),
+                            source: None,
+                        })
+                    })
+                });
+                host.and(switch)
+            })
         })
         .await
         .unwrap_or_else(|e| {

@@ -12,13 +12,16 @@ use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::RouteType;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard,
+    RouteMessageBuilder,
+};
 
 use crate::model::{
     Handover, IfAddr, Link, LinkKind, LocalEndpoint, Mac, Observed, Place, endpoint_alias, handover_alias,
@@ -41,6 +44,8 @@ pub struct KernelError {
 
 /// Linux's EBUSY.
 const EBUSY: i32 = 16;
+/// Linux's EEXIST.
+const EEXIST: i32 = 17;
 
 /// How often a dump is tried when links change under it (2 ms, 4 ms, … between attempts:
 /// about 1.5 s in all).
@@ -51,10 +56,15 @@ impl KernelError {
     /// runtime moving a dozen interfaces into containers at once does this). A new dump
     /// succeeds.
     fn is_interrupted_dump(&self) -> bool {
+        self.is_kernel_error(EBUSY)
+    }
+
+    /// The kernel answered with this errno.
+    fn is_kernel_error(&self, errno: i32) -> bool {
         self.source
             .as_ref()
             .and_then(|e| e.downcast_ref::<rtnetlink::Error>())
-            .is_some_and(|e| matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -EBUSY))
+            .is_some_and(|e| matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno))
     }
 }
 
@@ -636,18 +646,56 @@ impl Kernel {
     /// switch namespace. On failure the pair is removed again, so a retry starts clean.
     async fn plug(&self, master: u32, endpoint: &LocalEndpoint) -> Result<(), KernelError> {
         let host = &endpoint.host_veth;
-        // Temporary name of the container end while it is still in the host namespace.
-        let peer = crate::plan::container_end_name(host);
         let switch = &self.switch()?.handle;
-        // Open until the pair is made: the request carries only its number.
+        // Open until the pair is made: the request carries only their numbers.
         let switch_fd = self.switch_fd()?;
-        let pair = LinkVeth::new(host, &peer).mtu(endpoint.mtu).setns_by_fd(switch_fd.as_raw_fd()).build();
-        self.handle.link().add(pair).execute().await.map_err(failed(format!("creating veth pair {host}")))?;
+        // Weft's container end is made in the container's namespace under its final name:
+        // moving a link between namespaces waits for RCU grace periods, 10–20 ms of every
+        // attach when it was made in the host namespace and moved in. A runtime's is left in
+        // the host namespace under a temporary name, for the runtime to move.
+        let namespace = match endpoint.handover {
+            Handover::Weft => Some(File::open(&endpoint.netns).map_err(io_failed(format!(
+                "opening the container namespace {}",
+                endpoint.netns.display()
+            )))?),
+            Handover::Runtime => None,
+        };
+        let container_end = LinkMessageBuilder::<LinkUnspec>::new()
+            // Remote hosts already point their FDB entries at this MAC.
+            .address(endpoint.mac.0.to_vec())
+            .mtu(endpoint.mtu);
+        let container_end = match &namespace {
+            Some(namespace) => container_end.name(endpoint.ifname.clone()).setns_by_fd(namespace.as_raw_fd()),
+            None => container_end.name(crate::plan::container_end_name(host)),
+        };
+        let pair = LinkVeth::new(host, "")
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(container_end.build())))
+            .mtu(endpoint.mtu)
+            .setns_by_fd(switch_fd.as_raw_fd())
+            .build();
+        let making = match &namespace {
+            Some(_) => format!("creating {} in {}", endpoint.ifname, endpoint.netns.display()),
+            None => format!("creating veth pair {host}"),
+        };
+        self.handle.link().add(pair).execute().await.map_err(|e| {
+            let mut error = failed(making)(e);
+            if namespace.is_some() && error.is_kernel_error(EEXIST) {
+                error.reason = format!(
+                    "the container already has an interface named {}; ask for another name (interface)",
+                    endpoint.ifname
+                );
+            }
+            error
+        })?;
+        drop(namespace);
         let result = match label(switch, host, &endpoint_alias(&endpoint.endpoint_id)).await {
             Ok(()) => match endpoint.handover {
-                Handover::Weft => self.hand_over(&peer, endpoint).await,
-                // The runtime moves it; labelled so that no pass takes it for a half-made pair.
-                Handover::Runtime => self.ready_for_runtime(&peer, endpoint).await,
+                Handover::Weft => self.configure_inside(endpoint).await,
+                // Labelled so that no pass takes it for a half-made pair.
+                Handover::Runtime => {
+                    let waiting = crate::plan::container_end_name(host);
+                    label(&self.handle, &waiting, &handover_alias(&endpoint.endpoint_id)).await
+                }
             },
             Err(e) => Err(e),
         };
@@ -668,38 +716,10 @@ impl Kernel {
         result
     }
 
-    /// Leaves the container end in the host namespace for the runtime, with the endpoint's MAC
-    /// (remote hosts already point their FDB entries at it) and a label.
-    async fn ready_for_runtime(&self, peer: &str, endpoint: &LocalEndpoint) -> Result<(), KernelError> {
-        let index = link_index(&self.handle, peer).await?;
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).address(endpoint.mac.0.to_vec()).mtu(endpoint.mtu).build())
-            .execute()
-            .await
-            .map_err(failed(format!("setting the MAC of {peer}")))?;
-        label(&self.handle, peer, &handover_alias(&endpoint.endpoint_id)).await
-    }
-
-    async fn hand_over(&self, peer: &str, endpoint: &LocalEndpoint) -> Result<(), KernelError> {
+    /// Addresses, brings up and routes the container end, already in the container's namespace.
+    async fn configure_inside(&self, endpoint: &LocalEndpoint) -> Result<(), KernelError> {
         let ifname = &endpoint.ifname;
         let netns = endpoint.netns.display();
-        let namespace = File::open(&endpoint.netns)
-            .map_err(io_failed(format!("opening the container namespace {netns}")))?;
-        let peer_index = link_index(&self.handle, peer).await?;
-        let move_in = LinkUnspec::new_with_index(peer_index)
-            .address(endpoint.mac.0.to_vec())
-            .mtu(endpoint.mtu)
-            .setns_by_fd(namespace.as_raw_fd())
-            .name(ifname.as_str())
-            .build();
-        self.handle
-            .link()
-            .set(move_in)
-            .execute()
-            .await
-            .map_err(failed(format!("moving {ifname} into {netns}")))?;
-
         let inside = Kernel::connect_in(&endpoint.netns).await?;
         let index = link_index(&inside.handle, ifname).await?;
         for address in &endpoint.addresses {
