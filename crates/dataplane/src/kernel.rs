@@ -1115,6 +1115,37 @@ fn neighbour_destination(message: &NeighbourMessage) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
+    /// Only a run of deletions in one namespace is batched: a deletion elsewhere or any other
+    /// op ends it.
+    #[test]
+    fn deletions_are_batched_per_namespace_and_run() {
+        let delete = |name: &str, place| Op::DeleteLink { name: name.into(), place };
+        let conflict = Op::Conflict { name: "x".into(), reason: "y".into() };
+        let ops = [
+            delete("weftp1", Place::Switch),
+            delete("weftp2", Place::Switch),
+            delete("weftg1", Place::Host),
+            delete("weftb1", Place::Switch),
+            conflict.clone(),
+        ];
+        assert_eq!(deletions_in_one_place(&ops), 2);
+        assert_eq!(deletions_in_one_place(&ops[2..]), 1);
+        assert_eq!(deletions_in_one_place(&ops[4..]), 0);
+        assert_eq!(deletions_in_one_place(&[]), 0);
+        assert_eq!(
+            deletions_in_one_place(&[delete("a", Place::Host), delete("b", Place::Host), conflict]),
+            2
+        );
+    }
+
+    /// Group 0 is every link's default, which the kernel refuses to delete; batches differ.
+    #[test]
+    fn batch_groups_are_never_the_default_and_differ() {
+        let groups: std::collections::BTreeSet<u32> = (0..1000).map(|_| batch_group()).collect();
+        assert!(!groups.contains(&0));
+        assert!(groups.len() > 990, "{} distinct of 1000", groups.len());
+    }
+
     #[test]
     fn the_kernels_own_error_stays_the_source() {
         let err =
