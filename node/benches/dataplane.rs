@@ -868,10 +868,12 @@ async fn dns() {
             )
             .with_goal(2.0),
         );
-        // One dnsperf thread is the client: on 2 cores it saturates its own core near 90,000
-        // q/s (perf: dnsperf ≈ half of all samples), so twice Docker cannot show in
-        // queries/s here; the capacity goal is on the CPU time per answer above.
-        record_comparison(compare("dns.qps_vs_docker", qps, "q/s", Better::Higher, &weft.qps(), &peer.qps()));
+        // One dnsperf thread is the client and shares the 2 cores with the server: on a slow
+        // machine it saturates its own core first (perf: dnsperf ≈ half of all samples), so
+        // a miss here with the CPU-per-answer goal met is the client's limit, not weft's.
+        record_comparison(
+            compare("dns.qps_vs_docker", qps, "q/s", Better::Higher, &weft.qps(), &peer.qps()).with_goal(2.0),
+        );
         record_comparison(compare("dns.p99_vs_docker", &p99, "ms", Better::Lower, &weft.p99, &peer.p99));
     }
 }
