@@ -661,7 +661,8 @@ impl BareResponder {
         socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
         let port = socket.local_addr().unwrap().port();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let threads = (0..1)
+        // As many threads on the socket as weft's server has: the floor of the same shape.
+        let threads = (0..weft_dns::server::UDP_THREADS)
             .map(|_| {
                 let (socket, stop) = (socket.try_clone().unwrap(), stop.clone());
                 std::thread::spawn(move || {

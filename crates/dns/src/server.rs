@@ -142,7 +142,7 @@ impl Dns {
 /// on the same socket adds wake-ups, not answers. In pairs from a container, one thread
 /// answered 5-7 % more queries/s with 20-27 % less CPU per answer than two (BENCHMARKS.md,
 /// 2026-12-04 ninth part).
-const UDP_THREADS: usize = 1;
+pub const UDP_THREADS: usize = 1;
 
 /// A running DNS listener: the address it answers on (the port filled in when 0 was asked
 /// for) and the task that serves it until aborted.
