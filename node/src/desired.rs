@@ -286,7 +286,8 @@ mod tests {
     use crate::sandboxes::Sandbox;
 
     fn mirror() -> Mirror {
-        let mut m = Mirror { revision: 10, vxlan_port: 4789, ..Mirror::default() };
+        let mut m = Mirror::default();
+        (m.revision, m.vxlan_port) = (10, 4789);
         for (id, name, vni, mtu, subnet, gateway) in [
             ("n1", "blue", 4096, 0, "10.0.1.0/24", "10.0.1.1"),
             ("n2", "red", 4097, 1400, "10.0.2.0/24", "10.0.2.1"),

@@ -96,6 +96,11 @@ pub struct Mirror {
     pub networks: BTreeMap<String, NetworkView>,
     pub endpoints: BTreeMap<String, EndpointView>,
     pub nodes: BTreeMap<String, NodeView>,
+    /// Endpoints this agent created that the watch stream has not brought yet. A snapshot
+    /// older than one of them (the controllers send a fresh one when this host joins a
+    /// network, and it may have been taken before a concurrent attach's create committed)
+    /// must not take it away: the pass after it would unplumb a container that is attached.
+    ahead: BTreeMap<String, EndpointView>,
 }
 
 /// A record the agent could not make sense of (it keeps going without it).
@@ -200,6 +205,8 @@ impl Mirror {
     /// returned, so one bad record never blinds the host to the rest.
     pub fn reset(&mut self, state: &pb::FullState) -> Vec<Unusable> {
         let mut problems = Vec::new();
+        let mut ahead = std::mem::take(&mut self.ahead);
+        ahead.retain(|_, view| view.revision > state.revision);
         *self = Mirror { revision: state.revision, synced: true, ..Mirror::default() };
         self.vxlan_port = state
             .config
@@ -232,6 +239,10 @@ impl Mirror {
                 Err(e) => problems.push(e),
             }
         }
+        for (id, view) in &ahead {
+            self.endpoints.insert(id.clone(), view.clone());
+        }
+        self.ahead = ahead;
         problems
     }
 
@@ -249,7 +260,20 @@ impl Mirror {
                 problems.push((event.revision, problem));
             }
         }
+        self.caught_up();
         problems
+    }
+
+    /// The stream says nothing changed up to `revision`.
+    pub fn progress(&mut self, revision: u64) {
+        self.revision = self.revision.max(revision);
+        self.caught_up();
+    }
+
+    /// What the stream has reached, it has told: its creations (or their removals) are here.
+    fn caught_up(&mut self) {
+        let revision = self.revision;
+        self.ahead.retain(|_, view| view.revision > revision);
     }
 
     fn apply_one(&mut self, event: &pb::Event) -> Result<(), Unusable> {
@@ -262,7 +286,8 @@ impl Mirror {
                 self.networks.remove(&n.id);
             }
             Some(Kind::EndpointCreated(e) | Kind::EndpointUpdated(e)) => {
-                self.insert_endpoint(endpoint_view(e)?)
+                let view = endpoint_view(e)?;
+                self.endpoints.insert(view.id.clone(), view);
             }
             Some(Kind::EndpointRemoved(e)) => {
                 self.endpoints.remove(&e.id);
@@ -283,9 +308,20 @@ impl Mirror {
         Ok(())
     }
 
-    /// Records an endpoint this agent just created, before the watch stream brings it.
+    /// Records an endpoint this agent just created or changed, before the watch stream
+    /// brings it. One created after everything the stream has told is kept until the stream
+    /// reaches its revision, whatever snapshot comes first.
     pub fn insert_endpoint(&mut self, view: EndpointView) {
+        if view.revision > self.revision {
+            self.ahead.insert(view.id.clone(), view.clone());
+        }
         self.endpoints.insert(view.id.clone(), view);
+    }
+
+    /// Forgets an endpoint this agent released, before the watch stream confirms it.
+    pub fn remove_endpoint(&mut self, id: &str) {
+        self.ahead.remove(id);
+        self.endpoints.remove(id);
     }
 
     /// Finds a network by name, full id or unique id prefix, as the controllers do.
@@ -377,6 +413,49 @@ mod tests {
         ]);
         assert!(mirror.endpoints.is_empty() && mirror.nodes.is_empty(), "{mirror:?}");
         assert_eq!(mirror.revision, 9);
+    }
+
+    /// The controllers send a fresh snapshot when this host joins a network; one taken before
+    /// a concurrent attach's endpoint committed must not take that endpoint away.
+    #[test]
+    fn an_endpoint_created_here_outlives_a_snapshot_older_than_it() {
+        let mut mirror = Mirror::default();
+        let blue = || vec![network("aa11", "blue", 4096)];
+        mirror.reset(&pb::FullState { revision: 5, networks: blue(), ..Default::default() });
+        let created = |id: &str, revision: u64| {
+            let mut e = endpoint(id, "aa11", "h1", "10.0.1.2");
+            e.created_revision = revision;
+            endpoint_view(&e).unwrap()
+        };
+        mirror.insert_endpoint(created("e8", 8));
+        mirror.insert_endpoint(created("e9", 9));
+
+        mirror.reset(&pb::FullState { revision: 6, networks: blue(), ..Default::default() });
+        assert!(mirror.endpoints.contains_key("e8") && mirror.endpoints.contains_key("e9"), "{mirror:?}");
+        assert_eq!(mirror.revision, 6);
+
+        // A snapshot at or past e8's revision tells the truth about it: here, released already.
+        mirror.reset(&pb::FullState { revision: 8, networks: blue(), ..Default::default() });
+        assert!(!mirror.endpoints.contains_key("e8"), "{mirror:?}");
+        assert!(mirror.endpoints.contains_key("e9"));
+
+        // Once the stream has passed e9's revision, its own word counts.
+        mirror.apply(&[event(9, Kind::EndpointCreated(endpoint("e9", "aa11", "h1", "10.0.1.2")))]);
+        mirror.apply(&[event(10, Kind::EndpointRemoved(endpoint("e9", "aa11", "h1", "10.0.1.2")))]);
+        mirror.reset(&pb::FullState { revision: 9, networks: blue(), ..Default::default() });
+        assert!(mirror.endpoints.is_empty(), "{mirror:?}");
+
+        // Released here before the stream said anything: no snapshot brings it back.
+        mirror.insert_endpoint(created("e12", 12));
+        mirror.remove_endpoint("e12");
+        mirror.reset(&pb::FullState { revision: 10, networks: blue(), ..Default::default() });
+        assert!(mirror.endpoints.is_empty(), "{mirror:?}");
+
+        // A progress notice past it counts as the stream having told.
+        mirror.insert_endpoint(created("e13", 13));
+        mirror.progress(13);
+        mirror.reset(&pb::FullState { revision: 11, networks: blue(), ..Default::default() });
+        assert!(mirror.endpoints.is_empty(), "{mirror:?}");
     }
 
     #[test]

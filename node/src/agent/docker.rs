@@ -891,7 +891,7 @@ impl<D: Dataplane> Agent<D> {
             self.drop_record(record);
         }
         self.release_endpoint(endpoint.to_string()).await?;
-        self.shared().mirror.endpoints.remove(endpoint);
+        self.shared().mirror.remove_endpoint(endpoint);
         self.save_bindings(|b| {
             b.endpoints.retain(|_, weft| weft != endpoint);
             b.made.remove(endpoint);

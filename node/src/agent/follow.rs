@@ -145,7 +145,7 @@ impl<D: Dataplane> Agent<D> {
                 }
                 Some(Kind::Progress(progress)) => {
                     // Nothing changed up to this revision: what is applied is current.
-                    shared.mirror.revision = shared.mirror.revision.max(progress.revision);
+                    shared.mirror.progress(progress.revision);
                     shared.mirror.revision != before
                 }
                 None => false,

@@ -109,7 +109,7 @@ impl<D: Dataplane> Agent<D> {
             let mut shared = self.shared();
             shared.attachments.entries.remove(&key);
             if let Some(id) = &record.endpoint_id {
-                shared.mirror.endpoints.remove(id);
+                shared.mirror.remove_endpoint(id);
             }
             !shared.attachments.elsewhere(&record.container_id, &record.network_id)
         };
