@@ -201,6 +201,9 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// Queries taken from the socket in one system call, and answers sent in one.
+const BATCH: usize = 32;
+
 impl Dns {
     fn serve_udp_blocking(
         self: Arc<Self>,
@@ -208,36 +211,79 @@ impl Dns {
         stop: &std::sync::atomic::AtomicBool,
         runtime: &tokio::runtime::Handle,
     ) {
-        let mut buffer = vec![0u8; 4096];
+        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+        use std::os::fd::AsRawFd;
+        let fd = socket.as_raw_fd();
+        let mut buffers = vec![[0u8; 4096]; BATCH];
+        let mut incoming = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let mut outgoing = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let mut queries: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
+        let mut replies: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+        let mut to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let Ok((len, peer)) = socket.recv_from(&mut buffer) else { continue };
-            let packet = &buffer[..len];
-            match answer(packet, peer.ip(), &self.table(), self.settings.ttl, true) {
-                Outcome::Reply(bytes) => {
-                    let _ = socket.send_to(&bytes, peer);
+            queries.clear();
+            {
+                let mut slices: Vec<[std::io::IoSliceMut<'_>; 1]> =
+                    buffers.iter_mut().map(|b| [std::io::IoSliceMut::new(b)]).collect();
+                let Ok(received) =
+                    recvmmsg(fd, &mut incoming, slices.iter_mut(), MsgFlags::MSG_WAITFORONE, None)
+                else {
+                    continue;
+                };
+                queries.extend(received.map(|m| (m.bytes, m.address)));
+            }
+            replies.clear();
+            to.clear();
+            let table = self.table();
+            for (buffer, (len, address)) in buffers.iter().zip(&queries) {
+                let Some(peer) = address.as_ref().and_then(socket_address) else { continue };
+                let packet = &buffer[..*len];
+                match answer(packet, peer.ip(), &table, self.settings.ttl, true) {
+                    Outcome::Reply(bytes) => {
+                        replies.push(bytes);
+                        to.push(*address);
+                    }
+                    Outcome::Drop => {}
+                    Outcome::Forward => {
+                        let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
+                            if let Some(bytes) = refused(packet) {
+                                replies.push(bytes);
+                                to.push(*address);
+                            }
+                            continue;
+                        };
+                        let Ok(reply_socket) = socket.try_clone() else { continue };
+                        let (dns, packet) = (self.clone(), packet.to_vec());
+                        runtime.spawn(async move {
+                            let _permit = permit;
+                            if let Some(reply) =
+                                dns.forward_udp(&packet).await.or_else(|| server_failure(&packet))
+                            {
+                                let _ = reply_socket.send_to(&reply, peer);
+                            }
+                        });
+                    }
                 }
-                Outcome::Drop => {}
-                Outcome::Forward => {
-                    let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
-                        if let Some(bytes) = refused(packet) {
-                            let _ = socket.send_to(&bytes, peer);
-                        }
-                        continue;
-                    };
-                    let Ok(reply_socket) = socket.try_clone() else { continue };
-                    let (dns, packet) = (self.clone(), packet.to_vec());
-                    runtime.spawn(async move {
-                        let _permit = permit;
-                        if let Some(reply) =
-                            dns.forward_udp(&packet).await.or_else(|| server_failure(&packet))
-                        {
-                            let _ = reply_socket.send_to(&reply, peer);
-                        }
-                    });
+            }
+            let mut sent = 0;
+            while sent < replies.len() {
+                let slices: Vec<[std::io::IoSlice<'_>; 1]> =
+                    replies[sent..].iter().map(|r| [std::io::IoSlice::new(r)]).collect();
+                match sendmmsg(fd, &mut outgoing, slices.iter(), &to[sent..], [], MsgFlags::empty()) {
+                    Ok(results) => sent += results.count().max(1),
+                    // One asker's address refused: skip its answer, send the rest.
+                    Err(_) => sent += 1,
                 }
             }
         }
     }
+}
+
+fn socket_address(address: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    address.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 #[cfg(test)]
