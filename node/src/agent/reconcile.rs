@@ -96,7 +96,13 @@ impl<D: Dataplane> Agent<D> {
         if !ops.is_empty() {
             tracing::debug!(ops = ops.len(), revision, "reconciling");
         }
-        let failed = self.kernel.apply_each(&ops).await;
+        // The rules name interfaces, never need them to exist: they load while the links are
+        // made (each side waits out RCU grace periods in the kernel; a new network's first
+        // container waited for both, one after the other).
+        let load = full || loaded.script.as_ref() != Some(&script);
+        let (failed, rules_loaded) = tokio::join!(self.kernel.apply_each(&ops), async {
+            if load { Some(self.kernel.load_rules(&script).await) } else { None }
+        });
         let mut failures = blame(&want, &self.shared().mirror, &ops, &failed);
         if let Some(tunnel) = &self.tunnel {
             let mtu = host.underlay_mtu.saturating_sub(wireguard_overhead(host.vtep));
@@ -104,14 +110,15 @@ impl<D: Dataplane> Agent<D> {
             failures.host.extend(errors.iter().map(ToString::to_string));
         }
         self.refresh_dns(&want, revision).await;
-        if full || loaded.script.as_ref() != Some(&script) {
-            match self.kernel.load_rules(&script).await {
+        if let Some(result) = rules_loaded {
+            match result {
                 Ok(()) => loaded.script = Some(script),
                 Err(e) => {
                     loaded.script = None;
                     failures.host.push(e.to_string());
                 }
             }
+            // After the links: it configures the gateways this pass may have made.
             self.published_ports_loaded(loaded, &network_rules, &mut failures).await;
         }
         let mut beat = false;
