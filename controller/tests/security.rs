@@ -219,6 +219,7 @@ async fn a_node_acts_for_its_own_host_only_until_removed_and_denials_are_logged(
         (named.container_name.as_str(), named.aliases.as_slice()),
         ("web", ["web-alias".to_string()].as_slice())
     );
+    assert!(named.modified_revision > named.created_revision, "the rename is a change: {named:?}");
     denied(
         EndpointServiceClient::new(a.clone()).update_endpoint(update("cb", "stolen")).await,
         &["node:a", "update"],

@@ -390,6 +390,7 @@ pub fn endpoint(ep: &Endpoint, network: &Network) -> pb::Endpoint {
         created_revision: ep.created_revision,
         problem: ep.problem.clone().unwrap_or_default(),
         ports: ep.ports.iter().map(published_port).collect(),
+        modified_revision: ep.modified_revision,
     }
 }
 

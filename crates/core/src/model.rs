@@ -193,9 +193,12 @@ pub struct Endpoint {
     pub created_revision: u64,
     /// What its host reported it could not program (`None`: programmed, or not yet reported).
     pub problem: Option<String>,
-    /// Host ports published to this container (`-p`), on its host. Last, so the snapshot
-    /// reader for format 6 can build an endpoint without them.
+    /// Host ports published to this container (`-p`), on its host.
     pub ports: Vec<PublishedPort>,
+    /// The revision of its latest change: its creation's until it is renamed, publishes
+    /// ports or its host reports a problem. Whoever saw the endpoint at this revision or later
+    /// has seen it as it is.
+    pub modified_revision: u64,
 }
 
 /// Whether a host is heartbeating.

@@ -118,8 +118,10 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"WEFTSNAP";
 /// version 5 snapshot still restores, with none). 7: endpoints' published ports (versions 5
 /// and 6 still restore, their endpoints publishing nothing; a version 6 snapshot's remembered
 /// answers are dropped, since they hold endpoints in the old shape: a retry of a request
-/// answered before the upgrade is carried out again).
-const SNAPSHOT_VERSION: u32 = 7;
+/// answered before the upgrade is carried out again). 8: endpoints' modification revisions
+/// (versions 5 to 7 still restore, each endpoint last modified when it was created; a version
+/// 7 snapshot's remembered answers are dropped, as version 6's were).
+const SNAPSHOT_VERSION: u32 = 8;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
@@ -214,6 +216,74 @@ impl From<SnapshotBodyV6> for SnapshotBody {
                     created_revision: e.created_revision,
                     problem: e.problem,
                     ports: Vec::new(),
+                    modified_revision: e.created_revision,
+                })
+            })
+            .collect();
+        SnapshotBody {
+            revision: old.revision,
+            config: old.config,
+            networks: old.networks,
+            nodes: old.nodes,
+            endpoints,
+            revoked_nodes: old.revoked_nodes,
+            tokens: old.tokens,
+        }
+    }
+}
+
+/// An endpoint as snapshot format 7 wrote it: before modification revisions.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct EndpointV7 {
+    id: Id,
+    network: Id,
+    node: String,
+    container_id: String,
+    container_name: String,
+    aliases: Vec<String>,
+    mac: MacAddr,
+    ipv4: Ipv4Addr,
+    ipv6: Option<Ipv6Addr>,
+    created_ms: u64,
+    created_revision: u64,
+    problem: Option<String>,
+    ports: Vec<PublishedPort>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct SnapshotBodyV7 {
+    revision: u64,
+    config: ClusterConfig,
+    networks: Vec<Network>,
+    nodes: Vec<Node>,
+    endpoints: Vec<EndpointV7>,
+    revoked_nodes: BTreeMap<String, u64>,
+    tokens: BTreeMap<String, JoinToken>,
+}
+
+impl From<SnapshotBodyV7> for SnapshotBody {
+    fn from(old: SnapshotBodyV7) -> SnapshotBody {
+        let endpoints = old
+            .endpoints
+            .into_iter()
+            .map(|e| {
+                Arc::new(Endpoint {
+                    id: e.id,
+                    network: e.network,
+                    node: e.node,
+                    container_id: e.container_id,
+                    container_name: e.container_name,
+                    aliases: e.aliases,
+                    mac: e.mac,
+                    ipv4: e.ipv4,
+                    ipv6: e.ipv6,
+                    created_ms: e.created_ms,
+                    created_revision: e.created_revision,
+                    problem: e.problem,
+                    ports: e.ports,
+                    modified_revision: e.created_revision,
                 })
             })
             .collect();
@@ -1140,6 +1210,7 @@ impl State {
             created_revision: self.revision,
             problem: None,
             ports: ports.to_vec(),
+            modified_revision: self.revision,
         };
         let endpoint = Arc::new(endpoint);
         self.index_endpoint(&endpoint, lower_name, mac != MacAddr::from_ipv4(ipv4));
@@ -1282,6 +1353,7 @@ impl State {
             container_id: container_id.to_string(),
             container_name: name.to_string(),
             aliases: aliases.to_vec(),
+            modified_revision: self.revision,
             ..(*endpoint).clone()
         });
         self.endpoints.insert(key, updated.clone());
@@ -1297,7 +1369,11 @@ impl State {
         let network = &self.networks[&endpoint.network];
         self.check_published(network, &endpoint.node, ports, Some(key))?;
         self.revision += 1;
-        let updated = Arc::new(Endpoint { ports: ports.to_vec(), ..(*endpoint).clone() });
+        let updated = Arc::new(Endpoint {
+            ports: ports.to_vec(),
+            modified_revision: self.revision,
+            ..(*endpoint).clone()
+        });
         self.endpoints.insert(key, updated.clone());
         self.changed_once(Response::Endpoint(updated.clone()), EventKind::EndpointUpdated(updated))
     }
@@ -1492,10 +1568,13 @@ impl State {
             return self.unchanged(Response::EndpointsUpdated(Vec::new()));
         }
         self.revision += 1;
+        let revision = self.revision;
         let mut updated = Vec::with_capacity(changed.len());
         for (key, problem) in changed {
             if let Some(endpoint) = self.endpoints.get_mut(&key) {
-                Arc::make_mut(endpoint).problem = problem;
+                let record = Arc::make_mut(endpoint);
+                record.problem = problem;
+                record.modified_revision = revision;
                 updated.push(endpoint.clone());
             }
         }
@@ -1606,14 +1685,20 @@ impl State {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
         let decode_error = |e: postcard::Error| SnapshotError::Decode(e.to_string());
-        let (snap, rest): (SnapshotBody, &[u8]) = if version >= 7 {
-            postcard::take_from_bytes(body).map_err(decode_error)?
-        } else {
-            let (old, rest): (SnapshotBodyV6, &[u8]) =
-                postcard::take_from_bytes(body).map_err(decode_error)?;
-            (old.into(), rest)
+        let (snap, rest): (SnapshotBody, &[u8]) = match version {
+            8.. => postcard::take_from_bytes(body).map_err(decode_error)?,
+            7 => {
+                let (old, rest): (SnapshotBodyV7, &[u8]) =
+                    postcard::take_from_bytes(body).map_err(decode_error)?;
+                (old.into(), rest)
+            }
+            _ => {
+                let (old, rest): (SnapshotBodyV6, &[u8]) =
+                    postcard::take_from_bytes(body).map_err(decode_error)?;
+                (old.into(), rest)
+            }
         };
-        let answers: Vec<requests::Remembered> = if version >= 7 {
+        let answers: Vec<requests::Remembered> = if version >= 8 {
             postcard::from_bytes(rest).map_err(|e| SnapshotError::Decode(format!("request ids: {e}")))?
         } else {
             Vec::new()
@@ -1660,6 +1745,12 @@ impl State {
         if endpoint.created_revision > self.revision || self.new_id(endpoint.created_revision) != endpoint.id
         {
             return Err(Error::bad_request("its id does not match its creation revision"));
+        }
+        if !(endpoint.created_revision..=self.revision).contains(&endpoint.modified_revision) {
+            return Err(Error::bad_request(format!(
+                "modified at revision {}, before its creation ({}) or after the registry's ({})",
+                endpoint.modified_revision, endpoint.created_revision, self.revision
+            )));
         }
         self.node_entry(&endpoint.node)?;
         let entry = self

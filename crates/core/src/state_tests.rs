@@ -789,6 +789,7 @@ fn inconsistent_snapshots_are_refused() {
     let mut twin = e.clone();
     twin.created_revision = forged.revision;
     twin.id = s.new_id(twin.created_revision);
+    twin.modified_revision = twin.created_revision;
     twin.container_id = "c2".into();
     twin.container_name = "c2".into();
     let encode = |snapshot: &SnapshotBody| {
@@ -1097,6 +1098,92 @@ fn published_ports_survive_snapshots_and_version_6_snapshots_still_restore() {
     assert_eq!(old.endpoints.len(), 2);
     assert!(old.endpoints.values().all(|e| e.ports.is_empty()));
     old.check_invariants().unwrap();
+}
+
+#[test]
+fn every_change_to_an_endpoint_moves_its_modified_revision_and_older_snapshots_restore() {
+    let mut s = cluster();
+    create(&mut s, network("web"));
+    let e = attach(&mut s, endpoint("web", "h1", "a"));
+    assert_eq!(e.modified_revision, e.created_revision);
+    let current = |s: &State| s.endpoints[&e.created_revision].clone();
+    let reference = EndpointRef::Id(e.id.to_string());
+
+    let renamed = apply(
+        &mut s,
+        Command::UpdateEndpoint {
+            endpoint: reference.clone(),
+            container_id: None,
+            container_name: "a-1".into(),
+            aliases: vec![],
+        },
+    )
+    .unwrap();
+    assert_eq!(current(&s).modified_revision, renamed.revision);
+    let publication =
+        apply(&mut s, Command::PublishPorts { endpoint: reference, ports: vec![published("8080:80")] })
+            .unwrap();
+    assert_eq!(current(&s).modified_revision, publication.revision);
+    let reported = apply(
+        &mut s,
+        Command::SetEndpointProblems {
+            node: "h1".into(),
+            problems: vec![(e.id.to_string(), Some("x".into()))],
+        },
+    )
+    .unwrap();
+    assert_eq!(current(&s).modified_revision, reported.revision);
+    // The event carries it, so a watcher learns when the endpoint it holds was last changed.
+    assert!(matches!(&reported.events[..],
+        [Event { kind: EventKind::EndpointUpdated(u), revision }] if u.modified_revision == *revision));
+    // Another endpoint's change leaves it alone.
+    attach(&mut s, endpoint("web", "h1", "b"));
+    assert_eq!(current(&s).modified_revision, reported.revision);
+    assert_eq!(State::restore(&s.snapshot()).unwrap(), s);
+
+    // A version 7 snapshot (no modification revisions): each endpoint modified when created.
+    let body = SnapshotBodyV7 {
+        revision: s.revision,
+        config: s.config.clone(),
+        networks: s.networks().cloned().collect(),
+        nodes: s.nodes().cloned().collect(),
+        endpoints: s
+            .endpoints
+            .values()
+            .map(|e| EndpointV7 {
+                id: e.id,
+                network: e.network,
+                node: e.node.clone(),
+                container_id: e.container_id.clone(),
+                container_name: e.container_name.clone(),
+                aliases: e.aliases.clone(),
+                mac: e.mac,
+                ipv4: e.ipv4,
+                ipv6: e.ipv6,
+                created_ms: e.created_ms,
+                created_revision: e.created_revision,
+                problem: e.problem.clone(),
+                ports: e.ports.clone(),
+            })
+            .collect(),
+        revoked_nodes: s.revoked_nodes.clone(),
+        tokens: s.tokens.clone(),
+    };
+    let mut v7 = SNAPSHOT_MAGIC.to_vec();
+    v7.extend_from_slice(&7u32.to_le_bytes());
+    v7.extend_from_slice(&postcard::to_allocvec(&body).unwrap());
+    v7.push(0); // no remembered answers
+    let old = State::restore(&v7).unwrap();
+    assert_eq!(old.endpoints.len(), 2);
+    assert!(old.endpoints.values().all(|e| e.modified_revision == e.created_revision));
+    assert_eq!(old.endpoints[&e.created_revision].ports, vec![published("8080:80")]);
+    old.check_invariants().unwrap();
+
+    // A modification revision outside the endpoint's life is refused, naming both ends.
+    let mut forged = s.clone();
+    Arc::make_mut(forged.endpoints.get_mut(&e.created_revision).unwrap()).modified_revision = s.revision + 1;
+    let err = State::restore(&forged.snapshot()).unwrap_err();
+    assert!(matches!(&err, SnapshotError::Inconsistent(m) if m.contains("modified at revision")), "{err}");
 }
 
 // === renames and endpoint updates (runtimes that learn names late) ===
