@@ -64,7 +64,10 @@ pub struct EndpointView {
     pub mac: Mac,
     pub ipv4: Option<IfAddr>,
     pub ipv6: Option<IfAddr>,
+    /// The revision that created it: it names the host end of the container's veth pair.
     pub revision: u64,
+    /// The revision of its latest change (its creation's until it changes).
+    pub modified_revision: u64,
     /// Host ports published to the container, on its host.
     pub ports: Vec<PublishedPort>,
 }
@@ -96,10 +99,11 @@ pub struct Mirror {
     pub networks: BTreeMap<String, NetworkView>,
     pub endpoints: BTreeMap<String, EndpointView>,
     pub nodes: BTreeMap<String, NodeView>,
-    /// Endpoints this agent created that the watch stream has not brought yet. A snapshot
-    /// older than one of them (the controllers send a fresh one when this host joins a
-    /// network, and it may have been taken before a concurrent attach's create committed)
-    /// must not take it away: the pass after it would unplumb a container that is attached.
+    /// Endpoints this agent created or changed that the watch stream has not brought yet. A
+    /// snapshot older than one of them (the controllers send a fresh one when this host joins
+    /// a network, and it may have been taken before a concurrent attach's create committed)
+    /// must not take it away or undo the change: the pass after it would unplumb a container
+    /// that is attached, or drop the ports it just published.
     ahead: BTreeMap<String, EndpointView>,
 }
 
@@ -170,6 +174,8 @@ pub fn endpoint_view(e: &pb::Endpoint) -> Result<EndpointView, Unusable> {
         ipv4: if_addr(&e.ipv4_address)?,
         ipv6: if_addr(&e.ipv6_address)?,
         revision: e.created_revision,
+        // Controllers older than the field send 0: the creation is the latest change they name.
+        modified_revision: e.modified_revision.max(e.created_revision),
         ports: weft_api::convert::published_ports(&e.ports)
             .map_err(|err| unusable(&format!("published ports of endpoint {}", e.id), err))?,
     })
@@ -206,7 +212,7 @@ impl Mirror {
     pub fn reset(&mut self, state: &pb::FullState) -> Vec<Unusable> {
         let mut problems = Vec::new();
         let mut ahead = std::mem::take(&mut self.ahead);
-        ahead.retain(|_, view| view.revision > state.revision);
+        ahead.retain(|_, view| view.modified_revision > state.revision);
         *self = Mirror { revision: state.revision, synced: true, ..Mirror::default() };
         self.vxlan_port = state
             .config
@@ -270,10 +276,14 @@ impl Mirror {
         self.caught_up();
     }
 
-    /// What the stream has reached, it has told: its creations (or their removals) are here.
+    /// What the stream has reached, it has told: those changes (or later ones) are here. An
+    /// event older than a change still ahead does not undo it.
     fn caught_up(&mut self) {
         let revision = self.revision;
-        self.ahead.retain(|_, view| view.revision > revision);
+        self.ahead.retain(|_, view| view.modified_revision > revision);
+        for (id, view) in &self.ahead {
+            self.endpoints.insert(id.clone(), view.clone());
+        }
     }
 
     fn apply_one(&mut self, event: &pb::Event) -> Result<(), Unusable> {
@@ -309,10 +319,10 @@ impl Mirror {
     }
 
     /// Records an endpoint this agent just created or changed, before the watch stream
-    /// brings it. One created after everything the stream has told is kept until the stream
-    /// reaches its revision, whatever snapshot comes first.
+    /// brings it. One changed after everything the stream has told is kept until the stream
+    /// reaches that change, whatever snapshot comes first.
     pub fn insert_endpoint(&mut self, view: EndpointView) {
-        if view.revision > self.revision {
+        if view.modified_revision > self.revision {
             self.ahead.insert(view.id.clone(), view.clone());
         }
         self.endpoints.insert(view.id.clone(), view);
@@ -456,6 +466,48 @@ mod tests {
         mirror.progress(13);
         mirror.reset(&pb::FullState { revision: 11, networks: blue(), ..Default::default() });
         assert!(mirror.endpoints.is_empty(), "{mirror:?}");
+    }
+
+    /// The same for a change this agent made (ports published, a rename): a snapshot taken
+    /// before the change committed must not undo it.
+    #[test]
+    fn a_change_made_here_outlives_a_snapshot_older_than_it() {
+        let mut mirror = Mirror::default();
+        let blue = || vec![network("aa11", "blue", 4096)];
+        let at = |created: u64, modified: u64, ports: Vec<pb::PublishedPort>| {
+            let mut e = endpoint("e5", "aa11", "h1", "10.0.1.2");
+            (e.created_revision, e.modified_revision, e.ports) = (created, modified, ports);
+            e
+        };
+        let port = pb::PublishedPort {
+            host_port: 8080,
+            container_port: 80,
+            protocol: "tcp".into(),
+            ..Default::default()
+        };
+        let snapshot = |revision: u64, e: pb::Endpoint| pb::FullState {
+            revision,
+            networks: blue(),
+            endpoints: vec![e],
+            ..Default::default()
+        };
+        mirror.reset(&snapshot(6, at(5, 5, vec![])));
+        mirror.insert_endpoint(endpoint_view(&at(5, 9, vec![port.clone()])).unwrap());
+
+        mirror.reset(&snapshot(7, at(5, 5, vec![])));
+        assert_eq!(mirror.endpoints["e5"].ports.len(), 1, "{mirror:?}");
+        assert_eq!(mirror.endpoints["e5"].revision, 5, "the veth's name stays the creation's");
+        // Nor does an event from before the change (its host's problem report, say).
+        mirror.apply(&[event(8, Kind::EndpointUpdated(at(5, 8, vec![])))]);
+        assert_eq!(mirror.endpoints["e5"].ports.len(), 1, "{mirror:?}");
+
+        // At the change's revision, the snapshot has it (or whatever came after it).
+        mirror.reset(&snapshot(9, at(5, 9, vec![])));
+        assert!(mirror.endpoints["e5"].ports.is_empty(), "{mirror:?}");
+
+        // Controllers older than modification revisions send 0: the creation's stands in.
+        let old = endpoint_view(&at(12, 0, vec![])).unwrap();
+        assert_eq!(old.modified_revision, 12);
     }
 
     #[test]
