@@ -184,115 +184,65 @@ struct EndpointV6 {
     problem: Option<String>,
 }
 
+/// An endpoint as snapshot format 7 wrote it: before modification revisions. postcard writes
+/// a nested struct's fields in line, so these are format 6's fields followed by the ports.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-struct SnapshotBodyV6 {
-    revision: u64,
-    config: ClusterConfig,
-    networks: Vec<Network>,
-    nodes: Vec<Node>,
-    endpoints: Vec<EndpointV6>,
-    revoked_nodes: BTreeMap<String, u64>,
-    tokens: BTreeMap<String, JoinToken>,
+struct EndpointV7 {
+    before_ports: EndpointV6,
+    ports: Vec<PublishedPort>,
 }
 
-impl From<SnapshotBodyV6> for SnapshotBody {
-    fn from(old: SnapshotBodyV6) -> SnapshotBody {
-        let endpoints = old
-            .endpoints
-            .into_iter()
-            .map(|e| {
-                Arc::new(Endpoint {
-                    id: e.id,
-                    network: e.network,
-                    node: e.node,
-                    container_id: e.container_id,
-                    container_name: e.container_name,
-                    aliases: e.aliases,
-                    mac: e.mac,
-                    ipv4: e.ipv4,
-                    ipv6: e.ipv6,
-                    created_ms: e.created_ms,
-                    created_revision: e.created_revision,
-                    problem: e.problem,
-                    ports: Vec::new(),
-                    modified_revision: e.created_revision,
-                })
-            })
-            .collect();
-        SnapshotBody {
-            revision: old.revision,
-            config: old.config,
-            networks: old.networks,
-            nodes: old.nodes,
-            endpoints,
-            revoked_nodes: old.revoked_nodes,
-            tokens: old.tokens,
+impl From<EndpointV7> for Endpoint {
+    fn from(old: EndpointV7) -> Endpoint {
+        let e = old.before_ports;
+        Endpoint {
+            id: e.id,
+            network: e.network,
+            node: e.node,
+            container_id: e.container_id,
+            container_name: e.container_name,
+            aliases: e.aliases,
+            mac: e.mac,
+            ipv4: e.ipv4,
+            ipv6: e.ipv6,
+            created_ms: e.created_ms,
+            created_revision: e.created_revision,
+            problem: e.problem,
+            ports: old.ports,
+            // Nothing older recorded changes: the creation is the latest one known.
+            modified_revision: e.created_revision,
         }
     }
 }
 
-/// An endpoint as snapshot format 7 wrote it: before modification revisions.
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-struct EndpointV7 {
-    id: Id,
-    network: Id,
-    node: String,
-    container_id: String,
-    container_name: String,
-    aliases: Vec<String>,
-    mac: MacAddr,
-    ipv4: Ipv4Addr,
-    ipv6: Option<Ipv6Addr>,
-    created_ms: u64,
-    created_revision: u64,
-    problem: Option<String>,
-    ports: Vec<PublishedPort>,
+impl From<EndpointV6> for Endpoint {
+    fn from(before_ports: EndpointV6) -> Endpoint {
+        EndpointV7 { before_ports, ports: Vec::new() }.into()
+    }
 }
 
+/// A snapshot body as formats 5 to 7 wrote it, with their endpoints' shape.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-struct SnapshotBodyV7 {
+struct OldSnapshotBody<E> {
     revision: u64,
     config: ClusterConfig,
     networks: Vec<Network>,
     nodes: Vec<Node>,
-    endpoints: Vec<EndpointV7>,
+    endpoints: Vec<E>,
     revoked_nodes: BTreeMap<String, u64>,
     tokens: BTreeMap<String, JoinToken>,
 }
 
-impl From<SnapshotBodyV7> for SnapshotBody {
-    fn from(old: SnapshotBodyV7) -> SnapshotBody {
-        let endpoints = old
-            .endpoints
-            .into_iter()
-            .map(|e| {
-                Arc::new(Endpoint {
-                    id: e.id,
-                    network: e.network,
-                    node: e.node,
-                    container_id: e.container_id,
-                    container_name: e.container_name,
-                    aliases: e.aliases,
-                    mac: e.mac,
-                    ipv4: e.ipv4,
-                    ipv6: e.ipv6,
-                    created_ms: e.created_ms,
-                    created_revision: e.created_revision,
-                    problem: e.problem,
-                    ports: e.ports,
-                    modified_revision: e.created_revision,
-                })
-            })
-            .collect();
+impl<E: Into<Endpoint>> From<OldSnapshotBody<E>> for SnapshotBody {
+    fn from(old: OldSnapshotBody<E>) -> SnapshotBody {
         SnapshotBody {
             revision: old.revision,
             config: old.config,
             networks: old.networks,
             nodes: old.nodes,
-            endpoints,
+            endpoints: old.endpoints.into_iter().map(|e| Arc::new(e.into())).collect(),
             revoked_nodes: old.revoked_nodes,
             tokens: old.tokens,
         }
@@ -1688,12 +1638,12 @@ impl State {
         let (snap, rest): (SnapshotBody, &[u8]) = match version {
             8.. => postcard::take_from_bytes(body).map_err(decode_error)?,
             7 => {
-                let (old, rest): (SnapshotBodyV7, &[u8]) =
+                let (old, rest): (OldSnapshotBody<EndpointV7>, &[u8]) =
                     postcard::take_from_bytes(body).map_err(decode_error)?;
                 (old.into(), rest)
             }
             _ => {
-                let (old, rest): (SnapshotBodyV6, &[u8]) =
+                let (old, rest): (OldSnapshotBody<EndpointV6>, &[u8]) =
                     postcard::take_from_bytes(body).map_err(decode_error)?;
                 (old.into(), rest)
             }

@@ -1053,6 +1053,43 @@ fn publishing_is_refused_where_it_cannot_work_and_nothing_is_allocated() {
     assert_eq!(s, before);
 }
 
+/// An endpoint as snapshot formats 5 and 6 held it.
+fn before_ports(e: &Endpoint) -> EndpointV6 {
+    EndpointV6 {
+        id: e.id,
+        network: e.network,
+        node: e.node.clone(),
+        container_id: e.container_id.clone(),
+        container_name: e.container_name.clone(),
+        aliases: e.aliases.clone(),
+        mac: e.mac,
+        ipv4: e.ipv4,
+        ipv6: e.ipv6,
+        created_ms: e.created_ms,
+        created_revision: e.created_revision,
+        problem: e.problem.clone(),
+    }
+}
+
+/// The registry as an older snapshot format wrote it, endpoints in that format's shape and
+/// no remembered answers after them.
+fn old_snapshot<E: serde::Serialize>(s: &State, version: u32, shape: impl Fn(&Endpoint) -> E) -> Vec<u8> {
+    let body = OldSnapshotBody {
+        revision: s.revision,
+        config: s.config.clone(),
+        networks: s.networks().cloned().collect(),
+        nodes: s.nodes().cloned().collect(),
+        endpoints: s.endpoints.values().map(|e| shape(e)).collect(),
+        revoked_nodes: s.revoked_nodes.clone(),
+        tokens: s.tokens.clone(),
+    };
+    let mut bytes = SNAPSHOT_MAGIC.to_vec();
+    bytes.extend_from_slice(&version.to_le_bytes());
+    bytes.extend_from_slice(&postcard::to_allocvec(&body).unwrap());
+    bytes.push(0);
+    bytes
+}
+
 #[test]
 fn published_ports_survive_snapshots_and_version_6_snapshots_still_restore() {
     let mut s = cluster();
@@ -1064,36 +1101,7 @@ fn published_ports_survive_snapshots_and_version_6_snapshots_still_restore() {
     assert_eq!(restored.endpoints.values().next().unwrap().ports, vec![published("8080:80")]);
 
     // The same registry as a version 6 snapshot wrote it (no ports; remembered answers after).
-    let body = SnapshotBodyV6 {
-        revision: s.revision,
-        config: s.config.clone(),
-        networks: s.networks().cloned().collect(),
-        nodes: s.nodes().cloned().collect(),
-        endpoints: s
-            .endpoints
-            .values()
-            .map(|e| EndpointV6 {
-                id: e.id,
-                network: e.network,
-                node: e.node.clone(),
-                container_id: e.container_id.clone(),
-                container_name: e.container_name.clone(),
-                aliases: e.aliases.clone(),
-                mac: e.mac,
-                ipv4: e.ipv4,
-                ipv6: e.ipv6,
-                created_ms: e.created_ms,
-                created_revision: e.created_revision,
-                problem: e.problem.clone(),
-            })
-            .collect(),
-        revoked_nodes: s.revoked_nodes.clone(),
-        tokens: s.tokens.clone(),
-    };
-    let mut v6 = SNAPSHOT_MAGIC.to_vec();
-    v6.extend_from_slice(&6u32.to_le_bytes());
-    v6.extend_from_slice(&postcard::to_allocvec(&body).unwrap());
-    v6.push(0); // no remembered answers
+    let v6 = old_snapshot(&s, 6, before_ports);
     let old = State::restore(&v6).unwrap();
     assert_eq!(old.endpoints.len(), 2);
     assert!(old.endpoints.values().all(|e| e.ports.is_empty()));
@@ -1142,37 +1150,13 @@ fn every_change_to_an_endpoint_moves_its_modified_revision_and_older_snapshots_r
     assert_eq!(State::restore(&s.snapshot()).unwrap(), s);
 
     // A version 7 snapshot (no modification revisions): each endpoint modified when created.
-    let body = SnapshotBodyV7 {
-        revision: s.revision,
-        config: s.config.clone(),
-        networks: s.networks().cloned().collect(),
-        nodes: s.nodes().cloned().collect(),
-        endpoints: s
-            .endpoints
-            .values()
-            .map(|e| EndpointV7 {
-                id: e.id,
-                network: e.network,
-                node: e.node.clone(),
-                container_id: e.container_id.clone(),
-                container_name: e.container_name.clone(),
-                aliases: e.aliases.clone(),
-                mac: e.mac,
-                ipv4: e.ipv4,
-                ipv6: e.ipv6,
-                created_ms: e.created_ms,
-                created_revision: e.created_revision,
-                problem: e.problem.clone(),
-                ports: e.ports.clone(),
-            })
-            .collect(),
-        revoked_nodes: s.revoked_nodes.clone(),
-        tokens: s.tokens.clone(),
-    };
-    let mut v7 = SNAPSHOT_MAGIC.to_vec();
-    v7.extend_from_slice(&7u32.to_le_bytes());
-    v7.extend_from_slice(&postcard::to_allocvec(&body).unwrap());
-    v7.push(0); // no remembered answers
+    let as_v7 = |e: &Endpoint| EndpointV7 { before_ports: before_ports(e), ports: e.ports.clone() };
+    // Format 7 wrote today's endpoint without its last field: the nested shape is those bytes.
+    let today = postcard::to_allocvec(&*current(&s)).unwrap();
+    let then = postcard::to_allocvec(&as_v7(&current(&s))).unwrap();
+    assert_eq!(today[..then.len()], then[..]);
+    assert_eq!(postcard::from_bytes::<u64>(&today[then.len()..]).unwrap(), reported.revision);
+    let v7 = old_snapshot(&s, 7, as_v7);
     let old = State::restore(&v7).unwrap();
     assert_eq!(old.endpoints.len(), 2);
     assert!(old.endpoints.values().all(|e| e.modified_revision == e.created_revision));
