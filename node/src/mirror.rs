@@ -211,8 +211,7 @@ impl Mirror {
     /// returned, so one bad record never blinds the host to the rest.
     pub fn reset(&mut self, state: &pb::FullState) -> Vec<Unusable> {
         let mut problems = Vec::new();
-        let mut ahead = std::mem::take(&mut self.ahead);
-        ahead.retain(|_, view| view.modified_revision > state.revision);
+        let ahead = std::mem::take(&mut self.ahead);
         *self = Mirror { revision: state.revision, synced: true, ..Mirror::default() };
         self.vxlan_port = state
             .config
@@ -245,10 +244,8 @@ impl Mirror {
                 Err(e) => problems.push(e),
             }
         }
-        for (id, view) in &ahead {
-            self.endpoints.insert(id.clone(), view.clone());
-        }
         self.ahead = ahead;
+        self.caught_up();
         problems
     }
 
