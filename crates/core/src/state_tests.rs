@@ -792,14 +792,7 @@ fn inconsistent_snapshots_are_refused() {
     twin.modified_revision = twin.created_revision;
     twin.container_id = "c2".into();
     twin.container_name = "c2".into();
-    let encode = |snapshot: &SnapshotBody| {
-        let mut bytes = SNAPSHOT_MAGIC.to_vec();
-        bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        bytes.extend(postcard::to_stdvec(snapshot).unwrap());
-        // No remembered request ids.
-        bytes.push(0);
-        bytes
-    };
+    let encode = |snapshot: &SnapshotBody| snapshot_bytes(SNAPSHOT_VERSION, snapshot);
     forged.endpoints.push(Arc::new(twin.clone()));
     let err = State::restore(&encode(&forged)).unwrap_err();
     assert!(
@@ -1071,8 +1064,16 @@ fn before_ports(e: &Endpoint) -> EndpointV6 {
     }
 }
 
-/// The registry as an older snapshot format wrote it, endpoints in that format's shape and
-/// no remembered answers after them.
+/// A snapshot of the given format version holding `body`, with no remembered request ids.
+fn snapshot_bytes(version: u32, body: &impl serde::Serialize) -> Vec<u8> {
+    let mut bytes = SNAPSHOT_MAGIC.to_vec();
+    bytes.extend_from_slice(&version.to_le_bytes());
+    bytes.extend(postcard::to_stdvec(body).unwrap());
+    bytes.push(0);
+    bytes
+}
+
+/// The registry as an older snapshot format wrote it, endpoints in that format's shape.
 fn old_snapshot<E: serde::Serialize>(s: &State, version: u32, shape: impl Fn(&Endpoint) -> E) -> Vec<u8> {
     let body = OldSnapshotBody {
         revision: s.revision,
@@ -1083,11 +1084,7 @@ fn old_snapshot<E: serde::Serialize>(s: &State, version: u32, shape: impl Fn(&En
         revoked_nodes: s.revoked_nodes.clone(),
         tokens: s.tokens.clone(),
     };
-    let mut bytes = SNAPSHOT_MAGIC.to_vec();
-    bytes.extend_from_slice(&version.to_le_bytes());
-    bytes.extend_from_slice(&postcard::to_allocvec(&body).unwrap());
-    bytes.push(0);
-    bytes
+    snapshot_bytes(version, &body)
 }
 
 #[test]
